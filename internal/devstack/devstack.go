@@ -1,0 +1,153 @@
+// Package devstack runs the embedded development stack: an in-process Kafka
+// (franz-go's kfake) and an in-process Confluent-compatible Schema Registry,
+// both listening on real TCP ports on 127.0.0.1, so any Kafka client or
+// registry client on this machine can use them with no setup.
+//
+// With a data directory both keep their state across a restart: kfake writes
+// its log segments and group offsets under <dir>/kafka, the registry its
+// write journal under <dir>/registry.
+package devstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/sagapipe/sagapipe/internal/registry"
+)
+
+// Config says where the stack listens and keeps its data. The zero value is
+// a stack on random ports that keeps nothing: what tests want.
+type Config struct {
+	// KafkaPort is the broker's TCP port on 127.0.0.1; 0 picks a free one.
+	KafkaPort int
+	// RegistryPort is the registry's TCP port on 127.0.0.1; 0 picks a free one.
+	RegistryPort int
+	// DataDir, when set, keeps the broker's and the registry's data so that
+	// they survive a restart. Empty keeps everything in memory.
+	DataDir string
+	// KafkaOptions are passed to kfake after the stack's own (tests use this
+	// for SASL, TLS or fault injection).
+	KafkaOptions []kfake.Opt
+}
+
+// Stack is a running broker and registry. Close stops both.
+type Stack struct {
+	kafka    *kfake.Cluster
+	registry *registry.Registry
+	server   *http.Server
+	served   chan struct{}
+	regAddr  string
+}
+
+// PortInUseError reports that a port the stack was told to use is taken.
+type PortInUseError struct {
+	Service string // "kafka" or "registry"
+	Port    int
+	Err     error
+}
+
+func (e *PortInUseError) Error() string {
+	return fmt.Sprintf("%s port %d on 127.0.0.1 is already in use (stop whatever holds it or choose another port): %v",
+		e.Service, e.Port, e.Err)
+}
+
+func (e *PortInUseError) Unwrap() error { return e.Err }
+
+// Start starts the broker and the registry.
+func Start(cfg Config) (*Stack, error) {
+	if cfg.KafkaPort < 0 || cfg.KafkaPort > 65535 {
+		return nil, fmt.Errorf("devstack: kafka port %d is out of range 0-65535", cfg.KafkaPort)
+	}
+	if cfg.RegistryPort < 0 || cfg.RegistryPort > 65535 {
+		return nil, fmt.Errorf("devstack: registry port %d is out of range 0-65535", cfg.RegistryPort)
+	}
+
+	// Bind the registry first: it is cheap to undo, the broker is not.
+	regAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.RegistryPort))
+	ln, err := net.Listen("tcp", regAddr)
+	if err != nil {
+		return nil, listenError("registry", cfg.RegistryPort, err)
+	}
+
+	var regOpts []registry.Option
+	kOpts := []kfake.Opt{
+		kfake.NumBrokers(1),
+		kfake.DefaultNumPartitions(1),
+		// Sessions as short as tests and the dev loop want, as long as
+		// production clients use.
+		kfake.GroupMinSessionTimeout(100 * time.Millisecond),
+	}
+	if cfg.KafkaPort != 0 {
+		kOpts = append(kOpts, kfake.Ports(cfg.KafkaPort))
+	}
+	if cfg.DataDir != "" {
+		kOpts = append(kOpts, kfake.DataDir(filepath.Join(cfg.DataDir, "kafka")))
+		regOpts = append(regOpts, registry.WithDataDir(filepath.Join(cfg.DataDir, "registry")))
+	}
+	kOpts = append(kOpts, cfg.KafkaOptions...)
+
+	reg, err := registry.New(regOpts...)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("devstack: %w", err)
+	}
+	cluster, err := kfake.NewCluster(kOpts...)
+	if err != nil {
+		ln.Close()
+		reg.Close()
+		return nil, listenError("kafka", cfg.KafkaPort, err)
+	}
+
+	s := &Stack{
+		kafka:    cluster,
+		registry: reg,
+		server:   &http.Server{Handler: reg, ReadHeaderTimeout: 10 * time.Second},
+		served:   make(chan struct{}),
+		regAddr:  ln.Addr().String(),
+	}
+	go func() {
+		defer close(s.served)
+		_ = s.server.Serve(ln) // returns http.ErrServerClosed on Close
+	}()
+	return s, nil
+}
+
+func listenError(service string, port int, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return &PortInUseError{Service: service, Port: port, Err: err}
+	}
+	return fmt.Errorf("devstack: start %s: %w", service, err)
+}
+
+// KafkaAddrs returns the broker addresses ("127.0.0.1:port") to bootstrap from.
+func (s *Stack) KafkaAddrs() []string { return s.kafka.ListenAddrs() }
+
+// RegistryURL returns the registry's base URL.
+func (s *Stack) RegistryURL() string { return "http://" + s.regAddr }
+
+// Kafka returns the in-process cluster, for tests that inject faults.
+func (s *Stack) Kafka() *kfake.Cluster { return s.kafka }
+
+// Close stops the registry and the broker, flushing their data when they keep
+// any. It is safe to call more than once.
+func (s *Stack) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := s.server.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = s.server.Close()
+	}
+	<-s.served
+	err = errors.Join(err, s.registry.Close())
+	s.kafka.Close()
+	return err
+}
