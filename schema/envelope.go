@@ -1,0 +1,188 @@
+package schema
+
+import (
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Header names of the envelope. Values are UTF-8 strings. The ce_* headers and
+// content-type are the CloudEvents Kafka protocol binding in binary mode.
+const (
+	HeaderSpecVersion   = "ce_specversion"
+	HeaderID            = "ce_id"
+	HeaderType          = "ce_type"
+	HeaderSource        = "ce_source"
+	HeaderTime          = "ce_time"
+	HeaderContentType   = "content-type"
+	HeaderCorrelationID = "correlation_id" // the business transaction (saga) the event belongs to
+	HeaderCausationID   = "causation_id"   // ce_id of the event that caused this one
+	HeaderSagaName      = "saga_name"
+	HeaderSagaID        = "saga_id"
+	HeaderSagaStep      = "saga_step"
+	HeaderReplyTo       = "reply_to" // topic a participant pipes its reply to
+	HeaderTraceParent   = "traceparent"
+	HeaderTraceState    = "tracestate"
+)
+
+// SpecVersion is the CloudEvents version the envelope follows.
+const SpecVersion = "1.0"
+
+// ContentTypeAvro is the content type of a Confluent-framed Avro value.
+const ContentTypeAvro = "application/avro"
+
+// Envelope is the metadata every sagapipe record carries in its headers.
+type Envelope struct {
+	ID            string    // ce_id, unique per event; participants' idempotency key
+	Type          string    // ce_type, e.g. "orders.OrderPlaced"
+	Source        string    // ce_source, who emitted it
+	Time          time.Time // ce_time; zero when absent
+	ContentType   string
+	CorrelationID string
+	CausationID   string
+	SagaName      string
+	SagaID        string
+	SagaStep      string
+	ReplyTo       string
+	TraceParent   string
+	TraceState    string
+}
+
+// NewID returns a new event ID: a UUIDv7, so IDs sort by creation time.
+func NewID() string {
+	id, err := uuid.NewV7()
+	if err != nil {
+		// NewV7 fails only when the system's random source does, after
+		// which nothing else here would work either.
+		panic("schema: generating event ID: " + err.Error())
+	}
+	return id.String()
+}
+
+// NewEnvelope returns an envelope for a new event of type typ emitted by
+// source at now, with a new ID and the Avro content type.
+func NewEnvelope(typ, source string, now time.Time) Envelope {
+	return Envelope{ID: NewID(), Type: typ, Source: source, Time: now, ContentType: ContentTypeAvro}
+}
+
+// fields pairs each header with its field, in the order they are written.
+func (e *Envelope) fields() [13]struct {
+	name string
+	val  *string
+} {
+	return [13]struct {
+		name string
+		val  *string
+	}{
+		{HeaderID, &e.ID}, {HeaderType, &e.Type}, {HeaderSource, &e.Source},
+		{HeaderContentType, &e.ContentType}, {HeaderCorrelationID, &e.CorrelationID},
+		{HeaderCausationID, &e.CausationID}, {HeaderSagaName, &e.SagaName},
+		{HeaderSagaID, &e.SagaID}, {HeaderSagaStep, &e.SagaStep}, {HeaderReplyTo, &e.ReplyTo},
+		{HeaderTraceParent, &e.TraceParent}, {HeaderTraceState, &e.TraceState},
+		{HeaderSpecVersion, nil},
+	}
+}
+
+// ReadEnvelope reads the envelope from a record's headers. A missing or empty
+// ce_id or ce_type, a ce_time that is not RFC 3339, a ce_specversion other
+// than 1.0 or a value that is not UTF-8 is a *HeaderError (poison) naming
+// the header. When a header repeats, the last one counts, as Kafka's own
+// header lookups do.
+func ReadEnvelope(headers []kgo.RecordHeader) (Envelope, error) {
+	var e Envelope
+	fields := e.fields()
+	for _, h := range headers {
+		if !utf8.Valid(h.Value) {
+			if isEnvelopeHeader(h.Key) {
+				return Envelope{}, &HeaderError{Header: h.Key, Value: string(h.Value), Reason: "value is not UTF-8"}
+			}
+			continue
+		}
+		switch h.Key {
+		case HeaderTime:
+			t, err := time.Parse(time.RFC3339Nano, string(h.Value))
+			if err != nil {
+				return Envelope{}, &HeaderError{Header: HeaderTime, Value: string(h.Value), Reason: "not an RFC 3339 time"}
+			}
+			e.Time = t.UTC()
+		case HeaderSpecVersion:
+			if string(h.Value) != SpecVersion {
+				return Envelope{}, &HeaderError{Header: HeaderSpecVersion, Value: string(h.Value), Reason: "only CloudEvents " + SpecVersion + " is supported"}
+			}
+		default:
+			for _, f := range fields {
+				if f.name == h.Key && f.val != nil {
+					*f.val = string(h.Value)
+					break
+				}
+			}
+		}
+	}
+	if e.ID == "" {
+		return Envelope{}, &HeaderError{Header: HeaderID, Reason: "missing: every event needs an ID (the idempotency key)"}
+	}
+	if e.Type == "" {
+		return Envelope{}, &HeaderError{Header: HeaderType, Reason: "missing: every event needs a type"}
+	}
+	return e, nil
+}
+
+func isEnvelopeHeader(key string) bool {
+	switch key {
+	case HeaderSpecVersion, HeaderID, HeaderType, HeaderSource, HeaderTime, HeaderContentType,
+		HeaderCorrelationID, HeaderCausationID, HeaderSagaName, HeaderSagaID, HeaderSagaStep,
+		HeaderReplyTo, HeaderTraceParent, HeaderTraceState:
+		return true
+	}
+	return false
+}
+
+// Apply writes the envelope into headers, replacing any envelope headers
+// already there and keeping every other header in place. Empty fields are
+// not written (and an earlier header of that name is removed). The result is
+// a new slice; headers is not modified.
+func (e Envelope) Apply(headers []kgo.RecordHeader) []kgo.RecordHeader {
+	kept := make([]kgo.RecordHeader, 0, len(headers)+14)
+	for _, h := range headers {
+		if !isEnvelopeHeader(h.Key) {
+			kept = append(kept, h)
+		}
+	}
+	for _, f := range e.fields() {
+		switch {
+		case f.name == HeaderSpecVersion:
+			kept = append(kept, kgo.RecordHeader{Key: HeaderSpecVersion, Value: []byte(SpecVersion)})
+		case *f.val != "":
+			kept = append(kept, kgo.RecordHeader{Key: f.name, Value: []byte(*f.val)})
+		}
+	}
+	if !e.Time.IsZero() {
+		kept = append(kept, kgo.RecordHeader{Key: HeaderTime, Value: e.Time.UTC().AppendFormat(nil, time.RFC3339Nano)})
+	}
+	return kept
+}
+
+// Header returns the value of the last header named name.
+func Header(headers []kgo.RecordHeader, name string) (string, bool) {
+	for i := len(headers) - 1; i >= 0; i-- {
+		if headers[i].Key == name {
+			return string(headers[i].Value), true
+		}
+	}
+	return "", false
+}
+
+// SetHeader sets header name to value: every earlier header of that name is
+// removed and one is appended. The result is a new slice; headers is not
+// modified.
+func SetHeader(headers []kgo.RecordHeader, name, value string) []kgo.RecordHeader {
+	kept := make([]kgo.RecordHeader, 0, len(headers)+1)
+	for _, h := range headers {
+		if h.Key != name {
+			kept = append(kept, h)
+		}
+	}
+	return append(kept, kgo.RecordHeader{Key: name, Value: []byte(value)})
+}
