@@ -110,7 +110,9 @@ func (e *RegistryError) Is(target error) bool {
 
 // Temporary reports whether retrying may succeed: the registry was not
 // reached, or it failed on its side (5xx).
-func (e *RegistryError) Temporary() bool { return e.Code == 0 || e.Code >= 50000 || (e.Code >= 500 && e.Code < 600) }
+func (e *RegistryError) Temporary() bool {
+	return e.Code == 0 || e.Code >= 50000 || (e.Code >= 500 && e.Code < 600)
+}
 
 // HeaderError reports an envelope header that is missing or malformed.
 type HeaderError struct {

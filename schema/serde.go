@@ -156,7 +156,9 @@ func (s *Serde) RegistryCalls() int64 { return s.calls.Load() }
 func (s *Serde) RegistryURL() string { return s.url }
 
 // Subject returns the subject topic's values of schema sch are registered under.
-func (s *Serde) Subject(topic string, sch avro.Schema) (string, error) { return s.cfg.naming(topic, sch) }
+func (s *Serde) Subject(topic string, sch avro.Schema) (string, error) {
+	return s.cfg.naming(topic, sch)
+}
 
 // Register returns the ID of schema text under subject, registering it when
 // auto-registration is on and looking it up otherwise. Answers are cached.
