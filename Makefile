@@ -1,0 +1,26 @@
+# sagapipe: the two commands that matter are `make run` and `make test`.
+GO ?= go
+
+.PHONY: run test bench lint dev
+
+## run: the main job on the embedded Kafka and Schema Registry (no setup)
+run:
+	$(GO) run ./cmd/orchestrator smoke
+
+## test: every test against the embedded Kafka and registry, with the race detector
+test:
+	$(GO) test -race -count=1 -timeout 14m ./...
+
+## bench: benchmarks of the hot paths (figures are in the README)
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./...
+
+## lint: formatting and go vet
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+## dev: run the embedded Kafka (127.0.0.1:9092) and registry (127.0.0.1:8081) until Ctrl-C
+dev:
+	$(GO) run ./cmd/orchestrator dev

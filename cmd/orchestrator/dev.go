@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/sagapipe/sagapipe/internal/devstack"
+)
+
+// stackFlags are the flags of every command that starts the embedded stack.
+type stackFlags struct {
+	kafkaPort, registryPort int
+	dataDir                 string
+}
+
+func (f *stackFlags) register(fs *flag.FlagSet, kafkaPort, registryPort int) {
+	fs.IntVar(&f.kafkaPort, "kafka-port", kafkaPort, "TCP port of the embedded Kafka on 127.0.0.1 (0 picks a free one)")
+	fs.IntVar(&f.registryPort, "registry-port", registryPort, "TCP port of the embedded Schema Registry on 127.0.0.1 (0 picks a free one)")
+	fs.StringVar(&f.dataDir, "data-dir", "", "directory that keeps Kafka's and the registry's data across restarts (empty: in memory)")
+}
+
+// start starts the stack; a busy port's error names the flag that moves it.
+func (f *stackFlags) start() (*devstack.Stack, error) {
+	s, err := devstack.Start(devstack.Config{KafkaPort: f.kafkaPort, RegistryPort: f.registryPort, DataDir: f.dataDir})
+	var busy *devstack.PortInUseError
+	if errors.As(err, &busy) {
+		return nil, fmt.Errorf("%w; choose another with --%s-port (0 picks a free one)", err, busy.Service)
+	}
+	return s, err
+}
+
+func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	var sf stackFlags
+	sf.register(fs, 9092, 8081)
+	if code := parseFlags(fs, args, stderr); code >= 0 {
+		return code
+	}
+	stack, err := sf.start()
+	if err != nil {
+		fmt.Fprintf(stderr, "orchestrator dev: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "kafka:    %s\nregistry: %s\n", strings.Join(stack.KafkaAddrs(), ","), stack.RegistryURL())
+	if sf.dataDir != "" {
+		fmt.Fprintf(stdout, "data:     %s\n", sf.dataDir)
+	}
+	fmt.Fprintln(stdout, "ready; Ctrl-C stops")
+	<-ctx.Done()
+	if err := stack.Close(); err != nil {
+		fmt.Fprintf(stderr, "orchestrator dev: stopping: %v\n", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, "stopped")
+	return 0
+}

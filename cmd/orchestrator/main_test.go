@@ -1,0 +1,136 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// syncBuffer is written by the command and read by the test at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestDevPrintsAddressesAndStops(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var stdout, stderr syncBuffer
+	done := make(chan int)
+	go func() { done <- run(ctx, []string{"dev", "--kafka-port", "0", "--registry-port", "0"}, &stdout, &stderr) }()
+
+	kafkaLine := regexp.MustCompile(`kafka:\s+(127\.0\.0\.1:\d+)`)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(stdout.String(), "ready") {
+		if time.Now().After(deadline) {
+			t.Fatalf("dev did not become ready; stdout %q stderr %q", stdout.String(), stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	m := kafkaLine.FindStringSubmatch(stdout.String())
+	if m == nil || !strings.Contains(stdout.String(), "registry: http://127.0.0.1:") {
+		t.Fatalf("addresses not printed: %q", stdout.String())
+	}
+	// The printed address is all an outside client needs.
+	cl, err := kgo.NewClient(kgo.SeedBrokers(m[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pingCtx, pingCancel := context.WithTimeout(ctx, 10*time.Second)
+	err = cl.Ping(pingCtx)
+	pingCancel()
+	cl.Close()
+	if err != nil {
+		t.Fatalf("ping %s: %v", m[1], err)
+	}
+
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d; stderr %q", code, stderr.String())
+	}
+}
+
+func TestDevBusyPortNamesTheFlag(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"kafka", []string{"dev", "--kafka-port", port, "--registry-port", "0"}, "--kafka-port"},
+		{"registry", []string{"dev", "--kafka-port", "0", "--registry-port", port}, "--registry-port"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr syncBuffer
+			code := run(context.Background(), tt.args, &stdout, &stderr)
+			if code == 0 {
+				t.Fatal("exit 0 on a busy port")
+			}
+			if !strings.Contains(stderr.String(), port) || !strings.Contains(stderr.String(), tt.want) {
+				t.Fatalf("error %q does not name port %s and flag %s", stderr.String(), port, tt.want)
+			}
+		})
+	}
+}
+
+func TestSmoke(t *testing.T) {
+	var stdout, stderr syncBuffer
+	if code := run(context.Background(), []string{"smoke", "--count", "200"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d; stderr %q", code, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "round-tripped 200") || !strings.Contains(stdout.String(), "smoke OK") {
+		t.Fatalf("stdout %q", stdout.String())
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown command", []string{"nope"}, `unknown command "nope"`},
+		{"bad flag values", []string{"smoke", "--count", "0", "--partitions", "0"}, "--partitions"},
+		{"stray argument", []string{"dev", "extra"}, "unexpected arguments"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr syncBuffer
+			if code := run(context.Background(), tt.args, &stdout, &stderr); code != 2 {
+				t.Fatalf("exit %d, want 2", code)
+			}
+			if !strings.Contains(stderr.String(), tt.want) {
+				t.Fatalf("stderr %q does not contain %q", stderr.String(), tt.want)
+			}
+		})
+	}
+}
