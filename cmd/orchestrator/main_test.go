@@ -39,7 +39,9 @@ func TestDevPrintsAddressesAndStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var stdout, stderr syncBuffer
 	done := make(chan int)
-	go func() { done <- run(ctx, []string{"dev", "--kafka-port", "0", "--registry-port", "0"}, &stdout, &stderr) }()
+	go func() {
+		done <- run(ctx, []string{"dev", "--kafka-port", "0", "--registry-port", "0"}, &stdout, &stderr)
+	}()
 
 	kafkaLine := regexp.MustCompile(`kafka:\s+(127\.0\.0\.1:\d+)`)
 	deadline := time.Now().Add(10 * time.Second)
