@@ -1,0 +1,366 @@
+package pipe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/sagapipe/sagapipe/schema"
+)
+
+// Provenance header names, written on every piped record and overwriting any
+// earlier ones (as when piping out of a dead-letter topic). Values are
+// decimal strings.
+const (
+	HeaderOriginalTopic         = "original_topic"
+	HeaderOriginalPartition     = "original_partition"
+	HeaderOriginalOffset        = "original_offset"
+	HeaderOriginalConsumerGroup = "original_consumer_group"
+)
+
+var (
+	// ErrClosed: the piper was closed before the record could be piped.
+	ErrClosed = errors.New("pipe: piper is closed")
+	// ErrNoSource: a Message had no Source record.
+	ErrNoSource = errors.New("pipe: message has no source record")
+	// ErrNoTopic: the target topic is empty.
+	ErrNoTopic = errors.New("pipe: target topic is empty")
+)
+
+// Message is one consumed record to pipe.
+type Message struct {
+	// Source is the consumed record. Its key, value and headers are
+	// forwarded as they are unless a field below says otherwise.
+	Source *kgo.Record
+	// Value, when non-nil, replaces the source's value (for example a newly
+	// encoded Avro event).
+	Value []byte
+	// Type, when set, is the piped event's ce_type; otherwise the source's
+	// is kept.
+	Type string
+	// PassThrough comes back untouched in the record's Result.
+	PassThrough any
+}
+
+// Result is the outcome of piping one Message. Every piped message yields
+// exactly one.
+type Result struct {
+	// Record is the record as built for the target; after a successful
+	// produce its Partition and Offset are set. It is nil when the record
+	// could not be built.
+	Record      *kgo.Record
+	Source      *kgo.Record
+	PassThrough any
+	// Err is nil on success.
+	Err error
+}
+
+// EnhanceFunc may change the record about to be piped (key, value, headers,
+// topic). An error fails the record's Result and nothing is sent.
+type EnhanceFunc func(ctx context.Context, rec *kgo.Record, m Message) error
+
+// Piper pipes consumed records to target topics. It is safe for concurrent
+// use. It owns no goroutines; results of asynchronous pipes are delivered on
+// the kgo client's promise goroutine, so callbacks must not block for long.
+type Piper struct {
+	client     *kgo.Client
+	cfg        config
+	sem        chan struct{} // a slot per in-flight record
+	closing    chan struct{}
+	closeOnce  sync.Once
+	base       context.Context // cancelled when Close gives up waiting
+	cancelBase context.CancelFunc
+	closeErr   error
+	closeMu    sync.Mutex
+}
+
+// New returns a Piper producing through client. Options are validated
+// together; every problem is reported.
+//
+// Records without a key get one derived from their source partition, so the
+// client must partition by key hash (kgo's default partitioner does).
+func New(client *kgo.Client, opts ...Opt) (*Piper, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		o.apply(&cfg)
+	}
+	var errs []error
+	if client == nil {
+		errs = append(errs, errors.New("pipe: New: client is nil"))
+	}
+	errs = append(errs, cfg.validate()...)
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if cfg.group == "" {
+		if g, _ := client.OptValue(kgo.ConsumerGroup).(string); g != "" {
+			cfg.group = g
+		}
+	}
+	base, cancel := context.WithCancel(context.Background())
+	return &Piper{
+		client:     client,
+		cfg:        cfg,
+		sem:        make(chan struct{}, cfg.maxInFlight),
+		closing:    make(chan struct{}),
+		base:       base,
+		cancelBase: cancel,
+	}, nil
+}
+
+// PipeSync pipes m to topic and returns its result once the broker has
+// answered. Cancelling ctx fails the record if it has not been sent yet.
+func (p *Piper) PipeSync(ctx context.Context, topic string, m Message) Result {
+	return p.PipeManySync(ctx, topic, m)[0]
+}
+
+// PipeManySync pipes every message to topic and returns their results in the
+// order of ms.
+func (p *Piper) PipeManySync(ctx context.Context, topic string, ms ...Message) []Result {
+	results := make([]Result, len(ms))
+	var wg sync.WaitGroup
+	wg.Add(len(ms))
+	p.pipe(ctx, topic, ms, func(i int, r Result) {
+		results[i] = r
+		wg.Done()
+	})
+	wg.Wait()
+	return results
+}
+
+// PipeAsync pipes m to topic and calls done with its result exactly once,
+// possibly before PipeAsync returns. PipeAsync blocks while the piper has
+// its maximum of records in flight (WithMaxInFlight); cancelling ctx ends
+// the wait, and fails the record if it has not been sent, with the failure
+// delivered to done.
+func (p *Piper) PipeAsync(ctx context.Context, topic string, m Message, done func(Result)) {
+	p.PipeManyAsync(ctx, topic, []Message{m}, done)
+}
+
+// PipeManyAsync pipes every message to topic, calling done once per message,
+// as PipeAsync does.
+func (p *Piper) PipeManyAsync(ctx context.Context, topic string, ms []Message, done func(Result)) {
+	if done == nil {
+		panic("pipe: PipeAsync needs a result callback (use ResultsTo for a channel)")
+	}
+	p.pipe(ctx, topic, ms, func(_ int, r Result) { done(r) })
+}
+
+// ResultsTo returns a callback that sends each result to ch. The channel's
+// capacity, or its reader, is what keeps up with the results: a full channel
+// blocks the kgo client's promise goroutine.
+func ResultsTo(ch chan<- Result) func(Result) {
+	return func(r Result) { ch <- r }
+}
+
+// pipe is the one path every Pipe* method takes. done is called exactly once
+// per message, with the message's index.
+func (p *Piper) pipe(ctx context.Context, topic string, ms []Message, done func(int, Result)) {
+	if len(ms) == 0 {
+		return
+	}
+	// One context per call joins the caller's with the piper's, so that
+	// both the caller and a Close that gives up can cancel unsent records.
+	rctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(p.base, cancel)
+	remaining := atomic.Int64{}
+	remaining.Store(int64(len(ms)))
+	finish := func(i int, r Result) {
+		done(i, r)
+		if remaining.Add(-1) == 0 {
+			stop()
+			cancel()
+		}
+	}
+	for i, m := range ms {
+		fail := func(err error) { finish(i, Result{Source: m.Source, PassThrough: m.PassThrough, Err: err}) }
+		select {
+		case <-p.closing:
+			fail(ErrClosed)
+			continue
+		default:
+		}
+		select {
+		case p.sem <- struct{}{}:
+		case <-p.closing:
+			fail(ErrClosed)
+			continue
+		case <-rctx.Done():
+			fail(fmt.Errorf("pipe: waiting for an in-flight slot: %w", context.Cause(rctx)))
+			continue
+		}
+		rec, err := p.build(rctx, topic, m)
+		if err != nil {
+			<-p.sem
+			fail(err)
+			continue
+		}
+		p.client.Produce(rctx, rec, func(r *kgo.Record, err error) {
+			<-p.sem
+			if err != nil {
+				err = fmt.Errorf("pipe: produce to %s: %w", r.Topic, err)
+			}
+			finish(i, Result{Record: r, Source: m.Source, PassThrough: m.PassThrough, Err: err})
+		})
+	}
+}
+
+// partitionKeys are the derived keys of the first source partitions,
+// allocated once.
+var partitionKeys = func() [][]byte {
+	keys := make([][]byte, 1024)
+	for i := range keys {
+		keys[i] = []byte(strconv.Itoa(i))
+	}
+	return keys
+}()
+
+// PartitionKey returns the key a keyless record from source partition p is
+// piped with: every record of one source partition gets the same key, so
+// they land in one target partition, in order, whatever the two topics'
+// partition counts.
+func PartitionKey(p int32) []byte {
+	if p >= 0 && int(p) < len(partitionKeys) {
+		return partitionKeys[p]
+	}
+	return []byte(strconv.Itoa(int(p)))
+}
+
+// build makes the record to produce for m.
+func (p *Piper) build(ctx context.Context, topic string, m Message) (*kgo.Record, error) {
+	src := m.Source
+	if src == nil {
+		return nil, ErrNoSource
+	}
+	if topic == "" {
+		return nil, ErrNoTopic
+	}
+	rec := &kgo.Record{Topic: topic, Key: src.Key, Value: src.Value}
+	if m.Value != nil {
+		rec.Value = m.Value
+	}
+	if rec.Key == nil {
+		rec.Key = PartitionKey(src.Partition)
+	}
+
+	var trace traceCarrier
+	p.cfg.propagator.Inject(ctx, &trace)
+	causation, _ := schema.Header(src.Headers, schema.HeaderID)
+
+	headers := make([]kgo.RecordHeader, 0, len(src.Headers)+10)
+	for _, h := range src.Headers {
+		switch h.Key {
+		case HeaderOriginalTopic, HeaderOriginalPartition, HeaderOriginalOffset, HeaderOriginalConsumerGroup,
+			schema.HeaderID, schema.HeaderTime, schema.HeaderCausationID:
+			continue
+		case schema.HeaderType:
+			if m.Type != "" {
+				continue
+			}
+		case schema.HeaderSource:
+			if p.cfg.source != "" {
+				continue
+			}
+		}
+		if trace.has(h.Key) {
+			continue
+		}
+		headers = append(headers, h)
+	}
+	headers = append(headers,
+		kgo.RecordHeader{Key: HeaderOriginalTopic, Value: []byte(src.Topic)},
+		kgo.RecordHeader{Key: HeaderOriginalPartition, Value: strconv.AppendInt(nil, int64(src.Partition), 10)},
+		kgo.RecordHeader{Key: HeaderOriginalOffset, Value: strconv.AppendInt(nil, src.Offset, 10)},
+		kgo.RecordHeader{Key: HeaderOriginalConsumerGroup, Value: []byte(p.cfg.group)},
+		kgo.RecordHeader{Key: schema.HeaderID, Value: []byte(p.cfg.newID())},
+		kgo.RecordHeader{Key: schema.HeaderTime, Value: p.cfg.now().UTC().AppendFormat(nil, time.RFC3339Nano)},
+	)
+	if causation != "" {
+		headers = append(headers, kgo.RecordHeader{Key: schema.HeaderCausationID, Value: []byte(causation)})
+	}
+	if m.Type != "" {
+		headers = append(headers, kgo.RecordHeader{Key: schema.HeaderType, Value: []byte(m.Type)})
+	}
+	if p.cfg.source != "" {
+		headers = append(headers, kgo.RecordHeader{Key: schema.HeaderSource, Value: []byte(p.cfg.source)})
+	}
+	headers = append(headers, trace...)
+	rec.Headers = headers
+
+	if p.cfg.enhance != nil {
+		if err := p.cfg.enhance(ctx, rec, m); err != nil {
+			return nil, fmt.Errorf("pipe: enhance hook refused the record: %w", err)
+		}
+	}
+	return rec, nil
+}
+
+// Close stops the piper: pipes started afterwards fail with ErrClosed, and
+// Close waits until every record in flight has its result. When ctx ends
+// first, Close cancels the records kgo has not sent yet (kgo fails them, and
+// their results are delivered) and returns ctx's error; results of records
+// already sent arrive when the broker answers or the client is closed. Close
+// is idempotent: later calls return the first call's error.
+func (p *Piper) Close(ctx context.Context) error {
+	p.closeMu.Lock()
+	defer p.closeMu.Unlock()
+	first := false
+	p.closeOnce.Do(func() { close(p.closing); first = true })
+	if !first {
+		return p.closeErr
+	}
+	// Holding every slot means nothing is in flight.
+	for acquired := 0; acquired < cap(p.sem); acquired++ {
+		select {
+		case p.sem <- struct{}{}:
+		case <-ctx.Done():
+			p.cancelBase()
+			p.closeErr = fmt.Errorf("pipe: close: %d records still in flight: %w", cap(p.sem)-acquired, ctx.Err())
+			return p.closeErr
+		}
+	}
+	p.cancelBase()
+	return nil
+}
+
+// traceCarrier collects what the propagator injects.
+type traceCarrier []kgo.RecordHeader
+
+func (c *traceCarrier) Get(key string) string {
+	for _, h := range *c {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+func (c *traceCarrier) Set(key, value string) {
+	*c = append(*c, kgo.RecordHeader{Key: key, Value: []byte(value)})
+}
+
+func (c *traceCarrier) Keys() []string {
+	keys := make([]string, len(*c))
+	for i, h := range *c {
+		keys[i] = h.Key
+	}
+	return keys
+}
+
+func (c traceCarrier) has(key string) bool {
+	for _, h := range c {
+		if h.Key == key {
+			return true
+		}
+	}
+	return false
+}
+
+var _ propagation.TextMapCarrier = (*traceCarrier)(nil)

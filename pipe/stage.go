@@ -1,0 +1,254 @@
+package pipe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sagapipe/sagapipe/schema"
+)
+
+// Reply is a participant's answer to a command: an event of type Type,
+// encoded when its target topic is known.
+type Reply struct {
+	Type   string
+	encode func(ctx context.Context, topic string) ([]byte, error)
+}
+
+// NewReply returns a Reply carrying event, encoded with codec as eventType.
+func NewReply[T any](codec *schema.Codec[T], eventType string, event T) Reply {
+	return Reply{Type: eventType, encode: func(ctx context.Context, topic string) ([]byte, error) {
+		return codec.Encode(ctx, topic, &event)
+	}}
+}
+
+// NoReply is the Reply of a command that is answered with nothing.
+var NoReply = Reply{}
+
+// Handler handles one decoded command of a stage. Delivery is at-least-once:
+// make the effect idempotent, keyed by env.ID.
+type Handler[C any] func(ctx context.Context, cmd C, env schema.Envelope) (Reply, error)
+
+// FailurePolicy decides what becomes of a command that could not be handled:
+// its envelope or payload did not decode, the handler failed, or the reply
+// could not be piped. Returning nil means the failure is dealt with (for
+// example dead-lettered) and the worker moves on; returning an error stops
+// the worker, and the command, whose offset was not committed, comes again.
+type FailurePolicy func(ctx context.Context, rec *kgo.Record, err error) error
+
+// StopOnFailure is the default FailurePolicy: the worker stops with the
+// error, losing nothing, until a policy that can set records aside (dlq/) is
+// configured.
+func StopOnFailure(_ context.Context, rec *kgo.Record, err error) error {
+	return fmt.Errorf("pipe: stage worker stopped at %s/%d@%d (configure WithFailurePolicy, e.g. a dead-letter policy, to move past failing commands): %w",
+		rec.Topic, rec.Partition, rec.Offset, err)
+}
+
+// StageOpt configures a StageWorker.
+type StageOpt interface{ applyStage(*stageConfig) }
+
+type stageOptFunc func(*stageConfig)
+
+func (f stageOptFunc) applyStage(c *stageConfig) { f(c) }
+
+type stageConfig struct {
+	replyTopic string
+	onFailure  FailurePolicy
+	store      IdempotencyStore
+	pipeOpts   []Opt
+}
+
+// WithReplyTopic sets where replies go when a command carries no reply_to header.
+func WithReplyTopic(topic string) StageOpt {
+	return stageOptFunc(func(c *stageConfig) { c.replyTopic = topic })
+}
+
+// WithFailurePolicy sets what happens to commands that fail (default StopOnFailure).
+func WithFailurePolicy(p FailurePolicy) StageOpt {
+	return stageOptFunc(func(c *stageConfig) { c.onFailure = p })
+}
+
+// WithIdempotencyStore sets the store of handled command IDs (default a
+// MemoryStore of DefaultIdempotencyCapacity).
+func WithIdempotencyStore(s IdempotencyStore) StageOpt {
+	return stageOptFunc(func(c *stageConfig) { c.store = s })
+}
+
+// WithPiperOptions passes options to the piper that sends replies (for
+// example WithSource to name the participant in ce_source).
+func WithPiperOptions(opts ...Opt) StageOpt {
+	return stageOptFunc(func(c *stageConfig) { c.pipeOpts = append(c.pipeOpts, opts...) })
+}
+
+// StageWorker runs one participant stage: it consumes a command topic in a
+// consumer group, decodes each command, calls the handler and pipes the
+// reply to the topic named in the command's reply_to header. Offsets are
+// committed after the replies of a polled batch are acknowledged: delivery is
+// at-least-once, and a command whose ce_id the idempotency store has seen is
+// skipped.
+type StageWorker[C any] struct {
+	client  *kgo.Client
+	codec   *schema.Codec[C]
+	handler Handler[C]
+	cfg     stageConfig
+	piper   *Piper
+}
+
+// NewStageWorker returns a worker consuming with client, which must be in a
+// consumer group (kgo.ConsumerGroup), consume the command topic
+// (kgo.ConsumeTopics) and not auto-commit (kgo.DisableAutoCommit): the
+// worker commits what it has answered. Every problem is reported at once.
+func NewStageWorker[C any](client *kgo.Client, codec *schema.Codec[C], handler Handler[C], opts ...StageOpt) (*StageWorker[C], error) {
+	cfg := stageConfig{onFailure: StopOnFailure}
+	for _, o := range opts {
+		o.applyStage(&cfg)
+	}
+	var errs []error
+	if client == nil {
+		errs = append(errs, errors.New("pipe: NewStageWorker: client is nil"))
+	} else {
+		if g, _ := client.OptValue(kgo.ConsumerGroup).(string); g == "" {
+			errs = append(errs, errors.New("pipe: NewStageWorker: the client is in no consumer group; add kgo.ConsumerGroup(...)"))
+		}
+		if off, _ := client.OptValue(kgo.DisableAutoCommit).(bool); !off {
+			errs = append(errs, errors.New("pipe: NewStageWorker: the client auto-commits, which could commit commands before they are answered; add kgo.DisableAutoCommit()"))
+		}
+	}
+	if codec == nil {
+		errs = append(errs, errors.New("pipe: NewStageWorker: codec is nil"))
+	}
+	if handler == nil {
+		errs = append(errs, errors.New("pipe: NewStageWorker: handler is nil"))
+	}
+	if cfg.onFailure == nil {
+		errs = append(errs, errors.New("pipe: WithFailurePolicy: policy is nil"))
+	}
+	if cfg.store == nil {
+		cfg.store, _ = NewMemoryStore(0) // the default capacity is valid
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	piper, err := New(client, cfg.pipeOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return &StageWorker[C]{client: client, codec: codec, handler: handler, cfg: cfg, piper: piper}, nil
+}
+
+// Run consumes and handles commands until ctx is cancelled (it then commits
+// what it has answered and returns nil) or the failure policy returns an
+// error (Run returns it). The client stays open; its owner closes it.
+func (w *StageWorker[C]) Run(ctx context.Context) error {
+	defer w.piper.Close(context.Background()) //nolint:errcheck // Run waited for every reply already
+	for {
+		fetches := w.client.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if fetches.IsClientClosed() {
+			return errors.New("pipe: stage worker: the client was closed while the worker ran")
+		}
+		var fetchErr error
+		fetches.EachError(func(topic string, partition int32, err error) {
+			fetchErr = errors.Join(fetchErr, fmt.Errorf("pipe: stage worker: fetching %s/%d: %w", topic, partition, err))
+		})
+		if fetchErr != nil {
+			return fetchErr
+		}
+		var answered []*kgo.Record
+		var stopErr error
+		fetches.EachRecord(func(rec *kgo.Record) {
+			if stopErr != nil || ctx.Err() != nil {
+				return
+			}
+			if err := w.handle(ctx, rec); err != nil {
+				if err = w.cfg.onFailure(ctx, rec, err); err != nil {
+					stopErr = err
+					return
+				}
+			}
+			answered = append(answered, rec)
+		})
+		if err := w.commit(ctx, answered); err != nil {
+			return errors.Join(stopErr, err)
+		}
+		if stopErr != nil {
+			return stopErr
+		}
+	}
+}
+
+func (w *StageWorker[C]) commit(ctx context.Context, recs []*kgo.Record) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	// Commit what was answered even when ctx was just cancelled: it saves
+	// the participant from handling those commands twice.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := w.client.CommitRecords(cctx, recs...); err != nil {
+		return fmt.Errorf("pipe: stage worker: commit offsets: %w", err)
+	}
+	return nil
+}
+
+// handle answers one command; an error goes to the failure policy.
+func (w *StageWorker[C]) handle(ctx context.Context, rec *kgo.Record) error {
+	env, err := schema.ReadEnvelope(rec.Headers)
+	if err != nil {
+		return err
+	}
+	seen, err := w.cfg.store.Seen(ctx, env.ID)
+	if err != nil {
+		return fmt.Errorf("pipe: idempotency store: %w", err)
+	}
+	if seen {
+		return nil
+	}
+	cmd, err := w.codec.Decode(ctx, rec.Value)
+	if err != nil {
+		return err
+	}
+	reply, err := w.handler(ctx, cmd, env)
+	if err != nil {
+		return fmt.Errorf("pipe: handler for %s %s: %w", env.Type, env.ID, err)
+	}
+	if reply.encode != nil {
+		topic := env.ReplyTo
+		if topic == "" {
+			topic = w.cfg.replyTopic
+		}
+		if topic == "" {
+			return fmt.Errorf("pipe: command %s has no %s header and the worker has no WithReplyTopic", env.ID, schema.HeaderReplyTo)
+		}
+		value, err := reply.encode(ctx, topic)
+		if err != nil {
+			return fmt.Errorf("pipe: encode reply %s: %w", reply.Type, err)
+		}
+		// The reply answers the command; it asks nothing back.
+		source := *rec
+		source.Headers = withoutHeader(rec.Headers, schema.HeaderReplyTo)
+		res := w.piper.PipeSync(ctx, topic, Message{Source: &source, Value: value, Type: reply.Type})
+		if res.Err != nil {
+			return res.Err
+		}
+	}
+	if err := w.cfg.store.Mark(ctx, env.ID); err != nil {
+		return fmt.Errorf("pipe: idempotency store: %w", err)
+	}
+	return nil
+}
+
+func withoutHeader(headers []kgo.RecordHeader, name string) []kgo.RecordHeader {
+	out := make([]kgo.RecordHeader, 0, len(headers))
+	for _, h := range headers {
+		if h.Key != name {
+			out = append(out, h)
+		}
+	}
+	return out
+}
