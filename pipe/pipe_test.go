@@ -370,6 +370,3 @@ func TestNewValidates(t *testing.T) {
 		}
 	}
 }
-
-
-
