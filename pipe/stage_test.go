@@ -1,0 +1,207 @@
+package pipe_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sagapipe/sagapipe/internal/devstack"
+	"github.com/sagapipe/sagapipe/pipe"
+	"github.com/sagapipe/sagapipe/schema"
+)
+
+type reserveInventory struct {
+	OrderID  string `avro:"order_id"`
+	SKU      string `avro:"sku"`
+	Quantity int32  `avro:"quantity"`
+}
+
+const reserveInventorySchema = `{"type":"record","name":"ReserveInventory","namespace":"test","fields":[
+ {"name":"order_id","type":"string"},{"name":"sku","type":"string"},{"name":"quantity","type":"int"}]}`
+
+type inventoryReserved struct {
+	OrderID string `avro:"order_id"`
+}
+
+const inventoryReservedSchema = `{"type":"record","name":"InventoryReserved","namespace":"test","fields":[
+ {"name":"order_id","type":"string"}]}`
+
+func codecs(t *testing.T, s *devstack.Stack) (*schema.Codec[reserveInventory], *schema.Codec[inventoryReserved]) {
+	t.Helper()
+	serde, err := schema.NewSerde(s.RegistryURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, err := schema.NewCodec[reserveInventory](serde, reserveInventorySchema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply, err := schema.NewCodec[inventoryReserved](serde, inventoryReservedSchema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cmd, reply
+}
+
+func TestStageWorker(t *testing.T) {
+	ctx := context.Background()
+	s := startStack(t)
+	createTopic(t, s, 1, "inventory.commands", "orders.inbox")
+	cmdCodec, replyCodec := codecs(t, s)
+
+	command := func(id, order string, value []byte) *kgo.Record {
+		env := schema.NewEnvelope("test.ReserveInventory", "orchestrator", time.Now())
+		env.ID, env.ReplyTo, env.CorrelationID = id, "orders.inbox", "corr-"+order
+		env.SagaName, env.SagaID, env.SagaStep = "orders", order, "inventory"
+		if value == nil {
+			var err error
+			value, err = cmdCodec.Encode(ctx, "inventory.commands", &reserveInventory{OrderID: order, SKU: "sku-1", Quantity: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		return &kgo.Record{Topic: "inventory.commands", Key: []byte(order), Value: value, Headers: env.Apply(nil)}
+	}
+	// X comes twice (a redelivery), the poison one is not framed, and Z,
+	// last in the partition, tells when everything before it was handled.
+	commands := []*kgo.Record{
+		command("cmd-x", "order-x", nil),
+		command("cmd-x", "order-x", nil),
+		command("cmd-y", "order-y", nil),
+		command("cmd-poison", "order-p", []byte("not avro")),
+		command("cmd-z", "order-z", nil),
+	}
+	if err := newClient(t, s).ProduceSync(ctx, commands...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+
+	var (
+		mu       sync.Mutex
+		handled  = map[string]int{}
+		failures []error
+	)
+	handler := func(_ context.Context, cmd reserveInventory, env schema.Envelope) (pipe.Reply, error) {
+		mu.Lock()
+		handled[cmd.OrderID]++
+		mu.Unlock()
+		return pipe.NewReply(replyCodec, "test.InventoryReserved", inventoryReserved{OrderID: cmd.OrderID}), nil
+	}
+	policy := func(_ context.Context, rec *kgo.Record, err error) error {
+		mu.Lock()
+		failures = append(failures, err)
+		mu.Unlock()
+		return nil // dealt with: move on
+	}
+	client := newClient(t, s, kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
+		kgo.DisableAutoCommit(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	w, err := pipe.NewStageWorker(client, cmdCodec, handler, pipe.WithFailurePolicy(policy),
+		pipe.WithPiperOptions(pipe.WithSource("inventory-service")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(runCtx) }()
+
+	replies := consume(t, s, "orders.inbox", 3)
+	stop()
+	if err := <-ran; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	for _, order := range []string{"order-x", "order-y", "order-z"} {
+		if handled[order] != 1 {
+			t.Errorf("%s handled %d times, want once", order, handled[order])
+		}
+	}
+	if len(failures) != 1 || !errors.Is(failures[0], schema.ErrNotFramed) {
+		t.Fatalf("failure policy got %v, want one ErrNotFramed", failures)
+	}
+	for i, r := range replies {
+		want := []string{"cmd-x", "cmd-y", "cmd-z"}[i]
+		got, err := replyCodec.Decode(ctx, r.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		order := "order-" + want[len("cmd-"):]
+		checks := map[string]string{
+			schema.HeaderCausationID: want, schema.HeaderCorrelationID: "corr-" + order,
+			schema.HeaderType: "test.InventoryReserved", schema.HeaderSource: "inventory-service",
+			schema.HeaderSagaID: order, schema.HeaderSagaStep: "inventory",
+			pipe.HeaderOriginalTopic: "inventory.commands", pipe.HeaderOriginalConsumerGroup: "inventory",
+		}
+		for h, v := range checks {
+			if header(r, h) != v {
+				t.Errorf("reply %d: %s = %q, want %q", i, h, header(r, h), v)
+			}
+		}
+		if countHeader(r, schema.HeaderReplyTo) != 0 {
+			t.Errorf("reply %d carries reply_to", i)
+		}
+		if got.OrderID != order || string(r.Key) != order {
+			t.Errorf("reply %d: order %q key %q, want %q", i, got.OrderID, r.Key, order)
+		}
+	}
+	offsets, err := kadm.NewClient(newClient(t, s)).FetchOffsets(ctx, "inventory")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o, _ := offsets.Lookup("inventory.commands", 0); o.At != int64(len(commands)) {
+		t.Fatalf("committed offset %d, want %d", o.At, len(commands))
+	}
+}
+
+func TestStageWorkerStopsOnFailureByDefault(t *testing.T) {
+	ctx := context.Background()
+	s := startStack(t)
+	createTopic(t, s, 1, "inventory.commands")
+	cmdCodec, replyCodec := codecs(t, s)
+	env := schema.NewEnvelope("test.ReserveInventory", "orchestrator", time.Now())
+	if err := newClient(t, s).ProduceSync(ctx, &kgo.Record{Topic: "inventory.commands", Value: []byte{9}, Headers: env.Apply(nil)}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	client := newClient(t, s, kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
+		kgo.DisableAutoCommit(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	handler := func(context.Context, reserveInventory, schema.Envelope) (pipe.Reply, error) {
+		return pipe.NewReply(replyCodec, "t", inventoryReserved{}), nil
+	}
+	w, err := pipe.NewStageWorker(client, cmdCodec, handler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	err = w.Run(runCtx)
+	if !errors.Is(err, schema.ErrNotFramed) || !strings.Contains(err.Error(), "WithFailurePolicy") {
+		t.Fatalf("Run: %v, want the poison error and the option that moves past it", err)
+	}
+	offsets, err := kadm.NewClient(newClient(t, s)).FetchOffsets(ctx, "inventory")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o, ok := offsets.Lookup("inventory.commands", 0); ok && o.At > 0 {
+		t.Fatalf("the failed command was committed (offset %d): it would be lost", o.At)
+	}
+}
+
+func TestNewStageWorkerNamesEveryFix(t *testing.T) {
+	s := startStack(t)
+	cmdCodec, _ := codecs(t, s)
+	_, err := pipe.NewStageWorker[reserveInventory](newClient(t, s), cmdCodec, nil)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{"kgo.ConsumerGroup", "kgo.DisableAutoCommit", "handler is nil"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}
