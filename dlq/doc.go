@@ -1,6 +1,25 @@
-// Package dlq decides what happens to a record whose processing fails:
-// retries with exponential backoff and full jitter up to MaxRetries, poison
-// errors that skip the retries, and ordered dead-letter topics in which every
-// record of one origin partition lands in one DLQ partition, in order, with
-// headers that say where it came from and why it failed.
+// Package dlq decides what becomes of a record whose processing fails, after
+// Karafka Pro's enhanced dead-letter queue.
+//
+// A Policy (a plain struct whose zero value works) says how often to retry
+// (MaxRetries), how long to back off (exponential with full jitter between
+// InitialBackoff and MaxBackoff), how many retries a minute may spend at
+// most (RetryBudgetPerMinute), and where failures go: Topic, by default
+// "<topic>.dlq", or nowhere (NoDispatch). Its Classifier sends poison
+// errors, wrapped with Poison or reporting Poison() true as schema/'s
+// framing, unknown-ID, decode and header errors do, to the dead-letter topic
+// at once, and retries everything else.
+//
+// A Consumer applies a Policy to a Handler. A failing record holds back only
+// the records behind it in its partition, which is paused in kgo so that the
+// consumer keeps polling and stays in its group; other partitions keep
+// flowing. Records that fail for good are dispatched before their offsets
+// are committed, so a crash never loses one. Every record of one origin
+// partition goes to one DLQ partition (origin partition modulo the DLQ's
+// partition count), in order, with its key, value and headers byte for byte
+// and these headers added: original_topic, original_partition,
+// original_offset, original_consumer_group, error_class (poison or
+// exhausted), error_type, error_message, attempts, first_failed_at,
+// last_failed_at, and the trace context. Hooks (HookDeadLettered, HookRetry)
+// feed metrics and logs.
 package dlq

@@ -1,0 +1,406 @@
+package dlq
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/sagapipe/sagapipe/pipe"
+)
+
+// Handler processes one record. A nil error means done; otherwise the
+// policy's classifier decides between retrying and dead-lettering.
+type Handler func(ctx context.Context, rec *kgo.Record) error
+
+// Clock is the time the consumer backs off by; tests inject their own.
+type Clock interface {
+	Now() time.Time
+	// AfterFunc calls f once d has passed; stop prevents a call not yet made.
+	AfterFunc(d time.Duration, f func()) (stop func() bool)
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+func (realClock) AfterFunc(d time.Duration, f func()) func() bool {
+	return time.AfterFunc(d, f).Stop
+}
+
+// Hook is any of the HookX interfaces below; a hook implements the ones it
+// cares about.
+type Hook any
+
+// HookDeadLettered is told of every record that failed for good, after it
+// was dispatched (or skipped, with Policy.NoDispatch).
+type HookDeadLettered interface {
+	OnDeadLettered(rec *kgo.Record, f Failure)
+}
+
+// HookRetry is told of every retry about to be waited for.
+type HookRetry interface {
+	OnRetry(rec *kgo.Record, retry int, backoff time.Duration, err error)
+}
+
+// Opt configures a Consumer.
+type Opt interface{ apply(*consumerConfig) }
+
+type optFunc func(*consumerConfig)
+
+func (f optFunc) apply(c *consumerConfig) { f(c) }
+
+type consumerConfig struct {
+	clientOpts []kgo.Opt
+	clock      Clock
+	randN      func(int64) int64
+	hooks      []Hook
+	propagator propagation.TextMapPropagator
+}
+
+// WithClientOptions are the kgo options of the consumer's client: seed
+// brokers, kgo.ConsumerGroup and kgo.ConsumeTopics at least, plus TLS/SASL.
+// The consumer adds what it relies on: DisableAutoCommit,
+// BlockRebalanceOnPoll, rebalance callbacks and pipe's explicit partitioner.
+func WithClientOptions(opts ...kgo.Opt) Opt {
+	return optFunc(func(c *consumerConfig) { c.clientOpts = append(c.clientOpts, opts...) })
+}
+
+// WithClock sets the clock of backoffs (default the real one).
+func WithClock(clock Clock) Opt { return optFunc(func(c *consumerConfig) { c.clock = clock }) }
+
+// WithRand sets the jitter source: randN returns a number in [0, n)
+// (default math/rand/v2's Int64N).
+func WithRand(randN func(n int64) int64) Opt {
+	return optFunc(func(c *consumerConfig) { c.randN = randN })
+}
+
+// WithHooks adds hooks (HookDeadLettered, HookRetry) for metrics and logs.
+func WithHooks(hooks ...Hook) Opt {
+	return optFunc(func(c *consumerConfig) { c.hooks = append(c.hooks, hooks...) })
+}
+
+// WithPropagator sets how the trace context is written into dead-letter
+// records (default W3C TraceContext).
+func WithPropagator(p propagation.TextMapPropagator) Opt {
+	return optFunc(func(c *consumerConfig) { c.propagator = p })
+}
+
+// Consumer consumes topics in a group, calls a Handler for every record, and
+// applies a Policy to failures: retries with backoff hold back only the
+// failing record's partition (which is paused in kgo, so the consumer stays
+// in its group), and records that fail for good go to the dead-letter topic,
+// every origin partition's records to one DLQ partition, in order. Offsets
+// are committed only for records handled or dispatched, so a crash loses
+// nothing; without transactions a crash between dispatch and commit may
+// dead-letter a record twice.
+type Consumer struct {
+	client  *kgo.Client
+	handler Handler
+	policy  Policy
+	cfg     consumerConfig
+	group   string
+
+	mu    sync.Mutex // guards parts against the rebalance callbacks
+	parts map[topicPartition]*partition
+
+	budgetStart time.Time
+	budgetUsed  int
+}
+
+type topicPartition struct {
+	topic     string
+	partition int32
+}
+
+// partition is what the consumer holds of one assigned partition.
+type partition struct {
+	queue         []*kgo.Record // polled, not yet handled or dispatched
+	failures      int           // failed attempts of queue[0]
+	firstFailedAt time.Time
+	lastFailedAt  time.Time
+	retryAt       time.Time // zero unless backing off
+	paused        bool
+}
+
+// NewConsumer returns a Consumer; it owns its kgo client (Close closes it).
+// Every problem with the policy and options is reported at once.
+func NewConsumer(handler Handler, policy Policy, opts ...Opt) (*Consumer, error) {
+	cfg := consumerConfig{
+		clock:      realClock{},
+		randN:      rand.Int64N,
+		propagator: propagation.TraceContext{},
+	}
+	for _, o := range opts {
+		o.apply(&cfg)
+	}
+	errs := []error{policy.Validate()}
+	if handler == nil {
+		errs = append(errs, errors.New("dlq: NewConsumer: handler is nil"))
+	}
+	if cfg.clock == nil || cfg.randN == nil || cfg.propagator == nil {
+		errs = append(errs, errors.New("dlq: WithClock, WithRand and WithPropagator take non-nil values"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	c := &Consumer{handler: handler, policy: policy.withDefaults(), cfg: cfg, parts: map[topicPartition]*partition{}}
+	clientOpts := append(append([]kgo.Opt(nil), cfg.clientOpts...),
+		kgo.DisableAutoCommit(),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.OnPartitionsRevoked(c.forget),
+		kgo.OnPartitionsLost(c.forget),
+		kgo.RecordPartitioner(pipe.NewPartitioner(nil)),
+	)
+	client, err := kgo.NewClient(clientOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("dlq: NewConsumer: %w", err)
+	}
+	c.group, _ = client.OptValue(kgo.ConsumerGroup).(string)
+	if c.group == "" {
+		client.Close()
+		return nil, errors.New("dlq: NewConsumer: no consumer group; add kgo.ConsumerGroup(...) to WithClientOptions")
+	}
+	c.client = client
+	return c, nil
+}
+
+// Client returns the consumer's kgo client (for admin calls in tests and tools).
+func (c *Consumer) Client() *kgo.Client { return c.client }
+
+// Close leaves the group and closes the client. Call it after Run returned.
+func (c *Consumer) Close() {
+	// Leaving the group is a rebalance, which BlockRebalanceOnPoll holds
+	// back since the last poll.
+	c.client.AllowRebalance()
+	c.client.Close()
+}
+
+// forget drops what the consumer held of partitions it no longer owns: their
+// records were not committed, so their next owner gets them again.
+func (c *Consumer) forget(_ context.Context, cl *kgo.Client, gone map[string][]int32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for topic, ps := range gone {
+		for _, p := range ps {
+			delete(c.parts, topicPartition{topic, p})
+		}
+	}
+	cl.ResumeFetchPartitions(gone) // a partition paused now would stay paused if it came back
+}
+
+// Run consumes until ctx is cancelled (then it returns nil) or a record can
+// neither be handled nor dead-lettered (then it returns why; the record was
+// not committed and comes again).
+func (c *Consumer) Run(ctx context.Context) error {
+	for {
+		c.client.AllowRebalance()
+		pollCtx, cancel := context.WithCancel(ctx)
+		stop := func() bool { return false }
+		if wait, ok := c.nextRetry(); ok {
+			stop = c.cfg.clock.AfterFunc(wait, cancel)
+		}
+		fetches := c.client.PollFetches(pollCtx)
+		stop()
+		cancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if fetches.IsClientClosed() {
+			return errors.New("dlq: consumer: the client was closed while Run was running")
+		}
+		var fetchErr error
+		fetches.EachError(func(topic string, p int32, err error) {
+			if !errors.Is(err, context.Canceled) { // our own wake-up for a retry
+				fetchErr = errors.Join(fetchErr, fmt.Errorf("dlq: consumer: fetching %s/%d: %w", topic, p, err))
+			}
+		})
+		if fetchErr != nil {
+			return fetchErr
+		}
+		c.mu.Lock()
+		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+			if len(p.Records) == 0 {
+				return
+			}
+			tp := topicPartition{p.Topic, p.Partition}
+			st := c.parts[tp]
+			if st == nil {
+				st = &partition{}
+				c.parts[tp] = st
+			}
+			st.queue = append(st.queue, p.Records...)
+		})
+		c.mu.Unlock()
+		if err := c.process(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// nextRetry returns how long until the earliest retry is due.
+func (c *Consumer) nextRetry() (time.Duration, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var earliest time.Time
+	for _, st := range c.parts {
+		if !st.retryAt.IsZero() && (earliest.IsZero() || st.retryAt.Before(earliest)) {
+			earliest = st.retryAt
+		}
+	}
+	if earliest.IsZero() {
+		return 0, false
+	}
+	return max(earliest.Sub(c.cfg.clock.Now()), 0), true
+}
+
+// process works through every partition that is not backing off, then
+// commits what was handled or dispatched.
+func (c *Consumer) process(ctx context.Context) error {
+	c.mu.Lock()
+	tps := make([]topicPartition, 0, len(c.parts))
+	for tp := range c.parts {
+		tps = append(tps, tp)
+	}
+	c.mu.Unlock()
+	slices.SortFunc(tps, func(a, b topicPartition) int {
+		return cmp.Or(cmp.Compare(a.topic, b.topic), cmp.Compare(a.partition, b.partition))
+	})
+
+	var done []*kgo.Record
+	var stopErr error
+	for _, tp := range tps {
+		c.mu.Lock()
+		st := c.parts[tp]
+		c.mu.Unlock()
+		if st == nil {
+			continue
+		}
+		finished, err := c.processPartition(ctx, tp, st)
+		done = append(done, finished...)
+		if err != nil {
+			stopErr = err
+			break
+		}
+	}
+	if len(done) > 0 {
+		// Commit even when ctx was just cancelled: it saves handling the
+		// same records again.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := c.client.CommitRecords(cctx, done...); err != nil {
+			return errors.Join(stopErr, fmt.Errorf("dlq: consumer: commit offsets: %w", err))
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return stopErr
+}
+
+// processPartition handles st's queue in order until it is empty, a retry is
+// due later, or ctx ends. It returns the records that are finished.
+func (c *Consumer) processPartition(ctx context.Context, tp topicPartition, st *partition) ([]*kgo.Record, error) {
+	if !st.retryAt.IsZero() {
+		if c.cfg.clock.Now().Before(st.retryAt) {
+			return nil, nil
+		}
+		st.retryAt = time.Time{}
+	}
+	var done []*kgo.Record
+	for len(st.queue) > 0 && ctx.Err() == nil {
+		rec := st.queue[0]
+		err := c.handler(ctx, rec)
+		if ctx.Err() != nil {
+			break // shutting down: the record was not finished
+		}
+		if err != nil {
+			now := c.cfg.clock.Now()
+			st.failures++
+			if st.failures == 1 {
+				st.firstFailedAt = now
+			}
+			st.lastFailedAt = now
+			decision := c.policy.Classify(err)
+			retry := st.failures // the retry this would be
+			if decision == Retry && retry <= c.policy.MaxRetries && c.takeBudget(now) {
+				backoff := c.policy.Backoff(retry, c.cfg.randN)
+				st.retryAt = now.Add(backoff)
+				c.pause(tp, st)
+				for _, h := range c.cfg.hooks {
+					if h, ok := h.(HookRetry); ok {
+						h.OnRetry(rec, retry, backoff, err)
+					}
+				}
+				return done, nil
+			}
+			class := ClassExhausted
+			if decision == DeadLetter {
+				class = ClassPoison
+			}
+			f := Failure{Err: err, Class: class, Attempts: st.failures, FirstFailedAt: st.firstFailedAt, LastFailedAt: now}
+			if err := c.deadLetter(ctx, rec, f); err != nil {
+				return done, err
+			}
+		}
+		done = append(done, rec)
+		st.queue[0] = nil
+		st.queue = st.queue[1:]
+		st.failures = 0
+	}
+	if len(st.queue) == 0 && st.paused {
+		c.client.ResumeFetchPartitions(map[string][]int32{tp.topic: {tp.partition}})
+		st.paused = false
+	}
+	return done, nil
+}
+
+func (c *Consumer) pause(tp topicPartition, st *partition) {
+	if !st.paused {
+		c.client.PauseFetchPartitions(map[string][]int32{tp.topic: {tp.partition}})
+		st.paused = true
+	}
+}
+
+// takeBudget spends one retry of the per-minute budget, if there is one.
+func (c *Consumer) takeBudget(now time.Time) bool {
+	if c.policy.RetryBudgetPerMinute <= 0 {
+		return true
+	}
+	if now.Sub(c.budgetStart) >= time.Minute {
+		c.budgetStart, c.budgetUsed = now, 0
+	}
+	if c.budgetUsed >= c.policy.RetryBudgetPerMinute {
+		return false
+	}
+	c.budgetUsed++
+	return true
+}
+
+// deadLetter dispatches rec (unless the policy skips dispatch) and tells the
+// hooks. It returns only once the dead-letter record is acknowledged.
+func (c *Consumer) deadLetter(ctx context.Context, rec *kgo.Record, f Failure) error {
+	if !c.policy.NoDispatch {
+		topic := c.policy.TopicFor(rec.Topic)
+		out := NewRecord(ctx, rec, f, topic, c.group, c.cfg.propagator)
+		if err := c.client.ProduceSync(ctx, out).FirstErr(); err != nil {
+			if errors.Is(err, kerr.UnknownTopicOrPartition) {
+				err = fmt.Errorf("%w (create the dead-letter topic %s)", err, topic)
+			}
+			return fmt.Errorf("dlq: dispatch %s/%d@%d to %s: %w", rec.Topic, rec.Partition, rec.Offset, topic, err)
+		}
+	}
+	for _, h := range c.cfg.hooks {
+		if h, ok := h.(HookDeadLettered); ok {
+			h.OnDeadLettered(rec, f)
+		}
+	}
+	return nil
+}
