@@ -482,4 +482,3 @@ func TestPolicyValidateReportsEveryProblem(t *testing.T) {
 		t.Fatalf("zero policy: %v", err)
 	}
 }
-
