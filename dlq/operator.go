@@ -1,0 +1,315 @@
+package dlq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sagapipe/sagapipe/pipe"
+	"github.com/sagapipe/sagapipe/schema"
+)
+
+// HeaderReplayedFrom is added to a replayed record: "<dlq topic>/<partition>@<offset>".
+const HeaderReplayedFrom = "replayed_from"
+
+// Entry is one dead-letter record as an operator sees it.
+type Entry struct {
+	Record          *kgo.Record
+	OriginTopic     string
+	OriginPartition int32
+	OriginOffset    int64
+	Class           Class
+	ErrorType       string
+	Message         string
+	Attempts        int
+	FirstFailedAt   time.Time
+	LastFailedAt    time.Time
+}
+
+// ParseEntry reads the dead-letter headers of rec. A record without
+// original_topic and original_partition was not written by dlq and cannot be
+// replayed; that is an error naming the record.
+func ParseEntry(rec *kgo.Record) (Entry, error) {
+	e := Entry{Record: rec}
+	h := func(k string) string { v, _ := schema.Header(rec.Headers, k); return v }
+	e.OriginTopic = h(pipe.HeaderOriginalTopic)
+	p, perr := strconv.ParseInt(h(pipe.HeaderOriginalPartition), 10, 32)
+	if e.OriginTopic == "" || perr != nil {
+		return e, fmt.Errorf("dlq: %s/%d@%d has no valid %s/%s headers: not a dead-letter record",
+			rec.Topic, rec.Partition, rec.Offset, pipe.HeaderOriginalTopic, pipe.HeaderOriginalPartition)
+	}
+	e.OriginPartition = int32(p)
+	e.OriginOffset, _ = strconv.ParseInt(h(pipe.HeaderOriginalOffset), 10, 64)
+	e.Class = Class(h(HeaderErrorClass))
+	e.ErrorType = h(HeaderErrorType)
+	e.Message = h(HeaderErrorMessage)
+	e.Attempts, _ = strconv.Atoi(h(HeaderAttempts))
+	e.FirstFailedAt, _ = time.Parse(time.RFC3339Nano, h(HeaderFirstFailedAt))
+	e.LastFailedAt, _ = time.Parse(time.RFC3339Nano, h(HeaderLastFailedAt))
+	return e, nil
+}
+
+// Filter selects dead-letter records; empty fields match everything.
+type Filter struct {
+	OriginTopic string
+	Key         string
+	Class       Class
+}
+
+// Match reports whether e passes the filter.
+func (f Filter) Match(e Entry) bool {
+	return (f.OriginTopic == "" || f.OriginTopic == e.OriginTopic) &&
+		(f.Key == "" || f.Key == string(e.Record.Key)) &&
+		(f.Class == "" || f.Class == e.Class)
+}
+
+// ListConfig says which dead-letter records to list.
+type ListConfig struct {
+	// Brokers and ClientOptions (TLS, SASL) reach the cluster.
+	Brokers       []string
+	ClientOptions []kgo.Opt
+	Topic         string
+	Filter        Filter
+}
+
+// List calls fn for every dead-letter record of cfg.Topic that passes the
+// filter, from the start of each partition up to its end when List began.
+// Records that are not dead-letter records are passed with their parse error.
+func List(ctx context.Context, cfg ListConfig, fn func(Entry, error) error) error {
+	client, err := kgo.NewClient(append(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOptions...),
+		kgo.KeepControlRecords())...)
+	if err != nil {
+		return fmt.Errorf("dlq: list: %w", err)
+	}
+	defer client.Close()
+	ends, err := kadm.NewClient(client).ListEndOffsets(ctx, cfg.Topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("dlq: list %s: %w", cfg.Topic, err)
+	}
+	starts := map[int32]kgo.Offset{}
+	remaining := map[int32]int64{}
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Offset > 0 {
+			starts[o.Partition] = kgo.NewOffset().AtStart()
+			remaining[o.Partition] = o.Offset
+		}
+	})
+	if len(remaining) == 0 {
+		return nil
+	}
+	client.AddConsumePartitions(map[string]map[int32]kgo.Offset{cfg.Topic: starts})
+	for len(remaining) > 0 {
+		fetches := client.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := fetches.Err0(); err != nil {
+			return fmt.Errorf("dlq: list %s: %w", cfg.Topic, err)
+		}
+		var stop error
+		fetches.EachRecord(func(r *kgo.Record) {
+			if stop != nil || !untilEnd(remaining, r) {
+				return
+			}
+			e, perr := ParseEntry(r)
+			if perr == nil && !cfg.Filter.Match(e) {
+				return
+			}
+			stop = fn(e, perr)
+		})
+		if stop != nil {
+			return stop
+		}
+	}
+	return nil
+}
+
+// untilEnd reports whether r is a data record before its partition's end in
+// remaining, and forgets the partition once its end is reached. Control
+// records (transaction markers, which may be a partition's last offset) are
+// kept by the client only so that the end is seen.
+func untilEnd(remaining map[int32]int64, r *kgo.Record) bool {
+	end, ok := remaining[r.Partition]
+	if !ok || r.Offset >= end {
+		return false
+	}
+	if r.Offset == end-1 {
+		delete(remaining, r.Partition)
+	}
+	return !r.Attrs.IsControl()
+}
+
+// ReplayConfig says what to replay and how.
+type ReplayConfig struct {
+	// Brokers and ClientOptions (TLS, SASL) reach the cluster.
+	Brokers       []string
+	ClientOptions []kgo.Opt
+	// Topic is the dead-letter topic to replay from.
+	Topic  string
+	Filter Filter
+	// Group keeps the replay's progress: a re-run with the same group
+	// continues where the last one stopped. Default
+	// "sagapipe.dlq-replay.<topic>".
+	Group string
+	// DryRun lists what would be replayed, republishing and committing nothing.
+	DryRun bool
+	// Progress, when set, is called after each batch with the records done
+	// (replayed or skipped by the filter) and the total to do.
+	Progress func(done, total int64)
+}
+
+// ReplayStats counts what a replay did.
+type ReplayStats struct {
+	Replayed, Skipped int64
+}
+
+// Replay republishes dead-letter records to their original topic and
+// partition, in each origin partition's order, with their key, value and
+// original headers and a replayed_from header. It reads the DLQ in a
+// consumer group and commits its progress in the same Kafka transaction as
+// the republished records, so an interrupted replay resumes without
+// duplicates and a finished one republishes nothing when run again.
+func Replay(ctx context.Context, cfg ReplayConfig) (ReplayStats, error) {
+	var stats ReplayStats
+	if cfg.Topic == "" {
+		return stats, errors.New("dlq: replay: no dead-letter topic given")
+	}
+	if cfg.Group == "" {
+		cfg.Group = "sagapipe.dlq-replay." + cfg.Topic
+	}
+	opts := append(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOptions...),
+		kgo.ConsumerGroup(cfg.Group),
+		kgo.ConsumeTopics(cfg.Topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.RequireStableFetchOffsets(),
+		kgo.RecordPartitioner(pipe.NewPartitioner(nil)),
+		kgo.TransactionalID(cfg.Group),
+		kgo.KeepControlRecords(),
+	)
+	sess, err := kgo.NewGroupTransactSession(opts...)
+	if err != nil {
+		return stats, fmt.Errorf("dlq: replay: %w", err)
+	}
+	defer sess.Close()
+
+	admin := kadm.NewClient(sess.Client())
+	ends, err := admin.ListEndOffsets(ctx, cfg.Topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return stats, fmt.Errorf("dlq: replay: end offsets of %s: %w", cfg.Topic, err)
+	}
+	committed, err := admin.FetchOffsets(ctx, cfg.Group)
+	if errors.Is(err, kerr.GroupIDNotFound) {
+		committed, err = nil, nil // the first run: no progress yet
+	}
+	if err != nil {
+		return stats, fmt.Errorf("dlq: replay: progress of group %s: %w", cfg.Group, err)
+	}
+	remaining := map[int32]int64{}
+	var total int64
+	ends.Each(func(o kadm.ListedOffset) {
+		from := int64(0)
+		if c, ok := committed.Lookup(cfg.Topic, o.Partition); ok && c.At > 0 {
+			from = c.At
+		}
+		if o.Offset > from {
+			remaining[o.Partition] = o.Offset
+			total += o.Offset - from
+		}
+	})
+
+	var done int64
+	for len(remaining) > 0 {
+		fetches := sess.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return stats, err
+		}
+		if err := fetches.Err0(); err != nil {
+			return stats, fmt.Errorf("dlq: replay: reading %s: %w", cfg.Topic, err)
+		}
+		var batch []*kgo.Record
+		var parseErr error
+		fetches.EachRecord(func(r *kgo.Record) {
+			if !untilEnd(remaining, r) {
+				return
+			}
+			done++
+			e, err := ParseEntry(r)
+			if err != nil {
+				parseErr = errors.Join(parseErr, err)
+				return
+			}
+			if !cfg.Filter.Match(e) {
+				stats.Skipped++
+				return
+			}
+			stats.Replayed++
+			batch = append(batch, replayRecord(ctx, e))
+		})
+		if parseErr != nil {
+			return stats, fmt.Errorf("dlq: replay stopped, nothing of this batch was replayed: %w", parseErr)
+		}
+		if cfg.DryRun {
+			if cfg.Progress != nil {
+				cfg.Progress(done, total)
+			}
+			continue
+		}
+		if err := sess.Begin(); err != nil {
+			return stats, fmt.Errorf("dlq: replay: %w", err)
+		}
+		produceErr := sess.ProduceSync(ctx, batch...).FirstErr()
+		try := kgo.TryCommit
+		if produceErr != nil {
+			try = kgo.TryAbort
+		}
+		ok, err := sess.End(ctx, try)
+		if produceErr != nil || err != nil || !ok {
+			return stats, fmt.Errorf("dlq: replay: batch aborted, re-run to continue (no duplicates): %w",
+				errors.Join(produceErr, err, errIf(!ok && err == nil && produceErr == nil, "the group rebalanced")))
+		}
+		if cfg.Progress != nil {
+			cfg.Progress(done, total)
+		}
+	}
+	return stats, nil
+}
+
+func errIf(cond bool, msg string) error {
+	if cond {
+		return errors.New(msg)
+	}
+	return nil
+}
+
+// replayRecord rebuilds the original record of e, marked for its origin
+// partition so that each origin partition's order survives the replay.
+func replayRecord(ctx context.Context, e Entry) *kgo.Record {
+	src := e.Record
+	headers := make([]kgo.RecordHeader, 0, len(src.Headers)+1)
+	for _, h := range src.Headers {
+		switch h.Key {
+		case HeaderErrorClass, HeaderErrorType, HeaderErrorMessage, HeaderAttempts, HeaderFirstFailedAt,
+			HeaderLastFailedAt, HeaderReplayedFrom:
+			continue
+		}
+		headers = append(headers, h)
+	}
+	headers = append(headers, kgo.RecordHeader{Key: HeaderReplayedFrom,
+		Value: fmt.Appendf(nil, "%s/%d@%d", src.Topic, src.Partition, src.Offset)})
+	out := &kgo.Record{Topic: e.OriginTopic, Key: src.Key, Value: src.Value, Headers: headers, Context: ctx}
+	pipe.ToPartition(out, e.OriginPartition)
+	return out
+}
