@@ -2,6 +2,7 @@
 //
 //	orchestrator dev     run the embedded Kafka and Schema Registry
 //	orchestrator smoke   start the embedded stack, round-trip Avro events through it, stop
+//	orchestrator dlq     list, show and replay dead-letter records
 //
 // Run "orchestrator <command> -h" for a command's flags.
 package main
@@ -26,6 +27,7 @@ type command struct {
 var commands = []command{
 	{"dev", "run the embedded Kafka and Schema Registry until interrupted", runDev},
 	{"smoke", "start the embedded stack, round-trip Avro events through Kafka, stop", runSmoke},
+	{"dlq", "list, show and replay dead-letter records (dlq -h)", runDLQ},
 }
 
 func main() {
