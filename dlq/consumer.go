@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/sagapipe/sagapipe/pipe"
+	"github.com/sagapipe/sagapipe/schema"
 )
 
 // Handler processes one record. A nil error means done; otherwise the
@@ -65,10 +66,12 @@ type consumerConfig struct {
 	propagator propagation.TextMapPropagator
 }
 
-// WithClientOptions are the kgo options of the consumer's client: seed
-// brokers, kgo.ConsumerGroup and kgo.ConsumeTopics at least, plus TLS/SASL.
-// The consumer adds what it relies on: DisableAutoCommit,
-// BlockRebalanceOnPoll, rebalance callbacks and pipe's explicit partitioner.
+// WithClientOptions are the kgo options that reach the cluster: seed brokers
+// at least, TLS and SASL when needed, and consumer settings such as
+// kgo.ConsumeResetOffset. The consumer adds its group and topics and what it
+// relies on: DisableAutoCommit, BlockRebalanceOnPoll, rebalance callbacks and
+// pipe's explicit partitioner. Sequenced mode reads dead-letter topics with a
+// second client built from these options.
 func WithClientOptions(opts ...kgo.Opt) Opt {
 	return optFunc(func(c *consumerConfig) { c.clientOpts = append(c.clientOpts, opts...) })
 }
@@ -128,11 +131,15 @@ type partition struct {
 	lastFailedAt  time.Time
 	retryAt       time.Time // zero unless backing off
 	paused        bool
+	// Sequenced mode: keys parked behind a dead-lettered record, loaded
+	// from the dead-letter topic when the partition was assigned.
+	parked map[string]bool
+	loaded bool
 }
 
-// NewConsumer returns a Consumer; it owns its kgo client (Close closes it).
-// Every problem with the policy and options is reported at once.
-func NewConsumer(handler Handler, policy Policy, opts ...Opt) (*Consumer, error) {
+// NewConsumer returns a Consumer of topics in group; it owns its kgo client
+// (Close closes it). Every problem with the arguments is reported at once.
+func NewConsumer(group string, topics []string, handler Handler, policy Policy, opts ...Opt) (*Consumer, error) {
 	cfg := consumerConfig{
 		clock:      realClock{},
 		randN:      rand.Int64N,
@@ -145,14 +152,22 @@ func NewConsumer(handler Handler, policy Policy, opts ...Opt) (*Consumer, error)
 	if handler == nil {
 		errs = append(errs, errors.New("dlq: NewConsumer: handler is nil"))
 	}
+	if group == "" {
+		errs = append(errs, errors.New("dlq: NewConsumer: the consumer group is empty"))
+	}
+	if len(topics) == 0 {
+		errs = append(errs, errors.New("dlq: NewConsumer: no topics to consume"))
+	}
 	if cfg.clock == nil || cfg.randN == nil || cfg.propagator == nil {
 		errs = append(errs, errors.New("dlq: WithClock, WithRand and WithPropagator take non-nil values"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	c := &Consumer{handler: handler, policy: policy.withDefaults(), cfg: cfg, parts: map[topicPartition]*partition{}}
+	c := &Consumer{handler: handler, policy: policy.withDefaults(), cfg: cfg, group: group, parts: map[topicPartition]*partition{}}
 	clientOpts := append(append([]kgo.Opt(nil), cfg.clientOpts...),
+		kgo.ConsumerGroup(group),
+		kgo.ConsumeTopics(topics...),
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.OnPartitionsRevoked(c.forget),
@@ -162,11 +177,6 @@ func NewConsumer(handler Handler, policy Policy, opts ...Opt) (*Consumer, error)
 	client, err := kgo.NewClient(clientOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("dlq: NewConsumer: %w", err)
-	}
-	c.group, _ = client.OptValue(kgo.ConsumerGroup).(string)
-	if c.group == "" {
-		client.Close()
-		return nil, errors.New("dlq: NewConsumer: no consumer group; add kgo.ConsumerGroup(...) to WithClientOptions")
 	}
 	c.client = client
 	return c, nil
@@ -315,9 +325,23 @@ func (c *Consumer) processPartition(ctx context.Context, tp topicPartition, st *
 		st.retryAt = time.Time{}
 	}
 	var done []*kgo.Record
+	pop := func(rec *kgo.Record) {
+		done = append(done, rec)
+		st.queue[0] = nil
+		st.queue = st.queue[1:]
+		st.failures = 0
+	}
 	for len(st.queue) > 0 && ctx.Err() == nil {
 		rec := st.queue[0]
-		err := c.handler(ctx, rec)
+		skip, err := c.sequence(ctx, tp, st, rec)
+		if err != nil {
+			return done, err
+		}
+		if skip {
+			pop(rec)
+			continue
+		}
+		err = c.handler(ctx, rec)
 		if ctx.Err() != nil {
 			break // shutting down: the record was not finished
 		}
@@ -349,17 +373,95 @@ func (c *Consumer) processPartition(ctx context.Context, tp topicPartition, st *
 			if err := c.deadLetter(ctx, rec, f); err != nil {
 				return done, err
 			}
+			c.park(st, rec)
 		}
-		done = append(done, rec)
-		st.queue[0] = nil
-		st.queue = st.queue[1:]
-		st.failures = 0
+		pop(rec)
 	}
 	if len(st.queue) == 0 && st.paused {
 		c.client.ResumeFetchPartitions(map[string][]int32{tp.topic: {tp.partition}})
 		st.paused = false
 	}
 	return done, nil
+}
+
+// sequence applies sequenced mode and release markers to rec before it is
+// handled. It reports whether rec is finished without the handler.
+func (c *Consumer) sequence(ctx context.Context, tp topicPartition, st *partition, rec *kgo.Record) (skip bool, err error) {
+	if IsReleaseMarker(rec) {
+		if c.policy.Sequenced {
+			if err := c.loadParked(ctx, tp, st); err != nil {
+				return false, err
+			}
+			return true, c.unpark(ctx, st, rec)
+		}
+		return true, nil
+	}
+	if !c.policy.Sequenced || rec.Key == nil {
+		return false, nil
+	}
+	if err := c.loadParked(ctx, tp, st); err != nil {
+		return false, err
+	}
+	if !st.parked[string(rec.Key)] {
+		return false, nil
+	}
+	if _, replayed := schema.Header(rec.Headers, HeaderReplayedFrom); replayed {
+		// The dead-lettered records of the key are coming back, in order.
+		return false, c.unpark(ctx, st, rec)
+	}
+	now := c.cfg.clock.Now()
+	f := Failure{Class: ClassPredecessorDeadLettered, FirstFailedAt: now, LastFailedAt: now,
+		Err: fmt.Errorf("an earlier record with key %q from %s/%d is dead-lettered; replay or release the key", rec.Key, rec.Topic, rec.Partition)}
+	return true, c.deadLetter(ctx, rec, f)
+}
+
+func (c *Consumer) park(st *partition, rec *kgo.Record) {
+	if c.policy.Sequenced && rec.Key != nil {
+		st.parked[string(rec.Key)] = true
+	}
+}
+
+// unpark releases rec's key and records that in the dead-letter topic, so a
+// restart does not park it again.
+func (c *Consumer) unpark(ctx context.Context, st *partition, rec *kgo.Record) error {
+	if !st.parked[string(rec.Key)] {
+		return nil
+	}
+	now := c.cfg.clock.Now()
+	marker := &kgo.Record{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Key: rec.Key}
+	if err := c.deadLetter(ctx, marker, Failure{Class: ClassReleased, FirstFailedAt: now, LastFailedAt: now}); err != nil {
+		return err
+	}
+	delete(st.parked, string(rec.Key))
+	return nil
+}
+
+// loadParked rebuilds the partition's parked keys from its dead-letter
+// topic: every record of the origin partition there parks its key, and a
+// released marker unparks it.
+func (c *Consumer) loadParked(ctx context.Context, tp topicPartition, st *partition) error {
+	if st.loaded {
+		return nil
+	}
+	parked := map[string]bool{}
+	topic := c.policy.TopicFor(tp.topic)
+	err := List(ctx, ListConfig{ClientOptions: c.cfg.clientOpts, Topic: topic, Filter: Filter{OriginTopic: tp.topic}},
+		func(e Entry, err error) error {
+			if err != nil || e.OriginPartition != tp.partition || e.Record.Key == nil {
+				return nil // not a dead-letter record of this partition
+			}
+			if e.Class == ClassReleased {
+				delete(parked, string(e.Record.Key))
+			} else {
+				parked[string(e.Record.Key)] = true
+			}
+			return nil
+		})
+	if err != nil {
+		return fmt.Errorf("dlq: sequenced mode: rebuilding parked keys of %s/%d from %s: %w", tp.topic, tp.partition, topic, err)
+	}
+	st.parked, st.loaded = parked, true
+	return nil
 }
 
 func (c *Consumer) pause(tp topicPartition, st *partition) {
@@ -396,6 +498,9 @@ func (c *Consumer) deadLetter(ctx context.Context, rec *kgo.Record, f Failure) e
 			}
 			return fmt.Errorf("dlq: dispatch %s/%d@%d to %s: %w", rec.Topic, rec.Partition, rec.Offset, topic, err)
 		}
+	}
+	if f.Class == ClassReleased {
+		return nil // a marker, not a failure
 	}
 	for _, h := range c.cfg.hooks {
 		if h, ok := h.(HookDeadLettered); ok {

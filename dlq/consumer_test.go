@@ -111,9 +111,9 @@ func header(r *kgo.Record, key string) string {
 // that ends Run, closes the consumer and returns Run's error.
 func run(t *testing.T, s *devstack.Stack, topic string, h dlq.Handler, p dlq.Policy, opts ...dlq.Opt) func() error {
 	t.Helper()
-	opts = append(opts, dlq.WithClientOptions(kgo.SeedBrokers(s.KafkaAddrs()...), kgo.ConsumerGroup("workers"),
-		kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())))
-	c, err := dlq.NewConsumer(h, p, opts...)
+	opts = append(opts, dlq.WithClientOptions(kgo.SeedBrokers(s.KafkaAddrs()...),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())))
+	c, err := dlq.NewConsumer("workers", []string{topic}, h, p, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,4 +22,16 @@
 // exhausted), error_type, error_message, attempts, first_failed_at,
 // last_failed_at, and the trace context. Hooks (HookDeadLettered, HookRetry)
 // feed metrics and logs.
+//
+// Sequenced mode (Policy.Sequenced), after Axon's sequenced dead-letter
+// queue: once a record with key K is dead-lettered, later records of K in
+// the same partition follow it into the DLQ (predecessor_dead_lettered)
+// instead of being applied out of order, until K's records are replayed or
+// K is released. Parked keys are rebuilt from the DLQ when a partition is
+// assigned, so they survive restarts.
+//
+// Operators work with List, Replay (republish to the original topic and
+// partition, resumable and free of duplicates: progress and records commit
+// in one transaction) and Release, also as "orchestrator dlq list | show |
+// replay | release".
 package dlq

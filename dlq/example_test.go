@@ -49,9 +49,8 @@ func Example() {
 		}
 		return nil
 	}
-	consumer, err := dlq.NewConsumer(handler, dlq.Policy{}, dlq.WithHooks(hook),
-		dlq.WithClientOptions(kgo.SeedBrokers(stack.KafkaAddrs()...), kgo.ConsumerGroup("orders-service"),
-			kgo.ConsumeTopics("orders"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())))
+	consumer, err := dlq.NewConsumer("orders-service", []string{"orders"}, handler, dlq.Policy{}, dlq.WithHooks(hook),
+		dlq.WithClientOptions(kgo.SeedBrokers(stack.KafkaAddrs()...), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())))
 	if err != nil {
 		panic(err)
 	}

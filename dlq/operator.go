@@ -251,7 +251,7 @@ func Replay(ctx context.Context, cfg ReplayConfig) (ReplayStats, error) {
 				parseErr = errors.Join(parseErr, err)
 				return
 			}
-			if !cfg.Filter.Match(e) {
+			if e.Class == ClassReleased || !cfg.Filter.Match(e) {
 				stats.Skipped++
 				return
 			}
@@ -312,4 +312,77 @@ func replayRecord(ctx context.Context, e Entry) *kgo.Record {
 	out := &kgo.Record{Topic: e.OriginTopic, Key: src.Key, Value: src.Value, Headers: headers, Context: ctx}
 	pipe.ToPartition(out, e.OriginPartition)
 	return out
+}
+
+// HeaderRelease marks a release marker: a record that Release produces into
+// an origin partition to unpark a key in sequenced mode. A Consumer takes it
+// in order with the partition's other records and never hands it to its
+// handler; other consumers of the topic must skip it too (IsReleaseMarker).
+const HeaderRelease = "dlq_release"
+
+// IsReleaseMarker reports whether rec is a release marker.
+func IsReleaseMarker(rec *kgo.Record) bool {
+	_, ok := schema.Header(rec.Headers, HeaderRelease)
+	return ok
+}
+
+// ReleaseConfig says which parked key to release.
+type ReleaseConfig struct {
+	Brokers       []string
+	ClientOptions []kgo.Opt
+	// Topic is the dead-letter topic the key's records are in.
+	Topic string
+	Key   string
+	// OriginTopic, when set, releases the key on that origin topic only.
+	OriginTopic string
+}
+
+// Release unparks a key in sequenced mode: for every origin partition in
+// which the key is parked (its dead-letter records are not followed by a
+// released marker), it produces a release marker into that partition, where
+// the consumer meets it in order, records the release in the dead-letter
+// topic and lets the key's later records through. It returns how many
+// partitions it released; 0 means the key was not parked.
+func Release(ctx context.Context, cfg ReleaseConfig) (int, error) {
+	if cfg.Key == "" {
+		return 0, errors.New("dlq: release: no key given")
+	}
+	type origin struct {
+		topic     string
+		partition int32
+	}
+	parked := map[origin]bool{}
+	err := List(ctx, ListConfig{Brokers: cfg.Brokers, ClientOptions: cfg.ClientOptions, Topic: cfg.Topic,
+		Filter: Filter{Key: cfg.Key, OriginTopic: cfg.OriginTopic}}, func(e Entry, err error) error {
+		if err != nil {
+			return nil
+		}
+		o := origin{e.OriginTopic, e.OriginPartition}
+		if e.Class == ClassReleased {
+			delete(parked, o)
+		} else {
+			parked[o] = true
+		}
+		return nil
+	})
+	if err != nil || len(parked) == 0 {
+		return 0, err
+	}
+	cl, err := kgo.NewClient(append(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOptions...),
+		kgo.RecordPartitioner(pipe.NewPartitioner(nil)))...)
+	if err != nil {
+		return 0, fmt.Errorf("dlq: release: %w", err)
+	}
+	defer cl.Close()
+	var markers []*kgo.Record
+	for o := range parked {
+		m := &kgo.Record{Topic: o.topic, Key: []byte(cfg.Key), Context: ctx,
+			Headers: []kgo.RecordHeader{{Key: HeaderRelease, Value: []byte(cfg.Topic)}}}
+		pipe.ToPartition(m, o.partition)
+		markers = append(markers, m)
+	}
+	if err := cl.ProduceSync(ctx, markers...).FirstErr(); err != nil {
+		return 0, fmt.Errorf("dlq: release %q: %w", cfg.Key, err)
+	}
+	return len(markers), nil
 }

@@ -19,6 +19,10 @@ const (
 	// ClassPredecessorDeadLettered: sequenced mode parked the record behind
 	// an earlier dead-lettered record of the same key.
 	ClassPredecessorDeadLettered Class = "predecessor_dead_lettered"
+	// ClassReleased marks, in the dead-letter topic, that a parked key was
+	// released (by an operator or by the replay of its records). It is a
+	// marker, not a failed record: replay skips it.
+	ClassReleased Class = "released"
 )
 
 // Decision is what a Classifier makes of an error.
@@ -77,6 +81,15 @@ type Policy struct {
 	// Classify decides between retrying and dead-lettering at once
 	// (default DefaultClassifier).
 	Classify Classifier
+	// Sequenced parks keys: once a record with key K from partition p is
+	// dead-lettered, later records with key K in p are dead-lettered too
+	// (class predecessor_dead_lettered) without reaching the handler, so an
+	// entity's events are never applied out of order. K stays parked until
+	// its records are replayed or an operator releases it (dlq.Release,
+	// "orchestrator dlq release"). Parked keys are rebuilt from the
+	// dead-letter topic whenever a partition is assigned, so they survive
+	// restarts and rebalances. Keyless records are never parked.
+	Sequenced bool
 }
 
 // DefaultClassifier dead-letters poison errors at once and retries the rest.
@@ -110,6 +123,9 @@ func (p Policy) Validate() error {
 	}
 	if p.RetryBudgetPerMinute < 0 {
 		errs = append(errs, fmt.Errorf("dlq: Policy.RetryBudgetPerMinute %d is negative (0 means no budget)", p.RetryBudgetPerMinute))
+	}
+	if p.Sequenced && p.NoDispatch {
+		errs = append(errs, errors.New("dlq: Policy.Sequenced needs the dead-letter topic, but NoDispatch is set"))
 	}
 	if p.NoDispatch && p.Topic != "" {
 		errs = append(errs, fmt.Errorf("dlq: Policy.NoDispatch is set, so Topic %q would never be used", p.Topic))

@@ -56,6 +56,7 @@ const dlqUsage = `usage: orchestrator dlq <list|show|replay> <dlq-topic> [args] 
   list   <dlq-topic>                       a table of the dead-letter records
   show   <dlq-topic> <partition> <offset>  one record: every header and the decoded value
   replay <dlq-topic>                       republish to the original topics (resumable; --dry-run)
+  release <dlq-topic> <key>                unpark a key held back in sequenced mode
 `
 
 func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -70,6 +71,8 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return dlqShow(ctx, args[1:], stdout, stderr)
 	case "replay":
 		return dlqReplay(ctx, args[1:], stdout, stderr)
+	case "release":
+		return dlqRelease(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, dlqUsage)
 		return 0
@@ -292,4 +295,26 @@ func bar(done, total int64, width int) string {
 		filled = int(done * int64(width) / total)
 	}
 	return "[" + strings.Repeat("#", filled) + strings.Repeat(".", width-filled) + "]"
+}
+
+func dlqRelease(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("dlq release", flag.ContinueOnError)
+	var cf clusterFlags
+	cf.register(fs)
+	originTopic := fs.String("origin-topic", "", "release the key on this origin topic only")
+	pos, code := parseInterspersed(fs, args, 2, stderr)
+	if code >= 0 {
+		return code
+	}
+	n, err := dlq.Release(ctx, dlq.ReleaseConfig{Brokers: cf.brokerList(), Topic: pos[0], Key: pos[1], OriginTopic: *originTopic})
+	if err != nil {
+		fmt.Fprintf(stderr, "orchestrator dlq release: %v\n", err)
+		return 1
+	}
+	if n == 0 {
+		fmt.Fprintf(stdout, "key %q is not parked in %s: nothing to release\n", pos[1], pos[0])
+		return 0
+	}
+	fmt.Fprintf(stdout, "released key %q in %d partition(s); its consumers let its next records through\n", pos[1], n)
+	return 0
 }

@@ -49,10 +49,10 @@ func deadLetterTwo(t *testing.T, s *devstack.Stack) {
 	}
 
 	dead := make(chan struct{}, 2)
-	c, err := dlq.NewConsumer(func(context.Context, *kgo.Record) error { return dlq.Poison(errors.New("rejected by test")) },
-		dlq.Policy{}, dlq.WithHooks(hookFunc(func() { dead <- struct{}{} })),
-		dlq.WithClientOptions(kgo.SeedBrokers(s.KafkaAddrs()...), kgo.ConsumerGroup("orders-service"),
-			kgo.ConsumeTopics("orders"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())))
+	reject := func(context.Context, *kgo.Record) error { return dlq.Poison(errors.New("rejected by test")) }
+	c, err := dlq.NewConsumer("orders-service", []string{"orders"}, reject, dlq.Policy{},
+		dlq.WithHooks(hookFunc(func() { dead <- struct{}{} })),
+		dlq.WithClientOptions(kgo.SeedBrokers(s.KafkaAddrs()...), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,6 +102,8 @@ func TestDLQCommands(t *testing.T) {
 		{"dry run", []string{"dlq", "replay", "orders.dlq", "--dry-run"}, 0, []string{"would replay 2 record(s)"}},
 		{"replay", []string{"dlq", "replay", "orders.dlq", "--class", "poison"}, 0, []string{"replayed 2 record(s)"}},
 		{"replay again", []string{"dlq", "replay", "orders.dlq"}, 0, []string{"replayed 0 record(s)"}},
+		{"release a key that is not parked", []string{"dlq", "release", "orders.dlq", "nobody"}, 0, []string{"not parked"}},
+		{"release", []string{"dlq", "release", "orders.dlq", "junk"}, 0, []string{`released key "junk" in 1 partition(s)`}},
 		{"bad class", []string{"dlq", "list", "orders.dlq", "--class", "bad"}, 2, nil},
 		{"missing offset", []string{"dlq", "show", "orders.dlq", "0"}, 2, nil},
 	}
