@@ -60,6 +60,7 @@ func (f optFunc) apply(c *consumerConfig) { f(c) }
 
 type consumerConfig struct {
 	clientOpts []kgo.Opt
+	txnID      string
 	clock      Clock
 	randN      func(int64) int64
 	hooks      []Hook
@@ -75,6 +76,16 @@ type consumerConfig struct {
 func WithClientOptions(opts ...kgo.Opt) Opt {
 	return optFunc(func(c *consumerConfig) { c.clientOpts = append(c.clientOpts, opts...) })
 }
+
+// WithTransactionalID makes the consumer transactional: each polled batch is
+// one Kafka transaction holding the dead-letter records, whatever the
+// handler produces through Client(), and the batch's offsets, so a crash
+// never loses a failed record or dead-letters it twice. A retry aborts the
+// batch (kgo rewinds every partition to its committed offset), pauses the
+// failing partition for its backoff and lets the others go on at once: their
+// work is redone in the next transaction, so handlers must have no effects
+// outside Kafka in this mode. The ID must be unique per consumer instance.
+func WithTransactionalID(id string) Opt { return optFunc(func(c *consumerConfig) { c.txnID = id }) }
 
 // WithClock sets the clock of backoffs (default the real one).
 func WithClock(clock Clock) Opt { return optFunc(func(c *consumerConfig) { c.clock = clock }) }
@@ -106,6 +117,7 @@ func WithPropagator(p propagation.TextMapPropagator) Opt {
 // dead-letter a record twice.
 type Consumer struct {
 	client  *kgo.Client
+	sess    *kgo.GroupTransactSession // nil unless transactional
 	handler Handler
 	policy  Policy
 	cfg     consumerConfig
@@ -126,7 +138,10 @@ type topicPartition struct {
 // partition is what the consumer holds of one assigned partition.
 type partition struct {
 	queue         []*kgo.Record // polled, not yet handled or dispatched
-	failures      int           // failed attempts of queue[0]
+	// The record that is failing, by offset: its count survives a
+	// transaction's rewind, which hands the record back as a new one.
+	failedOffset  int64
+	failures      int
 	firstFailedAt time.Time
 	lastFailedAt  time.Time
 	retryAt       time.Time // zero unless backing off
@@ -174,11 +189,21 @@ func NewConsumer(group string, topics []string, handler Handler, policy Policy, 
 		kgo.OnPartitionsLost(c.forget),
 		kgo.RecordPartitioner(pipe.NewPartitioner(nil)),
 	)
-	client, err := kgo.NewClient(clientOpts...)
+	if cfg.txnID == "" {
+		client, err := kgo.NewClient(clientOpts...)
+		if err != nil {
+			return nil, fmt.Errorf("dlq: NewConsumer: %w", err)
+		}
+		c.client = client
+		return c, nil
+	}
+	clientOpts = append(clientOpts, kgo.TransactionalID(cfg.txnID),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.RequireStableFetchOffsets())
+	sess, err := kgo.NewGroupTransactSession(clientOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("dlq: NewConsumer: %w", err)
 	}
-	c.client = client
+	c.sess, c.client = sess, sess.Client()
 	return c, nil
 }
 
@@ -189,6 +214,10 @@ func (c *Consumer) Client() *kgo.Client { return c.client }
 func (c *Consumer) Close() {
 	// Leaving the group is a rebalance, which BlockRebalanceOnPoll holds
 	// back since the last poll.
+	if c.sess != nil {
+		c.sess.CloseAllowingRebalance()
+		return
+	}
 	c.client.AllowRebalance()
 	c.client.Close()
 }
@@ -211,13 +240,22 @@ func (c *Consumer) forget(_ context.Context, cl *kgo.Client, gone map[string][]i
 // not committed and comes again).
 func (c *Consumer) Run(ctx context.Context) error {
 	for {
-		c.client.AllowRebalance()
+		if c.sess != nil {
+			c.sess.AllowRebalance()
+		} else {
+			c.client.AllowRebalance()
+		}
 		pollCtx, cancel := context.WithCancel(ctx)
 		stop := func() bool { return false }
 		if wait, ok := c.nextRetry(); ok {
 			stop = c.cfg.clock.AfterFunc(wait, cancel)
 		}
-		fetches := c.client.PollFetches(pollCtx)
+		var fetches kgo.Fetches
+		if c.sess != nil {
+			fetches = c.sess.PollFetches(pollCtx)
+		} else {
+			fetches = c.client.PollFetches(pollCtx)
+		}
 		stop()
 		cancel()
 		if ctx.Err() != nil {
@@ -274,6 +312,68 @@ func (c *Consumer) nextRetry() (time.Duration, bool) {
 // process works through every partition that is not backing off, then
 // commits what was handled or dispatched.
 func (c *Consumer) process(ctx context.Context) error {
+	if c.sess != nil {
+		return c.processTransaction(ctx)
+	}
+	done, stopErr := c.processAll(ctx)
+	if len(done) > 0 {
+		// Commit even when ctx was just cancelled: it saves handling the
+		// same records again.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := c.client.CommitRecords(cctx, done...); err != nil {
+			return errors.Join(stopErr, fmt.Errorf("dlq: consumer: commit offsets: %w", err))
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return stopErr
+}
+
+// processTransaction processes the batch in one transaction and commits it,
+// unless a record must be retried, ctx ended or a record could be neither
+// handled nor dead-lettered: then it aborts, and kgo rewinds every partition
+// to its committed offset.
+func (c *Consumer) processTransaction(ctx context.Context) error {
+	if err := c.sess.Begin(); err != nil {
+		return fmt.Errorf("dlq: consumer: begin transaction: %w", err)
+	}
+	_, stopErr := c.processAll(ctx)
+	held := false
+	c.mu.Lock()
+	for _, st := range c.parts {
+		held = held || len(st.queue) > 0
+	}
+	c.mu.Unlock()
+	try := kgo.TryCommit
+	if held || stopErr != nil || ctx.Err() != nil {
+		try = kgo.TryAbort
+	}
+	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	committed, err := c.sess.End(ectx, try)
+	if !committed {
+		// Rewound: what is held comes again from the committed offsets.
+		c.mu.Lock()
+		for _, st := range c.parts {
+			clear(st.queue)
+			st.queue = st.queue[:0]
+			st.loaded = false // keys parked in the aborted batch were not
+		}
+		c.mu.Unlock()
+	}
+	if err != nil {
+		return errors.Join(stopErr, fmt.Errorf("dlq: consumer: end transaction: %w", err))
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return stopErr
+}
+
+// processAll runs processPartition over every partition, in a fixed order.
+func (c *Consumer) processAll(ctx context.Context) ([]*kgo.Record, error) {
 	c.mu.Lock()
 	tps := make([]topicPartition, 0, len(c.parts))
 	for tp := range c.parts {
@@ -300,19 +400,7 @@ func (c *Consumer) process(ctx context.Context) error {
 			break
 		}
 	}
-	if len(done) > 0 {
-		// Commit even when ctx was just cancelled: it saves handling the
-		// same records again.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		if err := c.client.CommitRecords(cctx, done...); err != nil {
-			return errors.Join(stopErr, fmt.Errorf("dlq: consumer: commit offsets: %w", err))
-		}
-	}
-	if ctx.Err() != nil {
-		return nil
-	}
-	return stopErr
+	return done, stopErr
 }
 
 // processPartition handles st's queue in order until it is empty, a retry is
@@ -329,7 +417,9 @@ func (c *Consumer) processPartition(ctx context.Context, tp topicPartition, st *
 		done = append(done, rec)
 		st.queue[0] = nil
 		st.queue = st.queue[1:]
-		st.failures = 0
+		if rec.Offset == st.failedOffset {
+			st.failures = 0
+		}
 	}
 	for len(st.queue) > 0 && ctx.Err() == nil {
 		rec := st.queue[0]
@@ -347,10 +437,10 @@ func (c *Consumer) processPartition(ctx context.Context, tp topicPartition, st *
 		}
 		if err != nil {
 			now := c.cfg.clock.Now()
-			st.failures++
-			if st.failures == 1 {
-				st.firstFailedAt = now
+			if rec.Offset != st.failedOffset || st.failures == 0 {
+				st.failedOffset, st.failures, st.firstFailedAt = rec.Offset, 0, now
 			}
+			st.failures++
 			st.lastFailedAt = now
 			decision := c.policy.Classify(err)
 			retry := st.failures // the retry this would be

@@ -82,8 +82,9 @@ type ListConfig struct {
 // filter, from the start of each partition up to its end when List began.
 // Records that are not dead-letter records are passed with their parse error.
 func List(ctx context.Context, cfg ListConfig, fn func(Entry, error) error) error {
+	// Read committed: a dead letter of an aborted transaction never happened.
 	client, err := kgo.NewClient(append(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOptions...),
-		kgo.KeepControlRecords())...)
+		kgo.KeepControlRecords(), kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
 	if err != nil {
 		return fmt.Errorf("dlq: list: %w", err)
 	}
