@@ -137,7 +137,7 @@ type topicPartition struct {
 
 // partition is what the consumer holds of one assigned partition.
 type partition struct {
-	queue         []*kgo.Record // polled, not yet handled or dispatched
+	queue []*kgo.Record // polled, not yet handled or dispatched
 	// The record that is failing, by offset: its count survives a
 	// transaction's rewind, which hands the record back as a new one.
 	failedOffset  int64
