@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/propagation"
 
@@ -580,13 +579,8 @@ func (c *Consumer) takeBudget(now time.Time) bool {
 // hooks. It returns only once the dead-letter record is acknowledged.
 func (c *Consumer) deadLetter(ctx context.Context, rec *kgo.Record, f Failure) error {
 	if !c.policy.NoDispatch {
-		topic := c.policy.TopicFor(rec.Topic)
-		out := NewRecord(ctx, rec, f, topic, c.group, c.cfg.propagator)
-		if err := c.client.ProduceSync(ctx, out).FirstErr(); err != nil {
-			if errors.Is(err, kerr.UnknownTopicOrPartition) {
-				err = fmt.Errorf("%w (create the dead-letter topic %s)", err, topic)
-			}
-			return fmt.Errorf("dlq: dispatch %s/%d@%d to %s: %w", rec.Topic, rec.Partition, rec.Offset, topic, err)
+		if err := dispatch(ctx, c.client, rec, f, c.policy.TopicFor(rec.Topic), c.group, c.cfg.propagator); err != nil {
+			return err
 		}
 	}
 	if f.Class == ClassReleased {

@@ -8,6 +8,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/propagation"
 
@@ -80,6 +81,19 @@ func NewRecord(ctx context.Context, rec *kgo.Record, f Failure, topic, group str
 	out := &kgo.Record{Topic: topic, Key: rec.Key, Value: rec.Value, Headers: headers, Context: ctx}
 	pipe.ToPartition(out, rec.Partition)
 	return out
+}
+
+// dispatch produces the dead-letter record of rec to topic and waits for
+// the broker's acknowledgement.
+func dispatch(ctx context.Context, client *kgo.Client, rec *kgo.Record, f Failure, topic, group string, propagator propagation.TextMapPropagator) error {
+	out := NewRecord(ctx, rec, f, topic, group, propagator)
+	if err := client.ProduceSync(ctx, out).FirstErr(); err != nil {
+		if errors.Is(err, kerr.UnknownTopicOrPartition) {
+			err = fmt.Errorf("%w (create the dead-letter topic %s)", err, topic)
+		}
+		return fmt.Errorf("dlq: dispatch %s/%d@%d to %s: %w", rec.Topic, rec.Partition, rec.Offset, topic, err)
+	}
+	return nil
 }
 
 func errorMessage(err error) string {

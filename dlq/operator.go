@@ -79,7 +79,8 @@ type ListConfig struct {
 }
 
 // List calls fn for every dead-letter record of cfg.Topic that passes the
-// filter, from the start of each partition up to its end when List began.
+// filter, from the start of each partition up to its last stable offset when
+// List began (records of transactions still open are not waited for).
 // Records that are not dead-letter records are passed with their parse error.
 func List(ctx context.Context, cfg ListConfig, fn func(Entry, error) error) error {
 	// Read committed: a dead letter of an aborted transaction never happened.
@@ -89,7 +90,8 @@ func List(ctx context.Context, cfg ListConfig, fn func(Entry, error) error) erro
 		return fmt.Errorf("dlq: list: %w", err)
 	}
 	defer client.Close()
-	ends, err := kadm.NewClient(client).ListEndOffsets(ctx, cfg.Topic)
+	// Up to the last stable offset: a transaction still open is not waited for.
+	ends, err := kadm.NewClient(client).ListCommittedOffsets(ctx, cfg.Topic)
 	if err == nil {
 		err = ends.Error()
 	}
@@ -204,7 +206,7 @@ func Replay(ctx context.Context, cfg ReplayConfig) (ReplayStats, error) {
 	defer sess.Close()
 
 	admin := kadm.NewClient(sess.Client())
-	ends, err := admin.ListEndOffsets(ctx, cfg.Topic)
+	ends, err := admin.ListCommittedOffsets(ctx, cfg.Topic)
 	if err == nil {
 		err = ends.Error()
 	}
