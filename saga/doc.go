@@ -2,10 +2,34 @@
 // them.
 //
 // A saga is a long-running business transaction over several services: a
-// start event and ordered steps, each with a command topic, success and
-// failure replies, a compensation, a timeout and a retry policy. The runtime
-// consumes <saga>.inbox, keeps each saga's state as the fold of its events in
-// <saga>.journal, and in one Kafka transaction per batch appends the journal,
-// pipes the next commands and commits the consumed offsets. When a step fails
-// it compensates the completed steps in reverse order.
+// start event and ordered steps. Each step names its command topic, how its
+// command is built from the saga's data, the replies that complete or fail
+// it and how they update the data, the compensation that undoes it, a
+// timeout and how often a timed-out command is resent:
+//
+//	b := saga.New[OrderData]("orders", orderDataSchema).
+//		StartOn(saga.Reply(orderPlaced, func(d *OrderData, e OrderPlaced) { d.OrderID = e.OrderID }))
+//	inventory := b.Step("inventory").
+//		Command("inventory.commands", saga.Cmd(reserveInventory, buildReserve)).
+//		OnSuccess(saga.Reply(inventoryReserved, markReserved)).
+//		OnFailure(saga.Reply(inventoryRejected, noteReason)).
+//		Timeout(5 * time.Second)
+//	saga.Compensate(inventory, saga.Cmd(releaseInventory, buildRelease), inventoryReleased)
+//	orders, err := b.Build()
+//
+// Build reports every problem at once (duplicate step names, a step with
+// side effects but no compensation unless it is the pivot or the last step,
+// missing or unparsable schemas, a step whose success and failure replies
+// are the same type). The definition compiles to a statemachine: states
+// New, "<step>.Pending", "<step>.Compensating", and the terminal Completed,
+// Compensated and CompensationFailed; effects ask to send commands, set
+// timers and report the outcome. When a step fails (failure reply, or its
+// retries time out), the completed steps are compensated in reverse order;
+// a compensation whose retries time out ends the saga in
+// CompensationFailed. A timer of an earlier send, and a reply to a step the
+// saga has moved past, are accepted by no transition: the runtime journals
+// them as ignored.
+//
+// The builder and reply functions must be pure: they run again whenever a
+// saga is rebuilt from its journal.
 package saga

@@ -1,0 +1,280 @@
+package saga
+
+import (
+	"slices"
+	"time"
+
+	"github.com/sagapipe/sagapipe/statemachine"
+)
+
+// Terminal and fixed states of every saga. Step states are "<step>.Pending"
+// (its command is out) and "<step>.Compensating" (its compensation is out).
+const (
+	StateNew                statemachine.State = "New"
+	StateCompleted          statemachine.State = "Completed"
+	StateCompensated        statemachine.State = "Compensated"
+	StateCompensationFailed statemachine.State = "CompensationFailed"
+)
+
+// PendingState is the state of a saga waiting for step's reply.
+func PendingState(step string) statemachine.State { return statemachine.State(step + ".Pending") }
+
+// CompensatingState is the state of a saga waiting for step's compensation.
+func CompensatingState(step string) statemachine.State {
+	return statemachine.State(step + ".Compensating")
+}
+
+// Instance is a saga's data and bookkeeping: everything its state machine
+// folds from the journal besides the state itself.
+type Instance[D any] struct {
+	Data D
+	// Completed lists the steps that succeeded, in order.
+	Completed []string
+	// Attempt counts the sends of the command or compensation now out
+	// (1 for the first send).
+	Attempt int
+}
+
+// EffectKind says what an Effect asks the runtime to do.
+type EffectKind int
+
+const (
+	// Send pipes a command (or a compensation) to a step's topic.
+	Send EffectKind = iota + 1
+	// SetTimer asks for a timeout event After from the event's time.
+	SetTimer
+	// Finish reports that the saga reached its terminal state Outcome.
+	Finish
+)
+
+// Effect is what applying an event asks the runtime to do.
+type Effect struct {
+	Kind         EffectKind
+	Step         string
+	Compensation bool
+	Attempt      int
+	// Send: where, what type and what.
+	Topic     string
+	EventType string
+	Command   any
+	// SetTimer: when, from the event's time.
+	After time.Duration
+	// Finish: the terminal state.
+	Outcome statemachine.State
+}
+
+// TimerFired is the payload of a timeout event: which send it times out.
+type TimerFired struct {
+	Step    string
+	Attempt int
+}
+
+// Saga is a built saga definition: its state machine and the event types it
+// understands.
+type Saga[D any] struct {
+	name       string
+	dataSchema string
+	start      ReplySpec[D]
+	steps      []StepBuilder[D]
+	machine    *statemachine.Machine[Instance[D], Effect]
+}
+
+// Name returns the saga's name.
+func (s *Saga[D]) Name() string { return s.name }
+
+// InboxTopic is where start events and replies arrive: "<name>.inbox".
+func (s *Saga[D]) InboxTopic() string { return s.name + ".inbox" }
+
+// JournalTopic is the saga's source of truth: "<name>.journal".
+func (s *Saga[D]) JournalTopic() string { return s.name + ".journal" }
+
+// Machine returns the state machine the definition compiled to.
+func (s *Saga[D]) Machine() *statemachine.Machine[Instance[D], Effect] { return s.machine }
+
+// StartEventType is the state-machine event type of the start event.
+func (s *Saga[D]) StartEventType() statemachine.EventType {
+	return statemachine.EventType("start/" + s.start.event.eventType)
+}
+
+// ReplyEventType is the state-machine event type of a reply of ceType to
+// step: replies are told apart by the step they answer, so two steps may
+// share a reply type.
+func ReplyEventType(step, ceType string) statemachine.EventType {
+	return statemachine.EventType(step + "/" + ceType)
+}
+
+// TimeoutEventType is the state-machine event type of step's command
+// timeout (compensation false) or its compensation timeout.
+func TimeoutEventType(step string, compensation bool) statemachine.EventType {
+	if compensation {
+		return statemachine.EventType(step + "/compensation-timeout")
+	}
+	return statemachine.EventType(step + "/timeout")
+}
+
+func compile[D any](b *Builder[D]) (*Saga[D], error) {
+	s := &Saga[D]{name: b.name, dataSchema: b.dataSchema, start: *b.start}
+	for _, st := range b.steps {
+		c := *st
+		if c.timeout == 0 {
+			c.timeout = DefaultTimeout
+		}
+		switch {
+		case c.retries == 0:
+			c.retries = DefaultRetries
+		case c.retries < 0:
+			c.retries = 0
+		}
+		s.steps = append(s.steps, c)
+	}
+
+	type T = statemachine.Transition[Instance[D], Effect]
+	var ts []T
+	canFailCompensation := false
+	first := s.steps[0]
+	ts = append(ts, T{From: StateNew, On: s.StartEventType(), To: PendingState(first.name),
+		Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
+			s.start.apply(&in.Data, ev.Payload)
+			in.Attempt = 1
+			return in, send(first, in, false)
+		}})
+
+	for i := range s.steps {
+		step := s.steps[i]
+		pending := PendingState(step.name)
+		// Where a failure of this step goes: the nearest earlier step that
+		// can be compensated, or straight to Compensated.
+		compensateFrom := s.compensationBefore(i)
+
+		var next statemachine.State = StateCompleted
+		if i+1 < len(s.steps) {
+			next = PendingState(s.steps[i+1].name)
+		}
+		ts = append(ts, T{From: pending, On: ReplyEventType(step.name, step.success.event.eventType), To: next,
+			Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
+				step.success.apply(&in.Data, ev.Payload)
+				in.Completed = append(slices.Clip(in.Completed), step.name)
+				in.Attempt = 1
+				if i+1 < len(s.steps) {
+					return in, send(s.steps[i+1], in, false)
+				}
+				return in, []Effect{{Kind: Finish, Outcome: StateCompleted}}
+			}})
+
+		fails := func(in Instance[D]) (Instance[D], []Effect) {
+			in.Attempt = 1
+			if compensateFrom < 0 {
+				return in, []Effect{{Kind: Finish, Outcome: StateCompensated}}
+			}
+			return in, send(s.steps[compensateFrom], in, true)
+		}
+		failTo := StateCompensated
+		if compensateFrom >= 0 {
+			failTo = CompensatingState(s.steps[compensateFrom].name)
+		}
+		if step.failure != nil {
+			ts = append(ts, T{From: pending, On: ReplyEventType(step.name, step.failure.event.eventType), To: failTo,
+				Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
+					step.failure.apply(&in.Data, ev.Payload)
+					return fails(in)
+				}})
+		}
+		ts = append(ts, timeoutTransitions(step, false, pending, failTo, func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
+			return fails(in)
+		})...)
+
+		// The last step's compensation can never run: no step after it
+		// can fail.
+		if step.compensate != nil && i < len(s.steps)-1 {
+			canFailCompensation = true
+			compensating := CompensatingState(step.name)
+			before := s.compensationBefore(i)
+			var doneTo statemachine.State = StateCompensated
+			if before >= 0 {
+				doneTo = CompensatingState(s.steps[before].name)
+			}
+			ts = append(ts, T{From: compensating, On: ReplyEventType(step.name, step.compAck.eventType), To: doneTo,
+				Action: func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
+					in.Attempt = 1
+					if before < 0 {
+						return in, []Effect{{Kind: Finish, Outcome: StateCompensated}}
+					}
+					return in, send(s.steps[before], in, true)
+				}})
+			ts = append(ts, timeoutTransitions(step, true, compensating, StateCompensationFailed,
+				func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
+					return in, []Effect{{Kind: Finish, Outcome: StateCompensationFailed}}
+				})...)
+		}
+	}
+
+	terminal := []statemachine.State{StateCompleted, StateCompensated}
+	if canFailCompensation {
+		terminal = append(terminal, StateCompensationFailed)
+	}
+	m, err := statemachine.Build(statemachine.Definition[Instance[D], Effect]{
+		Name:        s.name,
+		Initial:     StateNew,
+		Terminal:    terminal,
+		Transitions: ts,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.machine = m
+	return s, nil
+}
+
+// compensationBefore returns the index of the nearest step before i that has
+// a compensation, or -1.
+func (s *Saga[D]) compensationBefore(i int) int {
+	for j := i - 1; j >= 0; j-- {
+		if s.steps[j].compensate != nil {
+			return j
+		}
+	}
+	return -1
+}
+
+// send returns the effects of sending step's command (or compensation) at
+// in.Attempt: the command and its timer.
+func send[D any](step StepBuilder[D], in Instance[D], compensation bool) []Effect {
+	cmd := step.command
+	if compensation {
+		cmd = step.compensate
+	}
+	return []Effect{
+		{Kind: Send, Step: step.name, Compensation: compensation, Attempt: in.Attempt, Topic: step.topic,
+			EventType: cmd.event.eventType, Command: cmd.build(in.Data)},
+		{Kind: SetTimer, Step: step.name, Compensation: compensation, Attempt: in.Attempt, After: step.timeout},
+	}
+}
+
+// timeoutTransitions handle the timer of a step's command or compensation:
+// a timer of an earlier send is stale and accepted by no transition; the
+// current one resends while retries remain, then gives up with giveUp.
+func timeoutTransitions[D any](step StepBuilder[D], compensation bool, waiting, giveUpTo statemachine.State,
+	giveUp statemachine.Action[Instance[D], Effect]) []statemachine.Transition[Instance[D], Effect] {
+	current := func(in Instance[D], ev statemachine.Event) bool {
+		t, ok := ev.Payload.(TimerFired)
+		return ok && t.Step == step.name && t.Attempt == in.Attempt
+	}
+	on := TimeoutEventType(step.name, compensation)
+	exhausted := statemachine.Transition[Instance[D], Effect]{From: waiting, On: on, To: giveUpTo,
+		GuardName: "current send, retries exhausted", Guard: current, Action: giveUp}
+	if step.retries == 0 {
+		exhausted.GuardName = "current send"
+		return []statemachine.Transition[Instance[D], Effect]{exhausted}
+	}
+	return []statemachine.Transition[Instance[D], Effect]{
+		{From: waiting, On: on, To: waiting, GuardName: "current send, retries left",
+			Guard: func(in Instance[D], ev statemachine.Event) bool {
+				return current(in, ev) && in.Attempt <= step.retries
+			},
+			Action: func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
+				in.Attempt++
+				return in, send(step, in, compensation)
+			}},
+		exhausted,
+	}
+}

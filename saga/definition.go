@@ -1,0 +1,245 @@
+package saga
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hamba/avro/v2"
+
+	"github.com/sagapipe/sagapipe/schema"
+)
+
+// EventDef declares an event or command type: its ce_type and the Avro
+// schema of its Go type T.
+type EventDef[T any] struct {
+	Type   string
+	Schema string
+}
+
+// Event declares an event or command type for use in a saga definition.
+func Event[T any](eventType, avroSchema string) EventDef[T] {
+	return EventDef[T]{Type: eventType, Schema: avroSchema}
+}
+
+// codec is a schema.Codec with its Go type erased, so that the steps of one
+// saga, whose commands and replies all have their own types, fit one slice.
+type codec interface {
+	encode(ctx context.Context, topic string, v any) ([]byte, error)
+	decode(ctx context.Context, data []byte) (any, error)
+}
+
+type typedCodec[T any] struct{ c *schema.Codec[T] }
+
+func (t typedCodec[T]) encode(ctx context.Context, topic string, v any) ([]byte, error) {
+	typed, ok := v.(T)
+	if !ok {
+		return nil, fmt.Errorf("saga: encoding %T with the codec of %T", v, *new(T))
+	}
+	return t.c.Encode(ctx, topic, &typed)
+}
+
+func (t typedCodec[T]) decode(ctx context.Context, data []byte) (any, error) {
+	return t.c.Decode(ctx, data)
+}
+
+// eventSpec is an EventDef with its type erased.
+type eventSpec struct {
+	eventType string
+	schema    string
+	newCodec  func(*schema.Serde) (codec, error)
+}
+
+func specOf[T any](def EventDef[T]) eventSpec {
+	return eventSpec{eventType: def.Type, schema: def.Schema, newCodec: func(s *schema.Serde) (codec, error) {
+		c, err := schema.NewCodec[T](s, def.Schema)
+		return typedCodec[T]{c}, err
+	}}
+}
+
+// CommandSpec says how a step's command (or compensation) is built from the
+// saga's data.
+type CommandSpec[D any] struct {
+	event eventSpec
+	build func(D) any
+}
+
+// Cmd declares a command of type def built from the saga's data by build.
+// build must be pure: it runs again whenever the command is resent.
+func Cmd[D, C any](def EventDef[C], build func(data D) C) CommandSpec[D] {
+	return CommandSpec[D]{event: specOf(def), build: func(d D) any { return build(d) }}
+}
+
+// ReplySpec says how a reply updates the saga's data.
+type ReplySpec[D any] struct {
+	event eventSpec
+	apply func(data *D, reply any)
+}
+
+// Reply declares a reply of type def that updates the saga's data with
+// apply (nil: the data is unchanged). apply must be pure: it runs again
+// whenever the saga is rebuilt from its journal.
+func Reply[D, R any](def EventDef[R], apply func(data *D, reply R)) ReplySpec[D] {
+	return ReplySpec[D]{event: specOf(def), apply: func(d *D, r any) {
+		if apply != nil {
+			apply(d, r.(R))
+		}
+	}}
+}
+
+// DefaultTimeout is how long a step waits for its reply unless Timeout says
+// otherwise.
+const DefaultTimeout = 30 * time.Second
+
+// DefaultRetries is how often a timed-out command is resent before the
+// step fails (or, for a compensation, the saga ends in CompensationFailed).
+const DefaultRetries = 3
+
+// StepBuilder defines one step; see Builder.Step.
+type StepBuilder[D any] struct {
+	name       string
+	topic      string
+	command    *CommandSpec[D]
+	success    *ReplySpec[D]
+	failure    *ReplySpec[D]
+	compensate *CommandSpec[D]
+	compAck    *eventSpec
+	timeout    time.Duration
+	retries    int
+	pivot      bool
+}
+
+// Command sets the topic the step's command is piped to and how it is built.
+func (s *StepBuilder[D]) Command(topic string, cmd CommandSpec[D]) *StepBuilder[D] {
+	s.topic, s.command = topic, &cmd
+	return s
+}
+
+// OnSuccess sets the reply that completes the step.
+func (s *StepBuilder[D]) OnSuccess(r ReplySpec[D]) *StepBuilder[D] { s.success = &r; return s }
+
+// OnFailure sets the reply that fails the step: the completed steps are
+// then compensated in reverse order.
+func (s *StepBuilder[D]) OnFailure(r ReplySpec[D]) *StepBuilder[D] { s.failure = &r; return s }
+
+// Compensate sets the command that undoes the step, sent to the step's
+// topic, and the reply that confirms it.
+func Compensate[D, A any](s *StepBuilder[D], cmd CommandSpec[D], done EventDef[A]) *StepBuilder[D] {
+	ack := specOf(done)
+	s.compensate, s.compAck = &cmd, &ack
+	return s
+}
+
+// Timeout sets how long the step waits for a reply before it resends the
+// command (default DefaultTimeout).
+func (s *StepBuilder[D]) Timeout(d time.Duration) *StepBuilder[D] { s.timeout = d; return s }
+
+// Retries sets how often a timed-out command or compensation is resent
+// (default DefaultRetries; 0 keeps the default, a negative number means none).
+func (s *StepBuilder[D]) Retries(n int) *StepBuilder[D] { s.retries = n; return s }
+
+// Pivot marks the step as the saga's point of no return: it needs no
+// compensation (the steps after it should be ones that cannot fail for good).
+func (s *StepBuilder[D]) Pivot() *StepBuilder[D] { s.pivot = true; return s }
+
+// Builder defines a saga over data D; Build validates it.
+type Builder[D any] struct {
+	name       string
+	dataSchema string
+	start      *ReplySpec[D]
+	steps      []*StepBuilder[D]
+}
+
+// New starts the definition of saga name over data D, whose Avro schema is
+// dataSchema (it is how the saga's state is shown and snapshotted).
+func New[D any](name, dataSchema string) *Builder[D] {
+	return &Builder[D]{name: name, dataSchema: dataSchema}
+}
+
+// StartOn sets the event that starts a saga and how it fills the data.
+func (b *Builder[D]) StartOn(r ReplySpec[D]) *Builder[D] { b.start = &r; return b }
+
+// Step adds a step; steps run in the order they are added.
+func (b *Builder[D]) Step(name string) *StepBuilder[D] {
+	s := &StepBuilder[D]{name: name}
+	b.steps = append(b.steps, s)
+	return s
+}
+
+// Build validates the definition, reporting every problem at once, and
+// compiles it.
+func (b *Builder[D]) Build() (*Saga[D], error) {
+	var errs []error
+	fail := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("saga %s: "+format, append([]any{b.name}, a...)...))
+	}
+	if b.name == "" {
+		fail("the saga has no name")
+	}
+	checkSchema := func(what, text string) {
+		if text == "" {
+			fail("%s has no Avro schema", what)
+			return
+		}
+		if _, err := avro.ParseWithCache(text, "", &avro.SchemaCache{}); err != nil {
+			fail("%s: Avro schema does not parse: %v", what, err)
+		}
+	}
+	checkEvent := func(what string, e eventSpec) {
+		if e.eventType == "" {
+			fail("%s has no event type", what)
+		}
+		checkSchema(what+" ("+e.eventType+")", e.schema)
+	}
+	checkSchema("the saga's data", b.dataSchema)
+	if b.start == nil {
+		fail("no start event (StartOn)")
+	} else {
+		checkEvent("the start event", b.start.event)
+	}
+	if len(b.steps) == 0 {
+		fail("no steps")
+	}
+	seen := map[string]bool{}
+	for i, s := range b.steps {
+		where := fmt.Sprintf("step %d %q", i, s.name)
+		switch {
+		case s.name == "":
+			fail("step %d has no name", i)
+		case seen[s.name]:
+			fail("two steps are named %q", s.name)
+		}
+		seen[s.name] = true
+		if s.command == nil || s.topic == "" {
+			fail("%s has no command or command topic", where)
+		} else {
+			checkEvent(where+" command", s.command.event)
+		}
+		if s.success == nil {
+			fail("%s has no success reply (OnSuccess)", where)
+		} else {
+			checkEvent(where+" success reply", s.success.event)
+		}
+		if s.failure != nil {
+			checkEvent(where+" failure reply", s.failure.event)
+			if s.success != nil && s.failure.event.eventType == s.success.event.eventType {
+				fail("%s: success and failure replies are both %q", where, s.success.event.eventType)
+			}
+		}
+		if s.compensate == nil && !s.pivot && i < len(b.steps)-1 {
+			fail("%s has side effects but no compensation: add Compensate, or mark it Pivot()", where)
+		}
+		if s.compensate != nil {
+			checkEvent(where+" compensation", s.compensate.event)
+			checkEvent(where+" compensation reply", *s.compAck)
+		}
+		if s.timeout < 0 {
+			fail("%s: timeout %v is negative", where, s.timeout)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return compile(b)
+}

@@ -1,0 +1,296 @@
+package saga_test
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sagapipe/sagapipe/saga"
+	"github.com/sagapipe/sagapipe/statemachine"
+)
+
+type orderData struct {
+	OrderID   string `avro:"order_id"`
+	Amount    int64  `avro:"amount"`
+	Reserved  bool   `avro:"reserved"`
+	PaymentID string `avro:"payment_id"`
+	Reason    string `avro:"reason"`
+}
+
+const orderDataSchema = `{"type":"record","name":"OrderData","fields":[
+ {"name":"order_id","type":"string"},{"name":"amount","type":"long"},{"name":"reserved","type":"boolean"},
+ {"name":"payment_id","type":"string"},{"name":"reason","type":"string"}]}`
+
+// msg is the Go shape of every test event: an order ID and one detail.
+type msg struct {
+	OrderID string `avro:"order_id"`
+	Detail  string `avro:"detail"`
+}
+
+func def(name string) saga.EventDef[msg] {
+	return saga.Event[msg]("test."+name, fmt.Sprintf(`{"type":"record","name":%q,"namespace":"test","fields":[
+ {"name":"order_id","type":"string"},{"name":"detail","type":"string","default":""}]}`, name))
+}
+
+var (
+	orderPlaced       = def("OrderPlaced")
+	reserveInventory  = def("ReserveInventory")
+	inventoryReserved = def("InventoryReserved")
+	inventoryRejected = def("InventoryRejected")
+	releaseInventory  = def("ReleaseInventory")
+	inventoryReleased = def("InventoryReleased")
+	chargePayment     = def("ChargePayment")
+	paymentCharged    = def("PaymentCharged")
+	paymentDeclined   = def("PaymentDeclined")
+	refundPayment     = def("RefundPayment")
+	paymentRefunded   = def("PaymentRefunded")
+	scheduleShipment  = def("ScheduleShipment")
+	shipmentScheduled = def("ShipmentScheduled")
+	shipmentFailed    = def("ShipmentFailed")
+)
+
+func command(d msg) func(orderData) msg {
+	return func(o orderData) msg { return msg{OrderID: o.OrderID, Detail: d.Detail} }
+}
+
+// ordersSaga is the reference saga: inventory, payment, shipping.
+func ordersSaga(t *testing.T) *saga.Saga[orderData] {
+	t.Helper()
+	b := saga.New[orderData]("orders", orderDataSchema).
+		StartOn(saga.Reply(orderPlaced, func(d *orderData, e msg) { d.OrderID = e.OrderID; d.Amount = 100 }))
+	inv := b.Step("inventory").
+		Command("inventory.commands", saga.Cmd(reserveInventory, command(msg{Detail: "reserve"}))).
+		OnSuccess(saga.Reply(inventoryReserved, func(d *orderData, _ msg) { d.Reserved = true })).
+		OnFailure(saga.Reply(inventoryRejected, func(d *orderData, e msg) { d.Reason = e.Detail })).
+		Timeout(5 * time.Second)
+	saga.Compensate(inv, saga.Cmd(releaseInventory, command(msg{Detail: "release"})), inventoryReleased)
+	pay := b.Step("payment").
+		Command("payment.commands", saga.Cmd(chargePayment, command(msg{Detail: "charge"}))).
+		OnSuccess(saga.Reply(paymentCharged, func(d *orderData, e msg) { d.PaymentID = e.Detail })).
+		OnFailure(saga.Reply(paymentDeclined, func(d *orderData, e msg) { d.Reason = e.Detail })).
+		Timeout(10 * time.Second).Retries(1)
+	saga.Compensate(pay, saga.Cmd(refundPayment, command(msg{Detail: "refund"})), paymentRefunded).Retries(1)
+	b.Step("shipping").
+		Command("shipping.commands", saga.Cmd(scheduleShipment, command(msg{Detail: "ship"}))).
+		OnSuccess(saga.Reply[orderData](shipmentScheduled, nil)).
+		OnFailure(saga.Reply[orderData](shipmentFailed, nil))
+	s, err := b.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+var at = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+
+// run applies events in order, failing the test on the first refusal, and
+// returns the final state, instance and every effect.
+type runner struct {
+	t     *testing.T
+	s     *saga.Saga[orderData]
+	state statemachine.State
+	in    saga.Instance[orderData]
+	log   []string
+}
+
+func newRunner(t *testing.T) *runner {
+	s := ordersSaga(t)
+	return &runner{t: t, s: s, state: s.Machine().Initial()}
+}
+
+func (r *runner) apply(on statemachine.EventType, payload any) error {
+	res, err := r.s.Machine().Apply(r.state, r.in, statemachine.Event{Type: on, ID: string(on), Time: at, Payload: payload})
+	if err != nil {
+		return err
+	}
+	r.state, r.in = res.To, res.Data
+	for _, e := range res.Effects {
+		switch e.Kind {
+		case saga.Send:
+			r.log = append(r.log, fmt.Sprintf("send %s %s#%d %v", e.Topic, e.EventType, e.Attempt, e.Command.(msg).Detail))
+		case saga.SetTimer:
+			r.log = append(r.log, fmt.Sprintf("timer %s#%d %v", e.Step, e.Attempt, e.After))
+		case saga.Finish:
+			r.log = append(r.log, "finish "+string(e.Outcome))
+		}
+	}
+	return nil
+}
+
+func (r *runner) must(on statemachine.EventType, payload any) {
+	r.t.Helper()
+	if err := r.apply(on, payload); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func reply(step string, d saga.EventDef[msg], detail string) (statemachine.EventType, any) {
+	return saga.ReplyEventType(step, d.Type), msg{OrderID: "o-1", Detail: detail}
+}
+
+func timeout(step string, attempt int, compensation bool) (statemachine.EventType, any) {
+	return saga.TimeoutEventType(step, compensation), saga.TimerFired{Step: step, Attempt: attempt}
+}
+
+func TestHappyPath(t *testing.T) {
+	r := newRunner(t)
+	r.must(r.s.StartEventType(), msg{OrderID: "o-1"})
+	r.must(reply("inventory", inventoryReserved, ""))
+	r.must(reply("payment", paymentCharged, "pay-9"))
+	r.must(reply("shipping", shipmentScheduled, ""))
+	want := []string{
+		"send inventory.commands test.ReserveInventory#1 reserve", "timer inventory#1 5s",
+		"send payment.commands test.ChargePayment#1 charge", "timer payment#1 10s",
+		"send shipping.commands test.ScheduleShipment#1 ship", "timer shipping#1 30s",
+		"finish Completed",
+	}
+	if fmt.Sprint(r.log) != fmt.Sprint(want) {
+		t.Fatalf("effects\n%v\nwant\n%v", r.log, want)
+	}
+	if r.state != saga.StateCompleted || !r.in.Data.Reserved || r.in.Data.PaymentID != "pay-9" ||
+		fmt.Sprint(r.in.Completed) != "[inventory payment shipping]" {
+		t.Fatalf("ended %s %+v", r.state, r.in)
+	}
+}
+
+func TestPaymentDeclinedReleasesInventory(t *testing.T) {
+	r := newRunner(t)
+	r.must(r.s.StartEventType(), msg{OrderID: "o-1"})
+	r.must(reply("inventory", inventoryReserved, ""))
+	r.must(reply("payment", paymentDeclined, "insufficient funds"))
+	if r.state != saga.CompensatingState("inventory") {
+		t.Fatalf("state %s, want inventory.Compensating (payment was never charged)", r.state)
+	}
+	r.must(reply("inventory", inventoryReleased, ""))
+	if r.state != saga.StateCompensated || r.in.Data.Reason != "insufficient funds" {
+		t.Fatalf("ended %s %+v", r.state, r.in.Data)
+	}
+	if last := r.log[len(r.log)-1]; last != "finish Compensated" {
+		t.Fatalf("last effect %q", last)
+	}
+}
+
+func TestShippingFailureCompensatesInReverse(t *testing.T) {
+	r := newRunner(t)
+	r.must(r.s.StartEventType(), msg{OrderID: "o-1"})
+	r.must(reply("inventory", inventoryReserved, ""))
+	r.must(reply("payment", paymentCharged, "pay-9"))
+	r.log = nil
+	r.must(reply("shipping", shipmentFailed, ""))
+	r.must(reply("payment", paymentRefunded, ""))
+	r.must(reply("inventory", inventoryReleased, ""))
+	want := []string{
+		"send payment.commands test.RefundPayment#1 refund", "timer payment#1 10s",
+		"send inventory.commands test.ReleaseInventory#1 release", "timer inventory#1 5s",
+		"finish Compensated",
+	}
+	if fmt.Sprint(r.log) != fmt.Sprint(want) || r.state != saga.StateCompensated {
+		t.Fatalf("effects %v, state %s; want refund then release, Compensated", r.log, r.state)
+	}
+}
+
+func TestTimeoutsRetryThenCompensate(t *testing.T) {
+	r := newRunner(t)
+	r.must(r.s.StartEventType(), msg{OrderID: "o-1"})
+	r.must(reply("inventory", inventoryReserved, ""))
+	r.log = nil
+	r.must(timeout("payment", 1, false)) // one retry allowed
+	if r.state != saga.PendingState("payment") || r.in.Attempt != 2 {
+		t.Fatalf("after the first timeout: %s attempt %d", r.state, r.in.Attempt)
+	}
+	// The first send's timer is stale now: nothing accepts it.
+	if err := r.apply(timeout("payment", 1, false)); !errors.Is(err, statemachine.ErrNoTransition) {
+		t.Fatalf("stale timer: %v, want ErrNoTransition", err)
+	}
+	r.must(timeout("payment", 2, false))
+	want := []string{
+		"send payment.commands test.ChargePayment#2 charge", "timer payment#2 10s",
+		"send inventory.commands test.ReleaseInventory#1 release", "timer inventory#1 5s",
+	}
+	if fmt.Sprint(r.log) != fmt.Sprint(want) || r.state != saga.CompensatingState("inventory") {
+		t.Fatalf("effects %v state %s", r.log, r.state)
+	}
+	// A reply that comes after the step was given up on is not accepted.
+	if err := r.apply(reply("payment", paymentCharged, "late")); !errors.Is(err, statemachine.ErrNoTransition) {
+		t.Fatalf("late reply: %v, want ErrNoTransition", err)
+	}
+}
+
+func TestCompensationThatKeepsFailing(t *testing.T) {
+	r := newRunner(t)
+	r.must(r.s.StartEventType(), msg{OrderID: "o-1"})
+	r.must(reply("inventory", inventoryReserved, ""))
+	r.must(reply("payment", paymentCharged, "pay-9"))
+	r.must(reply("shipping", shipmentFailed, ""))
+	r.must(timeout("payment", 1, true)) // refund resent once
+	r.must(timeout("payment", 2, true)) // then given up
+	if r.state != saga.StateCompensationFailed || r.log[len(r.log)-1] != "finish CompensationFailed" {
+		t.Fatalf("state %s, last effect %q; want CompensationFailed", r.state, r.log[len(r.log)-1])
+	}
+}
+
+func TestReplayRebuildsTheSameInstance(t *testing.T) {
+	r := newRunner(t)
+	var journal []statemachine.Event
+	record := func(on statemachine.EventType, payload any) {
+		r.must(on, payload)
+		journal = append(journal, statemachine.Event{Type: on, ID: string(on), Time: at, Payload: payload})
+	}
+	record(r.s.StartEventType(), msg{OrderID: "o-1"})
+	record(reply("inventory", inventoryReserved, ""))
+	record(timeout("payment", 1, false))
+	record(reply("payment", paymentCharged, "pay-2"))
+	state, in, err := r.s.Machine().Replay(saga.Instance[orderData]{}, journal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if state != r.state || fmt.Sprint(in) != fmt.Sprint(r.in) {
+		t.Fatalf("replay: %s %+v; applying: %s %+v", state, in, r.state, r.in)
+	}
+}
+
+func TestBuildReportsEveryProblem(t *testing.T) {
+	b := saga.New[orderData]("orders", "")
+	b.Step("inventory").Command("inventory.commands", saga.Cmd(reserveInventory, command(msg{}))).
+		OnSuccess(saga.Reply[orderData](inventoryReserved, nil)).OnFailure(saga.Reply[orderData](inventoryReserved, nil))
+	b.Step("inventory").Command("x", saga.Cmd(saga.Event[msg]("test.Bad", `{"type":"nope"}`), command(msg{}))).
+		OnSuccess(saga.Reply[orderData](paymentCharged, nil)).Timeout(-time.Second)
+	b.Step("shipping")
+	_, err := b.Build()
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{
+		"the saga's data has no Avro schema",
+		"no start event",
+		`two steps are named "inventory"`,
+		`success and failure replies are both "test.InventoryReserved"`,
+		"has side effects but no compensation: add Compensate, or mark it Pivot()",
+		"Avro schema does not parse",
+		"timeout -1s is negative",
+		`step 2 "shipping" has no command`,
+		`step 2 "shipping" has no success reply`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not report %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestMermaid(t *testing.T) {
+	m := ordersSaga(t).Machine().Mermaid()
+	for _, want := range []string{
+		"[*] --> New",
+		"New --> inventory_Pending : start/test.OrderPlaced",
+		"payment_Pending --> inventory_Compensating : payment/test.PaymentDeclined",
+		"shipping_Pending --> payment_Compensating : shipping/test.ShipmentFailed",
+		"payment_Compensating --> CompensationFailed : payment/compensation-timeout [current send, retries exhausted]",
+		"Completed --> [*]",
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("diagram lacks %q:\n%s", want, m)
+		}
+	}
+}
