@@ -11,6 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/sagapipe/sagapipe/internal/kread"
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/schema"
 )
@@ -83,72 +84,18 @@ type ListConfig struct {
 // List began (records of transactions still open are not waited for).
 // Records that are not dead-letter records are passed with their parse error.
 func List(ctx context.Context, cfg ListConfig, fn func(Entry, error) error) error {
-	// Read committed: a dead letter of an aborted transaction never happened.
-	client, err := kgo.NewClient(append(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOptions...),
-		kgo.KeepControlRecords(), kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
+	opts := append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOptions...)
+	err := kread.ToEnd(ctx, opts, cfg.Topic, nil, func(r *kgo.Record) error {
+		e, perr := ParseEntry(r)
+		if perr == nil && !cfg.Filter.Match(e) {
+			return nil
+		}
+		return fn(e, perr)
+	})
 	if err != nil {
 		return fmt.Errorf("dlq: list: %w", err)
 	}
-	defer client.Close()
-	// Up to the last stable offset: a transaction still open is not waited for.
-	ends, err := kadm.NewClient(client).ListCommittedOffsets(ctx, cfg.Topic)
-	if err == nil {
-		err = ends.Error()
-	}
-	if err != nil {
-		return fmt.Errorf("dlq: list %s: %w", cfg.Topic, err)
-	}
-	starts := map[int32]kgo.Offset{}
-	remaining := map[int32]int64{}
-	ends.Each(func(o kadm.ListedOffset) {
-		if o.Offset > 0 {
-			starts[o.Partition] = kgo.NewOffset().AtStart()
-			remaining[o.Partition] = o.Offset
-		}
-	})
-	if len(remaining) == 0 {
-		return nil
-	}
-	client.AddConsumePartitions(map[string]map[int32]kgo.Offset{cfg.Topic: starts})
-	for len(remaining) > 0 {
-		fetches := client.PollFetches(ctx)
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := fetches.Err0(); err != nil {
-			return fmt.Errorf("dlq: list %s: %w", cfg.Topic, err)
-		}
-		var stop error
-		fetches.EachRecord(func(r *kgo.Record) {
-			if stop != nil || !untilEnd(remaining, r) {
-				return
-			}
-			e, perr := ParseEntry(r)
-			if perr == nil && !cfg.Filter.Match(e) {
-				return
-			}
-			stop = fn(e, perr)
-		})
-		if stop != nil {
-			return stop
-		}
-	}
 	return nil
-}
-
-// untilEnd reports whether r is a data record before its partition's end in
-// remaining, and forgets the partition once its end is reached. Control
-// records (transaction markers, which may be a partition's last offset) are
-// kept by the client only so that the end is seen.
-func untilEnd(remaining map[int32]int64, r *kgo.Record) bool {
-	end, ok := remaining[r.Partition]
-	if !ok || r.Offset >= end {
-		return false
-	}
-	if r.Offset == end-1 {
-		delete(remaining, r.Partition)
-	}
-	return !r.Attrs.IsControl()
 }
 
 // ReplayConfig says what to replay and how.
@@ -220,7 +167,7 @@ func Replay(ctx context.Context, cfg ReplayConfig) (ReplayStats, error) {
 	if err != nil {
 		return stats, fmt.Errorf("dlq: replay: progress of group %s: %w", cfg.Group, err)
 	}
-	remaining := map[int32]int64{}
+	remaining := kread.Ends{}
 	var total int64
 	ends.Each(func(o kadm.ListedOffset) {
 		from := int64(0)
@@ -245,7 +192,7 @@ func Replay(ctx context.Context, cfg ReplayConfig) (ReplayStats, error) {
 		var batch []*kgo.Record
 		var parseErr error
 		fetches.EachRecord(func(r *kgo.Record) {
-			if !untilEnd(remaining, r) {
+			if !remaining.Next(r) {
 				return
 			}
 			done++

@@ -1,0 +1,91 @@
+// Package kread reads Kafka topics from their start to their end as it was
+// when the read began: what rebuilding state from a journal and listing a
+// dead-letter topic both need.
+package kread
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// ToEnd calls fn for every committed record of topic's partitions (all of
+// them when partitions is nil), in offset order per partition, from the
+// start up to the last stable offset when ToEnd began. opts reach the
+// cluster (seed brokers, TLS, SASL); they must not name a consumer group.
+//
+// It reads committed records only, and stops at the last stable offset
+// rather than the high watermark: a transaction still open is not waited
+// for. It keeps control records, whose offsets it needs to see a partition
+// end on a transaction marker, but does not pass them to fn.
+func ToEnd(ctx context.Context, opts []kgo.Opt, topic string, partitions []int32, fn func(*kgo.Record) error) error {
+	client, err := kgo.NewClient(append(append([]kgo.Opt(nil), opts...),
+		kgo.KeepControlRecords(), kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", topic, err)
+	}
+	defer client.Close()
+	ends, err := kadm.NewClient(client).ListCommittedOffsets(ctx, topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", topic, err)
+	}
+	wanted := map[int32]bool{}
+	for _, p := range partitions {
+		wanted[p] = true
+	}
+	starts := map[int32]kgo.Offset{}
+	remaining := Ends{}
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Offset > 0 && (partitions == nil || wanted[o.Partition]) {
+			starts[o.Partition] = kgo.NewOffset().AtStart()
+			remaining[o.Partition] = o.Offset
+		}
+	})
+	if len(remaining) == 0 {
+		return nil
+	}
+	client.AddConsumePartitions(map[string]map[int32]kgo.Offset{topic: starts})
+	for len(remaining) > 0 {
+		fetches := client.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := fetches.Err0(); err != nil {
+			return fmt.Errorf("read %s: %w", topic, err)
+		}
+		var stop error
+		fetches.EachRecord(func(r *kgo.Record) {
+			if stop == nil && remaining.Next(r) {
+				stop = fn(r)
+			}
+		})
+		if stop != nil {
+			return stop
+		}
+	}
+	return nil
+}
+
+// Ends holds, per partition, the offset a read stops at; a partition is
+// removed once its end is reached, so an empty Ends means done. Readers
+// must keep control records (kgo.KeepControlRecords): a partition may end on
+// a transaction marker.
+type Ends map[int32]int64
+
+// Next reports whether r is a data record before its partition's end, and
+// forgets the partition when r is its last offset.
+func (e Ends) Next(r *kgo.Record) bool {
+	end, ok := e[r.Partition]
+	if !ok || r.Offset >= end {
+		return false
+	}
+	if r.Offset == end-1 {
+		delete(e, r.Partition)
+	}
+	return !r.Attrs.IsControl()
+}
