@@ -1,6 +1,7 @@
 package pipe
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -45,6 +46,12 @@ type Message struct {
 	// Type, when set, is the piped event's ce_type; otherwise the source's
 	// is kept.
 	Type string
+	// ID, when set, is the piped event's ce_id; otherwise a new one is made.
+	// A deterministic ID lets a receiver recognize a resent command.
+	ID string
+	// Headers are set on the piped record last, each replacing every
+	// header of its name (e.g. saga_step, reply_to).
+	Headers []kgo.RecordHeader
 	// PassThrough comes back untouched in the record's Result.
 	PassThrough any
 }
@@ -279,7 +286,7 @@ func (p *Piper) build(ctx context.Context, topic string, m Message) (*kgo.Record
 		kgo.RecordHeader{Key: HeaderOriginalPartition, Value: strconv.AppendInt(nil, int64(src.Partition), 10)},
 		kgo.RecordHeader{Key: HeaderOriginalOffset, Value: strconv.AppendInt(nil, src.Offset, 10)},
 		kgo.RecordHeader{Key: HeaderOriginalConsumerGroup, Value: []byte(p.cfg.group)},
-		kgo.RecordHeader{Key: schema.HeaderID, Value: []byte(p.cfg.newID())},
+		kgo.RecordHeader{Key: schema.HeaderID, Value: []byte(cmp.Or(m.ID, p.cfg.newID()))},
 		kgo.RecordHeader{Key: schema.HeaderTime, Value: p.cfg.now().UTC().AppendFormat(nil, time.RFC3339Nano)},
 	)
 	if causation != "" {
@@ -292,6 +299,9 @@ func (p *Piper) build(ctx context.Context, topic string, m Message) (*kgo.Record
 		headers = append(headers, kgo.RecordHeader{Key: schema.HeaderSource, Value: []byte(p.cfg.source)})
 	}
 	headers = append(headers, trace...)
+	for _, h := range m.Headers {
+		headers = schema.SetHeader(headers, h.Key, string(h.Value))
+	}
 	rec.Headers = headers
 
 	if p.cfg.enhance != nil {

@@ -359,6 +359,30 @@ func TestEnhanceAndBadInput(t *testing.T) {
 	}
 }
 
+func TestMessageIDAndHeaders(t *testing.T) {
+	s := startStack(t)
+	createTopic(t, s, 1, "dst")
+	p, err := pipe.New(newClient(t, s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	env := schema.Envelope{ID: "src-id", Type: "t", SagaStep: "inventory", ReplyTo: "x"}
+	src := &kgo.Record{Topic: "src", Value: []byte("v"), Headers: env.Apply(nil)}
+	r := p.PipeSync(context.Background(), "dst", pipe.Message{Source: src, ID: "saga-1/payment/do",
+		Headers: []kgo.RecordHeader{{Key: schema.HeaderSagaStep, Value: []byte("payment")}, {Key: schema.HeaderReplyTo, Value: []byte("orders.inbox")}}})
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	got := consume(t, s, "dst", 1)[0]
+	for k, v := range map[string]string{schema.HeaderID: "saga-1/payment/do", schema.HeaderCausationID: "src-id",
+		schema.HeaderSagaStep: "payment", schema.HeaderReplyTo: "orders.inbox"} {
+		if header(got, k) != v { // header panics on duplicates
+			t.Errorf("%s = %q, want %q", k, header(got, k), v)
+		}
+	}
+}
+
 func TestNewValidates(t *testing.T) {
 	_, err := pipe.New(nil, pipe.WithMaxInFlight(0), pipe.WithPropagator(nil))
 	if err == nil {
