@@ -182,7 +182,7 @@ func (b *Builder[D]) Build() (*Saga[D], error) {
 			fail("%s has no Avro schema", what)
 			return
 		}
-		if _, err := avro.ParseWithCache(text, "", &avro.SchemaCache{}); err != nil {
+		if _, err := avroParse(text); err != nil {
 			fail("%s: Avro schema does not parse: %v", what, err)
 		}
 	}
@@ -242,4 +242,10 @@ func (b *Builder[D]) Build() (*Saga[D], error) {
 		return nil, err
 	}
 	return compile(b)
+}
+
+// avroParse parses with a cache of its own: hamba's default cache is global
+// and keyed by full name, so two versions of one record would collide in it.
+func avroParse(text string) (avro.Schema, error) {
+	return avro.ParseWithCache(text, "", &avro.SchemaCache{})
 }

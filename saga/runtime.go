@@ -1,0 +1,719 @@
+package saga
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/sagapipe/sagapipe/dlq"
+	"github.com/sagapipe/sagapipe/internal/kread"
+	"github.com/sagapipe/sagapipe/pipe"
+	"github.com/sagapipe/sagapipe/schema"
+	"github.com/sagapipe/sagapipe/statemachine"
+)
+
+// Errors the runtime dead-letters inbox records with. All are poison.
+var (
+	ErrUnknownSaga  = errors.New("saga: reply for a saga this orchestrator does not know")
+	ErrUnknownEvent = errors.New("saga: event is not part of this saga")
+	ErrNoSagaID     = errors.New("saga: record has neither a saga_id header nor a key")
+)
+
+// Config configures a Runtime. Registry is required; the rest defaults.
+type Config struct {
+	// Brokers and ClientOptions (TLS, SASL) reach the cluster.
+	Brokers       []string
+	ClientOptions []kgo.Opt
+	// Registry encodes and decodes every event and the journal.
+	Registry *schema.Serde
+	// Group is the consumer group of the inbox (default "sagapipe.<saga>").
+	Group string
+	// TransactionalID must be unique per running instance (default
+	// "<group>.<hostname>.<pid>").
+	TransactionalID string
+	// Source is ce_source of the commands (default "sagapipe/<saga>").
+	Source string
+	// DeadLetterTopic receives unprocessable inbox records (default "<saga>.inbox.dlq").
+	DeadLetterTopic string
+	// Clock tells time for timers (default the real clock).
+	Clock dlq.Clock
+	// Hooks are told what happens (HookFinished).
+	Hooks []any
+}
+
+// HookFinished is told of every saga that reached a terminal state, after
+// the transaction that got it there committed.
+type HookFinished interface {
+	OnFinished(sagaID string, outcome statemachine.State)
+}
+
+// Runtime drives one saga definition: it consumes the saga's inbox in a
+// consumer group and, per polled batch, in one Kafka transaction, appends
+// what happened to the journal, pipes the commands that follow and commits
+// the consumed offsets.
+type Runtime[D any] struct {
+	saga     *Saga[D]
+	cfg      Config
+	sess     *kgo.GroupTransactSession
+	piper    *pipe.Piper
+	connOpts []kgo.Opt
+	decoders map[statemachine.EventType]codec
+	ceTypes  map[statemachine.EventType]string // event type → the ce_type it arrives as
+	encoders map[string]codec                  // command ce_type → codec
+	journal  *schema.Codec[JournalEntry]
+
+	mu    sync.Mutex // guards parts against the rebalance callbacks
+	parts map[int32]*partitionState[D]
+}
+
+type partitionState[D any] struct {
+	rebuilt bool
+	sagas   map[string]*sagaRecord[D]
+}
+
+// sagaRecord is what the runtime holds of one saga.
+type sagaRecord[D any] struct {
+	id          string
+	correlation string
+	state       statemachine.State
+	inst        Instance[D]
+	seen        map[string]bool // ce_ids already journaled
+	timer       *pendingTimer
+}
+
+type pendingTimer struct {
+	step         string
+	attempt      int
+	compensation bool
+	deadline     time.Time
+}
+
+func (r *sagaRecord[D]) clone() *sagaRecord[D] {
+	c := *r
+	c.seen = maps.Clone(r.seen)
+	return &c
+}
+
+// NewRuntime validates cfg and prepares a runtime for s; Run starts it.
+func NewRuntime[D any](s *Saga[D], cfg Config) (*Runtime[D], error) {
+	var errs []error
+	if s == nil {
+		return nil, errors.New("saga: NewRuntime: saga is nil")
+	}
+	if cfg.Registry == nil {
+		errs = append(errs, errors.New("saga: Config.Registry is required"))
+	}
+	if len(cfg.Brokers) == 0 {
+		errs = append(errs, errors.New("saga: Config.Brokers is empty"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	cfg.Group = cmp.Or(cfg.Group, "sagapipe."+s.name)
+	if cfg.TransactionalID == "" {
+		host, _ := os.Hostname()
+		cfg.TransactionalID = fmt.Sprintf("%s.%s.%d", cfg.Group, cmp.Or(host, "host"), os.Getpid())
+	}
+	cfg.Source = cmp.Or(cfg.Source, "sagapipe/"+s.name)
+	cfg.DeadLetterTopic = cmp.Or(cfg.DeadLetterTopic, s.InboxTopic()+dlq.DefaultTopicSuffix)
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
+	}
+
+	r := &Runtime[D]{saga: s, cfg: cfg, parts: map[int32]*partitionState[D]{},
+		decoders: map[statemachine.EventType]codec{}, ceTypes: map[statemachine.EventType]string{},
+		encoders: map[string]codec{}}
+	r.connOpts = append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOptions...)
+	if err := r.buildCodecs(); err != nil {
+		return nil, err
+	}
+	if err := r.checkSubjects(); err != nil {
+		return nil, err
+	}
+	opts := append(append([]kgo.Opt(nil), r.connOpts...),
+		kgo.ConsumerGroup(cfg.Group),
+		kgo.ConsumeTopics(s.InboxTopic()),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.TransactionalID(cfg.TransactionalID),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.RequireStableFetchOffsets(),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.RecordPartitioner(pipe.NewPartitioner(nil)),
+		kgo.OnPartitionsAssigned(r.assigned),
+		kgo.OnPartitionsRevoked(r.revoked),
+		kgo.OnPartitionsLost(r.revoked),
+	)
+	sess, err := kgo.NewGroupTransactSession(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("saga %s: %w", s.name, err)
+	}
+	piper, err := pipe.New(sess.Client(), pipe.WithConsumerGroup(cfg.Group), pipe.WithSource(cfg.Source))
+	if err != nil {
+		sess.Close()
+		return nil, err
+	}
+	r.sess, r.piper = sess, piper
+	return r, nil
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+func (realClock) AfterFunc(d time.Duration, f func()) func() bool {
+	return time.AfterFunc(d, f).Stop
+}
+
+func (r *Runtime[D]) buildCodecs() error {
+	s := r.saga
+	var errs []error
+	add := func(on statemachine.EventType, e eventSpec) {
+		c, err := e.newCodec(r.cfg.Registry)
+		errs = append(errs, err)
+		r.decoders[on], r.ceTypes[on] = c, e.eventType
+	}
+	addCmd := func(e eventSpec) {
+		c, err := e.newCodec(r.cfg.Registry)
+		errs = append(errs, err)
+		r.encoders[e.eventType] = c
+	}
+	add(s.StartEventType(), s.start.event)
+	for _, st := range s.steps {
+		addCmd(st.command.event)
+		add(ReplyEventType(st.name, st.success.event.eventType), st.success.event)
+		if st.failure != nil {
+			add(ReplyEventType(st.name, st.failure.event.eventType), st.failure.event)
+		}
+		if st.compensate != nil {
+			addCmd(st.compensate.event)
+			add(ReplyEventType(st.name, st.compAck.eventType), *st.compAck)
+		}
+	}
+	j, err := schema.NewCodec[JournalEntry](r.cfg.Registry, JournalEntrySchema)
+	r.journal = j
+	return errors.Join(append(errs, err)...)
+}
+
+// checkSubjects refuses a subject naming that puts the inbox's several event
+// types under one subject: their schemas are unrelated, so the registry would
+// refuse all but the first.
+func (r *Runtime[D]) checkSubjects() error {
+	start, err := avroParse(r.saga.start.event.schema)
+	if err != nil {
+		return err
+	}
+	reply, err := avroParse(r.saga.steps[0].success.event.schema)
+	if err != nil {
+		return err
+	}
+	a, errA := r.cfg.Registry.Subject(r.saga.InboxTopic(), start)
+	b, errB := r.cfg.Registry.Subject(r.saga.InboxTopic(), reply)
+	if errA == nil && errB == nil && a == b {
+		return fmt.Errorf("saga %s: the registry's subject naming puts every event of %s under %q, but the inbox carries several event types: build the Serde with schema.WithSubjectNameStrategy(schema.RecordNameStrategy)",
+			r.saga.name, r.saga.InboxTopic(), a)
+	}
+	return errors.Join(errA, errB)
+}
+
+// Close leaves the group and closes the client. Call it after Run returned.
+func (r *Runtime[D]) Close() {
+	_ = r.piper.Close(context.Background())
+	r.sess.CloseAllowingRebalance()
+}
+
+func (r *Runtime[D]) assigned(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range assigned[r.saga.InboxTopic()] {
+		r.parts[p] = &partitionState[D]{sagas: map[string]*sagaRecord[D]{}}
+	}
+}
+
+func (r *Runtime[D]) revoked(_ context.Context, _ *kgo.Client, gone map[string][]int32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range gone[r.saga.InboxTopic()] {
+		delete(r.parts, p)
+	}
+}
+
+// CheckTopics verifies that the inbox, journal and dead-letter topics exist
+// and that the inbox and journal have the same partition count.
+func (r *Runtime[D]) CheckTopics(ctx context.Context) error {
+	inbox, journal := r.saga.InboxTopic(), r.saga.JournalTopic()
+	details, err := kadm.NewClient(r.sess.Client()).ListTopics(ctx, inbox, journal, r.cfg.DeadLetterTopic)
+	if err != nil {
+		return fmt.Errorf("saga %s: listing topics: %w", r.saga.name, err)
+	}
+	var missing []string
+	for _, t := range []string{inbox, journal, r.cfg.DeadLetterTopic} {
+		if d, ok := details[t]; !ok || d.Err != nil {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("saga %s: topics missing: %v (create them with 'orchestrator topics ensure'; they are not auto-created)", r.saga.name, missing)
+	}
+	if a, b := len(details[inbox].Partitions), len(details[journal].Partitions); a != b {
+		return fmt.Errorf("saga %s: %s has %d partitions but %s has %d: the journal must be co-partitioned with the inbox", r.saga.name, inbox, a, journal, b)
+	}
+	return nil
+}
+
+// Run checks the topics and drives the saga until ctx is cancelled (then it
+// returns nil) or the transactional session fails for good.
+func (r *Runtime[D]) Run(ctx context.Context) error {
+	if err := r.CheckTopics(ctx); err != nil {
+		return err
+	}
+	if _, err := r.journal.Register(ctx, r.saga.JournalTopic()); err != nil {
+		return fmt.Errorf("saga %s: journal schema: %w", r.saga.name, err)
+	}
+	for {
+		r.sess.AllowRebalance()
+		pollCtx, cancel := context.WithCancel(ctx)
+		stop := func() bool { return false }
+		if wait, ok := r.nextTimer(); ok {
+			stop = r.cfg.Clock.AfterFunc(wait, cancel)
+		}
+		fetches := r.sess.PollFetches(pollCtx)
+		stop()
+		cancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if fetches.IsClientClosed() {
+			return fmt.Errorf("saga %s: the client was closed while Run was running", r.saga.name)
+		}
+		var fetchErr error
+		fetches.EachError(func(t string, p int32, err error) {
+			if !errors.Is(err, context.Canceled) {
+				fetchErr = errors.Join(fetchErr, fmt.Errorf("saga %s: fetching %s/%d: %w", r.saga.name, t, p, err))
+			}
+		})
+		if fetchErr != nil {
+			return fetchErr
+		}
+		if err := r.processBatch(ctx, fetches); err != nil {
+			return err
+		}
+	}
+}
+
+// nextTimer returns how long until the earliest timer of an owned saga.
+func (r *Runtime[D]) nextTimer() (time.Duration, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var earliest time.Time
+	for _, ps := range r.parts {
+		for _, s := range ps.sagas {
+			if s.timer != nil && (earliest.IsZero() || s.timer.deadline.Before(earliest)) {
+				earliest = s.timer.deadline
+			}
+		}
+	}
+	if earliest.IsZero() {
+		return 0, false
+	}
+	return max(earliest.Sub(r.cfg.Clock.Now()), 0), true
+}
+
+// batch is one transaction's work: changed sagas are copies until commit.
+type batch[D any] struct {
+	changed  map[int32]map[string]*sagaRecord[D]
+	finished []finishedSaga
+}
+
+type finishedSaga struct {
+	id      string
+	outcome statemachine.State
+}
+
+// processBatch rebuilds newly assigned partitions, then handles the batch's
+// records and the due timers in one transaction.
+func (r *Runtime[D]) processBatch(ctx context.Context, fetches kgo.Fetches) error {
+	r.mu.Lock()
+	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
+		if fp.Topic == r.saga.InboxTopic() && r.parts[fp.Partition] == nil {
+			r.parts[fp.Partition] = &partitionState[D]{sagas: map[string]*sagaRecord[D]{}}
+		}
+	})
+	var toRebuild []int32
+	for p, ps := range r.parts {
+		if !ps.rebuilt {
+			toRebuild = append(toRebuild, p)
+		}
+	}
+	r.mu.Unlock()
+	for _, p := range toRebuild {
+		if err := r.rebuild(ctx, p); err != nil {
+			return err
+		}
+	}
+	due := r.dueTimers()
+	if fetches.NumRecords() == 0 && len(due) == 0 {
+		return nil
+	}
+
+	b := &batch[D]{changed: map[int32]map[string]*sagaRecord[D]{}}
+	committed, err := r.piper.Transact(ctx, r.sess, func(ctx context.Context, tx *pipe.Tx) error {
+		var err error
+		fetches.EachRecord(func(rec *kgo.Record) {
+			if err == nil {
+				err = r.handleRecord(ctx, tx, b, rec)
+			}
+		})
+		for _, d := range due {
+			if err == nil {
+				err = r.handleTimer(ctx, tx, b, d)
+			}
+		}
+		return err
+	})
+	if !committed {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, pipe.ErrAborted) {
+			return nil // rewound: the batch comes again
+		}
+		return fmt.Errorf("saga %s: %w", r.saga.name, err)
+	}
+	r.mu.Lock()
+	for p, sagas := range b.changed {
+		if ps := r.parts[p]; ps != nil {
+			maps.Copy(ps.sagas, sagas)
+		}
+	}
+	r.mu.Unlock()
+	for _, f := range b.finished {
+		for _, h := range r.cfg.Hooks {
+			if h, ok := h.(HookFinished); ok {
+				h.OnFinished(f.id, f.outcome)
+			}
+		}
+	}
+	return nil
+}
+
+// lookup returns the batch's copy of a saga, making one on first touch.
+func (r *Runtime[D]) lookup(b *batch[D], p int32, id string) *sagaRecord[D] {
+	if s, ok := b.changed[p][id]; ok {
+		return s
+	}
+	r.mu.Lock()
+	ps := r.parts[p]
+	var s *sagaRecord[D]
+	if ps != nil {
+		s = ps.sagas[id]
+	}
+	r.mu.Unlock()
+	if s == nil {
+		return nil
+	}
+	c := s.clone()
+	r.keep(b, p, c)
+	return c
+}
+
+func (r *Runtime[D]) keep(b *batch[D], p int32, s *sagaRecord[D]) {
+	if b.changed[p] == nil {
+		b.changed[p] = map[string]*sagaRecord[D]{}
+	}
+	b.changed[p][s.id] = s
+}
+
+// handleRecord turns an inbox record into a state-machine event and applies
+// it. What cannot be processed is dead-lettered, inside the transaction.
+func (r *Runtime[D]) handleRecord(ctx context.Context, tx *pipe.Tx, b *batch[D], rec *kgo.Record) error {
+	env, err := schema.ReadEnvelope(rec.Headers)
+	if err != nil {
+		return r.deadLetter(ctx, rec, err)
+	}
+	id := cmp.Or(env.SagaID, string(rec.Key))
+	if id == "" {
+		return r.deadLetter(ctx, rec, ErrNoSagaID)
+	}
+	on := ReplyEventType(env.SagaStep, env.Type)
+	if env.SagaStep == "" {
+		on = statemachine.EventType("start/" + env.Type)
+	}
+	c, known := r.decoders[on]
+	if !known {
+		return r.deadLetter(ctx, rec, fmt.Errorf("%w: %s %q (step %q)", ErrUnknownEvent, r.saga.name, env.Type, env.SagaStep))
+	}
+	payload, err := c.decode(ctx, rec.Value)
+	if err != nil {
+		return r.deadLetter(ctx, rec, err)
+	}
+	s := r.lookup(b, rec.Partition, id)
+	if s == nil {
+		if on != r.saga.StartEventType() {
+			return r.deadLetter(ctx, rec, fmt.Errorf("%w: %s %q", ErrUnknownSaga, r.saga.name, id))
+		}
+		s = &sagaRecord[D]{id: id, correlation: cmp.Or(env.CorrelationID, id), state: StateNew, seen: map[string]bool{}}
+		r.keep(b, rec.Partition, s)
+	}
+	if s.seen[env.ID] {
+		return nil // a duplicate changes nothing
+	}
+	t := cmp.Or(env.Time, rec.Timestamp)
+	ev := statemachine.Event{Type: on, ID: env.ID, Time: t, Payload: payload}
+	entry := JournalEntry{SagaID: id, EventType: string(on), CEID: env.ID, CEType: env.Type, Time: t,
+		Payload: rec.Value, TraceParent: env.TraceParent}
+	return r.apply(ctx, tx, b, rec.Partition, s, ev, entry, rec)
+}
+
+type dueTimer struct {
+	partition int32
+	id        string
+}
+
+// dueTimers lists the owned sagas whose timer has passed, in a fixed order.
+func (r *Runtime[D]) dueTimers() []dueTimer {
+	now := r.cfg.Clock.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var due []dueTimer
+	for p, ps := range r.parts {
+		for id, s := range ps.sagas {
+			if s.timer != nil && !now.Before(s.timer.deadline) {
+				due = append(due, dueTimer{p, id})
+			}
+		}
+	}
+	slices.SortFunc(due, func(a, b dueTimer) int {
+		return cmp.Or(cmp.Compare(a.partition, b.partition), cmp.Compare(a.id, b.id))
+	})
+	return due
+}
+
+func (r *Runtime[D]) handleTimer(ctx context.Context, tx *pipe.Tx, b *batch[D], d dueTimer) error {
+	s := r.lookup(b, d.partition, d.id)
+	if s == nil || s.timer == nil {
+		return nil
+	}
+	tm := *s.timer
+	s.timer = nil
+	kind := "timeout"
+	if tm.compensation {
+		kind = "compensation-timeout"
+	}
+	ev := statemachine.Event{Type: TimeoutEventType(tm.step, tm.compensation),
+		ID:      fmt.Sprintf("%s/%s/%s/%d", s.id, tm.step, kind, tm.attempt),
+		Time:    tm.deadline,
+		Payload: TimerFired{Step: tm.step, Attempt: tm.attempt}}
+	env := schema.Envelope{ID: ev.ID, Type: "sagapipe.Timeout", Source: r.cfg.Source, Time: tm.deadline,
+		CorrelationID: s.correlation, SagaName: r.saga.name, SagaID: s.id, SagaStep: tm.step}
+	src := &kgo.Record{Topic: r.saga.InboxTopic(), Partition: d.partition, Offset: -1, Key: []byte(s.id), Headers: env.Apply(nil)}
+	entry := JournalEntry{SagaID: s.id, EventType: string(ev.Type), CEID: ev.ID, CEType: env.Type, Time: tm.deadline,
+		TimerStep: tm.step, TimerAttempt: int32(tm.attempt)}
+	return r.apply(ctx, tx, b, d.partition, s, ev, entry, src)
+}
+
+// apply applies ev to s, journals it (applied, or ignored when no
+// transition accepts it) and carries out the effects.
+func (r *Runtime[D]) apply(ctx context.Context, tx *pipe.Tx, b *batch[D], p int32, s *sagaRecord[D],
+	ev statemachine.Event, entry JournalEntry, src *kgo.Record) error {
+	res, err := r.saga.machine.Apply(s.state, s.inst, ev)
+	entry.FromState, entry.ToState, entry.Outcome = string(s.state), string(res.To), OutcomeApplied
+	if errors.Is(err, statemachine.ErrNoTransition) {
+		entry.Outcome = OutcomeIgnored
+	} else if err != nil {
+		return err
+	}
+	if err := r.appendJournal(ctx, p, entry, src); err != nil {
+		return err
+	}
+	s.seen[ev.ID] = true
+	if entry.Outcome == OutcomeIgnored {
+		return nil
+	}
+	s.state, s.inst = res.To, res.Data
+	var msgs []pipe.Message
+	for _, e := range res.Effects {
+		switch e.Kind {
+		case Send:
+			m, err := r.command(ctx, s, e, src)
+			if err != nil {
+				return err
+			}
+			msgs = append(msgs, m)
+		case SetTimer:
+			s.timer = &pendingTimer{step: e.Step, attempt: e.Attempt, compensation: e.Compensation, deadline: ev.Time.Add(e.After)}
+		case Finish:
+			s.timer = nil
+			b.finished = append(b.finished, finishedSaga{s.id, e.Outcome})
+		}
+	}
+	for _, m := range msgs {
+		topic := m.PassThrough.(string)
+		if res := tx.PipeSync(ctx, topic, m); res.Err != nil {
+			return res.Err
+		}
+	}
+	return nil
+}
+
+// command builds the message that pipes a Send effect's command.
+func (r *Runtime[D]) command(ctx context.Context, s *sagaRecord[D], e Effect, src *kgo.Record) (pipe.Message, error) {
+	c := r.encoders[e.EventType]
+	value, err := c.encode(ctx, e.Topic, e.Command)
+	if err != nil {
+		return pipe.Message{}, fmt.Errorf("saga %s: encode %s for %s: %w", r.saga.name, e.EventType, s.id, err)
+	}
+	kind := "do"
+	if e.Compensation {
+		kind = "undo"
+	}
+	h := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
+	return pipe.Message{Source: src, Value: value, Type: e.EventType, PassThrough: e.Topic,
+		ID: fmt.Sprintf("%s/%s/%s/%d", s.id, e.Step, kind, e.Attempt),
+		Headers: []kgo.RecordHeader{
+			h(schema.HeaderSagaName, r.saga.name), h(schema.HeaderSagaID, s.id), h(schema.HeaderSagaStep, e.Step),
+			h(schema.HeaderReplyTo, r.saga.InboxTopic()), h(schema.HeaderCorrelationID, s.correlation),
+			h(schema.HeaderContentType, schema.ContentTypeAvro),
+		}}, nil
+}
+
+// appendJournal produces entry to the journal partition of the inbox
+// partition p, inside the transaction.
+func (r *Runtime[D]) appendJournal(ctx context.Context, p int32, entry JournalEntry, src *kgo.Record) error {
+	value, err := r.journal.Encode(ctx, r.saga.JournalTopic(), &entry)
+	if err != nil {
+		return fmt.Errorf("saga %s: encode journal entry: %w", r.saga.name, err)
+	}
+	rec := &kgo.Record{Topic: r.saga.JournalTopic(), Key: []byte(entry.SagaID), Value: value, Headers: src.Headers, Context: ctx}
+	pipe.ToPartition(rec, p)
+	if err := r.sess.ProduceSync(ctx, rec).FirstErr(); err != nil {
+		return fmt.Errorf("saga %s: append journal: %w", r.saga.name, err)
+	}
+	return nil
+}
+
+// deadLetter sends an inbox record that cannot be processed to the
+// dead-letter topic, in the batch's transaction.
+func (r *Runtime[D]) deadLetter(ctx context.Context, rec *kgo.Record, cause error) error {
+	now := r.cfg.Clock.Now()
+	f := dlq.Failure{Err: cause, Class: dlq.ClassPoison, Attempts: 1, FirstFailedAt: now, LastFailedAt: now}
+	out := dlq.NewRecord(ctx, rec, f, r.cfg.DeadLetterTopic, r.cfg.Group, propagation.TraceContext{})
+	if err := r.sess.ProduceSync(ctx, out).FirstErr(); err != nil {
+		return fmt.Errorf("saga %s: dead-letter %s/%d@%d: %w", r.saga.name, rec.Topic, rec.Partition, rec.Offset, err)
+	}
+	for _, h := range r.cfg.Hooks {
+		if h, ok := h.(dlq.HookDeadLettered); ok {
+			h.OnDeadLettered(rec, f)
+		}
+	}
+	return nil
+}
+
+// rebuild folds journal partition p into the sagas of inbox partition p.
+func (r *Runtime[D]) rebuild(ctx context.Context, p int32) error {
+	sagas := map[string]*sagaRecord[D]{}
+	err := kread.ToEnd(ctx, r.connOpts, r.saga.JournalTopic(), []int32{p}, func(rec *kgo.Record) error {
+		entry, err := r.journal.Decode(ctx, rec.Value)
+		if err != nil {
+			return fmt.Errorf("journal %s/%d@%d: %w", rec.Topic, rec.Partition, rec.Offset, err)
+		}
+		s := sagas[entry.SagaID]
+		if s == nil {
+			env, _ := schema.ReadEnvelope(rec.Headers)
+			s = &sagaRecord[D]{id: entry.SagaID, correlation: cmp.Or(env.CorrelationID, entry.SagaID), state: StateNew, seen: map[string]bool{}}
+			sagas[entry.SagaID] = s
+		}
+		s.seen[entry.CEID] = true
+		if entry.Outcome != OutcomeApplied {
+			return nil
+		}
+		ev := statemachine.Event{Type: statemachine.EventType(entry.EventType), ID: entry.CEID, Time: entry.Time}
+		if entry.TimerStep != "" {
+			ev.Payload = TimerFired{Step: entry.TimerStep, Attempt: int(entry.TimerAttempt)}
+			s.timer = nil
+		} else {
+			c, ok := r.decoders[ev.Type]
+			if !ok {
+				return fmt.Errorf("journal %s/%d@%d: event type %q is not part of saga %s (was the definition changed?)",
+					rec.Topic, rec.Partition, rec.Offset, entry.EventType, r.saga.name)
+			}
+			if ev.Payload, err = c.decode(ctx, entry.Payload); err != nil {
+				return fmt.Errorf("journal %s/%d@%d: %w", rec.Topic, rec.Partition, rec.Offset, err)
+			}
+		}
+		res, err := r.saga.machine.Apply(s.state, s.inst, ev)
+		if err != nil {
+			return fmt.Errorf("journal %s/%d@%d of saga %s: %w", rec.Topic, rec.Partition, rec.Offset, s.id, err)
+		}
+		s.state, s.inst = res.To, res.Data
+		for _, e := range res.Effects {
+			switch e.Kind {
+			case SetTimer:
+				s.timer = &pendingTimer{step: e.Step, attempt: e.Attempt, compensation: e.Compensation, deadline: ev.Time.Add(e.After)}
+			case Finish:
+				s.timer = nil
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("saga %s: rebuilding partition %d from %s: %w", r.saga.name, p, r.saga.JournalTopic(), err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if ps := r.parts[p]; ps != nil {
+		ps.sagas, ps.rebuilt = sagas, true
+	}
+	return nil
+}
+
+// Status is a saga's state as this runtime holds it.
+type Status[D any] struct {
+	State    statemachine.State
+	Instance Instance[D]
+}
+
+// Status returns the committed state of saga id, if this runtime owns it.
+func (r *Runtime[D]) Status(id string) (Status[D], bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, ps := range r.parts {
+		if s, ok := ps.sagas[id]; ok {
+			return Status[D]{State: s.state, Instance: s.inst}, true
+		}
+	}
+	return Status[D]{}, false
+}
+
+// EnsureTopics creates the saga's inbox and journal with partitions
+// partitions and its dead-letter topic, where they are missing. The journal
+// keeps everything: it is the source of truth.
+func EnsureTopics(ctx context.Context, adm *kadm.Client, inbox, journal, deadLetter string, partitions int32, replication int16) error {
+	forever := "-1"
+	for _, t := range []struct {
+		name    string
+		configs map[string]*string
+	}{
+		{inbox, nil},
+		{journal, map[string]*string{"retention.ms": &forever, "retention.bytes": &forever}},
+		{deadLetter, map[string]*string{"retention.ms": &forever}},
+	} {
+		resp, err := adm.CreateTopic(ctx, partitions, replication, t.configs, t.name)
+		if err == nil {
+			err = resp.Err
+		}
+		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+			return fmt.Errorf("create topic %s: %w", t.name, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,447 @@
+package saga_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/goleak"
+
+	"github.com/sagapipe/sagapipe/dlq"
+	"github.com/sagapipe/sagapipe/internal/devstack"
+	"github.com/sagapipe/sagapipe/internal/kread"
+	"github.com/sagapipe/sagapipe/pipe"
+	"github.com/sagapipe/sagapipe/saga"
+	"github.com/sagapipe/sagapipe/schema"
+	"github.com/sagapipe/sagapipe/statemachine"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// env is an embedded stack with the orders saga's topics.
+type env struct {
+	t     *testing.T
+	stack *devstack.Stack
+	serde *schema.Serde
+	saga  *saga.Saga[orderData]
+}
+
+func newEnv(t *testing.T, inboxPartitions int32) *env {
+	t.Helper()
+	stack, err := devstack.Start(devstack.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stack.Close() })
+	serde, err := schema.NewSerde(stack.RegistryURL(), schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, stack: stack, serde: serde, saga: ordersSaga(t)}
+	cl := e.client()
+	adm := kadm.NewClient(cl)
+	ctx := context.Background()
+	if err := saga.EnsureTopics(ctx, adm, e.saga.InboxTopic(), e.saga.JournalTopic(), e.saga.InboxTopic()+".dlq", inboxPartitions, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.CreateTopics(ctx, 1, 1, nil, "inventory.commands", "payment.commands", "shipping.commands"); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func (e *env) client(opts ...kgo.Opt) *kgo.Client {
+	e.t.Helper()
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(e.stack.KafkaAddrs()...)}, opts...)...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(cl.Close)
+	return cl
+}
+
+func (e *env) codec(d saga.EventDef[msg]) *schema.Codec[msg] {
+	e.t.Helper()
+	c, err := schema.NewCodec[msg](e.serde, d.Schema)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return c
+}
+
+// participant runs a stage worker on topic that answers each command type
+// in replies; behaviour decides by order ID which reply (nil: none).
+type participant struct {
+	mu      sync.Mutex
+	applied map[string]int // "<command type> <order>" → times
+}
+
+func (e *env) participant(topic string, replies map[string]func(order string) *saga.EventDef[msg]) *participant {
+	e.t.Helper()
+	var aliases []string
+	for typ := range replies {
+		aliases = append(aliases, fmt.Sprintf("%q", typ))
+	}
+	// One reader schema whose aliases accept every command type of the topic.
+	reader := fmt.Sprintf(`{"type":"record","name":"Command","namespace":"any","aliases":[%s],"fields":[
+ {"name":"order_id","type":"string"},{"name":"detail","type":"string","default":""}]}`, strings.Join(aliases, ","))
+	cmdCodec, err := schema.NewCodec[msg](e.serde, reader)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	p := &participant{applied: map[string]int{}}
+	handler := func(_ context.Context, cmd msg, env schema.Envelope) (pipe.Reply, error) {
+		p.mu.Lock()
+		p.applied[env.Type+" "+cmd.OrderID]++
+		p.mu.Unlock()
+		reply := replies[env.Type](cmd.OrderID)
+		if reply == nil {
+			return pipe.NoReply, nil
+		}
+		return pipe.NewReply(e.codec(*reply), reply.Type, msg{OrderID: cmd.OrderID, Detail: "by " + topic}), nil
+	}
+	cl := e.client(kgo.ConsumerGroup(topic+".worker"), kgo.ConsumeTopics(topic), kgo.DisableAutoCommit(),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	w, err := pipe.NewStageWorker(cl, cmdCodec, handler)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	e.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			e.t.Errorf("participant %s: %v", topic, err)
+		}
+	})
+	return p
+}
+
+func (p *participant) count(key string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.applied[key]
+}
+
+func always(d saga.EventDef[msg]) func(string) *saga.EventDef[msg] {
+	return func(string) *saga.EventDef[msg] { return &d }
+}
+
+// finished collects the outcomes the runtime reports.
+type finished struct {
+	mu       sync.Mutex
+	outcomes map[string]statemachine.State
+	changed  chan struct{}
+}
+
+func newFinished() *finished {
+	return &finished{outcomes: map[string]statemachine.State{}, changed: make(chan struct{}, 1000)}
+}
+
+func (f *finished) OnFinished(id string, outcome statemachine.State) {
+	f.mu.Lock()
+	if prev, ok := f.outcomes[id]; ok {
+		panic(fmt.Sprintf("saga %s finished twice: %s then %s", id, prev, outcome))
+	}
+	f.outcomes[id] = outcome
+	f.mu.Unlock()
+	f.changed <- struct{}{}
+}
+
+func (f *finished) wait(t *testing.T, n int) map[string]statemachine.State {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		f.mu.Lock()
+		if len(f.outcomes) >= n {
+			out := map[string]statemachine.State{}
+			for k, v := range f.outcomes {
+				out[k] = v
+			}
+			f.mu.Unlock()
+			return out
+		}
+		got := len(f.outcomes)
+		f.mu.Unlock()
+		select {
+		case <-f.changed:
+		case <-deadline:
+			t.Fatalf("%d of %d sagas finished", got, n)
+		}
+	}
+}
+
+// runtime starts a runtime; stop ends it and returns Run's error.
+func (e *env) runtime(hooks ...any) (stop func() error) {
+	e.t.Helper()
+	r, err := saga.NewRuntime(e.saga, saga.Config{Brokers: e.stack.KafkaAddrs(), Registry: e.serde, Hooks: hooks})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() { cancel(); runErr = <-done; r.Close() })
+		return runErr
+	}
+	e.t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+// start places an order: an OrderPlaced on the inbox, keyed by order.
+func (e *env) start(orders ...string) {
+	e.t.Helper()
+	ctx := context.Background()
+	c := e.codec(orderPlaced)
+	var recs []*kgo.Record
+	for _, o := range orders {
+		v, err := c.Encode(ctx, e.saga.InboxTopic(), &msg{OrderID: o})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		env := schema.NewEnvelope(orderPlaced.Type, "test", time.Now())
+		env.SagaID, env.CorrelationID = o, o
+		recs = append(recs, &kgo.Record{Topic: e.saga.InboxTopic(), Key: []byte(o), Value: v, Headers: env.Apply(nil)})
+	}
+	if err := e.client().ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// journal reads the committed journal.
+func (e *env) journal() []saga.JournalEntry {
+	e.t.Helper()
+	ctx := context.Background()
+	c, err := schema.NewCodec[saga.JournalEntry](e.serde, saga.JournalEntrySchema)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []saga.JournalEntry
+	err = kread.ToEnd(ctx, []kgo.Opt{kgo.SeedBrokers(e.stack.KafkaAddrs()...)}, e.saga.JournalTopic(), nil, func(r *kgo.Record) error {
+		je, err := c.Decode(ctx, r.Value)
+		out = append(out, je)
+		return err
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
+
+// checkJournal asserts that no event was applied twice for a saga.
+func checkJournal(t *testing.T, entries []saga.JournalEntry) {
+	t.Helper()
+	seen := map[string]bool{}
+	for _, je := range entries {
+		key := je.SagaID + " " + je.CEID
+		if seen[key] {
+			t.Fatalf("event %s journaled twice for saga %s", je.CEID, je.SagaID)
+		}
+		seen[key] = true
+	}
+}
+
+func TestRuntimeHappyPathAndCompensation(t *testing.T) {
+	e := newEnv(t, 1)
+	inventory := e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{
+		reserveInventory.Type: always(inventoryReserved),
+		releaseInventory.Type: always(inventoryReleased),
+	})
+	payment := e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{
+		chargePayment.Type: func(order string) *saga.EventDef[msg] {
+			if order == "declined" {
+				return &paymentDeclined
+			}
+			return &paymentCharged
+		},
+		refundPayment.Type: always(paymentRefunded),
+	})
+	shipping := e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{
+		scheduleShipment.Type: func(order string) *saga.EventDef[msg] {
+			if order == "unshippable" {
+				return &shipmentFailed
+			}
+			return &shipmentScheduled
+		},
+	})
+	done := newFinished()
+	e.runtime(done)
+	e.start("ok", "declined", "unshippable")
+	outcomes := done.wait(t, 3)
+	want := map[string]statemachine.State{"ok": saga.StateCompleted, "declined": saga.StateCompensated, "unshippable": saga.StateCompensated}
+	if fmt.Sprint(outcomes) != fmt.Sprint(want) {
+		t.Fatalf("outcomes %v, want %v", outcomes, want)
+	}
+	effects := map[string]int{
+		"test.ReserveInventory ok": inventory.count("test.ReserveInventory ok"), "test.ReleaseInventory ok": inventory.count("test.ReleaseInventory ok"),
+		"test.ReleaseInventory declined": inventory.count("test.ReleaseInventory declined"), "test.RefundPayment declined": payment.count("test.RefundPayment declined"),
+		"test.RefundPayment unshippable": payment.count("test.RefundPayment unshippable"), "test.ReleaseInventory unshippable": inventory.count("test.ReleaseInventory unshippable"),
+		"test.ScheduleShipment unshippable": shipping.count("test.ScheduleShipment unshippable"),
+	}
+	wantEffects := map[string]int{
+		"test.ReserveInventory ok": 1, "test.ReleaseInventory ok": 0,
+		"test.ReleaseInventory declined": 1, "test.RefundPayment declined": 0, // never charged: nothing to refund
+		"test.RefundPayment unshippable": 1, "test.ReleaseInventory unshippable": 1,
+		"test.ScheduleShipment unshippable": 1,
+	}
+	if fmt.Sprint(effects) != fmt.Sprint(wantEffects) {
+		t.Fatalf("participant effects %v, want %v", effects, wantEffects)
+	}
+	checkJournal(t, e.journal())
+}
+
+func TestRuntimeDuplicatesLateRepliesAndPoison(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, 1)
+	e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
+	e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{chargePayment.Type: always(paymentCharged)})
+	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
+	done := newFinished()
+	dead := make(chan struct{}, 10)
+	e.runtime(done, deadHook(func() { dead <- struct{}{} }))
+	e.start("o-1")
+	done.wait(t, 1)
+	before := len(e.journal())
+
+	// A copy of the payment reply (same ce_id), a late reply with a new
+	// ce_id, a reply for a saga nobody started, and bytes that are not Avro.
+	replyCodec := e.codec(paymentCharged)
+	value, err := replyCodec.Encode(ctx, e.saga.InboxTopic(), &msg{OrderID: "o-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	replyEnv := func(id, sagaID string) []kgo.RecordHeader {
+		env := schema.Envelope{ID: id, Type: paymentCharged.Type, SagaName: "orders", SagaID: sagaID, SagaStep: "payment"}
+		return env.Apply(nil)
+	}
+	var paymentReplyID string
+	for _, je := range e.journal() {
+		if je.CEType == paymentCharged.Type {
+			paymentReplyID = je.CEID
+		}
+	}
+	inbox := e.saga.InboxTopic()
+	if err := e.client().ProduceSync(ctx,
+		&kgo.Record{Topic: inbox, Key: []byte("o-1"), Value: value, Headers: replyEnv(paymentReplyID, "o-1")},
+		&kgo.Record{Topic: inbox, Key: []byte("o-1"), Value: value, Headers: replyEnv("late-1", "o-1")},
+		&kgo.Record{Topic: inbox, Key: []byte("ghost"), Value: value, Headers: replyEnv("r-ghost", "ghost")},
+		&kgo.Record{Topic: inbox, Key: []byte("o-1"), Value: []byte("garbage"), Headers: replyEnv("r-garbage", "o-1")},
+	).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		select {
+		case <-dead:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the unknown saga's reply and the garbage were not both dead-lettered")
+		}
+	}
+	entries := e.journal()
+	checkJournal(t, entries)
+	added := entries[before:]
+	if len(added) != 1 || added[0].CEID != "late-1" || added[0].Outcome != saga.OutcomeIgnored {
+		t.Fatalf("journal grew by %+v, want only the late reply, journaled as ignored", added)
+	}
+	var dlqCount int64
+	err = kread.ToEnd(ctx, []kgo.Opt{kgo.SeedBrokers(e.stack.KafkaAddrs()...)}, inbox+".dlq", nil, func(r *kgo.Record) error {
+		dlqCount++
+		if c, _ := schema.Header(r.Headers, "error_message"); !strings.Contains(c, "does not know") && !strings.Contains(c, "magic byte") {
+			t.Errorf("dead letter with message %q", c)
+		}
+		return nil
+	})
+	if err != nil || dlqCount != 2 {
+		t.Fatalf("%d dead letters (%v), want 2", dlqCount, err)
+	}
+}
+
+type deadHook func()
+
+func (f deadHook) OnDeadLettered(*kgo.Record, dlq.Failure) { f() }
+
+func TestRuntimeRecoversFromTheJournal(t *testing.T) {
+	e := newEnv(t, 2)
+	e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
+	payment := e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{chargePayment.Type: always(paymentCharged)})
+	first := newFinished()
+	stop := e.runtime(first)
+	orders := []string{"a", "b", "c", "d", "e", "f"}
+	e.start(orders...)
+	// Without a shipping participant every saga waits at shipping; wait
+	// until all have charged, then stop this orchestrator.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n := 0
+		for _, o := range orders {
+			n += payment.count("test.ChargePayment " + o)
+		}
+		if n == len(orders) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d orders charged", n, len(orders))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A new orchestrator rebuilds every saga from the journal; shipping
+	// comes up; every saga completes once.
+	second := newFinished()
+	e.runtime(second)
+	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
+	outcomes := second.wait(t, len(orders))
+	for _, o := range orders {
+		if outcomes[o] != saga.StateCompleted {
+			t.Fatalf("saga %s ended %s, want Completed", o, outcomes[o])
+		}
+		if n := payment.count("test.ChargePayment " + o); n != 1 {
+			t.Fatalf("order %s charged %d times, want once", o, n)
+		}
+	}
+	checkJournal(t, e.journal())
+}
+
+func TestNewRuntimeRefusesTopicNaming(t *testing.T) {
+	e := newEnv(t, 1)
+	serde, err := schema.NewSerde(e.stack.RegistryURL()) // topic naming: one subject for the whole inbox
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = saga.NewRuntime(e.saga, saga.Config{Brokers: e.stack.KafkaAddrs(), Registry: serde})
+	if err == nil || !strings.Contains(err.Error(), "RecordNameStrategy") {
+		t.Fatalf("got %v, want an error naming RecordNameStrategy", err)
+	}
+}
+
+func TestRunRefusesMissingTopics(t *testing.T) {
+	stack, err := devstack.Start(devstack.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stack.Close()
+	serde, err := schema.NewSerde(stack.RegistryURL(), schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := saga.NewRuntime(ordersSaga(t), saga.Config{Brokers: stack.KafkaAddrs(), Registry: serde})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	err = r.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "orders.journal") || !strings.Contains(err.Error(), "topics ensure") {
+		t.Fatalf("Run: %v, want an error naming the missing topics and the fix", err)
+	}
+}
