@@ -53,7 +53,8 @@ type Config struct {
 }
 
 // HookFinished is told of every saga that reached a terminal state, after
-// the transaction that got it there committed.
+// the transaction that got it there committed. A dlq.HookDeadLettered hook
+// is likewise told of inbox records dead-lettered, after commit.
 type HookFinished interface {
 	OnFinished(sagaID string, outcome statemachine.State)
 }
@@ -73,8 +74,11 @@ type Runtime[D any] struct {
 	encoders map[string]codec                  // command ce_type → codec
 	journal  *schema.Codec[JournalEntry]
 
-	mu    sync.Mutex // guards parts against the rebalance callbacks
+	mu    sync.Mutex // guards parts and wake against the rebalance callbacks
 	parts map[int32]*partitionState[D]
+	// wake ends the poll in progress, so that a newly assigned partition is
+	// rebuilt (and its timers armed) without waiting for a record.
+	wake context.CancelFunc
 }
 
 type partitionState[D any] struct {
@@ -237,6 +241,9 @@ func (r *Runtime[D]) assigned(_ context.Context, _ *kgo.Client, assigned map[str
 	for _, p := range assigned[r.saga.InboxTopic()] {
 		r.parts[p] = &partitionState[D]{sagas: map[string]*sagaRecord[D]{}}
 	}
+	if r.wake != nil {
+		r.wake()
+	}
 }
 
 func (r *Runtime[D]) revoked(_ context.Context, _ *kgo.Client, gone map[string][]int32) {
@@ -286,7 +293,13 @@ func (r *Runtime[D]) Run(ctx context.Context) error {
 		if wait, ok := r.nextTimer(); ok {
 			stop = r.cfg.Clock.AfterFunc(wait, cancel)
 		}
+		r.mu.Lock()
+		r.wake = cancel
+		r.mu.Unlock()
 		fetches := r.sess.PollFetches(pollCtx)
+		r.mu.Lock()
+		r.wake = nil
+		r.mu.Unlock()
 		stop()
 		cancel()
 		if ctx.Err() != nil {
@@ -332,6 +345,12 @@ func (r *Runtime[D]) nextTimer() (time.Duration, bool) {
 type batch[D any] struct {
 	changed  map[int32]map[string]*sagaRecord[D]
 	finished []finishedSaga
+	dead     []deadLetter
+}
+
+type deadLetter struct {
+	rec *kgo.Record
+	f   dlq.Failure
 }
 
 type finishedSaga struct {
@@ -396,10 +415,16 @@ func (r *Runtime[D]) processBatch(ctx context.Context, fetches kgo.Fetches) erro
 		}
 	}
 	r.mu.Unlock()
-	for _, f := range b.finished {
-		for _, h := range r.cfg.Hooks {
-			if h, ok := h.(HookFinished); ok {
+	// Hooks hear of what committed, only.
+	for _, h := range r.cfg.Hooks {
+		if h, ok := h.(HookFinished); ok {
+			for _, f := range b.finished {
 				h.OnFinished(f.id, f.outcome)
+			}
+		}
+		if h, ok := h.(dlq.HookDeadLettered); ok {
+			for _, d := range b.dead {
+				h.OnDeadLettered(d.rec, d.f)
 			}
 		}
 	}
@@ -438,11 +463,11 @@ func (r *Runtime[D]) keep(b *batch[D], p int32, s *sagaRecord[D]) {
 func (r *Runtime[D]) handleRecord(ctx context.Context, tx *pipe.Tx, b *batch[D], rec *kgo.Record) error {
 	env, err := schema.ReadEnvelope(rec.Headers)
 	if err != nil {
-		return r.deadLetter(ctx, rec, err)
+		return r.deadLetter(ctx, b, rec, err)
 	}
 	id := cmp.Or(env.SagaID, string(rec.Key))
 	if id == "" {
-		return r.deadLetter(ctx, rec, ErrNoSagaID)
+		return r.deadLetter(ctx, b, rec, ErrNoSagaID)
 	}
 	on := ReplyEventType(env.SagaStep, env.Type)
 	if env.SagaStep == "" {
@@ -450,16 +475,16 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, tx *pipe.Tx, b *batch[D],
 	}
 	c, known := r.decoders[on]
 	if !known {
-		return r.deadLetter(ctx, rec, fmt.Errorf("%w: %s %q (step %q)", ErrUnknownEvent, r.saga.name, env.Type, env.SagaStep))
+		return r.deadLetter(ctx, b, rec, fmt.Errorf("%w: %s %q (step %q)", ErrUnknownEvent, r.saga.name, env.Type, env.SagaStep))
 	}
 	payload, err := c.decode(ctx, rec.Value)
 	if err != nil {
-		return r.deadLetter(ctx, rec, err)
+		return r.deadLetter(ctx, b, rec, err)
 	}
 	s := r.lookup(b, rec.Partition, id)
 	if s == nil {
 		if on != r.saga.StartEventType() {
-			return r.deadLetter(ctx, rec, fmt.Errorf("%w: %s %q", ErrUnknownSaga, r.saga.name, id))
+			return r.deadLetter(ctx, b, rec, fmt.Errorf("%w: %s %q", ErrUnknownSaga, r.saga.name, id))
 		}
 		s = &sagaRecord[D]{id: id, correlation: cmp.Or(env.CorrelationID, id), state: StateNew, seen: map[string]bool{}}
 		r.keep(b, rec.Partition, s)
@@ -467,7 +492,9 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, tx *pipe.Tx, b *batch[D],
 	if s.seen[env.ID] {
 		return nil // a duplicate changes nothing
 	}
-	t := cmp.Or(env.Time, rec.Timestamp)
+	// The orchestrator's own clock, journaled: deadlines then do not depend
+	// on the sender's clock, and a replay sees the same time.
+	t := r.cfg.Clock.Now().UTC()
 	ev := statemachine.Event{Type: on, ID: env.ID, Time: t, Payload: payload}
 	entry := JournalEntry{SagaID: id, EventType: string(on), CEID: env.ID, CEType: env.Type, Time: t,
 		Payload: rec.Value, TraceParent: env.TraceParent}
@@ -603,18 +630,14 @@ func (r *Runtime[D]) appendJournal(ctx context.Context, p int32, entry JournalEn
 
 // deadLetter sends an inbox record that cannot be processed to the
 // dead-letter topic, in the batch's transaction.
-func (r *Runtime[D]) deadLetter(ctx context.Context, rec *kgo.Record, cause error) error {
+func (r *Runtime[D]) deadLetter(ctx context.Context, b *batch[D], rec *kgo.Record, cause error) error {
 	now := r.cfg.Clock.Now()
 	f := dlq.Failure{Err: cause, Class: dlq.ClassPoison, Attempts: 1, FirstFailedAt: now, LastFailedAt: now}
 	out := dlq.NewRecord(ctx, rec, f, r.cfg.DeadLetterTopic, r.cfg.Group, propagation.TraceContext{})
 	if err := r.sess.ProduceSync(ctx, out).FirstErr(); err != nil {
 		return fmt.Errorf("saga %s: dead-letter %s/%d@%d: %w", r.saga.name, rec.Topic, rec.Partition, rec.Offset, err)
 	}
-	for _, h := range r.cfg.Hooks {
-		if h, ok := h.(dlq.HookDeadLettered); ok {
-			h.OnDeadLettered(rec, f)
-		}
-	}
+	b.dead = append(b.dead, deadLetter{rec, f})
 	return nil
 }
 

@@ -1,0 +1,189 @@
+package saga_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sagapipe/sagapipe/saga"
+)
+
+// testClock is real time plus an offset the test moves forward; waiters
+// fire when the moved time reaches them.
+type testClock struct {
+	mu      sync.Mutex
+	offset  time.Duration
+	waiters []*waiter
+}
+
+type waiter struct {
+	at    time.Time
+	f     func()
+	fired bool
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.offset)
+}
+
+func (c *testClock) AfterFunc(d time.Duration, f func()) func() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := &waiter{at: time.Now().Add(c.offset + d), f: f}
+	if d <= 0 {
+		w.fired = true
+		go f()
+	} else {
+		c.waiters = append(c.waiters, w)
+	}
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		stopped := !w.fired
+		w.fired = true
+		return stopped
+	}
+}
+
+// Advance moves time forward by d and fires the waiters it reaches.
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.offset += d
+	now := time.Now().Add(c.offset)
+	for _, w := range c.waiters {
+		if !w.fired && !now.Before(w.at) {
+			w.fired = true
+			go w.f()
+		}
+	}
+}
+
+// pending counts the waiters not fired yet.
+func (c *testClock) pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, w := range c.waiters {
+		if !w.fired {
+			n++
+		}
+	}
+	return n
+}
+
+func (e *env) runtimeWithClock(clock *testClock, hooks ...any) (stop func() error) {
+	e.t.Helper()
+	r, err := saga.NewRuntime(e.saga, saga.Config{Brokers: e.stack.KafkaAddrs(), Registry: e.serde, Hooks: hooks, Clock: clock})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() { cancel(); runErr = <-done; r.Close() })
+		return runErr
+	}
+	e.t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+func TestStepTimeoutRetriesThenCompensates(t *testing.T) {
+	e := newEnv(t, 1)
+	inventory := e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{
+		reserveInventory.Type: always(inventoryReserved), releaseInventory.Type: always(inventoryReleased)})
+	payment := e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{
+		chargePayment.Type: always(paymentCharged), refundPayment.Type: always(paymentRefunded)})
+	silent := func(string) *saga.EventDef[msg] { return nil } // shipping never answers
+	shipping := e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: silent})
+	clock := &testClock{}
+	done := newFinished()
+	e.runtimeWithClock(clock, done)
+	e.start("lost")
+	// Time moves only once the saga waits at shipping, so that the earlier
+	// steps, whose participants are still joining their groups, do not time out.
+	for deadline := time.Now().Add(30 * time.Second); shipping.count("test.ScheduleShipment lost") == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("shipping never got its command")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// One timeout at a time: each resend must arrive before the next.
+	for sends := 1; sends <= saga.DefaultRetries; sends++ {
+		clock.Advance(31 * time.Second)
+		for deadline := time.Now().Add(30 * time.Second); shipping.count("test.ScheduleShipment lost") <= sends; {
+			if time.Now().After(deadline) {
+				t.Fatalf("resend %d never arrived", sends)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	clock.Advance(31 * time.Second) // the last send times out: compensate, in real time from here
+	if got := done.wait(t, 1)["lost"]; got != saga.StateCompensated {
+		t.Fatalf("outcome %s, want Compensated after shipping's retries timed out", got)
+	}
+	if n := shipping.count("test.ScheduleShipment lost"); n != 1+saga.DefaultRetries {
+		t.Fatalf("shipping got %d commands, want %d (1 + DefaultRetries resends)", n, 1+saga.DefaultRetries)
+	}
+	if payment.count("test.RefundPayment lost") != 1 || inventory.count("test.ReleaseInventory lost") != 1 {
+		t.Fatalf("refunds %d, releases %d: want exactly one each", payment.count("test.RefundPayment lost"), inventory.count("test.ReleaseInventory lost"))
+	}
+	checkJournal(t, e.journal())
+}
+
+func TestTimersSurviveARestart(t *testing.T) {
+	e := newEnv(t, 1)
+	e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
+	e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{chargePayment.Type: always(paymentCharged)})
+	var mu sync.Mutex
+	sends := 0
+	// Shipping ignores the first command and answers the resend.
+	shipping := e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{
+		scheduleShipment.Type: func(string) *saga.EventDef[msg] {
+			mu.Lock()
+			defer mu.Unlock()
+			sends++
+			if sends == 1 {
+				return nil
+			}
+			return &shipmentScheduled
+		}})
+	clock := &testClock{}
+	first := newFinished()
+	stop := e.runtimeWithClock(clock, first)
+	e.start("slow")
+	deadline := time.Now().Add(30 * time.Second)
+	for shipping.count("test.ScheduleShipment slow") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("shipping never got its command")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	// The new orchestrator knows the deadline only from the journal.
+	second := newFinished()
+	e.runtimeWithClock(clock, second)
+	// The rebuilt runtime arms the timer from the journal; wait until it
+	// has (the clock has a waiter), then move past the deadline once.
+	for deadline := time.Now().Add(30 * time.Second); clock.pending() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the restarted runtime armed no timer")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	clock.Advance(31 * time.Second)
+	if got := second.wait(t, 1)["slow"]; got != saga.StateCompleted {
+		t.Fatalf("outcome %s, want Completed after the rebuilt timer resent the command", got)
+	}
+	if n := shipping.count("test.ScheduleShipment slow"); n != 2 {
+		t.Fatalf("shipping got %d commands, want 2 (the first and the resend after the restart)", n)
+	}
+}
