@@ -3,9 +3,9 @@ GO ?= go
 
 .PHONY: run test bench lint dev
 
-## run: the main job on the embedded Kafka and Schema Registry (no setup)
+## run: the orders saga demo on the embedded Kafka and Schema Registry (no setup)
 run:
-	$(GO) run ./cmd/orchestrator smoke
+	$(GO) run ./cmd/orchestrator demo
 
 ## test: every test against the embedded Kafka and registry, with the race detector
 test:

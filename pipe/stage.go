@@ -1,6 +1,7 @@
 package pipe
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +24,12 @@ func NewReply[T any](codec *schema.Codec[T], eventType string, event T) Reply {
 	return Reply{Type: eventType, encode: func(ctx context.Context, topic string) ([]byte, error) {
 		return codec.Encode(ctx, topic, &event)
 	}}
+}
+
+// RawReply returns a Reply carrying value as it is (already encoded, or
+// deliberately not: fault injection answers with bytes that do not decode).
+func RawReply(eventType string, value []byte) Reply {
+	return Reply{Type: eventType, encode: func(context.Context, string) ([]byte, error) { return value, nil }}
 }
 
 // NoReply is the Reply of a command that is answered with nothing.
@@ -159,20 +166,7 @@ func (w *StageWorker[C]) Run(ctx context.Context) error {
 		if fetchErr != nil {
 			return fetchErr
 		}
-		var answered []*kgo.Record
-		var stopErr error
-		fetches.EachRecord(func(rec *kgo.Record) {
-			if stopErr != nil || ctx.Err() != nil {
-				return
-			}
-			if err := w.handle(ctx, rec); err != nil {
-				if err = w.cfg.onFailure(ctx, rec, err); err != nil {
-					stopErr = err
-					return
-				}
-			}
-			answered = append(answered, rec)
-		})
+		answered, stopErr := w.handleBatch(ctx, fetches.Records())
 		if err := w.commit(ctx, answered); err != nil {
 			return errors.Join(stopErr, err)
 		}
@@ -180,6 +174,68 @@ func (w *StageWorker[C]) Run(ctx context.Context) error {
 			return stopErr
 		}
 	}
+}
+
+// answer is one command's way through a batch.
+type answer struct {
+	rec   *kgo.Record
+	id    string // ce_id, marked in the idempotency store once answered
+	topic string // reply topic; empty when there is nothing to send
+	msg   Message
+	err   error
+}
+
+// handleBatch handles a polled batch: every command is decoded and handled
+// in order, then all replies are piped together (one round trip, not one per
+// command). It returns the records that are finished, in order up to the
+// first failure the policy would not move past, and that failure.
+func (w *StageWorker[C]) handleBatch(ctx context.Context, recs []*kgo.Record) ([]*kgo.Record, error) {
+	answers := make([]answer, 0, len(recs))
+	inBatch := map[string]bool{} // not marked in the store until answered
+	var stopErr error
+	for _, rec := range recs {
+		if ctx.Err() != nil {
+			break
+		}
+		a := w.prepare(ctx, rec, inBatch)
+		if a.err != nil {
+			// In order, before later commands are handled.
+			if stopErr = w.cfg.onFailure(ctx, rec, a.err); stopErr != nil {
+				break
+			}
+			a.err, a.id, a.topic = nil, "", ""
+		}
+		answers = append(answers, a)
+	}
+	byTopic := map[string][]int{}
+	for i, a := range answers {
+		if a.err == nil && a.topic != "" {
+			byTopic[a.topic] = append(byTopic[a.topic], i)
+		}
+	}
+	for topic, idx := range byTopic {
+		ms := make([]Message, len(idx))
+		for j, i := range idx {
+			ms[j] = answers[i].msg
+		}
+		for j, res := range w.piper.PipeManySync(ctx, topic, ms...) {
+			answers[idx[j]].err = res.Err
+		}
+	}
+	var finished []*kgo.Record
+	for _, a := range answers {
+		if a.err != nil { // the reply could not be piped
+			if err := w.cfg.onFailure(ctx, a.rec, a.err); err != nil {
+				return finished, err
+			}
+		} else if a.id != "" {
+			if err := w.cfg.store.Mark(ctx, a.id); err != nil {
+				return finished, fmt.Errorf("pipe: idempotency store: %w", err)
+			}
+		}
+		finished = append(finished, a.rec)
+	}
+	return finished, stopErr
 }
 
 func (w *StageWorker[C]) commit(ctx context.Context, recs []*kgo.Record) error {
@@ -196,51 +252,53 @@ func (w *StageWorker[C]) commit(ctx context.Context, recs []*kgo.Record) error {
 	return nil
 }
 
-// handle answers one command; an error goes to the failure policy.
-func (w *StageWorker[C]) handle(ctx context.Context, rec *kgo.Record) error {
+// prepare decodes and handles one command and builds its reply; an error
+// goes to the failure policy. A command already answered gets nothing to do.
+func (w *StageWorker[C]) prepare(ctx context.Context, rec *kgo.Record, inBatch map[string]bool) answer {
+	a := answer{rec: rec}
 	env, err := schema.ReadEnvelope(rec.Headers)
 	if err != nil {
-		return err
+		a.err = err
+		return a
 	}
 	seen, err := w.cfg.store.Seen(ctx, env.ID)
 	if err != nil {
-		return fmt.Errorf("pipe: idempotency store: %w", err)
+		a.err = fmt.Errorf("pipe: idempotency store: %w", err)
+		return a
 	}
-	if seen {
-		return nil
+	if seen || inBatch[env.ID] {
+		return a
 	}
+	inBatch[env.ID] = true
+	a.id = env.ID
 	cmd, err := w.codec.Decode(ctx, rec.Value)
 	if err != nil {
-		return err
+		a.err = err
+		return a
 	}
 	reply, err := w.handler(ctx, cmd, env)
 	if err != nil {
-		return fmt.Errorf("pipe: handler for %s %s: %w", env.Type, env.ID, err)
+		a.err = fmt.Errorf("pipe: handler for %s %s: %w", env.Type, env.ID, err)
+		return a
 	}
-	if reply.encode != nil {
-		topic := env.ReplyTo
-		if topic == "" {
-			topic = w.cfg.replyTopic
-		}
-		if topic == "" {
-			return fmt.Errorf("pipe: command %s has no %s header and the worker has no WithReplyTopic", env.ID, schema.HeaderReplyTo)
-		}
-		value, err := reply.encode(ctx, topic)
-		if err != nil {
-			return fmt.Errorf("pipe: encode reply %s: %w", reply.Type, err)
-		}
-		// The reply answers the command; it asks nothing back.
-		source := *rec
-		source.Headers = withoutHeader(rec.Headers, schema.HeaderReplyTo)
-		res := w.piper.PipeSync(ctx, topic, Message{Source: &source, Value: value, Type: reply.Type})
-		if res.Err != nil {
-			return res.Err
-		}
+	if reply.encode == nil {
+		return a
 	}
-	if err := w.cfg.store.Mark(ctx, env.ID); err != nil {
-		return fmt.Errorf("pipe: idempotency store: %w", err)
+	a.topic = cmp.Or(env.ReplyTo, w.cfg.replyTopic)
+	if a.topic == "" {
+		a.err = fmt.Errorf("pipe: command %s has no %s header and the worker has no WithReplyTopic", env.ID, schema.HeaderReplyTo)
+		return a
 	}
-	return nil
+	value, err := reply.encode(ctx, a.topic)
+	if err != nil {
+		a.err = fmt.Errorf("pipe: encode reply %s: %w", reply.Type, err)
+		return a
+	}
+	// The reply answers the command; it asks nothing back.
+	source := *rec
+	source.Headers = withoutHeader(rec.Headers, schema.HeaderReplyTo)
+	a.msg = Message{Source: &source, Value: value, Type: reply.Type}
+	return a
 }
 
 func withoutHeader(headers []kgo.RecordHeader, name string) []kgo.RecordHeader {

@@ -346,6 +346,27 @@ type batch[D any] struct {
 	changed  map[int32]map[string]*sagaRecord[D]
 	finished []finishedSaga
 	dead     []deadLetter
+	// What the transaction produces, sent together at its end: one round
+	// trip per batch instead of one per event.
+	journal  []*kgo.Record
+	outbox   []*kgo.Record // dead letters
+	commands map[string][]pipe.Message
+}
+
+// flush sends what the batch produced, in order per partition.
+func (r *Runtime[D]) flush(ctx context.Context, tx *pipe.Tx, b *batch[D]) error {
+	if err := r.sess.ProduceSync(ctx, append(b.journal, b.outbox...)...).FirstErr(); err != nil {
+		return fmt.Errorf("saga %s: append journal: %w", r.saga.name, err)
+	}
+	topics := slices.Sorted(maps.Keys(b.commands))
+	for _, topic := range topics {
+		for _, res := range tx.PipeManySync(ctx, topic, b.commands[topic]...) {
+			if res.Err != nil {
+				return res.Err
+			}
+		}
+	}
+	return nil
 }
 
 type deadLetter struct {
@@ -384,20 +405,23 @@ func (r *Runtime[D]) processBatch(ctx context.Context, fetches kgo.Fetches) erro
 		return nil
 	}
 
-	b := &batch[D]{changed: map[int32]map[string]*sagaRecord[D]{}}
+	b := &batch[D]{changed: map[int32]map[string]*sagaRecord[D]{}, commands: map[string][]pipe.Message{}}
 	committed, err := r.piper.Transact(ctx, r.sess, func(ctx context.Context, tx *pipe.Tx) error {
 		var err error
 		fetches.EachRecord(func(rec *kgo.Record) {
 			if err == nil {
-				err = r.handleRecord(ctx, tx, b, rec)
+				err = r.handleRecord(ctx, b, rec)
 			}
 		})
 		for _, d := range due {
 			if err == nil {
-				err = r.handleTimer(ctx, tx, b, d)
+				err = r.handleTimer(ctx, b, d)
 			}
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		return r.flush(ctx, tx, b)
 	})
 	if !committed {
 		if ctx.Err() != nil {
@@ -460,7 +484,7 @@ func (r *Runtime[D]) keep(b *batch[D], p int32, s *sagaRecord[D]) {
 
 // handleRecord turns an inbox record into a state-machine event and applies
 // it. What cannot be processed is dead-lettered, inside the transaction.
-func (r *Runtime[D]) handleRecord(ctx context.Context, tx *pipe.Tx, b *batch[D], rec *kgo.Record) error {
+func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Record) error {
 	env, err := schema.ReadEnvelope(rec.Headers)
 	if err != nil {
 		return r.deadLetter(ctx, b, rec, err)
@@ -498,7 +522,7 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, tx *pipe.Tx, b *batch[D],
 	ev := statemachine.Event{Type: on, ID: env.ID, Time: t, Payload: payload}
 	entry := JournalEntry{SagaID: id, EventType: string(on), CEID: env.ID, CEType: env.Type, Time: t,
 		Payload: rec.Value, TraceParent: env.TraceParent}
-	return r.apply(ctx, tx, b, rec.Partition, s, ev, entry, rec)
+	return r.apply(ctx, b, rec.Partition, s, ev, entry, rec)
 }
 
 type dueTimer struct {
@@ -525,7 +549,7 @@ func (r *Runtime[D]) dueTimers() []dueTimer {
 	return due
 }
 
-func (r *Runtime[D]) handleTimer(ctx context.Context, tx *pipe.Tx, b *batch[D], d dueTimer) error {
+func (r *Runtime[D]) handleTimer(ctx context.Context, b *batch[D], d dueTimer) error {
 	s := r.lookup(b, d.partition, d.id)
 	if s == nil || s.timer == nil {
 		return nil
@@ -545,12 +569,12 @@ func (r *Runtime[D]) handleTimer(ctx context.Context, tx *pipe.Tx, b *batch[D], 
 	src := &kgo.Record{Topic: r.saga.InboxTopic(), Partition: d.partition, Offset: -1, Key: []byte(s.id), Headers: env.Apply(nil)}
 	entry := JournalEntry{SagaID: s.id, EventType: string(ev.Type), CEID: ev.ID, CEType: env.Type, Time: tm.deadline,
 		TimerStep: tm.step, TimerAttempt: int32(tm.attempt)}
-	return r.apply(ctx, tx, b, d.partition, s, ev, entry, src)
+	return r.apply(ctx, b, d.partition, s, ev, entry, src)
 }
 
 // apply applies ev to s, journals it (applied, or ignored when no
 // transition accepts it) and carries out the effects.
-func (r *Runtime[D]) apply(ctx context.Context, tx *pipe.Tx, b *batch[D], p int32, s *sagaRecord[D],
+func (r *Runtime[D]) apply(ctx context.Context, b *batch[D], p int32, s *sagaRecord[D],
 	ev statemachine.Event, entry JournalEntry, src *kgo.Record) error {
 	res, err := r.saga.machine.Apply(s.state, s.inst, ev)
 	entry.FromState, entry.ToState, entry.Outcome = string(s.state), string(res.To), OutcomeApplied
@@ -559,7 +583,7 @@ func (r *Runtime[D]) apply(ctx context.Context, tx *pipe.Tx, b *batch[D], p int3
 	} else if err != nil {
 		return err
 	}
-	if err := r.appendJournal(ctx, p, entry, src); err != nil {
+	if err := r.appendJournal(ctx, b, p, entry, src); err != nil {
 		return err
 	}
 	s.seen[ev.ID] = true
@@ -567,7 +591,6 @@ func (r *Runtime[D]) apply(ctx context.Context, tx *pipe.Tx, b *batch[D], p int3
 		return nil
 	}
 	s.state, s.inst = res.To, res.Data
-	var msgs []pipe.Message
 	for _, e := range res.Effects {
 		switch e.Kind {
 		case Send:
@@ -575,18 +598,12 @@ func (r *Runtime[D]) apply(ctx context.Context, tx *pipe.Tx, b *batch[D], p int3
 			if err != nil {
 				return err
 			}
-			msgs = append(msgs, m)
+			b.commands[e.Topic] = append(b.commands[e.Topic], m)
 		case SetTimer:
 			s.timer = &pendingTimer{step: e.Step, attempt: e.Attempt, compensation: e.Compensation, deadline: ev.Time.Add(e.After)}
 		case Finish:
 			s.timer = nil
 			b.finished = append(b.finished, finishedSaga{s.id, e.Outcome})
-		}
-	}
-	for _, m := range msgs {
-		topic := m.PassThrough.(string)
-		if res := tx.PipeSync(ctx, topic, m); res.Err != nil {
-			return res.Err
 		}
 	}
 	return nil
@@ -604,7 +621,7 @@ func (r *Runtime[D]) command(ctx context.Context, s *sagaRecord[D], e Effect, sr
 		kind = "undo"
 	}
 	h := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
-	return pipe.Message{Source: src, Value: value, Type: e.EventType, PassThrough: e.Topic,
+	return pipe.Message{Source: src, Value: value, Type: e.EventType,
 		ID: fmt.Sprintf("%s/%s/%s/%d", s.id, e.Step, kind, e.Attempt),
 		Headers: []kgo.RecordHeader{
 			h(schema.HeaderSagaName, r.saga.name), h(schema.HeaderSagaID, s.id), h(schema.HeaderSagaStep, e.Step),
@@ -613,18 +630,16 @@ func (r *Runtime[D]) command(ctx context.Context, s *sagaRecord[D], e Effect, sr
 		}}, nil
 }
 
-// appendJournal produces entry to the journal partition of the inbox
-// partition p, inside the transaction.
-func (r *Runtime[D]) appendJournal(ctx context.Context, p int32, entry JournalEntry, src *kgo.Record) error {
+// appendJournal adds entry, for the journal partition of the inbox
+// partition p, to what the batch's transaction produces.
+func (r *Runtime[D]) appendJournal(ctx context.Context, b *batch[D], p int32, entry JournalEntry, src *kgo.Record) error {
 	value, err := r.journal.Encode(ctx, r.saga.JournalTopic(), &entry)
 	if err != nil {
 		return fmt.Errorf("saga %s: encode journal entry: %w", r.saga.name, err)
 	}
 	rec := &kgo.Record{Topic: r.saga.JournalTopic(), Key: []byte(entry.SagaID), Value: value, Headers: src.Headers, Context: ctx}
 	pipe.ToPartition(rec, p)
-	if err := r.sess.ProduceSync(ctx, rec).FirstErr(); err != nil {
-		return fmt.Errorf("saga %s: append journal: %w", r.saga.name, err)
-	}
+	b.journal = append(b.journal, rec)
 	return nil
 }
 
@@ -633,10 +648,7 @@ func (r *Runtime[D]) appendJournal(ctx context.Context, p int32, entry JournalEn
 func (r *Runtime[D]) deadLetter(ctx context.Context, b *batch[D], rec *kgo.Record, cause error) error {
 	now := r.cfg.Clock.Now()
 	f := dlq.Failure{Err: cause, Class: dlq.ClassPoison, Attempts: 1, FirstFailedAt: now, LastFailedAt: now}
-	out := dlq.NewRecord(ctx, rec, f, r.cfg.DeadLetterTopic, r.cfg.Group, propagation.TraceContext{})
-	if err := r.sess.ProduceSync(ctx, out).FirstErr(); err != nil {
-		return fmt.Errorf("saga %s: dead-letter %s/%d@%d: %w", r.saga.name, rec.Topic, rec.Partition, rec.Offset, err)
-	}
+	b.outbox = append(b.outbox, dlq.NewRecord(ctx, rec, f, r.cfg.DeadLetterTopic, r.cfg.Group, propagation.TraceContext{}))
 	b.dead = append(b.dead, deadLetter{rec, f})
 	return nil
 }
@@ -718,25 +730,26 @@ func (r *Runtime[D]) Status(id string) (Status[D], bool) {
 }
 
 // EnsureTopics creates the saga's inbox and journal with partitions
-// partitions and its dead-letter topic, where they are missing. The journal
-// keeps everything: it is the source of truth.
-func EnsureTopics(ctx context.Context, adm *kadm.Client, inbox, journal, deadLetter string, partitions int32, replication int16) error {
+// partitions, and the inbox's dead-letter topic, where they are missing.
+// The journal keeps everything: it is the source of truth.
+func (s *Saga[D]) EnsureTopics(ctx context.Context, adm *kadm.Client, partitions int32, replication int16) error {
 	forever := "-1"
-	for _, t := range []struct {
-		name    string
-		configs map[string]*string
-	}{
-		{inbox, nil},
-		{journal, map[string]*string{"retention.ms": &forever, "retention.bytes": &forever}},
-		{deadLetter, map[string]*string{"retention.ms": &forever}},
-	} {
-		resp, err := adm.CreateTopic(ctx, partitions, replication, t.configs, t.name)
-		if err == nil {
-			err = resp.Err
-		}
-		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
-			return fmt.Errorf("create topic %s: %w", t.name, err)
-		}
+	keep := map[string]*string{"retention.ms": &forever, "retention.bytes": &forever}
+	return errors.Join(
+		EnsureTopic(ctx, adm, s.InboxTopic(), partitions, replication, nil),
+		EnsureTopic(ctx, adm, s.JournalTopic(), partitions, replication, keep),
+		EnsureTopic(ctx, adm, s.InboxTopic()+dlq.DefaultTopicSuffix, partitions, replication, keep),
+	)
+}
+
+// EnsureTopic creates topic unless it exists.
+func EnsureTopic(ctx context.Context, adm *kadm.Client, topic string, partitions int32, replication int16, configs map[string]*string) error {
+	resp, err := adm.CreateTopic(ctx, partitions, replication, configs, topic)
+	if err == nil {
+		err = resp.Err
+	}
+	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		return fmt.Errorf("create topic %s: %w", topic, err)
 	}
 	return nil
 }

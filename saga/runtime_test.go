@@ -46,7 +46,7 @@ func newEnv(t *testing.T, inboxPartitions int32) *env {
 	cl := e.client()
 	adm := kadm.NewClient(cl)
 	ctx := context.Background()
-	if err := saga.EnsureTopics(ctx, adm, e.saga.InboxTopic(), e.saga.JournalTopic(), e.saga.InboxTopic()+".dlq", inboxPartitions, 1); err != nil {
+	if err := e.saga.EnsureTopics(ctx, adm, inboxPartitions, 1); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := adm.CreateTopics(ctx, 1, 1, nil, "inventory.commands", "payment.commands", "shipping.commands"); err != nil {

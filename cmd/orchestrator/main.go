@@ -1,5 +1,6 @@
 // Command orchestrator is sagapipe's deployable service and its operator CLI.
 //
+//	orchestrator demo    the orders saga end to end on the embedded stack (make run)
 //	orchestrator dev     run the embedded Kafka and Schema Registry
 //	orchestrator smoke   start the embedded stack, round-trip Avro events through it, stop
 //	orchestrator dlq     list, show and replay dead-letter records
@@ -25,6 +26,7 @@ type command struct {
 }
 
 var commands = []command{
+	{"demo", "the orders saga end to end on the embedded stack, with invariant checks", runDemo},
 	{"dev", "run the embedded Kafka and Schema Registry until interrupted", runDev},
 	{"smoke", "start the embedded stack, round-trip Avro events through Kafka, stop", runSmoke},
 	{"dlq", "list, show and replay dead-letter records (dlq -h)", runDLQ},

@@ -1,0 +1,266 @@
+package orders
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sagapipe/sagapipe/dlq"
+	"github.com/sagapipe/sagapipe/saga"
+	"github.com/sagapipe/sagapipe/schema"
+	"github.com/sagapipe/sagapipe/statemachine"
+)
+
+// DemoConfig configures RunDemo.
+type DemoConfig struct {
+	Brokers     []string
+	RegistryURL string
+	Orders      int           // how many orders to place
+	Concurrency int           // sagas in flight at most
+	Partitions  int32         // of every topic
+	StepTimeout time.Duration // per step, before a resend
+	Faults      Faults
+	// Progress, when set, is called as sagas finish.
+	Progress func(finished, total int)
+}
+
+// Summary is what a demo run did and whether the invariants held.
+type Summary struct {
+	Orders                                            int
+	Completed, Compensated, CompensationFailed, Stuck int
+	DeadLettered                                      int
+	Elapsed                                           time.Duration
+	SagasPerSecond                                    float64
+	P50, P99                                          time.Duration
+	// Violations lists every invariant that did not hold; empty is a pass.
+	Violations []string
+}
+
+type demoHooks struct {
+	mu       sync.Mutex
+	started  map[string]time.Time
+	outcomes map[string]statemachine.State
+	latency  []time.Duration
+	dead     int
+	slots    chan struct{}
+	progress func(int, int)
+	total    int
+}
+
+func (h *demoHooks) OnFinished(id string, outcome statemachine.State) {
+	h.mu.Lock()
+	if _, again := h.outcomes[id]; !again {
+		h.outcomes[id] = outcome
+		h.latency = append(h.latency, time.Since(h.started[id]))
+		<-h.slots
+	}
+	n := len(h.outcomes)
+	h.mu.Unlock()
+	if h.progress != nil {
+		h.progress(n, h.total)
+	}
+}
+
+func (h *demoHooks) OnDeadLettered(*kgo.Record, dlq.Failure) {
+	h.mu.Lock()
+	h.dead++
+	h.mu.Unlock()
+}
+
+// RunDemo runs the orders saga end to end on the cluster: it creates the
+// topics, runs the orchestrator and the three participants, places the
+// orders, waits for every saga to end, and checks the invariants: every saga
+// terminal, stock reserved = released + shipped, money charged = refunded +
+// captured, nothing applied twice.
+func RunDemo(ctx context.Context, cfg DemoConfig) (Summary, error) {
+	sum := Summary{Orders: cfg.Orders}
+	serde, err := schema.NewSerde(cfg.RegistryURL, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	if err != nil {
+		return sum, err
+	}
+	s, err := Saga(cfg.StepTimeout)
+	if err != nil {
+		return sum, err
+	}
+	admin, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...))
+	if err != nil {
+		return sum, err
+	}
+	defer admin.Close()
+	adm := kadm.NewClient(admin)
+	if err := s.EnsureTopics(ctx, adm, cfg.Partitions, 1); err != nil {
+		return sum, err
+	}
+	for _, t := range []string{InventoryTopic, PaymentTopic, ShippingTopic} {
+		if err := saga.EnsureTopic(ctx, adm, t, cfg.Partitions, 1, nil); err != nil {
+			return sum, err
+		}
+	}
+
+	hooks := &demoHooks{started: map[string]time.Time{}, outcomes: map[string]statemachine.State{},
+		slots: make(chan struct{}, max(cfg.Concurrency, 1)), progress: cfg.Progress, total: cfg.Orders}
+	runtime, err := saga.NewRuntime(s, saga.Config{Brokers: cfg.Brokers, Registry: serde, Hooks: []any{hooks}})
+	if err != nil {
+		return sum, err
+	}
+	defer runtime.Close()
+	participants := NewParticipants(serde, cfg.Faults)
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	wg.Add(2)
+	go func() { defer wg.Done(); errs <- runtime.Run(runCtx) }()
+	go func() { defer wg.Done(); errs <- participants.Run(runCtx, cfg.Brokers) }()
+
+	start := time.Now()
+	placeErr := placeOrders(runCtx, cfg, serde, s.InboxTopic(), hooks)
+	deadline := time.After(cfg.StepTimeout*20 + time.Minute)
+wait:
+	for placeErr == nil {
+		hooks.mu.Lock()
+		done := len(hooks.outcomes)
+		hooks.mu.Unlock()
+		if done >= cfg.Orders {
+			break
+		}
+		select {
+		case <-deadline:
+			break wait
+		case err := <-errs:
+			placeErr = fmt.Errorf("a service stopped: %w", err)
+		case <-ctx.Done():
+			placeErr = ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	sum.Elapsed = time.Since(start)
+	stop()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		placeErr = errors.Join(placeErr, err)
+	}
+	if placeErr != nil {
+		return sum, placeErr
+	}
+	summarize(&sum, hooks, participants.Ledger)
+	return sum, nil
+}
+
+// placeOrders produces the OrderPlaced events, at most Concurrency sagas in
+// flight at once.
+func placeOrders(ctx context.Context, cfg DemoConfig, serde *schema.Serde, inbox string, hooks *demoHooks) error {
+	codec, err := schema.NewCodec[OrderPlaced](serde, OrderPlacedSchema)
+	if err != nil {
+		return err
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	var failed error
+	var mu sync.Mutex
+	for i := range cfg.Orders {
+		select {
+		case hooks.slots <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		o := demoOrder(i)
+		value, err := codec.Encode(ctx, inbox, &o)
+		if err != nil {
+			return err
+		}
+		env := schema.NewEnvelope(OrderPlacedType, "orders-demo", time.Now())
+		env.SagaID, env.CorrelationID = o.OrderID, o.OrderID
+		hooks.mu.Lock()
+		hooks.started[o.OrderID] = time.Now()
+		hooks.mu.Unlock()
+		cl.Produce(ctx, &kgo.Record{Topic: inbox, Key: []byte(o.OrderID), Value: value, Headers: env.Apply(nil)},
+			func(_ *kgo.Record, err error) {
+				if err != nil {
+					mu.Lock()
+					failed = errors.Join(failed, err)
+					mu.Unlock()
+				}
+			})
+	}
+	if err := cl.Flush(ctx); err != nil {
+		return err
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return failed
+}
+
+func demoOrder(i int) OrderPlaced {
+	o := OrderPlaced{OrderID: fmt.Sprintf("order-%06d", i), CustomerID: fmt.Sprintf("customer-%04d", i%997),
+		SKU: fmt.Sprintf("sku-%03d", i%50), Quantity: int32(1 + i%4), UnitPriceCents: 1250 + int64(i%7)*100,
+		Currency: "EUR", PlacedAt: time.Now().Truncate(time.Millisecond), Express: i%5 == 0}
+	o.TotalCents = o.UnitPriceCents * int64(o.Quantity)
+	return o
+}
+
+// summarize counts outcomes and checks the invariants against the ledger.
+func summarize(sum *Summary, h *demoHooks, l *Ledger) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, o := range h.outcomes {
+		switch o {
+		case saga.StateCompleted:
+			sum.Completed++
+		case saga.StateCompensated:
+			sum.Compensated++
+		case saga.StateCompensationFailed:
+			sum.CompensationFailed++
+		}
+	}
+	sum.DeadLettered = h.dead
+	sum.Stuck = sum.Orders - len(h.outcomes)
+	if sum.Elapsed > 0 {
+		sum.SagasPerSecond = float64(len(h.outcomes)) / sum.Elapsed.Seconds()
+	}
+	if len(h.latency) > 0 {
+		lat := slices.Clone(h.latency)
+		slices.Sort(lat)
+		sum.P50, sum.P99 = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
+	}
+	violate := func(format string, a ...any) { sum.Violations = append(sum.Violations, fmt.Sprintf(format, a...)) }
+	if sum.Stuck > 0 {
+		violate("%d sagas did not reach a terminal state", sum.Stuck)
+	}
+	for i := range sum.Orders {
+		o := demoOrder(i).OrderID
+		outcome := h.outcomes[o]
+		shipped := int32(0)
+		if outcome == saga.StateCompleted {
+			shipped = l.Reserved[o]
+		}
+		if l.Reserved[o] != l.Released[o]+l.Shipped[o] || l.Shipped[o] != shipped {
+			violate("%s (%s): stock reserved %d != released %d + shipped %d", o, outcome, l.Reserved[o], l.Released[o], l.Shipped[o])
+		}
+		captured := int64(0)
+		if outcome == saga.StateCompleted {
+			captured = l.Charged[o]
+		}
+		if l.Charged[o] != l.Refunded[o]+captured {
+			violate("%s (%s): money charged %d != refunded %d + captured %d", o, outcome, l.Charged[o], l.Refunded[o], captured)
+		}
+	}
+	for k, n := range l.Applied {
+		if n > 1 {
+			violate("%s applied %d times", k, n)
+		}
+	}
+}

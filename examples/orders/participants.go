@@ -1,0 +1,214 @@
+package orders
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sagapipe/sagapipe/pipe"
+	"github.com/sagapipe/sagapipe/saga"
+	"github.com/sagapipe/sagapipe/schema"
+)
+
+// Faults injects failures into the participants. Which orders are hit is
+// decided by a hash of the order ID, so a run is reproducible.
+type Faults struct {
+	DeclineRate         float64       // payments declined
+	ShippingFailureRate float64       // shipments that cannot be made
+	PoisonRate          float64       // first replies sent as bytes that do not decode
+	Latency             time.Duration // added to every command
+}
+
+func hit(orderID, salt string, rate float64) bool {
+	if rate <= 0 {
+		return false
+	}
+	h := fnv.New32a()
+	h.Write([]byte(salt + orderID))
+	return float64(h.Sum32()%10_000) < rate*10_000
+}
+
+// Ledger records what the participants did, per order. Effects are
+// idempotent by order ID: a command that comes again (a resend, a
+// redelivery) is answered from the ledger and applied only once.
+type Ledger struct {
+	mu       sync.Mutex
+	Reserved map[string]int32 // stock reserved
+	Released map[string]int32 // stock released again
+	Shipped  map[string]int32 // stock shipped
+	Charged  map[string]int64 // money charged
+	Refunded map[string]int64 // money refunded
+	// Applied counts applications per "<effect> <order>"; more than one is a bug.
+	Applied map[string]int
+}
+
+// NewLedger returns an empty ledger.
+func NewLedger() *Ledger {
+	return &Ledger{Reserved: map[string]int32{}, Released: map[string]int32{}, Shipped: map[string]int32{},
+		Charged: map[string]int64{}, Refunded: map[string]int64{}, Applied: map[string]int{}}
+}
+
+// once applies effect for order unless it was applied before; it reports
+// whether it applied it now.
+func (l *Ledger) once(effect, order string, apply func()) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	key := effect + " " + order
+	if l.Applied[key] > 0 {
+		return false
+	}
+	l.Applied[key]++
+	apply()
+	return true
+}
+
+// participantCommand is how a participant reads both of its commands: Avro
+// aliases make one reader schema for the command and its compensation,
+// whose fields it holds (defaults cover the fields one of them lacks).
+type participantCommand struct {
+	OrderID     string `avro:"order_id"`
+	SKU         string `avro:"sku"`
+	Quantity    int32  `avro:"quantity"`
+	CustomerID  string `avro:"customer_id"`
+	PaymentID   string `avro:"payment_id"`
+	AmountCents int64  `avro:"amount_cents"`
+	Express     bool   `avro:"express"`
+}
+
+func participantSchema(name string, commands ...string) string {
+	aliases := make([]string, len(commands))
+	for i, c := range commands {
+		aliases[i] = fmt.Sprintf("%q", c)
+	}
+	return fmt.Sprintf(`{"type":"record","name":%q,"namespace":"sagapipe.examples.orders.participants","aliases":[%s],"fields":[
+ {"name":"order_id","type":"string"},
+ {"name":"sku","type":"string","default":""},
+ {"name":"quantity","type":"int","default":0},
+ {"name":"customer_id","type":"string","default":""},
+ {"name":"payment_id","type":"string","default":""},
+ {"name":"amount_cents","type":"long","default":0},
+ {"name":"express","type":"boolean","default":false}]}`, name, strings.Join(aliases, ","))
+}
+
+// Participants are the inventory, payment and shipping services.
+type Participants struct {
+	Ledger *Ledger
+	serde  *schema.Serde
+	faults Faults
+	// poisoned remembers orders whose first reply was sent as poison, so
+	// that the resend is answered properly.
+	poisoned sync.Map
+}
+
+// NewParticipants returns the three services sharing one ledger.
+func NewParticipants(serde *schema.Serde, faults Faults) *Participants {
+	return &Participants{Ledger: NewLedger(), serde: serde, faults: faults}
+}
+
+func reply[T any](serde *schema.Serde, def saga.EventDef[T], v T) (pipe.Reply, error) {
+	c, err := schema.NewCodec[T](serde, def.Schema)
+	if err != nil {
+		return pipe.Reply{}, err
+	}
+	return pipe.NewReply(c, def.Type, v), nil
+}
+
+// poison answers an order's first reply with bytes that do not decode.
+func (p *Participants) poison(order, step, replyType string) (pipe.Reply, bool) {
+	if !hit(order, "poison-"+step, p.faults.PoisonRate) {
+		return pipe.Reply{}, false
+	}
+	if _, again := p.poisoned.LoadOrStore(step+" "+order, true); again {
+		return pipe.Reply{}, false
+	}
+	return pipe.RawReply(replyType, []byte("this is not avro")), true
+}
+
+func (p *Participants) handle(ctx context.Context, cmd participantCommand, env schema.Envelope) (pipe.Reply, error) {
+	if p.faults.Latency > 0 {
+		select {
+		case <-time.After(p.faults.Latency):
+		case <-ctx.Done():
+			return pipe.Reply{}, ctx.Err()
+		}
+	}
+	l, o := p.Ledger, cmd.OrderID
+	switch env.Type {
+	case EvReserveInventory.Type:
+		if r, ok := p.poison(o, "inventory", EvInventoryReserved.Type); ok {
+			return r, nil
+		}
+		l.once("reserve", o, func() { l.Reserved[o] = cmd.Quantity })
+		return reply(p.serde, EvInventoryReserved, InventoryReserved{OrderID: o, SKU: cmd.SKU, Quantity: cmd.Quantity})
+	case EvReleaseInventory.Type:
+		l.once("release", o, func() { l.Released[o] = cmd.Quantity })
+		return reply(p.serde, EvInventoryReleased, InventoryReleased{OrderID: o})
+	case EvChargePayment.Type:
+		if hit(o, "decline", p.faults.DeclineRate) {
+			return reply(p.serde, EvPaymentDeclined, PaymentDeclined{OrderID: o, Reason: "card declined"})
+		}
+		if r, ok := p.poison(o, "payment", EvPaymentCharged.Type); ok {
+			return r, nil
+		}
+		l.once("charge", o, func() { l.Charged[o] = cmd.AmountCents })
+		return reply(p.serde, EvPaymentCharged, PaymentCharged{OrderID: o, PaymentID: "pay-" + o, AmountCents: cmd.AmountCents})
+	case EvRefundPayment.Type:
+		l.once("refund", o, func() { l.Refunded[o] = cmd.AmountCents })
+		return reply(p.serde, EvPaymentRefunded, PaymentRefunded{OrderID: o, AmountCents: cmd.AmountCents})
+	case EvScheduleShipment.Type:
+		if hit(o, "ship", p.faults.ShippingFailureRate) {
+			return reply(p.serde, EvShipmentFailed, ShipmentFailed{OrderID: o, Reason: "no courier"})
+		}
+		l.once("ship", o, func() { l.Shipped[o] = cmd.Quantity })
+		return reply(p.serde, EvShipmentScheduled, ShipmentScheduled{OrderID: o, TrackingID: "track-" + o})
+	}
+	return pipe.Reply{}, fmt.Errorf("orders: unexpected command %s", env.Type)
+}
+
+// Run runs the three services, each a stage worker in its own consumer
+// group, until ctx ends; it returns the first worker's error.
+func (p *Participants) Run(ctx context.Context, brokers []string, clientOpts ...kgo.Opt) error {
+	services := []struct {
+		topic, name string
+		commands    []string
+	}{
+		{InventoryTopic, "InventoryCommand", []string{"sagapipe.examples.orders.ReserveInventory", "sagapipe.examples.orders.ReleaseInventory"}},
+		{PaymentTopic, "PaymentCommand", []string{"sagapipe.examples.orders.ChargePayment", "sagapipe.examples.orders.RefundPayment"}},
+		{ShippingTopic, "ShippingCommand", []string{"sagapipe.examples.orders.ScheduleShipment"}},
+	}
+	errs := make(chan error, len(services))
+	var wg sync.WaitGroup
+	for _, s := range services {
+		codec, err := schema.NewCodec[participantCommand](p.serde, participantSchema(s.name, s.commands...))
+		if err != nil {
+			return err
+		}
+		cl, err := kgo.NewClient(append(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, clientOpts...),
+			kgo.ConsumerGroup(s.topic+".service"), kgo.ConsumeTopics(s.topic), kgo.DisableAutoCommit(),
+			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))...)
+		if err != nil {
+			return err
+		}
+		w, err := pipe.NewStageWorker(cl, codec, p.handle, pipe.WithPiperOptions(pipe.WithSource(s.topic+".service")))
+		if err != nil {
+			cl.Close()
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer cl.Close()
+			if err := w.Run(ctx); err != nil {
+				errs <- fmt.Errorf("%s service: %w", s.topic, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
