@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -40,7 +41,7 @@ type Config struct {
 	// Group is the consumer group of the inbox (default "sagapipe.<saga>").
 	Group string
 	// TransactionalID must be unique per running instance (default
-	// "<group>.<hostname>.<pid>").
+	// "<group>.<hostname>.<pid>.<n>").
 	TransactionalID string
 	// Source is ce_source of the commands (default "sagapipe/<saga>").
 	Source string
@@ -126,8 +127,10 @@ func NewRuntime[D any](s *Saga[D], cfg Config) (*Runtime[D], error) {
 	}
 	cfg.Group = cmp.Or(cfg.Group, "sagapipe."+s.name)
 	if cfg.TransactionalID == "" {
+		// Unique per instance, even several in one process (each would fence
+		// the others); KIP-447 fences zombies by group generation instead.
 		host, _ := os.Hostname()
-		cfg.TransactionalID = fmt.Sprintf("%s.%s.%d", cfg.Group, cmp.Or(host, "host"), os.Getpid())
+		cfg.TransactionalID = fmt.Sprintf("%s.%s.%d.%d", cfg.Group, cmp.Or(host, "host"), os.Getpid(), instances.Add(1))
 	}
 	cfg.Source = cmp.Or(cfg.Source, "sagapipe/"+s.name)
 	cfg.DeadLetterTopic = cmp.Or(cfg.DeadLetterTopic, s.InboxTopic()+dlq.DefaultTopicSuffix)
@@ -170,6 +173,9 @@ func NewRuntime[D any](s *Saga[D], cfg Config) (*Runtime[D], error) {
 	r.sess, r.piper = sess, piper
 	return r, nil
 }
+
+// instances numbers the runtimes of this process.
+var instances atomic.Int64
 
 type realClock struct{}
 

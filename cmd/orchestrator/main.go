@@ -4,6 +4,7 @@
 //	orchestrator dev     run the embedded Kafka and Schema Registry
 //	orchestrator smoke   start the embedded stack, round-trip Avro events through it, stop
 //	orchestrator dlq     list, show and replay dead-letter records
+//	orchestrator topics  create the saga's and the participants' topics
 //
 // Run "orchestrator <command> -h" for a command's flags.
 package main
@@ -30,6 +31,7 @@ var commands = []command{
 	{"dev", "run the embedded Kafka and Schema Registry until interrupted", runDev},
 	{"smoke", "start the embedded stack, round-trip Avro events through Kafka, stop", runSmoke},
 	{"dlq", "list, show and replay dead-letter records (dlq -h)", runDLQ},
+	{"topics", "topics ensure: create the saga's and the participants' topics", runTopics},
 }
 
 func main() {

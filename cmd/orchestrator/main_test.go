@@ -13,6 +13,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
+
+	"github.com/sagapipe/sagapipe/internal/devstack"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -134,5 +136,37 @@ func TestUsageErrors(t *testing.T) {
 				t.Fatalf("stderr %q does not contain %q", stderr.String(), tt.want)
 			}
 		})
+	}
+}
+
+func TestTopicsEnsure(t *testing.T) {
+	s, err := devstack.Start(devstack.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for range 2 { // the second run finds everything in place
+		var stdout, stderr syncBuffer
+		if code := run(context.Background(), []string{"topics", "ensure", "--brokers", s.KafkaAddrs()[0], "--partitions", "4"}, &stdout, &stderr); code != 0 {
+			t.Fatalf("exit %d: %s", code, stderr.String())
+		}
+		for _, want := range []string{"orders.inbox             4 partitions", "orders.journal           4 partitions", "orders.inbox.dlq", "shipping.commands"} {
+			if !strings.Contains(stdout.String(), want) {
+				t.Errorf("stdout lacks %q:\n%s", want, stdout.String())
+			}
+		}
+	}
+}
+
+func TestDemoCommand(t *testing.T) {
+	var stdout, stderr syncBuffer
+	code := run(context.Background(), []string{"demo", "--orders", "60", "--concurrency", "20", "--step-timeout", "1s"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d; stdout %s stderr %s", code, stdout.String(), stderr.String())
+	}
+	for _, want := range []string{"completed", "compensated", "p50", "invariants hold"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("stdout lacks %q:\n%s", want, stdout.String())
+		}
 	}
 }
