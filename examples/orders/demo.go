@@ -73,6 +73,61 @@ func (h *demoHooks) OnDeadLettered(*kgo.Record, dlq.Failure) {
 	h.mu.Unlock()
 }
 
+// services are the orchestrator and the participants of a run.
+type services struct {
+	serde        *schema.Serde
+	saga         *saga.Saga[OrderData]
+	participants *Participants
+	hooks        *demoHooks
+	errs         chan error
+	stop         func() // ends both and waits for them
+}
+
+// start creates the topics and runs the orchestrator and the participants.
+func start(ctx context.Context, cfg DemoConfig) (*services, error) {
+	serde, err := schema.NewSerde(cfg.RegistryURL, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	if err != nil {
+		return nil, err
+	}
+	s, err := Saga(cfg.StepTimeout)
+	if err != nil {
+		return nil, err
+	}
+	admin, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...))
+	if err != nil {
+		return nil, err
+	}
+	defer admin.Close()
+	adm := kadm.NewClient(admin)
+	if err := s.EnsureTopics(ctx, adm, cfg.Partitions, 1); err != nil {
+		return nil, err
+	}
+	for _, t := range []string{InventoryTopic, PaymentTopic, ShippingTopic} {
+		if err := saga.EnsureTopic(ctx, adm, t, cfg.Partitions, 1, nil); err != nil {
+			return nil, err
+		}
+	}
+	hooks := &demoHooks{started: map[string]time.Time{}, outcomes: map[string]statemachine.State{},
+		slots: make(chan struct{}, max(cfg.Concurrency, 1)), progress: cfg.Progress, total: cfg.Orders}
+	runtime, err := saga.NewRuntime(s, saga.Config{Brokers: cfg.Brokers, Registry: serde, Hooks: []any{hooks}})
+	if err != nil {
+		return nil, err
+	}
+	sv := &services{serde: serde, saga: s, participants: NewParticipants(serde, cfg.Faults), hooks: hooks, errs: make(chan error, 2)}
+	runCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); sv.errs <- runtime.Run(runCtx) }()
+	go func() { defer wg.Done(); sv.errs <- sv.participants.Run(runCtx, cfg.Brokers) }()
+	sv.stop = func() {
+		cancel()
+		wg.Wait()
+		runtime.Close()
+		close(sv.errs)
+	}
+	return sv, nil
+}
+
 // RunDemo runs the orders saga end to end on the cluster: it creates the
 // topics, runs the orchestrator and the three participants, places the
 // orders, waits for every saga to end, and checks the invariants: every saga
@@ -80,48 +135,13 @@ func (h *demoHooks) OnDeadLettered(*kgo.Record, dlq.Failure) {
 // captured, nothing applied twice.
 func RunDemo(ctx context.Context, cfg DemoConfig) (Summary, error) {
 	sum := Summary{Orders: cfg.Orders}
-	serde, err := schema.NewSerde(cfg.RegistryURL, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	sv, err := start(ctx, cfg)
 	if err != nil {
 		return sum, err
 	}
-	s, err := Saga(cfg.StepTimeout)
-	if err != nil {
-		return sum, err
-	}
-	admin, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...))
-	if err != nil {
-		return sum, err
-	}
-	defer admin.Close()
-	adm := kadm.NewClient(admin)
-	if err := s.EnsureTopics(ctx, adm, cfg.Partitions, 1); err != nil {
-		return sum, err
-	}
-	for _, t := range []string{InventoryTopic, PaymentTopic, ShippingTopic} {
-		if err := saga.EnsureTopic(ctx, adm, t, cfg.Partitions, 1, nil); err != nil {
-			return sum, err
-		}
-	}
-
-	hooks := &demoHooks{started: map[string]time.Time{}, outcomes: map[string]statemachine.State{},
-		slots: make(chan struct{}, max(cfg.Concurrency, 1)), progress: cfg.Progress, total: cfg.Orders}
-	runtime, err := saga.NewRuntime(s, saga.Config{Brokers: cfg.Brokers, Registry: serde, Hooks: []any{hooks}})
-	if err != nil {
-		return sum, err
-	}
-	defer runtime.Close()
-	participants := NewParticipants(serde, cfg.Faults)
-
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	var wg sync.WaitGroup
-	errs := make(chan error, 2)
-	wg.Add(2)
-	go func() { defer wg.Done(); errs <- runtime.Run(runCtx) }()
-	go func() { defer wg.Done(); errs <- participants.Run(runCtx, cfg.Brokers) }()
-
-	start := time.Now()
-	placeErr := placeOrders(runCtx, cfg, serde, s.InboxTopic(), hooks)
+	hooks := sv.hooks
+	begin := time.Now()
+	placeErr := placeOrders(ctx, cfg, sv.serde, sv.saga.InboxTopic(), hooks)
 	deadline := time.After(cfg.StepTimeout*20 + time.Minute)
 wait:
 	for placeErr == nil {
@@ -134,30 +154,74 @@ wait:
 		select {
 		case <-deadline:
 			break wait
-		case err := <-errs:
+		case err := <-sv.errs:
 			placeErr = fmt.Errorf("a service stopped: %w", err)
 		case <-ctx.Done():
 			placeErr = ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	sum.Elapsed = time.Since(start)
-	stop()
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	sum.Elapsed = time.Since(begin)
+	sv.stop()
+	for err := range sv.errs {
 		placeErr = errors.Join(placeErr, err)
 	}
 	if placeErr != nil {
 		return sum, placeErr
 	}
-	summarize(&sum, hooks, participants.Ledger)
+	summarize(&sum, hooks, sv.participants.Ledger)
 	return sum, nil
+}
+
+// HoldInFlight starts n sagas and holds them at shipping (which never
+// answers), calling heap before placing them and once all n are charged and
+// waiting: the difference is what n in-flight sagas cost.
+func HoldInFlight(ctx context.Context, brokers []string, registryURL string, n int, heap func() uint64) (before, after uint64, err error) {
+	cfg := DemoConfig{Brokers: brokers, RegistryURL: registryURL, Orders: n, Concurrency: n + 1, Partitions: 3,
+		StepTimeout: time.Hour, Faults: Faults{ShippingSilent: true}}
+	sv, err := start(ctx, cfg)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer func() {
+		sv.stop()
+		for e := range sv.errs {
+			err = errors.Join(err, e)
+		}
+	}()
+	// Warm up the clients, codecs and caches, so they are not counted.
+	warm := DemoConfig{Brokers: brokers, Orders: 1, Concurrency: 1}
+	if err := placeOrders(ctx, warm, sv.serde, sv.saga.InboxTopic(), sv.hooks); err != nil {
+		return 0, 0, err
+	}
+	l := sv.participants.Ledger
+	charged := func() int { l.mu.Lock(); defer l.mu.Unlock(); return len(l.Charged) }
+	for charged() < 1 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	before = heap()
+	cfg.Orders = n + 1
+	if err := placeOrdersFrom(ctx, cfg, 1, sv.serde, sv.saga.InboxTopic(), sv.hooks); err != nil {
+		return 0, 0, err
+	}
+	deadline := time.Now().Add(5 * time.Minute)
+	for charged() < n+1 {
+		if time.Now().After(deadline) {
+			return 0, 0, fmt.Errorf("only %d of %d sagas reached shipping", charged()-1, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return before, heap(), nil
 }
 
 // placeOrders produces the OrderPlaced events, at most Concurrency sagas in
 // flight at once.
 func placeOrders(ctx context.Context, cfg DemoConfig, serde *schema.Serde, inbox string, hooks *demoHooks) error {
+	return placeOrdersFrom(ctx, cfg, 0, serde, inbox, hooks)
+}
+
+// placeOrdersFrom places orders first to cfg.Orders-1.
+func placeOrdersFrom(ctx context.Context, cfg DemoConfig, first int, serde *schema.Serde, inbox string, hooks *demoHooks) error {
 	codec, err := schema.NewCodec[OrderPlaced](serde, OrderPlacedSchema)
 	if err != nil {
 		return err
@@ -169,7 +233,7 @@ func placeOrders(ctx context.Context, cfg DemoConfig, serde *schema.Serde, inbox
 	defer cl.Close()
 	var failed error
 	var mu sync.Mutex
-	for i := range cfg.Orders {
+	for i := first; i < cfg.Orders; i++ {
 		select {
 		case hooks.slots <- struct{}{}:
 		case <-ctx.Done():

@@ -22,6 +22,7 @@ type Faults struct {
 	ShippingFailureRate float64       // shipments that cannot be made
 	PoisonRate          float64       // first replies sent as bytes that do not decode
 	Latency             time.Duration // added to every command
+	ShippingSilent      bool          // shipping never answers: sagas wait at shipping
 }
 
 func hit(orderID, salt string, rate float64) bool {
@@ -161,6 +162,9 @@ func (p *Participants) handle(ctx context.Context, cmd participantCommand, env s
 		l.once("refund", o, func() { l.Refunded[o] = cmd.AmountCents })
 		return reply(p.serde, EvPaymentRefunded, PaymentRefunded{OrderID: o, AmountCents: cmd.AmountCents})
 	case EvScheduleShipment.Type:
+		if p.faults.ShippingSilent {
+			return pipe.NoReply, nil
+		}
 		if hit(o, "ship", p.faults.ShippingFailureRate) {
 			return reply(p.serde, EvShipmentFailed, ShipmentFailed{OrderID: o, Reason: "no courier"})
 		}
