@@ -45,7 +45,7 @@ func TestStageWorkerDeadLettersThroughThePolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cl := client(t, s, kgo.ConsumerGroup("stage"), kgo.ConsumeTopics("stage.commands"), kgo.DisableAutoCommit(),
+	cl := client(t, s, kgo.ConsumerGroup("stage"), kgo.ConsumeTopics("stage.commands"), kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.RecordPartitioner(pipe.NewPartitioner(nil)))
 	policy, err := dlq.FailurePolicy(cl, dlq.Policy{})
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -53,6 +54,17 @@ func StopOnFailure(_ context.Context, rec *kgo.Record, err error) error {
 	return fmt.Errorf("pipe: stage worker stopped at %s/%d@%d (configure WithFailurePolicy, e.g. a dead-letter policy, to move past failing commands): %w",
 		rec.Topic, rec.Partition, rec.Offset, err)
 }
+
+// readCommitted is how a client built with kgo.ReadCommitted() reports its
+// isolation level through OptValue (kgo does not export the value itself).
+var readCommitted = sync.OnceValue(func() any {
+	c, err := kgo.NewClient(kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	if err != nil {
+		return nil
+	}
+	defer c.Close()
+	return c.OptValue(kgo.FetchIsolationLevel)
+})
 
 // StageOpt configures a StageWorker.
 type StageOpt interface{ applyStage(*stageConfig) }
@@ -106,8 +118,10 @@ type StageWorker[C any] struct {
 
 // NewStageWorker returns a worker consuming with client, which must be in a
 // consumer group (kgo.ConsumerGroup), consume the command topic
-// (kgo.ConsumeTopics) and not auto-commit (kgo.DisableAutoCommit): the
-// worker commits what it has answered. Every problem is reported at once.
+// (kgo.ConsumeTopics), not auto-commit (kgo.DisableAutoCommit: the worker
+// commits what it has answered) and read committed records
+// (kgo.FetchIsolationLevel(kgo.ReadCommitted()): commands come out of the
+// orchestrator's transactions). Every problem is reported at once.
 func NewStageWorker[C any](client *kgo.Client, codec *schema.Codec[C], handler Handler[C], opts ...StageOpt) (*StageWorker[C], error) {
 	cfg := stageConfig{onFailure: StopOnFailure}
 	for _, o := range opts {
@@ -122,6 +136,9 @@ func NewStageWorker[C any](client *kgo.Client, codec *schema.Codec[C], handler H
 		}
 		if off, _ := client.OptValue(kgo.DisableAutoCommit).(bool); !off {
 			errs = append(errs, errors.New("pipe: NewStageWorker: the client auto-commits, which could commit commands before they are answered; add kgo.DisableAutoCommit()"))
+		}
+		if client.OptValue(kgo.FetchIsolationLevel) != readCommitted() {
+			errs = append(errs, errors.New("pipe: NewStageWorker: the client reads uncommitted records, so it could act on a command whose transaction is aborted; add kgo.FetchIsolationLevel(kgo.ReadCommitted())"))
 		}
 	}
 	if codec == nil {

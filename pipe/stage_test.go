@@ -99,7 +99,7 @@ func TestStageWorker(t *testing.T) {
 		return nil // dealt with: move on
 	}
 	client := newClient(t, s, kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
-		kgo.DisableAutoCommit(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+		kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	w, err := pipe.NewStageWorker(client, cmdCodec, handler, pipe.WithFailurePolicy(policy),
 		pipe.WithPiperOptions(pipe.WithSource("inventory-service")))
 	if err != nil {
@@ -169,7 +169,7 @@ func TestStageWorkerStopsOnFailureByDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 	client := newClient(t, s, kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
-		kgo.DisableAutoCommit(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+		kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	handler := func(context.Context, reserveInventory, schema.Envelope) (pipe.Reply, error) {
 		return pipe.NewReply(replyCodec, "t", inventoryReserved{}), nil
 	}
@@ -199,7 +199,7 @@ func TestNewStageWorkerNamesEveryFix(t *testing.T) {
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, want := range []string{"kgo.ConsumerGroup", "kgo.DisableAutoCommit", "handler is nil"} {
+	for _, want := range []string{"kgo.ConsumerGroup", "kgo.DisableAutoCommit", "kgo.ReadCommitted", "handler is nil"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}

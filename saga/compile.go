@@ -246,8 +246,20 @@ func send[D any](step StepBuilder[D], in Instance[D], compensation bool) []Effec
 	return []Effect{
 		{Kind: Send, Step: step.name, Compensation: compensation, Attempt: in.Attempt, Topic: step.topic,
 			EventType: cmd.event.eventType, Command: cmd.build(in.Data)},
-		{Kind: SetTimer, Step: step.name, Compensation: compensation, Attempt: in.Attempt, After: step.timeout},
+		{Kind: SetTimer, Step: step.name, Compensation: compensation, Attempt: in.Attempt, After: resendWait(step.timeout, in.Attempt)},
 	}
+}
+
+// maxBackoffFactor caps how much longer than its timeout a resend waits.
+const maxBackoffFactor = 8
+
+// resendWait is how long send number attempt waits for its reply: the step's
+// timeout, doubling with every resend up to maxBackoffFactor times it, so a
+// participant that keeps failing is not hammered. It depends on the attempt
+// only, so replays compute the same deadlines.
+func resendWait(timeout time.Duration, attempt int) time.Duration {
+	factor := time.Duration(1) << min(max(attempt-1, 0), 3)
+	return timeout * min(factor, maxBackoffFactor)
 }
 
 // timeoutTransitions handle the timer of a step's command or compensation:

@@ -132,7 +132,8 @@ func Compensate[D, A any](s *StepBuilder[D], cmd CommandSpec[D], done EventDef[A
 }
 
 // Timeout sets how long the step waits for a reply before it resends the
-// command (default DefaultTimeout).
+// command (default DefaultTimeout). Each resend waits twice as long as the
+// one before, up to 8 times the timeout.
 func (s *StepBuilder[D]) Timeout(d time.Duration) *StepBuilder[D] { s.timeout = d; return s }
 
 // Retries sets how often a timed-out command or compensation is resent

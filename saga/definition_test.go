@@ -206,7 +206,7 @@ func TestTimeoutsRetryThenCompensate(t *testing.T) {
 	}
 	r.must(timeout("payment", 2, false))
 	want := []string{
-		"send payment.commands test.ChargePayment#2 charge", "timer payment#2 10s",
+		"send payment.commands test.ChargePayment#2 charge", "timer payment#2 20s", // backed off
 		"send inventory.commands test.ReleaseInventory#1 release", "timer inventory#1 5s",
 	}
 	if fmt.Sprint(r.log) != fmt.Sprint(want) || r.state != saga.CompensatingState("inventory") {

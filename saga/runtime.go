@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"os"
 	"slices"
@@ -49,8 +50,12 @@ type Config struct {
 	DeadLetterTopic string
 	// Clock tells time for timers (default the real clock).
 	Clock dlq.Clock
-	// Hooks are told what happens (HookFinished).
+	// Hooks are told what happens (HookFinished, dlq.HookDeadLettered).
 	Hooks []any
+	// Logger receives what an operator must know: sagas that end in
+	// CompensationFailed (error) and dead-lettered records (warning).
+	// Default slog.Default().
+	Logger *slog.Logger
 }
 
 // HookFinished is told of every saga that reached a terminal state, after
@@ -136,6 +141,9 @@ func NewRuntime[D any](s *Saga[D], cfg Config) (*Runtime[D], error) {
 	cfg.DeadLetterTopic = cmp.Or(cfg.DeadLetterTopic, s.InboxTopic()+dlq.DefaultTopicSuffix)
 	if cfg.Clock == nil {
 		cfg.Clock = realClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
 	}
 
 	r := &Runtime[D]{saga: s, cfg: cfg, parts: map[int32]*partitionState[D]{},
@@ -293,6 +301,12 @@ func (r *Runtime[D]) Run(ctx context.Context) error {
 		return fmt.Errorf("saga %s: journal schema: %w", r.saga.name, err)
 	}
 	for {
+		// Partitions assigned before the poll began (kgo may join the group
+		// as soon as the session exists) are rebuilt here, not after a
+		// record arrives: their timers must be armed.
+		if err := r.rebuildAssigned(ctx); err != nil {
+			return err
+		}
 		r.sess.AllowRebalance()
 		pollCtx, cancel := context.WithCancel(ctx)
 		stop := func() bool { return false }
@@ -394,17 +408,9 @@ func (r *Runtime[D]) processBatch(ctx context.Context, fetches kgo.Fetches) erro
 			r.parts[fp.Partition] = &partitionState[D]{sagas: map[string]*sagaRecord[D]{}}
 		}
 	})
-	var toRebuild []int32
-	for p, ps := range r.parts {
-		if !ps.rebuilt {
-			toRebuild = append(toRebuild, p)
-		}
-	}
 	r.mu.Unlock()
-	for _, p := range toRebuild {
-		if err := r.rebuild(ctx, p); err != nil {
-			return err
-		}
+	if err := r.rebuildAssigned(ctx); err != nil {
+		return err
 	}
 	due := r.dueTimers()
 	if fetches.NumRecords() == 0 && len(due) == 0 {
@@ -445,7 +451,17 @@ func (r *Runtime[D]) processBatch(ctx context.Context, fetches kgo.Fetches) erro
 		}
 	}
 	r.mu.Unlock()
-	// Hooks hear of what committed, only.
+	// Logs and hooks hear of what committed, only.
+	for _, f := range b.finished {
+		if f.outcome == StateCompensationFailed {
+			r.cfg.Logger.Error("saga compensation failed: its compensations were retried and never confirmed; it needs an operator",
+				"saga_name", r.saga.name, "saga_id", f.id, "state", f.outcome)
+		}
+	}
+	for _, d := range b.dead {
+		r.cfg.Logger.Warn("inbox record dead-lettered", "saga_name", r.saga.name, "topic", d.rec.Topic,
+			"partition", d.rec.Partition, "offset", d.rec.Offset, "dead_letter_topic", r.cfg.DeadLetterTopic, "error", d.f.Err)
+	}
 	for _, h := range r.cfg.Hooks {
 		if h, ok := h.(HookFinished); ok {
 			for _, f := range b.finished {
@@ -566,14 +582,17 @@ func (r *Runtime[D]) handleTimer(ctx context.Context, b *batch[D], d dueTimer) e
 	if tm.compensation {
 		kind = "compensation-timeout"
 	}
+	// Handled now, not at the deadline: after a delay (a restart, a long
+	// batch) the next wait starts from now instead of being due at once.
+	now := r.cfg.Clock.Now().UTC()
 	ev := statemachine.Event{Type: TimeoutEventType(tm.step, tm.compensation),
 		ID:      fmt.Sprintf("%s/%s/%s/%d", s.id, tm.step, kind, tm.attempt),
-		Time:    tm.deadline,
+		Time:    now,
 		Payload: TimerFired{Step: tm.step, Attempt: tm.attempt}}
-	env := schema.Envelope{ID: ev.ID, Type: "sagapipe.Timeout", Source: r.cfg.Source, Time: tm.deadline,
+	env := schema.Envelope{ID: ev.ID, Type: "sagapipe.Timeout", Source: r.cfg.Source, Time: now,
 		CorrelationID: s.correlation, SagaName: r.saga.name, SagaID: s.id, SagaStep: tm.step}
 	src := &kgo.Record{Topic: r.saga.InboxTopic(), Partition: d.partition, Offset: -1, Key: []byte(s.id), Headers: env.Apply(nil)}
-	entry := JournalEntry{SagaID: s.id, EventType: string(ev.Type), CEID: ev.ID, CEType: env.Type, Time: tm.deadline,
+	entry := JournalEntry{SagaID: s.id, EventType: string(ev.Type), CEID: ev.ID, CEType: env.Type, Time: now,
 		TimerStep: tm.step, TimerAttempt: int32(tm.attempt)}
 	return r.apply(ctx, b, d.partition, s, ev, entry, src)
 }
@@ -659,6 +678,24 @@ func (r *Runtime[D]) deadLetter(ctx context.Context, b *batch[D], rec *kgo.Recor
 	return nil
 }
 
+// rebuildAssigned rebuilds every owned partition not rebuilt yet.
+func (r *Runtime[D]) rebuildAssigned(ctx context.Context) error {
+	r.mu.Lock()
+	var pending []int32
+	for p, ps := range r.parts {
+		if !ps.rebuilt {
+			pending = append(pending, p)
+		}
+	}
+	r.mu.Unlock()
+	for _, p := range pending {
+		if err := r.rebuild(ctx, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // rebuild folds journal partition p into the sagas of inbox partition p.
 func (r *Runtime[D]) rebuild(ctx context.Context, p int32) error {
 	sagas := map[string]*sagaRecord[D]{}
@@ -715,6 +752,22 @@ func (r *Runtime[D]) rebuild(ctx context.Context, p int32) error {
 		ps.sagas, ps.rebuilt = sagas, true
 	}
 	return nil
+}
+
+// List returns the IDs of the sagas this runtime owns that are in state, sorted.
+func (r *Runtime[D]) List(state statemachine.State) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ids []string
+	for _, ps := range r.parts {
+		for id, s := range ps.sagas {
+			if s.state == state {
+				ids = append(ids, id)
+			}
+		}
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 // Status is a saga's state as this runtime holds it.

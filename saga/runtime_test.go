@@ -105,7 +105,7 @@ func (e *env) participant(topic string, replies map[string]func(order string) *s
 		}
 		return pipe.NewReply(e.codec(*reply), reply.Type, msg{OrderID: cmd.OrderID, Detail: "by " + topic}), nil
 	}
-	cl := e.client(kgo.ConsumerGroup(topic+".worker"), kgo.ConsumeTopics(topic), kgo.DisableAutoCommit(),
+	cl := e.client(kgo.ConsumerGroup(topic+".worker"), kgo.ConsumeTopics(topic), kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	w, err := pipe.NewStageWorker(cl, cmdCodec, handler)
 	if err != nil {

@@ -2,6 +2,9 @@ package saga_test
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -116,7 +119,7 @@ func TestStepTimeoutRetriesThenCompensates(t *testing.T) {
 	}
 	// One timeout at a time: each resend must arrive before the next.
 	for sends := 1; sends <= saga.DefaultRetries; sends++ {
-		clock.Advance(31 * time.Second)
+		clock.Advance(241 * time.Second) // past the longest backed-off wait (8 × 30s)
 		for deadline := time.Now().Add(30 * time.Second); shipping.count("test.ScheduleShipment lost") <= sends; {
 			if time.Now().After(deadline) {
 				t.Fatalf("resend %d never arrived", sends)
@@ -124,7 +127,7 @@ func TestStepTimeoutRetriesThenCompensates(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	clock.Advance(31 * time.Second) // the last send times out: compensate, in real time from here
+	clock.Advance(241 * time.Second) // the last send times out: compensate, in real time from here
 	if got := done.wait(t, 1)["lost"]; got != saga.StateCompensated {
 		t.Fatalf("outcome %s, want Compensated after shipping's retries timed out", got)
 	}
@@ -186,4 +189,63 @@ func TestTimersSurviveARestart(t *testing.T) {
 	if n := shipping.count("test.ScheduleShipment slow"); n != 2 {
 		t.Fatalf("shipping got %d commands, want 2 (the first and the resend after the restart)", n)
 	}
+}
+
+func TestCompensationFailedIsLoggedAndListed(t *testing.T) {
+	e := newEnv(t, 1)
+	e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
+	payment := e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{
+		chargePayment.Type: always(paymentCharged),
+		refundPayment.Type: func(string) *saga.EventDef[msg] { return nil }, // refunds are never confirmed
+	})
+	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentFailed)})
+	var logs syncBuffer
+	clock := &testClock{}
+	done := newFinished()
+	r, err := saga.NewRuntime(e.saga, saga.Config{Brokers: e.stack.KafkaAddrs(), Registry: e.serde, Clock: clock,
+		Hooks: []any{done}, Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- r.Run(ctx) }()
+	defer func() { cancel(); <-ran; r.Close() }()
+	e.start("stuck")
+	// The refund (Retries(1)) is resent once, then given up on.
+	for sends := 1; sends <= 2; sends++ {
+		for deadline := time.Now().Add(30 * time.Second); payment.count("test.RefundPayment stuck") < sends; {
+			if time.Now().After(deadline) {
+				t.Fatalf("refund %d never sent", sends)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		clock.Advance(81 * time.Second) // past the refund's backed-off wait (8 × 10s)
+	}
+	if got := done.wait(t, 1)["stuck"]; got != saga.StateCompensationFailed {
+		t.Fatalf("outcome %s, want CompensationFailed", got)
+	}
+	if ids := r.List(saga.StateCompensationFailed); fmt.Sprint(ids) != "[stuck]" {
+		t.Fatalf("List(CompensationFailed) = %v, want [stuck]", ids)
+	}
+	if !strings.Contains(logs.String(), `"level":"ERROR"`) || !strings.Contains(logs.String(), `"saga_id":"stuck"`) {
+		t.Fatalf("no error logged for the saga: %s", logs.String())
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

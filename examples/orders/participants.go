@@ -193,7 +193,7 @@ func (p *Participants) Run(ctx context.Context, brokers []string, clientOpts ...
 			return err
 		}
 		cl, err := kgo.NewClient(append(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, clientOpts...),
-			kgo.ConsumerGroup(s.topic+".service"), kgo.ConsumeTopics(s.topic), kgo.DisableAutoCommit(),
+			kgo.ConsumerGroup(s.topic+".service"), kgo.ConsumeTopics(s.topic), kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))...)
 		if err != nil {
 			return err
