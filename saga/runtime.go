@@ -698,8 +698,18 @@ func (r *Runtime[D]) rebuildAssigned(ctx context.Context) error {
 
 // rebuild folds journal partition p into the sagas of inbox partition p.
 func (r *Runtime[D]) rebuild(ctx context.Context, p int32) error {
+	// The previous owner's last transaction may still be completing: wait
+	// for it (at most kgo's default transaction timeout), or the rebuild
+	// would miss what it journaled while its offsets, committed with it,
+	// skip the events that led there.
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	err := kread.WaitStable(wctx, r.connOpts, r.saga.JournalTopic(), []int32{p})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("saga %s: rebuilding partition %d: %w", r.saga.name, p, err)
+	}
 	sagas := map[string]*sagaRecord[D]{}
-	err := kread.ToEnd(ctx, r.connOpts, r.saga.JournalTopic(), []int32{p}, func(rec *kgo.Record) error {
+	err = kread.ToEnd(ctx, r.connOpts, r.saga.JournalTopic(), []int32{p}, func(rec *kgo.Record) error {
 		entry, err := r.journal.Decode(ctx, rec.Value)
 		if err != nil {
 			return fmt.Errorf("journal %s/%d@%d: %w", rec.Topic, rec.Partition, rec.Offset, err)

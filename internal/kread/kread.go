@@ -6,6 +6,7 @@ package kread
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -88,4 +89,50 @@ func (e Ends) Next(r *kgo.Record) bool {
 		delete(e, r.Partition)
 	}
 	return !r.Attrs.IsControl()
+}
+
+// WaitStable waits until no transaction is open on topic's partitions (the
+// last stable offset has caught up with the high watermark), so that a read
+// to the end sees everything a previous owner committed. A new owner of a
+// partition must wait like this before rebuilding from it: the old owner's
+// last transaction may still be completing, and reading past it would miss
+// what it wrote. It gives up when ctx ends (bound it by the transaction
+// timeout: by then the broker aborts what was left open).
+func WaitStable(ctx context.Context, opts []kgo.Opt, topic string, partitions []int32) error {
+	client, err := kgo.NewClient(opts...)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	adm := kadm.NewClient(client)
+	for {
+		hw, err := adm.ListEndOffsets(ctx, topic)
+		if err == nil {
+			err = hw.Error()
+		}
+		if err != nil {
+			return fmt.Errorf("wait for %s to be stable: %w", topic, err)
+		}
+		ls, err := adm.ListCommittedOffsets(ctx, topic)
+		if err == nil {
+			err = ls.Error()
+		}
+		if err != nil {
+			return fmt.Errorf("wait for %s to be stable: %w", topic, err)
+		}
+		stable := true
+		for _, p := range partitions {
+			h, _ := hw.Lookup(topic, p)
+			l, _ := ls.Lookup(topic, p)
+			stable = stable && h.Offset == l.Offset
+		}
+		if stable {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s to be stable: a transaction stayed open: %w", topic, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
