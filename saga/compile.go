@@ -76,7 +76,35 @@ type Saga[D any] struct {
 	dataSchema string
 	start      ReplySpec[D]
 	steps      []StepBuilder[D]
+	outcome    *outcomeSpec[D]
 	machine    *statemachine.Machine[Instance[D], Effect]
+}
+
+// OutcomeStep is the saga_step of outcome events.
+const OutcomeStep = "outcome"
+
+// OutcomeTopic is where the saga announces how it ended, or "" when it
+// does not (see Builder.Outcome).
+func (s *Saga[D]) OutcomeTopic() string {
+	if s.outcome == nil {
+		return ""
+	}
+	return s.outcome.topic
+}
+
+// finish returns the effects of ending in outcome: the outcome event, when
+// the saga announces one, and Finish.
+func (s *Saga[D]) finish(outcome statemachine.State, in Instance[D]) []Effect {
+	done := Effect{Kind: Finish, Outcome: outcome}
+	if s.outcome == nil {
+		return []Effect{done}
+	}
+	spec := s.outcome.failed
+	if outcome == StateCompleted {
+		spec = s.outcome.completed
+	}
+	return []Effect{{Kind: Send, Step: OutcomeStep, Attempt: 1, Topic: s.outcome.topic,
+		EventType: spec.event.eventType, Command: spec.build(in.Data)}, done}
 }
 
 // Name returns the saga's name.
@@ -113,7 +141,7 @@ func TimeoutEventType(step string, compensation bool) statemachine.EventType {
 }
 
 func compile[D any](b *Builder[D]) (*Saga[D], error) {
-	s := &Saga[D]{name: b.name, dataSchema: b.dataSchema, start: *b.start}
+	s := &Saga[D]{name: b.name, dataSchema: b.dataSchema, start: *b.start, outcome: b.outcome}
 	for _, st := range b.steps {
 		c := *st
 		if c.timeout == 0 {
@@ -158,13 +186,13 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 				if i+1 < len(s.steps) {
 					return in, send(s.steps[i+1], in, false)
 				}
-				return in, []Effect{{Kind: Finish, Outcome: StateCompleted}}
+				return in, s.finish(StateCompleted, in)
 			}})
 
 		fails := func(in Instance[D]) (Instance[D], []Effect) {
 			in.Attempt = 1
 			if compensateFrom < 0 {
-				return in, []Effect{{Kind: Finish, Outcome: StateCompensated}}
+				return in, s.finish(StateCompensated, in)
 			}
 			return in, send(s.steps[compensateFrom], in, true)
 		}
@@ -197,13 +225,13 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 				Action: func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
 					in.Attempt = 1
 					if before < 0 {
-						return in, []Effect{{Kind: Finish, Outcome: StateCompensated}}
+						return in, s.finish(StateCompensated, in)
 					}
 					return in, send(s.steps[before], in, true)
 				}})
 			ts = append(ts, timeoutTransitions(step, true, compensating, StateCompensationFailed,
 				func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
-					return in, []Effect{{Kind: Finish, Outcome: StateCompensationFailed}}
+					return in, s.finish(StateCompensationFailed, in)
 				})...)
 		}
 	}

@@ -150,6 +150,12 @@ type Builder[D any] struct {
 	dataSchema string
 	start      *ReplySpec[D]
 	steps      []*StepBuilder[D]
+	outcome    *outcomeSpec[D]
+}
+
+type outcomeSpec[D any] struct {
+	topic             string
+	completed, failed CommandSpec[D]
 }
 
 // New starts the definition of saga name over data D, whose Avro schema is
@@ -160,6 +166,15 @@ func New[D any](name, dataSchema string) *Builder[D] {
 
 // StartOn sets the event that starts a saga and how it fills the data.
 func (b *Builder[D]) StartOn(r ReplySpec[D]) *Builder[D] { b.start = &r; return b }
+
+// Outcome makes the saga announce how it ended: completed is piped to topic
+// when it completes, failed when it ends compensated or with a failed
+// compensation, both built from its data and sent in the transaction that
+// ends it.
+func (b *Builder[D]) Outcome(topic string, completed, failed CommandSpec[D]) *Builder[D] {
+	b.outcome = &outcomeSpec[D]{topic: topic, completed: completed, failed: failed}
+	return b
+}
 
 // Step adds a step; steps run in the order they are added.
 func (b *Builder[D]) Step(name string) *StepBuilder[D] {
@@ -201,6 +216,13 @@ func (b *Builder[D]) Build() (*Saga[D], error) {
 	}
 	if len(b.steps) == 0 {
 		fail("no steps")
+	}
+	if o := b.outcome; o != nil {
+		if o.topic == "" {
+			fail("the outcome has no topic")
+		}
+		checkEvent("the completed outcome", o.completed.event)
+		checkEvent("the failed outcome", o.failed.event)
 	}
 	seen := map[string]bool{}
 	for i, s := range b.steps {

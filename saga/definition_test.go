@@ -49,6 +49,8 @@ var (
 	scheduleShipment  = def("ScheduleShipment")
 	shipmentScheduled = def("ShipmentScheduled")
 	shipmentFailed    = def("ShipmentFailed")
+	orderConfirmed    = def("OrderConfirmed")
+	orderRejected     = def("OrderRejected")
 )
 
 func command(d msg) func(orderData) msg {
@@ -59,7 +61,9 @@ func command(d msg) func(orderData) msg {
 func ordersSaga(t *testing.T) *saga.Saga[orderData] {
 	t.Helper()
 	b := saga.New[orderData]("orders", orderDataSchema).
-		StartOn(saga.Reply(orderPlaced, func(d *orderData, e msg) { d.OrderID = e.OrderID; d.Amount = 100 }))
+		StartOn(saga.Reply(orderPlaced, func(d *orderData, e msg) { d.OrderID = e.OrderID; d.Amount = 100 })).
+		Outcome("orders.outcomes", saga.Cmd(orderConfirmed, command(msg{Detail: "confirmed"})),
+			saga.Cmd(orderRejected, func(d orderData) msg { return msg{OrderID: d.OrderID, Detail: d.Reason} }))
 	inv := b.Step("inventory").
 		Command("inventory.commands", saga.Cmd(reserveInventory, command(msg{Detail: "reserve"}))).
 		OnSuccess(saga.Reply(inventoryReserved, func(d *orderData, _ msg) { d.Reserved = true })).
@@ -144,7 +148,7 @@ func TestHappyPath(t *testing.T) {
 		"send inventory.commands test.ReserveInventory#1 reserve", "timer inventory#1 5s",
 		"send payment.commands test.ChargePayment#1 charge", "timer payment#1 10s",
 		"send shipping.commands test.ScheduleShipment#1 ship", "timer shipping#1 30s",
-		"finish Completed",
+		"send orders.outcomes test.OrderConfirmed#1 confirmed", "finish Completed",
 	}
 	if fmt.Sprint(r.log) != fmt.Sprint(want) {
 		t.Fatalf("effects\n%v\nwant\n%v", r.log, want)
@@ -184,7 +188,7 @@ func TestShippingFailureCompensatesInReverse(t *testing.T) {
 	want := []string{
 		"send payment.commands test.RefundPayment#1 refund", "timer payment#1 10s",
 		"send inventory.commands test.ReleaseInventory#1 release", "timer inventory#1 5s",
-		"finish Compensated",
+		"send orders.outcomes test.OrderRejected#1 ", "finish Compensated",
 	}
 	if fmt.Sprint(r.log) != fmt.Sprint(want) || r.state != saga.StateCompensated {
 		t.Fatalf("effects %v, state %s; want refund then release, Compensated", r.log, r.state)

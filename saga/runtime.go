@@ -206,6 +206,10 @@ func (r *Runtime[D]) buildCodecs() error {
 		r.encoders[e.eventType] = c
 	}
 	add(s.StartEventType(), s.start.event)
+	if s.outcome != nil {
+		addCmd(s.outcome.completed.event)
+		addCmd(s.outcome.failed.event)
+	}
 	for _, st := range s.steps {
 		addCmd(st.command.event)
 		add(ReplyEventType(st.name, st.success.event.eventType), st.success.event)
@@ -272,12 +276,16 @@ func (r *Runtime[D]) revoked(_ context.Context, _ *kgo.Client, gone map[string][
 // and that the inbox and journal have the same partition count.
 func (r *Runtime[D]) CheckTopics(ctx context.Context) error {
 	inbox, journal := r.saga.InboxTopic(), r.saga.JournalTopic()
-	details, err := kadm.NewClient(r.sess.Client()).ListTopics(ctx, inbox, journal, r.cfg.DeadLetterTopic)
+	want := []string{inbox, journal, r.cfg.DeadLetterTopic}
+	if t := r.saga.OutcomeTopic(); t != "" {
+		want = append(want, t)
+	}
+	details, err := kadm.NewClient(r.sess.Client()).ListTopics(ctx, want...)
 	if err != nil {
 		return fmt.Errorf("saga %s: listing topics: %w", r.saga.name, err)
 	}
 	var missing []string
-	for _, t := range []string{inbox, journal, r.cfg.DeadLetterTopic} {
+	for _, t := range want {
 		if d, ok := details[t]; !ok || d.Err != nil {
 			missing = append(missing, t)
 		}
@@ -804,11 +812,15 @@ func (r *Runtime[D]) Status(id string) (Status[D], bool) {
 func (s *Saga[D]) EnsureTopics(ctx context.Context, adm *kadm.Client, partitions int32, replication int16) error {
 	forever := "-1"
 	keep := map[string]*string{"retention.ms": &forever, "retention.bytes": &forever}
-	return errors.Join(
+	err := errors.Join(
 		EnsureTopic(ctx, adm, s.InboxTopic(), partitions, replication, nil),
 		EnsureTopic(ctx, adm, s.JournalTopic(), partitions, replication, keep),
 		EnsureTopic(ctx, adm, s.InboxTopic()+dlq.DefaultTopicSuffix, partitions, replication, keep),
 	)
+	if t := s.OutcomeTopic(); t != "" {
+		err = errors.Join(err, EnsureTopic(ctx, adm, t, partitions, replication, nil))
+	}
+	return err
 }
 
 // EnsureTopic creates topic unless it exists.

@@ -297,6 +297,24 @@ func TestRuntimeHappyPathAndCompensation(t *testing.T) {
 		t.Fatalf("participant effects %v, want %v", effects, wantEffects)
 	}
 	checkJournal(t, e.journal())
+	// Each saga announced its outcome once, in the transaction that ended it.
+	announced := map[string]string{}
+	err := kread.ToEnd(context.Background(), []kgo.Opt{kgo.SeedBrokers(e.stack.KafkaAddrs()...)}, "orders.outcomes", nil, func(r *kgo.Record) error {
+		id, _ := schema.Header(r.Headers, schema.HeaderSagaID)
+		typ, _ := schema.Header(r.Headers, schema.HeaderType)
+		if announced[id] != "" {
+			t.Errorf("saga %s announced twice", id)
+		}
+		announced[id] = typ
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantAnnounced := map[string]string{"ok": orderConfirmed.Type, "declined": orderRejected.Type, "unshippable": orderRejected.Type}
+	if fmt.Sprint(announced) != fmt.Sprint(wantAnnounced) {
+		t.Fatalf("outcomes announced %v, want %v", announced, wantAnnounced)
+	}
 }
 
 func TestRuntimeDuplicatesLateRepliesAndPoison(t *testing.T) {

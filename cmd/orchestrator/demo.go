@@ -95,6 +95,6 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
-	fmt.Fprintln(stdout, "invariants hold: every saga terminal; stock reserved = released + shipped; money charged = refunded + captured; nothing applied twice")
+	fmt.Fprintln(stdout, "invariants hold: every saga terminal and announced once; stock reserved = released + shipped; money charged = refunded + captured; nothing applied twice")
 	return 0
 }

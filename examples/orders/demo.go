@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sagapipe/sagapipe/dlq"
+	"github.com/sagapipe/sagapipe/internal/kread"
 	"github.com/sagapipe/sagapipe/saga"
 	"github.com/sagapipe/sagapipe/schema"
 	"github.com/sagapipe/sagapipe/statemachine"
@@ -131,8 +132,8 @@ func start(ctx context.Context, cfg DemoConfig) (*services, error) {
 // RunDemo runs the orders saga end to end on the cluster: it creates the
 // topics, runs the orchestrator and the three participants, places the
 // orders, waits for every saga to end, and checks the invariants: every saga
-// terminal, stock reserved = released + shipped, money charged = refunded +
-// captured, nothing applied twice.
+// terminal and its outcome announced once, stock reserved = released +
+// shipped, money charged = refunded + captured, nothing applied twice.
 func RunDemo(ctx context.Context, cfg DemoConfig) (Summary, error) {
 	sum := Summary{Orders: cfg.Orders}
 	sv, err := start(ctx, cfg)
@@ -170,7 +171,37 @@ wait:
 		return sum, placeErr
 	}
 	summarize(&sum, hooks, sv.participants.Ledger)
+	if err := checkOutcomes(ctx, cfg, &sum, hooks); err != nil {
+		return sum, err
+	}
 	return sum, nil
+}
+
+// checkOutcomes reads OutcomesTopic: every finished order must have
+// announced exactly one outcome, and the one that matches how it ended.
+func checkOutcomes(ctx context.Context, cfg DemoConfig, sum *Summary, h *demoHooks) error {
+	announced := map[string][]string{}
+	err := kread.ToEnd(ctx, []kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, OutcomesTopic, nil, func(r *kgo.Record) error {
+		id, _ := schema.Header(r.Headers, schema.HeaderSagaID)
+		typ, _ := schema.Header(r.Headers, schema.HeaderType)
+		announced[id] = append(announced[id], typ)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for id, outcome := range h.outcomes {
+		want := EvOrderRejected.Type
+		if outcome == saga.StateCompleted {
+			want = EvOrderConfirmed.Type
+		}
+		if got := announced[id]; len(got) != 1 || got[0] != want {
+			sum.Violations = append(sum.Violations, fmt.Sprintf("%s (%s): announced %v, want one %s", id, outcome, got, want))
+		}
+	}
+	return nil
 }
 
 // HoldInFlight starts n sagas and holds them at shipping (which never

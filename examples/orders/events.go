@@ -122,6 +122,19 @@ type (
 	}
 )
 
+// The saga's outcomes, announced on OutcomesTopic.
+type (
+	OrderConfirmed struct {
+		OrderID    string `avro:"order_id"`
+		PaymentID  string `avro:"payment_id"`
+		TrackingID string `avro:"tracking_id"`
+	}
+	OrderRejected struct {
+		OrderID string `avro:"order_id"`
+		Reason  string `avro:"reason"`
+	}
+)
+
 const ns = "sagapipe.examples.orders."
 
 // The saga's event declarations: ce_type and schema of each message.
@@ -140,5 +153,7 @@ var (
 	EvScheduleShipment  = saga.Event[ScheduleShipment](ns+"ScheduleShipment", avsc("schedule_shipment"))
 	EvShipmentScheduled = saga.Event[ShipmentScheduled](ns+"ShipmentScheduled", avsc("shipment_scheduled"))
 	EvShipmentFailed    = saga.Event[ShipmentFailed](ns+"ShipmentFailed", avsc("shipment_failed"))
+	EvOrderConfirmed    = saga.Event[OrderConfirmed](ns+"OrderConfirmed", avsc("order_confirmed"))
+	EvOrderRejected     = saga.Event[OrderRejected](ns+"OrderRejected", avsc("order_rejected"))
 	OrderDataSchema     = avsc("order_data")
 )

@@ -11,6 +11,8 @@ const (
 	InventoryTopic = "inventory.commands"
 	PaymentTopic   = "payment.commands"
 	ShippingTopic  = "shipping.commands"
+	// OutcomesTopic is where every order's OrderConfirmed or OrderRejected goes.
+	OutcomesTopic = "orders.outcomes"
 )
 
 // Saga defines the orders saga: reserve inventory, charge the payment,
@@ -21,7 +23,14 @@ func Saga(stepTimeout time.Duration) (*saga.Saga[OrderData], error) {
 		StartOn(saga.Reply(EvOrderPlaced, func(d *OrderData, e OrderPlaced) {
 			d.OrderID, d.CustomerID, d.SKU, d.Quantity = e.OrderID, e.CustomerID, e.SKU, e.Quantity
 			d.AmountCents, d.Express = e.TotalCents, e.Express
-		}))
+		})).
+		Outcome(OutcomesTopic,
+			saga.Cmd(EvOrderConfirmed, func(d OrderData) OrderConfirmed {
+				return OrderConfirmed{OrderID: d.OrderID, PaymentID: d.PaymentID, TrackingID: d.TrackingID}
+			}),
+			saga.Cmd(EvOrderRejected, func(d OrderData) OrderRejected {
+				return OrderRejected{OrderID: d.OrderID, Reason: d.Failure}
+			}))
 
 	inventory := b.Step("inventory").
 		Command(InventoryTopic, saga.Cmd(EvReserveInventory, func(d OrderData) ReserveInventory {
