@@ -177,10 +177,12 @@ func (f *finished) wait(t *testing.T, n int) map[string]statemachine.State {
 	}
 }
 
-// runtime starts a runtime; stop ends it and returns Run's error.
-func (e *env) runtime(hooks ...any) (stop func() error) {
+// startRuntime starts a runtime with cfg (brokers and registry filled in);
+// stop ends it and returns Run's error.
+func (e *env) startRuntime(cfg saga.Config) (*saga.Runtime[orderData], func() error) {
 	e.t.Helper()
-	r, err := saga.NewRuntime(e.saga, saga.Config{Brokers: e.stack.KafkaAddrs(), Registry: e.serde, Hooks: hooks})
+	cfg.Brokers, cfg.Registry = e.stack.KafkaAddrs(), e.serde
+	r, err := saga.NewRuntime(e.saga, cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -189,11 +191,17 @@ func (e *env) runtime(hooks ...any) (stop func() error) {
 	go func() { done <- r.Run(ctx) }()
 	var once sync.Once
 	var runErr error
-	stop = func() error {
+	stop := func() error {
 		once.Do(func() { cancel(); runErr = <-done; r.Close() })
 		return runErr
 	}
 	e.t.Cleanup(func() { _ = stop() })
+	return r, stop
+}
+
+// runtime starts a runtime reporting to hooks.
+func (e *env) runtime(hooks ...any) (stop func() error) {
+	_, stop = e.startRuntime(saga.Config{Hooks: hooks})
 	return stop
 }
 

@@ -1,7 +1,6 @@
 package saga_test
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -79,21 +78,7 @@ func (c *testClock) pending() int {
 }
 
 func (e *env) runtimeWithClock(clock *testClock, hooks ...any) (stop func() error) {
-	e.t.Helper()
-	r, err := saga.NewRuntime(e.saga, saga.Config{Brokers: e.stack.KafkaAddrs(), Registry: e.serde, Hooks: hooks, Clock: clock})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	var once sync.Once
-	var runErr error
-	stop = func() error {
-		once.Do(func() { cancel(); runErr = <-done; r.Close() })
-		return runErr
-	}
-	e.t.Cleanup(func() { _ = stop() })
+	_, stop = e.startRuntime(saga.Config{Hooks: hooks, Clock: clock})
 	return stop
 }
 
@@ -202,15 +187,7 @@ func TestCompensationFailedIsLoggedAndListed(t *testing.T) {
 	var logs syncBuffer
 	clock := &testClock{}
 	done := newFinished()
-	r, err := saga.NewRuntime(e.saga, saga.Config{Brokers: e.stack.KafkaAddrs(), Registry: e.serde, Clock: clock,
-		Hooks: []any{done}, Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ran := make(chan error, 1)
-	go func() { ran <- r.Run(ctx) }()
-	defer func() { cancel(); <-ran; r.Close() }()
+	r, _ := e.startRuntime(saga.Config{Clock: clock, Hooks: []any{done}, Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
 	e.start("stuck")
 	// The refund (Retries(1)) is resent once, then given up on.
 	for sends := 1; sends <= 2; sends++ {
