@@ -41,7 +41,7 @@ func ParseEntry(rec *kgo.Record) (Entry, error) {
 	h := func(k string) string { v, _ := schema.Header(rec.Headers, k); return v }
 	e.OriginTopic = h(pipe.HeaderOriginalTopic)
 	p, perr := strconv.ParseInt(h(pipe.HeaderOriginalPartition), 10, 32)
-	if e.OriginTopic == "" || perr != nil {
+	if e.OriginTopic == "" || perr != nil || p < 0 {
 		return e, fmt.Errorf("dlq: %s/%d@%d has no valid %s/%s headers: not a dead-letter record",
 			rec.Topic, rec.Partition, rec.Offset, pipe.HeaderOriginalTopic, pipe.HeaderOriginalPartition)
 	}
