@@ -27,16 +27,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if code := parseFlags(fs, args, stderr); code >= 0 {
 		return code
 	}
-	var problems []error
-	if *n < 1 {
-		problems = append(problems, fmt.Errorf("--orders %d: must be at least 1", *n))
-	}
-	if *concurrency < 1 {
-		problems = append(problems, fmt.Errorf("--concurrency %d: must be at least 1", *concurrency))
-	}
-	if *partitions < 1 {
-		problems = append(problems, fmt.Errorf("--partitions %d: must be at least 1", *partitions))
-	}
+	problems := atLeastOne(nil, map[string]int{"--orders": *n, "--concurrency": *concurrency, "--partitions": *partitions})
 	if *stepTimeout <= 0 {
 		problems = append(problems, fmt.Errorf("--step-timeout %v: must be positive", *stepTimeout))
 	}

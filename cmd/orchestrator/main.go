@@ -15,8 +15,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 )
 
@@ -82,4 +84,14 @@ func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) int {
 		return 2
 	}
 	return -1
+}
+
+// atLeastOne appends a problem for every named flag whose value is below 1.
+func atLeastOne(problems []error, flags map[string]int) []error {
+	for _, name := range slices.Sorted(maps.Keys(flags)) {
+		if v := flags[name]; v < 1 {
+			problems = append(problems, fmt.Errorf("%s %d: must be at least 1", name, v))
+		}
+	}
+	return problems
 }

@@ -27,13 +27,7 @@ func runSmoke(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if code := parseFlags(fs, args, stderr); code >= 0 {
 		return code
 	}
-	var problems []error
-	if *count < 1 {
-		problems = append(problems, fmt.Errorf("--count %d: must be at least 1", *count))
-	}
-	if *partitions < 1 {
-		problems = append(problems, fmt.Errorf("--partitions %d: must be at least 1", *partitions))
-	}
+	problems := atLeastOne(nil, map[string]int{"--count": *count, "--partitions": *partitions})
 	if len(problems) > 0 {
 		fmt.Fprintf(stderr, "orchestrator smoke: %v\n", errors.Join(problems...))
 		return 2
