@@ -28,10 +28,14 @@ type Clock interface {
 	AfterFunc(d time.Duration, f func()) (stop func() bool)
 }
 
-type realClock struct{}
+// SystemClock is the real clock, the default of every Clock option.
+type SystemClock struct{}
 
-func (realClock) Now() time.Time { return time.Now() }
-func (realClock) AfterFunc(d time.Duration, f func()) func() bool {
+// Now implements Clock.
+func (SystemClock) Now() time.Time { return time.Now() }
+
+// AfterFunc implements Clock.
+func (SystemClock) AfterFunc(d time.Duration, f func()) func() bool {
 	return time.AfterFunc(d, f).Stop
 }
 
@@ -155,7 +159,7 @@ type partition struct {
 // (Close closes it). Every problem with the arguments is reported at once.
 func NewConsumer(group string, topics []string, handler Handler, policy Policy, opts ...Opt) (*Consumer, error) {
 	cfg := consumerConfig{
-		clock:      realClock{},
+		clock:      SystemClock{},
 		randN:      rand.Int64N,
 		propagator: propagation.TraceContext{},
 	}
@@ -518,7 +522,8 @@ func (c *Consumer) unpark(ctx context.Context, st *partition, rec *kgo.Record) e
 	}
 	now := c.cfg.clock.Now()
 	marker := &kgo.Record{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Key: rec.Key}
-	if err := c.deadLetter(ctx, marker, Failure{Class: ClassReleased, FirstFailedAt: now, LastFailedAt: now}); err != nil {
+	f := Failure{Class: ClassReleased, FirstFailedAt: now, LastFailedAt: now}
+	if err := dispatch(ctx, c.client, marker, f, c.policy.TopicFor(rec.Topic), c.group, c.cfg.propagator); err != nil {
 		return err
 	}
 	delete(st.parked, string(rec.Key))
@@ -582,9 +587,6 @@ func (c *Consumer) deadLetter(ctx context.Context, rec *kgo.Record, f Failure) e
 		if err := dispatch(ctx, c.client, rec, f, c.policy.TopicFor(rec.Topic), c.group, c.cfg.propagator); err != nil {
 			return err
 		}
-	}
-	if f.Class == ClassReleased {
-		return nil // a marker, not a failure
 	}
 	for _, h := range c.cfg.hooks {
 		if h, ok := h.(HookDeadLettered); ok {

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/hamba/avro/v2"
-
 	"github.com/sagapipe/sagapipe/schema"
 )
 
@@ -198,7 +196,7 @@ func (b *Builder[D]) Build() (*Saga[D], error) {
 			fail("%s has no Avro schema", what)
 			return
 		}
-		if _, err := avroParse(text); err != nil {
+		if _, err := schema.Parse(text); err != nil {
 			fail("%s: Avro schema does not parse: %v", what, err)
 		}
 	}
@@ -265,10 +263,4 @@ func (b *Builder[D]) Build() (*Saga[D], error) {
 		return nil, err
 	}
 	return compile(b)
-}
-
-// avroParse parses with a cache of its own: hamba's default cache is global
-// and keyed by full name, so two versions of one record would collide in it.
-func avroParse(text string) (avro.Schema, error) {
-	return avro.ParseWithCache(text, "", &avro.SchemaCache{})
 }

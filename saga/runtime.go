@@ -140,7 +140,7 @@ func NewRuntime[D any](s *Saga[D], cfg Config) (*Runtime[D], error) {
 	cfg.Source = cmp.Or(cfg.Source, "sagapipe/"+s.name)
 	cfg.DeadLetterTopic = cmp.Or(cfg.DeadLetterTopic, s.InboxTopic()+dlq.DefaultTopicSuffix)
 	if cfg.Clock == nil {
-		cfg.Clock = realClock{}
+		cfg.Clock = dlq.SystemClock{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -185,13 +185,6 @@ func NewRuntime[D any](s *Saga[D], cfg Config) (*Runtime[D], error) {
 // instances numbers the runtimes of this process.
 var instances atomic.Int64
 
-type realClock struct{}
-
-func (realClock) Now() time.Time { return time.Now() }
-func (realClock) AfterFunc(d time.Duration, f func()) func() bool {
-	return time.AfterFunc(d, f).Stop
-}
-
 func (r *Runtime[D]) buildCodecs() error {
 	s := r.saga
 	var errs []error
@@ -230,11 +223,11 @@ func (r *Runtime[D]) buildCodecs() error {
 // types under one subject: their schemas are unrelated, so the registry would
 // refuse all but the first.
 func (r *Runtime[D]) checkSubjects() error {
-	start, err := avroParse(r.saga.start.event.schema)
+	start, err := schema.Parse(r.saga.start.event.schema)
 	if err != nil {
 		return err
 	}
-	reply, err := avroParse(r.saga.steps[0].success.event.schema)
+	reply, err := schema.Parse(r.saga.steps[0].success.event.schema)
 	if err != nil {
 		return err
 	}

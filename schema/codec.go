@@ -45,7 +45,7 @@ func NewCodec[T any](s *Serde, schemaText string) (*Codec[T], error) {
 	if s == nil {
 		return nil, fmt.Errorf("schema: NewCodec[%s]: serde is nil", target)
 	}
-	sch, err := parse(schemaText)
+	sch, err := Parse(schemaText)
 	if err != nil {
 		return nil, fmt.Errorf("schema: NewCodec[%s]: schema does not parse: %w", target, err)
 	}

@@ -221,7 +221,7 @@ func (s *Serde) SchemaByID(ctx context.Context, id int) (avro.Schema, error) {
 			}
 			return nil, s.registryError(fmt.Sprintf("get schema %d", id), err)
 		}
-		sch, err := parse(got.Schema())
+		sch, err := Parse(got.Schema())
 		if err != nil {
 			return nil, &DecodeError{SchemaID: id, Target: "schema", Err: fmt.Errorf("registry schema does not parse: %w", err)}
 		}
@@ -245,8 +245,9 @@ func (s *Serde) registryError(op string, err error) error {
 	return re
 }
 
-// parse parses with a cache of its own: hamba's default cache is global and
-// keyed by full name, so two versions of one record would collide in it.
-func parse(text string) (avro.Schema, error) {
+// Parse parses an Avro schema with a cache of its own: hamba's default cache
+// is global and keyed by full name, so two versions of one record would
+// collide in it. Use it, not avro.Parse, for schemas that evolve.
+func Parse(text string) (avro.Schema, error) {
 	return avro.ParseWithCache(text, "", &avro.SchemaCache{})
 }

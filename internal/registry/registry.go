@@ -19,6 +19,8 @@ import (
 	"github.com/hamba/avro/v2"
 	"github.com/twmb/franz-go/pkg/sr"
 	"github.com/twmb/franz-go/pkg/sr/srfake"
+
+	"github.com/sagapipe/sagapipe/schema"
 )
 
 // DefaultCompatibility is the level of a subject that has none of its own
@@ -219,7 +221,7 @@ func (r *Registry) handleRegister(w http.ResponseWriter, req *http.Request) {
 		r.fake.Handler().ServeHTTP(w, req)
 		return
 	}
-	candidate, err := parseSchema(sreq.Schema)
+	candidate, err := schema.Parse(sreq.Schema)
 	if err != nil {
 		writeError(w, http.StatusUnprocessableEntity, 42201, "Invalid schema "+sreq.Schema+": "+err.Error())
 		return
@@ -254,7 +256,7 @@ func (r *Registry) handleCompatibility(w http.ResponseWriter, req *http.Request)
 			"the embedded registry checks only self-contained AVRO schemas")
 		return
 	}
-	candidate, err := parseSchema(sreq.Schema)
+	candidate, err := schema.Parse(sreq.Schema)
 	if err != nil {
 		writeError(w, http.StatusUnprocessableEntity, 42201, "Invalid schema: "+err.Error())
 		return
@@ -409,7 +411,7 @@ func (r *Registry) schemaAt(subject string, version int) (avro.Schema, error) {
 	if code, err := r.fakeGet(path, &got); err != nil || code != http.StatusOK {
 		return nil, fmt.Errorf("reading %q version %d: status %d: %v", subject, version, code, err)
 	}
-	return parseSchema(got.Schema)
+	return schema.Parse(got.Schema)
 }
 
 func (r *Registry) alreadyRegistered(subject string, body []byte) bool {
@@ -417,12 +419,6 @@ func (r *Registry) alreadyRegistered(subject string, body []byte) bool {
 	req := httptest.NewRequest(http.MethodPost, "/subjects/"+url.PathEscape(subject), bytes.NewReader(body))
 	r.fake.Handler().ServeHTTP(rec, req)
 	return rec.Code == http.StatusOK
-}
-
-// parseSchema parses with a cache of its own: hamba's default cache is global
-// and keyed by full name, so two versions of one record would collide in it.
-func parseSchema(text string) (avro.Schema, error) {
-	return avro.ParseWithCache(text, "", &avro.SchemaCache{})
 }
 
 func respondJSON(w http.ResponseWriter, status int, body any) {
