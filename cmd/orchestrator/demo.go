@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/sagapipe/sagapipe/examples/orders"
@@ -41,13 +40,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 
-	stack, err := sf.start()
-	if err != nil {
-		fmt.Fprintf(stderr, "orchestrator demo: %v\n", err)
+	stack := sf.startAnnounced("demo", stdout, stderr)
+	if stack == nil {
 		return 1
 	}
 	defer stack.Close()
-	fmt.Fprintf(stdout, "embedded kafka %s, registry %s\n", strings.Join(stack.KafkaAddrs(), ","), stack.RegistryURL())
 	fmt.Fprintf(stdout, "placing %d orders (%d in flight at most; declines %.0f%%, shipping failures %.0f%%, poison replies %.0f%%)\n",
 		*n, *concurrency, *decline*100, *shipFail*100, *poison*100)
 

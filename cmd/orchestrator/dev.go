@@ -33,6 +33,18 @@ func (f *stackFlags) start() (*devstack.Stack, error) {
 	return s, err
 }
 
+// startAnnounced starts the stack for command name and prints where it
+// listens; on failure it prints why and returns nil.
+func (f *stackFlags) startAnnounced(name string, stdout, stderr io.Writer) *devstack.Stack {
+	s, err := f.start()
+	if err != nil {
+		fmt.Fprintf(stderr, "orchestrator %s: %v\n", name, err)
+		return nil
+	}
+	fmt.Fprintf(stdout, "embedded kafka %s, registry %s\n", strings.Join(s.KafkaAddrs(), ","), s.RegistryURL())
+	return s
+}
+
 func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
 	var sf stackFlags

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -33,13 +32,11 @@ func runSmoke(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 2
 	}
 
-	stack, err := sf.start()
-	if err != nil {
-		fmt.Fprintf(stderr, "orchestrator smoke: %v\n", err)
+	stack := sf.startAnnounced("smoke", stdout, stderr)
+	if stack == nil {
 		return 1
 	}
 	defer stack.Close()
-	fmt.Fprintf(stdout, "embedded kafka %s, registry %s\n", strings.Join(stack.KafkaAddrs(), ","), stack.RegistryURL())
 
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
