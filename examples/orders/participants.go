@@ -104,6 +104,9 @@ type Participants struct {
 	// poisoned remembers orders whose first reply was sent as poison, so
 	// that the resend is answered properly.
 	poisoned sync.Map
+	// codecs holds one reply codec per event type, built on first use:
+	// building one parses the schema and compiles its encoders.
+	codecs sync.Map // event type → *schema.Codec[T]
 }
 
 // NewParticipants returns the three services sharing one ledger.
@@ -111,12 +114,16 @@ func NewParticipants(serde *schema.Serde, faults Faults) *Participants {
 	return &Participants{Ledger: NewLedger(), serde: serde, faults: faults}
 }
 
-func reply[T any](serde *schema.Serde, def saga.EventDef[T], v T) (pipe.Reply, error) {
-	c, err := schema.NewCodec[T](serde, def.Schema)
-	if err != nil {
-		return pipe.Reply{}, err
+func reply[T any](p *Participants, def saga.EventDef[T], v T) (pipe.Reply, error) {
+	c, ok := p.codecs.Load(def.Type)
+	if !ok {
+		built, err := schema.NewCodec[T](p.serde, def.Schema)
+		if err != nil {
+			return pipe.Reply{}, err
+		}
+		c, _ = p.codecs.LoadOrStore(def.Type, built)
 	}
-	return pipe.NewReply(c, def.Type, v), nil
+	return pipe.NewReply(c.(*schema.Codec[T]), def.Type, v), nil
 }
 
 // poison answers an order's first reply with bytes that do not decode.
@@ -145,31 +152,31 @@ func (p *Participants) handle(ctx context.Context, cmd participantCommand, env s
 			return r, nil
 		}
 		l.once("reserve", o, func() { l.Reserved[o] = cmd.Quantity })
-		return reply(p.serde, EvInventoryReserved, InventoryReserved{OrderID: o, SKU: cmd.SKU, Quantity: cmd.Quantity})
+		return reply(p, EvInventoryReserved, InventoryReserved{OrderID: o, SKU: cmd.SKU, Quantity: cmd.Quantity})
 	case EvReleaseInventory.Type:
 		l.once("release", o, func() { l.Released[o] = cmd.Quantity })
-		return reply(p.serde, EvInventoryReleased, InventoryReleased{OrderID: o})
+		return reply(p, EvInventoryReleased, InventoryReleased{OrderID: o})
 	case EvChargePayment.Type:
 		if hit(o, "decline", p.faults.DeclineRate) {
-			return reply(p.serde, EvPaymentDeclined, PaymentDeclined{OrderID: o, Reason: "card declined"})
+			return reply(p, EvPaymentDeclined, PaymentDeclined{OrderID: o, Reason: "card declined"})
 		}
 		if r, ok := p.poison(o, "payment", EvPaymentCharged.Type); ok {
 			return r, nil
 		}
 		l.once("charge", o, func() { l.Charged[o] = cmd.AmountCents })
-		return reply(p.serde, EvPaymentCharged, PaymentCharged{OrderID: o, PaymentID: "pay-" + o, AmountCents: cmd.AmountCents})
+		return reply(p, EvPaymentCharged, PaymentCharged{OrderID: o, PaymentID: "pay-" + o, AmountCents: cmd.AmountCents})
 	case EvRefundPayment.Type:
 		l.once("refund", o, func() { l.Refunded[o] = cmd.AmountCents })
-		return reply(p.serde, EvPaymentRefunded, PaymentRefunded{OrderID: o, AmountCents: cmd.AmountCents})
+		return reply(p, EvPaymentRefunded, PaymentRefunded{OrderID: o, AmountCents: cmd.AmountCents})
 	case EvScheduleShipment.Type:
 		if p.faults.ShippingSilent {
 			return pipe.NoReply, nil
 		}
 		if hit(o, "ship", p.faults.ShippingFailureRate) {
-			return reply(p.serde, EvShipmentFailed, ShipmentFailed{OrderID: o, Reason: "no courier"})
+			return reply(p, EvShipmentFailed, ShipmentFailed{OrderID: o, Reason: "no courier"})
 		}
 		l.once("ship", o, func() { l.Shipped[o] = cmd.Quantity })
-		return reply(p.serde, EvShipmentScheduled, ShipmentScheduled{OrderID: o, TrackingID: "track-" + o})
+		return reply(p, EvShipmentScheduled, ShipmentScheduled{OrderID: o, TrackingID: "track-" + o})
 	}
 	return pipe.Reply{}, fmt.Errorf("orders: unexpected command %s", env.Type)
 }
