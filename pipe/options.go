@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/sagapipe/sagapipe/internal/telemetry"
 	"github.com/sagapipe/sagapipe/schema"
 )
 
@@ -27,6 +30,8 @@ type config struct {
 	maxInFlight int
 	enhance     EnhanceFunc
 	propagator  propagation.TextMapPropagator
+	tracer      trace.TracerProvider
+	meter       metric.MeterProvider
 	now         func() time.Time
 	newID       func() string
 }
@@ -34,9 +39,9 @@ type config struct {
 func defaultConfig() config {
 	return config{
 		maxInFlight: DefaultMaxInFlight,
-		// W3C TraceContext, set explicitly: without a propagator nothing
-		// would be written.
-		propagator: propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
+		// Set explicitly: otel's global propagator writes nothing until an
+		// application installs one.
+		propagator: telemetry.Propagator(),
 		now:        time.Now,
 		newID:      schema.NewID,
 	}
@@ -79,6 +84,19 @@ func WithEnhance(fn EnhanceFunc) Opt { return optFunc(func(c *config) { c.enhanc
 // the piped record's headers (default W3C TraceContext and Baggage).
 func WithPropagator(p propagation.TextMapPropagator) Opt {
 	return optFunc(func(c *config) { c.propagator = p })
+}
+
+// WithTracerProvider sets where the "<topic> publish" span of every piped
+// record goes (default otel's global provider, which discards spans until an
+// application installs an SDK, e.g. with observability.Setup).
+func WithTracerProvider(tp trace.TracerProvider) Opt {
+	return optFunc(func(c *config) { c.tracer = tp })
+}
+
+// WithMeterProvider sets where the piper's metrics go (default otel's
+// global provider): the duration of the transactions it ends.
+func WithMeterProvider(mp metric.MeterProvider) Opt {
+	return optFunc(func(c *config) { c.meter = mp })
 }
 
 // WithClock sets the clock that stamps ce_time (default time.Now).

@@ -5,14 +5,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
-	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/baggage"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/sagapipe/sagapipe/internal/telemetry"
 	"github.com/sagapipe/sagapipe/schema"
 )
 
@@ -54,6 +58,10 @@ type Message struct {
 	Headers []kgo.RecordHeader
 	// PassThrough comes back untouched in the record's Result.
 	PassThrough any
+	// Context, when set, is the context whose span the record's publish
+	// span continues, instead of the call's (the call's ctx still cancels).
+	// Piping a batch in one call, it keeps each record in its own trace.
+	Context context.Context
 }
 
 // Result is the outcome of piping one Message. Every piped message yields
@@ -77,15 +85,18 @@ type EnhanceFunc func(ctx context.Context, rec *kgo.Record, m Message) error
 // use. It owns no goroutines; results of asynchronous pipes are delivered on
 // the kgo client's promise goroutine, so callbacks must not block for long.
 type Piper struct {
-	client     *kgo.Client
-	cfg        config
-	sem        chan struct{} // a slot per in-flight record
-	closing    chan struct{}
-	closeOnce  sync.Once
-	base       context.Context // cancelled when Close gives up waiting
-	cancelBase context.CancelFunc
-	closeErr   error
-	closeMu    sync.Mutex
+	client      *kgo.Client
+	cfg         config
+	tracer      trace.Tracer
+	traceFields []string // the headers the propagator writes
+	txDuration  metric.Float64Histogram
+	sem         chan struct{} // a slot per in-flight record
+	closing     chan struct{}
+	closeOnce   sync.Once
+	base        context.Context // cancelled when Close gives up waiting
+	cancelBase  context.CancelFunc
+	closeErr    error
+	closeMu     sync.Mutex
 }
 
 // New returns a Piper producing through client. Options are validated
@@ -111,14 +122,23 @@ func New(client *kgo.Client, opts ...Opt) (*Piper, error) {
 			cfg.group = g
 		}
 	}
+	txDuration, err := telemetry.Meter(cfg.meter).Float64Histogram("sagapipe.transaction.duration",
+		metric.WithUnit("s"), metric.WithDescription("How long ending a Kafka transaction (commit or abort) took."),
+		metric.WithExplicitBucketBoundaries(telemetry.LatencyBuckets...))
+	if err != nil {
+		return nil, fmt.Errorf("pipe: metrics: %w", err)
+	}
 	base, cancel := context.WithCancel(context.Background())
 	return &Piper{
-		client:     client,
-		cfg:        cfg,
-		sem:        make(chan struct{}, cfg.maxInFlight),
-		closing:    make(chan struct{}),
-		base:       base,
-		cancelBase: cancel,
+		client:      client,
+		cfg:         cfg,
+		tracer:      telemetry.Tracer(cfg.tracer),
+		traceFields: cfg.propagator.Fields(),
+		txDuration:  txDuration,
+		sem:         make(chan struct{}, cfg.maxInFlight),
+		closing:     make(chan struct{}),
+		base:        base,
+		cancelBase:  cancel,
 	}, nil
 }
 
@@ -209,13 +229,30 @@ func (p *Piper) pipe(ctx context.Context, topic string, ms []Message, done func(
 			fail(err)
 			continue
 		}
+		sctx, span := telemetry.StartPublish(p.parent(rctx, m), p.tracer, p.cfg.propagator, rec)
+		rec.Context = sctx
 		p.client.Produce(rctx, rec, func(r *kgo.Record, err error) {
 			<-p.sem
+			telemetry.EndPublish(span, r, err)
 			if err != nil {
 				err = fmt.Errorf("pipe: produce to %s: %w", r.Topic, err)
 			}
 			finish(i, Result{Record: r, Source: m.Source, PassThrough: m.PassThrough, Err: err})
 		})
+	}
+}
+
+// parent returns the context a message's publish span continues: the
+// message's own, else the call's, else the source record's trace, so that a
+// plain pipe stays in the trace of what it forwards.
+func (p *Piper) parent(ctx context.Context, m Message) context.Context {
+	switch {
+	case m.Context != nil:
+		return trace.ContextWithSpan(baggage.ContextWithBaggage(ctx, baggage.FromContext(m.Context)), trace.SpanFromContext(m.Context))
+	case trace.SpanContextFromContext(ctx).IsValid():
+		return ctx
+	default:
+		return p.cfg.propagator.Extract(ctx, telemetry.Headers{Record: m.Source})
 	}
 }
 
@@ -257,8 +294,6 @@ func (p *Piper) build(ctx context.Context, topic string, m Message) (*kgo.Record
 		rec.Key = PartitionKey(src.Partition)
 	}
 
-	var trace traceCarrier
-	p.cfg.propagator.Inject(ctx, &trace)
 	causation, _ := schema.Header(src.Headers, schema.HeaderID)
 
 	headers := make([]kgo.RecordHeader, 0, len(src.Headers)+10)
@@ -276,8 +311,8 @@ func (p *Piper) build(ctx context.Context, topic string, m Message) (*kgo.Record
 				continue
 			}
 		}
-		if trace.has(h.Key) {
-			continue
+		if slices.Contains(p.traceFields, h.Key) {
+			continue // the publish span writes its own
 		}
 		headers = append(headers, h)
 	}
@@ -298,7 +333,6 @@ func (p *Piper) build(ctx context.Context, topic string, m Message) (*kgo.Record
 	if p.cfg.source != "" {
 		headers = append(headers, kgo.RecordHeader{Key: schema.HeaderSource, Value: []byte(p.cfg.source)})
 	}
-	headers = append(headers, trace...)
 	for _, h := range m.Headers {
 		headers = schema.SetHeader(headers, h.Key, string(h.Value))
 	}
@@ -339,38 +373,3 @@ func (p *Piper) Close(ctx context.Context) error {
 	p.cancelBase()
 	return nil
 }
-
-// traceCarrier collects what the propagator injects.
-type traceCarrier []kgo.RecordHeader
-
-func (c *traceCarrier) Get(key string) string {
-	for _, h := range *c {
-		if h.Key == key {
-			return string(h.Value)
-		}
-	}
-	return ""
-}
-
-func (c *traceCarrier) Set(key, value string) {
-	*c = append(*c, kgo.RecordHeader{Key: key, Value: []byte(value)})
-}
-
-func (c *traceCarrier) Keys() []string {
-	keys := make([]string, len(*c))
-	for i, h := range *c {
-		keys[i] = h.Key
-	}
-	return keys
-}
-
-func (c traceCarrier) has(key string) bool {
-	for _, h := range c {
-		if h.Key == key {
-			return true
-		}
-	}
-	return false
-}
-
-var _ propagation.TextMapCarrier = (*traceCarrier)(nil)

@@ -9,7 +9,10 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/sagapipe/sagapipe/internal/telemetry"
 	"github.com/sagapipe/sagapipe/schema"
 )
 
@@ -200,6 +203,7 @@ type answer struct {
 	topic string // reply topic; empty when there is nothing to send
 	msg   Message
 	err   error
+	span  trace.Span // "<topic> process", ended once the command is finished
 }
 
 // handleBatch handles a polled batch: every command is decoded and handled
@@ -216,11 +220,14 @@ func (w *StageWorker[C]) handleBatch(ctx context.Context, recs []*kgo.Record) ([
 		}
 		a := w.prepare(ctx, rec, inBatch)
 		if a.err != nil {
+			telemetry.Fail(a.span, a.err)
 			// In order, before later commands are handled.
-			if stopErr = w.cfg.onFailure(ctx, rec, a.err); stopErr != nil {
+			stopErr = w.cfg.onFailure(trace.ContextWithSpan(ctx, a.span), rec, a.err)
+			a.span.End()
+			if stopErr != nil {
 				break
 			}
-			a.err, a.id, a.topic = nil, "", ""
+			a.err, a.id, a.topic, a.span = nil, "", "", nil
 		}
 		answers = append(answers, a)
 	}
@@ -240,19 +247,38 @@ func (w *StageWorker[C]) handleBatch(ctx context.Context, recs []*kgo.Record) ([
 		}
 	}
 	var finished []*kgo.Record
-	for _, a := range answers {
-		if a.err != nil { // the reply could not be piped
-			if err := w.cfg.onFailure(ctx, a.rec, a.err); err != nil {
-				return finished, err
+	for i, a := range answers {
+		err := w.finish(ctx, a)
+		if err != nil {
+			for _, rest := range answers[i+1:] {
+				if rest.span != nil {
+					rest.span.End()
+				}
 			}
-		} else if a.id != "" {
-			if err := w.cfg.store.Mark(ctx, a.id); err != nil {
-				return finished, fmt.Errorf("pipe: idempotency store: %w", err)
-			}
+			return finished, err
 		}
 		finished = append(finished, a.rec)
 	}
 	return finished, stopErr
+}
+
+// finish settles a command whose reply was piped (or failed to be) and ends
+// its span.
+func (w *StageWorker[C]) finish(ctx context.Context, a answer) error {
+	if a.span == nil {
+		return nil
+	}
+	defer a.span.End()
+	if a.err != nil { // the reply could not be piped
+		telemetry.Fail(a.span, a.err)
+		return w.cfg.onFailure(trace.ContextWithSpan(ctx, a.span), a.rec, a.err)
+	}
+	if a.id != "" {
+		if err := w.cfg.store.Mark(ctx, a.id); err != nil {
+			return fmt.Errorf("pipe: idempotency store: %w", err)
+		}
+	}
+	return nil
 }
 
 func (w *StageWorker[C]) commit(ctx context.Context, recs []*kgo.Record) error {
@@ -272,11 +298,16 @@ func (w *StageWorker[C]) commit(ctx context.Context, recs []*kgo.Record) error {
 // prepare decodes and handles one command and builds its reply; an error
 // goes to the failure policy. A command already answered gets nothing to do.
 func (w *StageWorker[C]) prepare(ctx context.Context, rec *kgo.Record, inBatch map[string]bool) answer {
-	a := answer{rec: rec}
+	ctx, span := telemetry.StartProcess(ctx, w.piper.tracer, w.piper.cfg.propagator, rec, w.piper.cfg.group)
+	a := answer{rec: rec, span: span}
 	env, err := schema.ReadEnvelope(rec.Headers)
 	if err != nil {
 		a.err = err
 		return a
+	}
+	if span.IsRecording() && env.SagaName != "" {
+		span.SetAttributes(telemetry.SagaName.String(env.SagaName), telemetry.SagaID.String(env.SagaID),
+			telemetry.SagaStep.String(env.SagaStep))
 	}
 	seen, err := w.cfg.store.Seen(ctx, env.ID)
 	if err != nil {
@@ -284,6 +315,7 @@ func (w *StageWorker[C]) prepare(ctx context.Context, rec *kgo.Record, inBatch m
 		return a
 	}
 	if seen || inBatch[env.ID] {
+		span.SetAttributes(attribute.Bool("sagapipe.duplicate", true))
 		return a
 	}
 	inBatch[env.ID] = true
@@ -314,7 +346,7 @@ func (w *StageWorker[C]) prepare(ctx context.Context, rec *kgo.Record, inBatch m
 	// The reply answers the command; it asks nothing back.
 	source := *rec
 	source.Headers = withoutHeader(rec.Headers, schema.HeaderReplyTo)
-	a.msg = Message{Source: &source, Value: value, Type: reply.Type}
+	a.msg = Message{Source: &source, Value: value, Type: reply.Type, Context: ctx}
 	return a
 }
 

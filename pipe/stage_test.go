@@ -10,6 +10,9 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagapipe/sagapipe/internal/devstack"
 	"github.com/sagapipe/sagapipe/pipe"
@@ -203,5 +206,77 @@ func TestNewStageWorkerNamesEveryFix(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}
+	}
+}
+
+// Each command is processed under a span continuing the trace in its
+// headers, and the reply continues that span. A command whose traceparent
+// is malformed is answered all the same, in a new trace.
+func TestStageWorkerTraces(t *testing.T) {
+	ctx := context.Background()
+	s := startStack(t)
+	createTopic(t, s, 1, "inventory.commands", "orders.inbox")
+	cmdCodec, replyCodec := codecs(t, s)
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	defer tp.Shutdown(ctx) //nolint:errcheck // in-memory
+
+	const upstream = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	var commands []*kgo.Record
+	for _, tc := range []struct{ order, traceparent string }{{"order-1", upstream}, {"order-2", "00-garbage"}} {
+		env := schema.NewEnvelope("test.ReserveInventory", "orchestrator", time.Now())
+		env.ReplyTo, env.SagaName, env.SagaID, env.SagaStep, env.TraceParent = "orders.inbox", "orders", tc.order, "inventory", tc.traceparent
+		value, err := cmdCodec.Encode(ctx, "inventory.commands", &reserveInventory{OrderID: tc.order, SKU: "s", Quantity: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		commands = append(commands, &kgo.Record{Topic: "inventory.commands", Key: []byte(tc.order), Value: value, Headers: env.Apply(nil)})
+	}
+	if err := newClient(t, s).ProduceSync(ctx, commands...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	handler := func(ctx context.Context, cmd reserveInventory, _ schema.Envelope) (pipe.Reply, error) {
+		if !trace.SpanContextFromContext(ctx).IsValid() {
+			return pipe.Reply{}, errors.New("the handler's ctx holds no span")
+		}
+		return pipe.NewReply(replyCodec, "test.InventoryReserved", inventoryReserved{OrderID: cmd.OrderID}), nil
+	}
+	client := newClient(t, s, kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
+		kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	w, err := pipe.NewStageWorker(client, cmdCodec, handler, pipe.WithPiperOptions(pipe.WithTracerProvider(tp)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(runCtx) }()
+	replies := consume(t, s, "orders.inbox", 2)
+	stop()
+	if err := <-ran; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+
+	byName := map[string][]sdktrace.ReadOnlySpan{}
+	for _, sp := range spans.Ended() {
+		byName[sp.Name()] = append(byName[sp.Name()], sp)
+	}
+	process, publish := byName["inventory.commands process"], byName["orders.inbox publish"]
+	if len(process) != 2 || len(publish) != 2 {
+		t.Fatalf("spans %v, want two process and two publish spans", byName)
+	}
+	for i, r := range replies {
+		got := header(r, schema.HeaderTraceParent)
+		if got != "" && got[3:35] != publish[i].SpanContext().TraceID().String() {
+			t.Errorf("reply %d traceparent %q is not its publish span's trace", i, got)
+		}
+		if publish[i].Parent().SpanID() != process[i].SpanContext().SpanID() {
+			t.Errorf("reply %d: publish span's parent is not the command's process span", i)
+		}
+	}
+	if got := process[0].SpanContext().TraceID().String(); got != upstream[3:35] || process[0].Parent().SpanID().String() != upstream[36:52] {
+		t.Errorf("command 1 processed in trace %s, want the upstream trace", got)
+	}
+	if process[1].Parent().IsValid() || !process[1].SpanContext().IsValid() {
+		t.Errorf("command 2 (malformed traceparent) processed with parent %v, want a new root", process[1].Parent())
 	}
 }

@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 )
 
 // ErrAborted: the transaction was aborted because the batch function or a
@@ -104,7 +107,13 @@ func (p *Piper) Transact(ctx context.Context, sess *kgo.GroupTransactSession, fn
 	if failure != nil {
 		try = kgo.TryAbort
 	}
+	began := time.Now()
 	committed, endErr := sess.End(ctx, try)
+	outcome := "commit"
+	if try == kgo.TryAbort || !committed {
+		outcome = "abort"
+	}
+	p.txDuration.Record(ctx, time.Since(began).Seconds(), metric.WithAttributes(attribute.String("outcome", outcome)))
 	switch {
 	case endErr != nil:
 		return false, errors.Join(fmt.Errorf("pipe: end transaction: %w", endErr), failure)

@@ -1,0 +1,205 @@
+// Package telemetry is the tracing and metrics machinery that pipe/, dlq/ and
+// saga/ share: spans for Kafka hops named and attributed after the OTel
+// messaging conventions, and the header carrier the trace context rides in.
+//
+// It uses only the OTel API. Which SDK (if any) records what it makes is the
+// application's choice, made in observability.Setup or its own code.
+package telemetry
+
+import (
+	"context"
+	"strconv"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagapipe/sagapipe/schema"
+)
+
+// ScopeName is the instrumentation scope of every span and instrument.
+const ScopeName = "github.com/sagapipe/sagapipe"
+
+// LatencyBuckets are histogram bounds, in seconds, for durations from a
+// millisecond (a commit) to minutes (a saga waiting out timeouts).
+var LatencyBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}
+
+// Saga attribute keys.
+const (
+	SagaName         = attribute.Key("saga.name")
+	SagaID           = attribute.Key("saga.id")
+	SagaStep         = attribute.Key("saga.step")
+	SagaState        = attribute.Key("saga.state")
+	SagaCompensation = attribute.Key("saga.compensation")
+	SagaOutcome      = attribute.Key("saga.outcome")
+	ErrorClass       = attribute.Key("error.class")
+)
+
+// Propagator is W3C TraceContext plus Baggage. It is set explicitly rather
+// than taken from otel's global, which propagates nothing until an
+// application installs one.
+func Propagator() propagation.TextMapPropagator {
+	return propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
+}
+
+// Tracer returns the scope's tracer of tp, or of otel's global provider when
+// tp is nil.
+func Tracer(tp trace.TracerProvider) trace.Tracer {
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	return tp.Tracer(ScopeName)
+}
+
+// Meter returns the scope's meter of mp, or of otel's global provider when
+// mp is nil.
+func Meter(mp metric.MeterProvider) metric.Meter {
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	return mp.Meter(ScopeName)
+}
+
+// Headers adapts a record's headers to a TextMapCarrier. Set writes in
+// place: use it only on records whose header slice the caller built.
+type Headers struct{ Record *kgo.Record }
+
+// Get returns the last value of key.
+func (h Headers) Get(key string) string {
+	v, _ := schema.Header(h.Record.Headers, key)
+	return v
+}
+
+// Set replaces key's value, or adds the header.
+func (h Headers) Set(key, value string) {
+	for i := range h.Record.Headers {
+		if h.Record.Headers[i].Key == key {
+			h.Record.Headers[i].Value = []byte(value)
+			return
+		}
+	}
+	h.Record.Headers = append(h.Record.Headers, kgo.RecordHeader{Key: key, Value: []byte(value)})
+}
+
+// Keys lists the header names.
+func (h Headers) Keys() []string {
+	keys := make([]string, len(h.Record.Headers))
+	for i, hd := range h.Record.Headers {
+		keys[i] = hd.Key
+	}
+	return keys
+}
+
+// StartProcess starts the "<topic> process" span of a consumed record. Its
+// parent is the trace context in the record's headers; a record without one,
+// or with a malformed traceparent, starts a new trace rather than failing.
+// Only the record decides the parent; ctx gives cancellation and values.
+func StartProcess(ctx context.Context, tracer trace.Tracer, prop propagation.TextMapPropagator, rec *kgo.Record, group string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	ctx = prop.Extract(trace.ContextWithSpanContext(ctx, trace.SpanContext{}), Headers{rec})
+	base := []attribute.KeyValue{
+		semconv.MessagingSystemKafka,
+		semconv.MessagingOperationTypeProcess,
+		semconv.MessagingOperationName("process"),
+		semconv.MessagingDestinationName(rec.Topic),
+		semconv.MessagingDestinationPartitionID(strconv.Itoa(int(rec.Partition))),
+		semconv.MessagingKafkaOffset(int(rec.Offset)),
+	}
+	if group != "" {
+		base = append(base, semconv.MessagingConsumerGroupName(group))
+	}
+	if id, ok := schema.Header(rec.Headers, schema.HeaderID); ok {
+		base = append(base, semconv.MessagingMessageID(id))
+	}
+	if len(rec.Key) > 0 {
+		base = append(base, semconv.MessagingKafkaMessageKey(string(rec.Key)))
+	}
+	return tracer.Start(ctx, rec.Topic+" process",
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(append(base, attrs...)...))
+}
+
+// StartPublish starts the "<topic> publish" span of a record about to be
+// produced, as a child of ctx's span, and writes its trace context into the
+// record's headers. End it with EndPublish once the broker has answered.
+func StartPublish(ctx context.Context, tracer trace.Tracer, prop propagation.TextMapPropagator, rec *kgo.Record) (context.Context, trace.Span) {
+	attrs := []attribute.KeyValue{
+		semconv.MessagingSystemKafka,
+		semconv.MessagingOperationTypeSend,
+		semconv.MessagingOperationName("publish"),
+		semconv.MessagingDestinationName(rec.Topic),
+	}
+	if id, ok := schema.Header(rec.Headers, schema.HeaderID); ok {
+		attrs = append(attrs, semconv.MessagingMessageID(id))
+	}
+	if len(rec.Key) > 0 {
+		attrs = append(attrs, semconv.MessagingKafkaMessageKey(string(rec.Key)))
+	}
+	ctx, span := tracer.Start(ctx, rec.Topic+" publish",
+		trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
+	prop.Inject(ctx, Headers{rec})
+	return ctx, span
+}
+
+// EndPublish ends a publish span with where the record landed, or its error.
+func EndPublish(span trace.Span, rec *kgo.Record, err error) {
+	if !span.IsRecording() {
+		return
+	}
+	if err != nil {
+		Fail(span, err)
+	} else {
+		span.SetAttributes(
+			semconv.MessagingDestinationPartitionID(strconv.Itoa(int(rec.Partition))),
+			semconv.MessagingKafkaOffset(int(rec.Offset)))
+	}
+	span.End()
+}
+
+// StartDeadLetter starts the span of a record's dispatch to a dead-letter
+// topic: error status, the cause as an exception event. The dead letter's
+// headers should carry its context, so the DLQ record stays in the trace.
+func StartDeadLetter(ctx context.Context, tracer trace.Tracer, rec *kgo.Record, dlqTopic, class string, cause error) (context.Context, trace.Span) {
+	ctx, span := tracer.Start(ctx, dlqTopic+" dead-letter",
+		trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(
+			semconv.MessagingSystemKafka,
+			semconv.MessagingOperationTypeSend,
+			semconv.MessagingOperationName("dead-letter"),
+			semconv.MessagingDestinationName(dlqTopic),
+			attribute.String("messaging.kafka.source.topic", rec.Topic),
+			attribute.Int("messaging.kafka.source.partition", int(rec.Partition)),
+			attribute.Int64("messaging.kafka.source.offset", rec.Offset),
+			ErrorClass.String(class),
+		))
+	Fail(span, cause)
+	return ctx, span
+}
+
+// Fail marks span failed by err: error status and an exception event.
+func Fail(span trace.Span, err error) {
+	span.RecordError(err)
+	span.SetStatus(codes.Error, err.Error())
+}
+
+// TraceParent formats ctx's span context as a W3C traceparent ("" when ctx
+// holds none).
+func TraceParent(ctx context.Context) string {
+	var c propagation.MapCarrier = map[string]string{}
+	propagation.TraceContext{}.Inject(ctx, c)
+	return c["traceparent"]
+}
+
+// ParseTraceParent is TraceParent's inverse: the span context of a W3C
+// traceparent, invalid when s is empty or malformed.
+func ParseTraceParent(s string) trace.SpanContext {
+	if s == "" {
+		return trace.SpanContext{}
+	}
+	ctx := propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier{"traceparent": s})
+	return trace.SpanContextFromContext(ctx)
+}
