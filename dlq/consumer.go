@@ -11,8 +11,11 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/sagapipe/sagapipe/internal/telemetry"
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/schema"
 )
@@ -68,6 +71,12 @@ type consumerConfig struct {
 	randN      func(int64) int64
 	hooks      []Hook
 	propagator propagation.TextMapPropagator
+	tracer     trace.TracerProvider
+	meter      metric.MeterProvider
+}
+
+func defaultConsumerConfig() consumerConfig {
+	return consumerConfig{clock: SystemClock{}, randN: rand.Int64N, propagator: telemetry.Propagator()}
 }
 
 // WithClientOptions are the kgo options that reach the cluster: seed brokers
@@ -104,10 +113,23 @@ func WithHooks(hooks ...Hook) Opt {
 	return optFunc(func(c *consumerConfig) { c.hooks = append(c.hooks, hooks...) })
 }
 
-// WithPropagator sets how the trace context is written into dead-letter
-// records (default W3C TraceContext).
+// WithPropagator sets how the trace context is read from records and
+// written into dead-letter records (default W3C TraceContext and Baggage).
 func WithPropagator(p propagation.TextMapPropagator) Opt {
 	return optFunc(func(c *consumerConfig) { c.propagator = p })
+}
+
+// WithTracerProvider sets where spans go (default otel's global provider): a
+// "<topic> process" span around each handler call, and a span with error
+// status per dead-lettered record.
+func WithTracerProvider(tp trace.TracerProvider) Opt {
+	return optFunc(func(c *consumerConfig) { c.tracer = tp })
+}
+
+// WithMeterProvider sets where metrics go (default otel's global provider):
+// sagapipe.dlq.records by source topic and error class, sagapipe.dlq.retries.
+func WithMeterProvider(mp metric.MeterProvider) Opt {
+	return optFunc(func(c *consumerConfig) { c.meter = mp })
 }
 
 // Consumer consumes topics in a group, calls a Handler for every record, and
@@ -131,6 +153,7 @@ type Consumer struct {
 
 	budgetStart time.Time
 	budgetUsed  int
+	in          *instruments
 }
 
 type topicPartition struct {
@@ -158,11 +181,7 @@ type partition struct {
 // NewConsumer returns a Consumer of topics in group; it owns its kgo client
 // (Close closes it). Every problem with the arguments is reported at once.
 func NewConsumer(group string, topics []string, handler Handler, policy Policy, opts ...Opt) (*Consumer, error) {
-	cfg := consumerConfig{
-		clock:      SystemClock{},
-		randN:      rand.Int64N,
-		propagator: propagation.TraceContext{},
-	}
+	cfg := defaultConsumerConfig()
 	for _, o := range opts {
 		o.apply(&cfg)
 	}
@@ -182,7 +201,11 @@ func NewConsumer(group string, topics []string, handler Handler, policy Policy, 
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	c := &Consumer{handler: handler, policy: policy.withDefaults(), cfg: cfg, group: group, parts: map[topicPartition]*partition{}}
+	in, err := newInstruments(cfg.tracer, cfg.meter, cfg.propagator)
+	if err != nil {
+		return nil, fmt.Errorf("dlq: NewConsumer: metrics: %w", err)
+	}
+	c := &Consumer{handler: handler, policy: policy.withDefaults(), cfg: cfg, group: group, parts: map[topicPartition]*partition{}, in: in}
 	clientOpts := append(append([]kgo.Opt(nil), cfg.clientOpts...),
 		kgo.ConsumerGroup(group),
 		kgo.ConsumeTopics(topics...),
@@ -434,7 +457,12 @@ func (c *Consumer) processPartition(ctx context.Context, tp topicPartition, st *
 			pop(rec)
 			continue
 		}
-		err = c.handler(ctx, rec)
+		hctx, span := telemetry.StartProcess(ctx, c.in.tracer, c.in.propagator, rec, c.group)
+		err = c.handler(hctx, rec)
+		if err != nil {
+			telemetry.Fail(span, err)
+		}
+		span.End()
 		if ctx.Err() != nil {
 			break // shutting down: the record was not finished
 		}
@@ -451,6 +479,7 @@ func (c *Consumer) processPartition(ctx context.Context, tp topicPartition, st *
 				backoff := c.policy.Backoff(retry, c.cfg.randN)
 				st.retryAt = now.Add(backoff)
 				c.pause(tp, st)
+				c.in.retried(ctx, rec)
 				for _, h := range c.cfg.hooks {
 					if h, ok := h.(HookRetry); ok {
 						h.OnRetry(rec, retry, backoff, err)
@@ -463,7 +492,7 @@ func (c *Consumer) processPartition(ctx context.Context, tp topicPartition, st *
 				class = ClassPoison
 			}
 			f := Failure{Err: err, Class: class, Attempts: st.failures, FirstFailedAt: st.firstFailedAt, LastFailedAt: now}
-			if err := c.deadLetter(ctx, rec, f); err != nil {
+			if err := c.deadLetter(trace.ContextWithSpan(ctx, span), rec, f); err != nil {
 				return done, err
 			}
 			c.park(st, rec)
@@ -523,7 +552,7 @@ func (c *Consumer) unpark(ctx context.Context, st *partition, rec *kgo.Record) e
 	now := c.cfg.clock.Now()
 	marker := &kgo.Record{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Key: rec.Key}
 	f := Failure{Class: ClassReleased, FirstFailedAt: now, LastFailedAt: now}
-	if err := dispatch(ctx, c.client, marker, f, c.policy.TopicFor(rec.Topic), c.group, c.cfg.propagator); err != nil {
+	if err := dispatch(ctx, c.client, c.in, marker, f, c.policy.TopicFor(rec.Topic), c.group); err != nil {
 		return err
 	}
 	delete(st.parked, string(rec.Key))
@@ -584,7 +613,7 @@ func (c *Consumer) takeBudget(now time.Time) bool {
 // hooks. It returns only once the dead-letter record is acknowledged.
 func (c *Consumer) deadLetter(ctx context.Context, rec *kgo.Record, f Failure) error {
 	if !c.policy.NoDispatch {
-		if err := dispatch(ctx, c.client, rec, f, c.policy.TopicFor(rec.Topic), c.group, c.cfg.propagator); err != nil {
+		if err := dispatch(ctx, c.client, c.in, rec, f, c.policy.TopicFor(rec.Topic), c.group); err != nil {
 			return err
 		}
 	}

@@ -11,7 +11,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/sagapipe/sagapipe/internal/telemetry"
 	"github.com/sagapipe/sagapipe/pipe"
 )
 
@@ -85,13 +87,23 @@ func NewRecord(ctx context.Context, rec *kgo.Record, f Failure, topic, group str
 
 // dispatch produces the dead-letter record of rec to topic and waits for
 // the broker's acknowledgement.
-func dispatch(ctx context.Context, client *kgo.Client, rec *kgo.Record, f Failure, topic, group string, propagator propagation.TextMapPropagator) error {
-	out := NewRecord(ctx, rec, f, topic, group, propagator)
+// A failure's dispatch is a span with error status, its cause an exception
+// event, and the dead letter carries that span's trace context.
+func dispatch(ctx context.Context, client *kgo.Client, in *instruments, rec *kgo.Record, f Failure, topic, group string) error {
+	if f.Err != nil {
+		var span trace.Span
+		ctx, span = telemetry.StartDeadLetter(ctx, in.tracer, rec, topic, string(f.Class), f.Err)
+		defer span.End()
+	}
+	out := NewRecord(ctx, rec, f, topic, group, in.propagator)
 	if err := client.ProduceSync(ctx, out).FirstErr(); err != nil {
 		if errors.Is(err, kerr.UnknownTopicOrPartition) {
 			err = fmt.Errorf("%w (create the dead-letter topic %s)", err, topic)
 		}
 		return fmt.Errorf("dlq: dispatch %s/%d@%d to %s: %w", rec.Topic, rec.Partition, rec.Offset, topic, err)
+	}
+	if f.Err != nil {
+		in.deadLettered(ctx, rec, f)
 	}
 	return nil
 }

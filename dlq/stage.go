@@ -3,10 +3,10 @@ package dlq
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
-	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/sagapipe/sagapipe/pipe"
 )
@@ -17,12 +17,23 @@ import (
 // partition's order, and the worker moves on. client must be the worker's,
 // built with kgo.RecordPartitioner(pipe.NewPartitioner(nil)). For retries
 // with backoff, run the handler in a Consumer instead.
-func FailurePolicy(client *kgo.Client, policy Policy) (pipe.FailurePolicy, error) {
+//
+// Of opts, only WithTracerProvider, WithMeterProvider and WithPropagator
+// apply; the others concern a Consumer.
+func FailurePolicy(client *kgo.Client, policy Policy, opts ...Opt) (pipe.FailurePolicy, error) {
 	if err := policy.Validate(); err != nil {
 		return nil, err
 	}
 	if client == nil {
 		return nil, errors.New("dlq: FailurePolicy: client is nil")
+	}
+	cfg := defaultConsumerConfig()
+	for _, o := range opts {
+		o.apply(&cfg)
+	}
+	in, err := newInstruments(cfg.tracer, cfg.meter, cfg.propagator)
+	if err != nil {
+		return nil, fmt.Errorf("dlq: FailurePolicy: metrics: %w", err)
 	}
 	if _, ok := client.OptValue(kgo.RecordPartitioner).(*pipe.ExplicitPartitioner); !ok {
 		return nil, errors.New("dlq: FailurePolicy: the client's partitioner cannot keep origin partitions together; build it with kgo.RecordPartitioner(pipe.NewPartitioner(nil))")
@@ -40,6 +51,6 @@ func FailurePolicy(client *kgo.Client, policy Policy) (pipe.FailurePolicy, error
 		now := time.Now()
 		f := Failure{Err: err, Class: class, Attempts: 1, FirstFailedAt: now, LastFailedAt: now}
 		// An error stops the worker: the command is not committed and comes again.
-		return dispatch(ctx, client, rec, f, policy.TopicFor(rec.Topic), group, propagation.TraceContext{})
+		return dispatch(ctx, client, in, rec, f, policy.TopicFor(rec.Topic), group)
 	}, nil
 }
