@@ -9,6 +9,7 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,10 +17,14 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagapipe/sagapipe/dlq"
 	"github.com/sagapipe/sagapipe/internal/kread"
+	"github.com/sagapipe/sagapipe/internal/telemetry"
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/schema"
 	"github.com/sagapipe/sagapipe/statemachine"
@@ -53,9 +58,22 @@ type Config struct {
 	// Hooks are told what happens (HookFinished, dlq.HookDeadLettered).
 	Hooks []any
 	// Logger receives what an operator must know: sagas that end in
-	// CompensationFailed (error) and dead-lettered records (warning).
+	// CompensationFailed (error) and dead-lettered records (warning), and
+	// at debug level every event applied. Lines about a saga carry saga_name,
+	// saga_id and correlation_id, and are logged with the context of the
+	// saga's span (observability.NewLogHandler adds trace_id and span_id).
 	// Default slog.Default().
 	Logger *slog.Logger
+	// TracerProvider receives a "<inbox> process" span per inbox record, a
+	// span per timer, and the publish spans of the commands (default otel's
+	// global provider).
+	TracerProvider trace.TracerProvider
+	// MeterProvider receives the sagapipe.saga.* metrics (default otel's
+	// global provider).
+	MeterProvider metric.MeterProvider
+	// Propagator reads and writes the trace context in headers (default W3C
+	// TraceContext and Baggage).
+	Propagator propagation.TextMapPropagator
 }
 
 // HookFinished is told of every saga that reached a terminal state, after
@@ -79,12 +97,15 @@ type Runtime[D any] struct {
 	ceTypes  map[statemachine.EventType]string // event type → the ce_type it arrives as
 	encoders map[string]codec                  // command ce_type → codec
 	journal  *schema.Codec[JournalEntry]
+	tracer   trace.Tracer
+	metrics  *runtimeMetrics
 
 	mu    sync.Mutex // guards parts and wake against the rebalance callbacks
 	parts map[int32]*partitionState[D]
 	// wake ends the poll in progress, so that a newly assigned partition is
 	// rebuilt (and its timers armed) without waiting for a record.
 	wake context.CancelFunc
+	lag  map[int32]int64 // per owned inbox partition, as of its last fetch
 }
 
 type partitionState[D any] struct {
@@ -100,6 +121,11 @@ type sagaRecord[D any] struct {
 	inst        Instance[D]
 	seen        map[string]bool // ce_ids already journaled
 	timer       *pendingTimer
+	// span is the span that last changed the saga: the parent of its
+	// timers' spans, so that a timeout stays in the saga's trace.
+	span trace.SpanContext
+	// started is when the saga began, since when it entered its state.
+	started, since time.Time
 }
 
 type pendingTimer struct {
@@ -145,10 +171,13 @@ func NewRuntime[D any](s *Saga[D], cfg Config) (*Runtime[D], error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Propagator == nil {
+		cfg.Propagator = telemetry.Propagator()
+	}
 
 	r := &Runtime[D]{saga: s, cfg: cfg, parts: map[int32]*partitionState[D]{},
 		decoders: map[statemachine.EventType]codec{}, ceTypes: map[statemachine.EventType]string{},
-		encoders: map[string]codec{}}
+		encoders: map[string]codec{}, lag: map[int32]int64{}, tracer: telemetry.Tracer(cfg.TracerProvider)}
 	r.connOpts = append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOptions...)
 	if err := r.buildCodecs(); err != nil {
 		return nil, err
@@ -156,6 +185,11 @@ func NewRuntime[D any](s *Saga[D], cfg Config) (*Runtime[D], error) {
 	if err := r.checkSubjects(); err != nil {
 		return nil, err
 	}
+	metrics, err := newRuntimeMetrics(r, cfg.MeterProvider)
+	if err != nil {
+		return nil, fmt.Errorf("saga %s: metrics: %w", s.name, err)
+	}
+	r.metrics = metrics
 	opts := append(append([]kgo.Opt(nil), r.connOpts...),
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(s.InboxTopic()),
@@ -171,10 +205,13 @@ func NewRuntime[D any](s *Saga[D], cfg Config) (*Runtime[D], error) {
 	)
 	sess, err := kgo.NewGroupTransactSession(opts...)
 	if err != nil {
+		_ = metrics.registration.Unregister()
 		return nil, fmt.Errorf("saga %s: %w", s.name, err)
 	}
-	piper, err := pipe.New(sess.Client(), pipe.WithConsumerGroup(cfg.Group), pipe.WithSource(cfg.Source))
+	piper, err := pipe.New(sess.Client(), pipe.WithConsumerGroup(cfg.Group), pipe.WithSource(cfg.Source),
+		pipe.WithTracerProvider(cfg.TracerProvider), pipe.WithMeterProvider(cfg.MeterProvider), pipe.WithPropagator(cfg.Propagator))
 	if err != nil {
+		_ = metrics.registration.Unregister()
 		sess.Close()
 		return nil, err
 	}
@@ -244,6 +281,7 @@ func (r *Runtime[D]) checkSubjects() error {
 func (r *Runtime[D]) Close() {
 	_ = r.piper.Close(context.Background())
 	r.sess.CloseAllowingRebalance()
+	_ = r.metrics.registration.Unregister()
 }
 
 func (r *Runtime[D]) assigned(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
@@ -262,6 +300,7 @@ func (r *Runtime[D]) revoked(_ context.Context, _ *kgo.Client, gone map[string][
 	defer r.mu.Unlock()
 	for _, p := range gone[r.saga.InboxTopic()] {
 		delete(r.parts, p)
+		delete(r.lag, p)
 	}
 }
 
@@ -364,9 +403,10 @@ func (r *Runtime[D]) nextTimer() (time.Duration, bool) {
 
 // batch is one transaction's work: changed sagas are copies until commit.
 type batch[D any] struct {
-	changed  map[int32]map[string]*sagaRecord[D]
-	finished []finishedSaga
-	dead     []deadLetter
+	changed map[int32]map[string]*sagaRecord[D]
+	batchStats
+	// spans of the records and timers handled, ended with the transaction.
+	spans []trace.Span
 	// What the transaction produces, sent together at its end: one round
 	// trip per batch instead of one per event.
 	journal  []*kgo.Record
@@ -391,13 +431,10 @@ func (r *Runtime[D]) flush(ctx context.Context, tx *pipe.Tx, b *batch[D]) error 
 }
 
 type deadLetter struct {
-	rec *kgo.Record
-	f   dlq.Failure
-}
-
-type finishedSaga struct {
-	id      string
-	outcome statemachine.State
+	rec                 *kgo.Record
+	f                   dlq.Failure
+	sagaID, correlation string          // as far as the record told
+	ctx                 context.Context // the dead-letter span's, for logs
 }
 
 // processBatch rebuilds newly assigned partitions, then handles the batch's
@@ -413,6 +450,7 @@ func (r *Runtime[D]) processBatch(ctx context.Context, fetches kgo.Fetches) erro
 	if err := r.rebuildAssigned(ctx); err != nil {
 		return err
 	}
+	r.observeLag(fetches)
 	due := r.dueTimers()
 	if fetches.NumRecords() == 0 && len(due) == 0 {
 		return nil
@@ -436,6 +474,12 @@ func (r *Runtime[D]) processBatch(ctx context.Context, fetches kgo.Fetches) erro
 		}
 		return r.flush(ctx, tx, b)
 	})
+	for _, span := range b.spans {
+		if !committed {
+			telemetry.Fail(span, fmt.Errorf("transaction not committed, the batch comes again: %w", cmp.Or(err, ctx.Err())))
+		}
+		span.End()
+	}
 	if !committed {
 		if ctx.Err() != nil {
 			return nil
@@ -445,6 +489,7 @@ func (r *Runtime[D]) processBatch(ctx context.Context, fetches kgo.Fetches) erro
 		}
 		return fmt.Errorf("saga %s: %w", r.saga.name, err)
 	}
+	r.metrics.record(ctx, &b.batchStats)
 	r.mu.Lock()
 	for p, sagas := range b.changed {
 		if ps := r.parts[p]; ps != nil {
@@ -455,13 +500,14 @@ func (r *Runtime[D]) processBatch(ctx context.Context, fetches kgo.Fetches) erro
 	// Logs and hooks hear of what committed, only.
 	for _, f := range b.finished {
 		if f.outcome == StateCompensationFailed {
-			r.cfg.Logger.Error("saga compensation failed: its compensations were retried and never confirmed; it needs an operator",
-				"saga_name", r.saga.name, "saga_id", f.id, "state", f.outcome)
+			r.cfg.Logger.ErrorContext(f.ctx, "saga compensation failed: its compensations were retried and never confirmed; it needs an operator",
+				"saga_name", r.saga.name, "saga_id", f.id, "correlation_id", f.correlation, "state", f.outcome)
 		}
 	}
 	for _, d := range b.dead {
-		r.cfg.Logger.Warn("inbox record dead-lettered", "saga_name", r.saga.name, "topic", d.rec.Topic,
-			"partition", d.rec.Partition, "offset", d.rec.Offset, "dead_letter_topic", r.cfg.DeadLetterTopic, "error", d.f.Err)
+		r.cfg.Logger.WarnContext(d.ctx, "inbox record dead-lettered", "saga_name", r.saga.name, "saga_id", d.sagaID,
+			"correlation_id", d.correlation, "topic", d.rec.Topic, "partition", d.rec.Partition, "offset", d.rec.Offset,
+			"dead_letter_topic", r.cfg.DeadLetterTopic, "error", d.f.Err)
 	}
 	for _, h := range r.cfg.Hooks {
 		if h, ok := h.(HookFinished); ok {
@@ -508,43 +554,48 @@ func (r *Runtime[D]) keep(b *batch[D], p int32, s *sagaRecord[D]) {
 // handleRecord turns an inbox record into a state-machine event and applies
 // it. What cannot be processed is dead-lettered, inside the transaction.
 func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Record) error {
+	ctx, span := telemetry.StartProcess(ctx, r.tracer, r.cfg.Propagator, rec, r.cfg.Group, telemetry.SagaName.String(r.saga.name))
+	b.spans = append(b.spans, span)
 	env, err := schema.ReadEnvelope(rec.Headers)
 	if err != nil {
-		return r.deadLetter(ctx, b, rec, err)
+		return r.deadLetter(ctx, b, rec, env, err)
 	}
 	id := cmp.Or(env.SagaID, string(rec.Key))
 	if id == "" {
-		return r.deadLetter(ctx, b, rec, ErrNoSagaID)
+		return r.deadLetter(ctx, b, rec, env, ErrNoSagaID)
 	}
+	span.SetAttributes(telemetry.SagaID.String(id), telemetry.SagaStep.String(env.SagaStep))
 	on := ReplyEventType(env.SagaStep, env.Type)
 	if env.SagaStep == "" {
 		on = statemachine.EventType("start/" + env.Type)
 	}
 	c, known := r.decoders[on]
 	if !known {
-		return r.deadLetter(ctx, b, rec, fmt.Errorf("%w: %s %q (step %q)", ErrUnknownEvent, r.saga.name, env.Type, env.SagaStep))
+		return r.deadLetter(ctx, b, rec, env, fmt.Errorf("%w: %s %q (step %q)", ErrUnknownEvent, r.saga.name, env.Type, env.SagaStep))
 	}
 	payload, err := c.decode(ctx, rec.Value)
 	if err != nil {
-		return r.deadLetter(ctx, b, rec, err)
-	}
-	s := r.lookup(b, rec.Partition, id)
-	if s == nil {
-		if on != r.saga.StartEventType() {
-			return r.deadLetter(ctx, b, rec, fmt.Errorf("%w: %s %q", ErrUnknownSaga, r.saga.name, id))
-		}
-		s = &sagaRecord[D]{id: id, correlation: cmp.Or(env.CorrelationID, id), state: StateNew, seen: map[string]bool{}}
-		r.keep(b, rec.Partition, s)
-	}
-	if s.seen[env.ID] {
-		return nil // a duplicate changes nothing
+		return r.deadLetter(ctx, b, rec, env, err)
 	}
 	// The orchestrator's own clock, journaled: deadlines then do not depend
 	// on the sender's clock, and a replay sees the same time.
 	t := r.cfg.Clock.Now().UTC()
+	s := r.lookup(b, rec.Partition, id)
+	if s == nil {
+		if on != r.saga.StartEventType() {
+			return r.deadLetter(ctx, b, rec, env, fmt.Errorf("%w: %s %q", ErrUnknownSaga, r.saga.name, id))
+		}
+		s = &sagaRecord[D]{id: id, correlation: cmp.Or(env.CorrelationID, id), state: StateNew, seen: map[string]bool{},
+			started: t, since: t}
+		r.keep(b, rec.Partition, s)
+	}
+	if s.seen[env.ID] {
+		span.SetAttributes(attribute.Bool("sagapipe.duplicate", true))
+		return nil // a duplicate changes nothing
+	}
 	ev := statemachine.Event{Type: on, ID: env.ID, Time: t, Payload: payload}
 	entry := JournalEntry{SagaID: id, EventType: string(on), CEID: env.ID, CEType: env.Type, Time: t,
-		Payload: rec.Value, TraceParent: env.TraceParent}
+		Payload: rec.Value}
 	return r.apply(ctx, b, rec.Partition, s, ev, entry, rec)
 }
 
@@ -590,6 +641,13 @@ func (r *Runtime[D]) handleTimer(ctx context.Context, b *batch[D], d dueTimer) e
 		ID:      fmt.Sprintf("%s/%s/%s/%d", s.id, tm.step, kind, tm.attempt),
 		Time:    now,
 		Payload: TimerFired{Step: tm.step, Attempt: tm.attempt}}
+	// A timer is no Kafka message: its span continues the span that last
+	// changed the saga, and its commands continue it.
+	ctx, span := r.tracer.Start(trace.ContextWithRemoteSpanContext(ctx, s.span), r.saga.name+" "+kind,
+		trace.WithSpanKind(trace.SpanKindInternal),
+		trace.WithAttributes(telemetry.SagaName.String(r.saga.name), telemetry.SagaID.String(s.id),
+			telemetry.SagaStep.String(tm.step), attribute.Int("saga.timer.attempt", tm.attempt)))
+	b.spans = append(b.spans, span)
 	env := schema.Envelope{ID: ev.ID, Type: "sagapipe.Timeout", Source: r.cfg.Source, Time: now,
 		CorrelationID: s.correlation, SagaName: r.saga.name, SagaID: s.id, SagaStep: tm.step}
 	src := &kgo.Record{Topic: r.saga.InboxTopic(), Partition: d.partition, Offset: -1, Key: []byte(s.id), Headers: env.Apply(nil)}
@@ -609,14 +667,29 @@ func (r *Runtime[D]) apply(ctx context.Context, b *batch[D], p int32, s *sagaRec
 	} else if err != nil {
 		return err
 	}
+	span := trace.SpanFromContext(ctx)
+	if entry.Outcome == OutcomeApplied {
+		entry.TraceParent = telemetry.TraceParent(ctx)
+	}
 	if err := r.appendJournal(ctx, b, p, entry, src); err != nil {
 		return err
 	}
 	s.seen[ev.ID] = true
 	if entry.Outcome == OutcomeIgnored {
+		span.SetAttributes(telemetry.SagaState.String(string(s.state)), attribute.Bool("saga.event.ignored", true))
 		return nil
 	}
-	s.state, s.inst = res.To, res.Data
+	if s.state == StateNew {
+		b.started++
+	}
+	if step := waitingFor(s.state); step != "" {
+		b.steps = append(b.steps, stepTook{step, ev.Time.Sub(s.since)})
+	}
+	s.state, s.inst, s.since = res.To, res.Data, ev.Time
+	if sc := span.SpanContext(); sc.IsValid() {
+		s.span = sc
+	}
+	compensation := isCompensation(res.To)
 	for _, e := range res.Effects {
 		switch e.Kind {
 		case Send:
@@ -625,14 +698,42 @@ func (r *Runtime[D]) apply(ctx context.Context, b *batch[D], p int32, s *sagaRec
 				return err
 			}
 			b.commands[e.Topic] = append(b.commands[e.Topic], m)
+			compensation = compensation || e.Compensation
+			if e.Attempt > 1 {
+				b.resent = append(b.resent, e.Step)
+			}
 		case SetTimer:
 			s.timer = &pendingTimer{step: e.Step, attempt: e.Attempt, compensation: e.Compensation, deadline: ev.Time.Add(e.After)}
 		case Finish:
 			s.timer = nil
-			b.finished = append(b.finished, finishedSaga{s.id, e.Outcome})
+			b.finished = append(b.finished, finishedSaga{id: s.id, correlation: s.correlation, outcome: e.Outcome,
+				took: ev.Time.Sub(s.started), ctx: trace.ContextWithSpanContext(context.Background(), s.span)})
 		}
 	}
+	span.SetAttributes(telemetry.SagaState.String(string(s.state)), telemetry.SagaCompensation.Bool(compensation))
+	if r.cfg.Logger.Enabled(ctx, slog.LevelDebug) {
+		r.cfg.Logger.DebugContext(ctx, "saga event applied", "saga_name", r.saga.name, "saga_id", s.id,
+			"correlation_id", s.correlation, "event", ev.Type, "from", entry.FromState, "to", s.state)
+	}
 	return nil
+}
+
+// waitingFor returns the step a saga in state waits on ("" when none).
+func waitingFor(state statemachine.State) string {
+	name := string(state)
+	if step, ok := strings.CutSuffix(name, ".Pending"); ok {
+		return step
+	}
+	step, _ := strings.CutSuffix(name, ".Compensating")
+	if step == name {
+		return ""
+	}
+	return step
+}
+
+// isCompensation tells whether a saga in state is undoing its steps.
+func isCompensation(state statemachine.State) bool {
+	return state == StateCompensated || state == StateCompensationFailed || strings.HasSuffix(string(state), ".Compensating")
 }
 
 // command builds the message that pipes a Send effect's command.
@@ -647,7 +748,7 @@ func (r *Runtime[D]) command(ctx context.Context, s *sagaRecord[D], e Effect, sr
 		kind = "undo"
 	}
 	h := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
-	return pipe.Message{Source: src, Value: value, Type: e.EventType,
+	return pipe.Message{Source: src, Value: value, Type: e.EventType, Context: ctx,
 		ID: fmt.Sprintf("%s/%s/%s/%d", s.id, e.Step, kind, e.Attempt),
 		Headers: []kgo.RecordHeader{
 			h(schema.HeaderSagaName, r.saga.name), h(schema.HeaderSagaID, s.id), h(schema.HeaderSagaStep, e.Step),
@@ -663,7 +764,7 @@ func (r *Runtime[D]) appendJournal(ctx context.Context, b *batch[D], p int32, en
 	if err != nil {
 		return fmt.Errorf("saga %s: encode journal entry: %w", r.saga.name, err)
 	}
-	rec := &kgo.Record{Topic: r.saga.JournalTopic(), Key: []byte(entry.SagaID), Value: value, Headers: src.Headers, Context: ctx}
+	rec := &kgo.Record{Topic: r.saga.JournalTopic(), Key: []byte(entry.SagaID), Value: value, Headers: src.Headers}
 	pipe.ToPartition(rec, p)
 	b.journal = append(b.journal, rec)
 	return nil
@@ -671,11 +772,15 @@ func (r *Runtime[D]) appendJournal(ctx context.Context, b *batch[D], p int32, en
 
 // deadLetter sends an inbox record that cannot be processed to the
 // dead-letter topic, in the batch's transaction.
-func (r *Runtime[D]) deadLetter(ctx context.Context, b *batch[D], rec *kgo.Record, cause error) error {
+func (r *Runtime[D]) deadLetter(ctx context.Context, b *batch[D], rec *kgo.Record, env schema.Envelope, cause error) error {
 	now := r.cfg.Clock.Now()
 	f := dlq.Failure{Err: cause, Class: dlq.ClassPoison, Attempts: 1, FirstFailedAt: now, LastFailedAt: now}
-	b.outbox = append(b.outbox, dlq.NewRecord(ctx, rec, f, r.cfg.DeadLetterTopic, r.cfg.Group, propagation.TraceContext{}))
-	b.dead = append(b.dead, deadLetter{rec, f})
+	telemetry.Fail(trace.SpanFromContext(ctx), cause)
+	ctx, span := telemetry.StartDeadLetter(ctx, r.tracer, rec, r.cfg.DeadLetterTopic, string(f.Class), cause)
+	b.spans = append(b.spans, span)
+	b.outbox = append(b.outbox, dlq.NewRecord(ctx, rec, f, r.cfg.DeadLetterTopic, r.cfg.Group, r.cfg.Propagator))
+	b.dead = append(b.dead, deadLetter{rec: rec, f: f, sagaID: cmp.Or(env.SagaID, string(rec.Key)),
+		correlation: env.CorrelationID, ctx: ctx})
 	return nil
 }
 
@@ -718,7 +823,8 @@ func (r *Runtime[D]) rebuild(ctx context.Context, p int32) error {
 		s := sagas[entry.SagaID]
 		if s == nil {
 			env, _ := schema.ReadEnvelope(rec.Headers)
-			s = &sagaRecord[D]{id: entry.SagaID, correlation: cmp.Or(env.CorrelationID, entry.SagaID), state: StateNew, seen: map[string]bool{}}
+			s = &sagaRecord[D]{id: entry.SagaID, correlation: cmp.Or(env.CorrelationID, entry.SagaID), state: StateNew, seen: map[string]bool{},
+				started: entry.Time}
 			sagas[entry.SagaID] = s
 		}
 		s.seen[entry.CEID] = true
@@ -743,7 +849,10 @@ func (r *Runtime[D]) rebuild(ctx context.Context, p int32) error {
 		if err != nil {
 			return fmt.Errorf("journal %s/%d@%d of saga %s: %w", rec.Topic, rec.Partition, rec.Offset, s.id, err)
 		}
-		s.state, s.inst = res.To, res.Data
+		s.state, s.inst, s.since = res.To, res.Data, entry.Time
+		if sc := telemetry.ParseTraceParent(entry.TraceParent); sc.IsValid() {
+			s.span = sc
+		}
 		for _, e := range res.Effects {
 			switch e.Kind {
 			case SetTimer:

@@ -1,0 +1,136 @@
+package saga
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/sagapipe/sagapipe/internal/telemetry"
+	"github.com/sagapipe/sagapipe/statemachine"
+)
+
+// runtimeMetrics are a runtime's instruments, named sagapipe.saga.*; every
+// series carries saga.name.
+type runtimeMetrics struct {
+	name         attribute.KeyValue
+	started      metric.Int64Counter
+	finished     metric.Int64Counter
+	duration     metric.Float64Histogram
+	stepDuration metric.Float64Histogram
+	resends      metric.Int64Counter
+	deadLetters  metric.Int64Counter
+	registration metric.Registration
+}
+
+func newRuntimeMetrics[D any](r *Runtime[D], mp metric.MeterProvider) (*runtimeMetrics, error) {
+	m := telemetry.Meter(mp)
+	rm := &runtimeMetrics{name: telemetry.SagaName.String(r.saga.name)}
+	var errs [9]error
+	rm.started, errs[0] = m.Int64Counter("sagapipe.saga.started", metric.WithUnit("{saga}"),
+		metric.WithDescription("Sagas started (their start event committed)."))
+	rm.finished, errs[1] = m.Int64Counter("sagapipe.saga.finished", metric.WithUnit("{saga}"),
+		metric.WithDescription("Sagas that reached a terminal state, by saga.outcome: Completed, Compensated or CompensationFailed."))
+	rm.duration, errs[2] = m.Float64Histogram("sagapipe.saga.duration", metric.WithUnit("s"),
+		metric.WithDescription("From a saga's start event to its terminal state, by saga.outcome."),
+		metric.WithExplicitBucketBoundaries(telemetry.LatencyBuckets...))
+	rm.stepDuration, errs[3] = m.Float64Histogram("sagapipe.saga.step.duration", metric.WithUnit("s"),
+		metric.WithDescription("From a step's command (or compensation) to the reply or timeout that ended the wait, by saga.step."),
+		metric.WithExplicitBucketBoundaries(telemetry.LatencyBuckets...))
+	rm.resends, errs[4] = m.Int64Counter("sagapipe.saga.step.retries", metric.WithUnit("{command}"),
+		metric.WithDescription("Commands resent after a step timed out, by saga.step."))
+	rm.deadLetters, errs[5] = m.Int64Counter("sagapipe.dlq.records", metric.WithUnit("{record}"),
+		metric.WithDescription("Records sent to a dead-letter topic, by source topic and error class."))
+	inFlight, err := m.Int64ObservableGauge("sagapipe.saga.in_flight", metric.WithUnit("{saga}"),
+		metric.WithDescription("Sagas this instance owns that have not reached a terminal state."))
+	errs[6] = err
+	lag, err := m.Int64ObservableGauge("sagapipe.consumer.lag", metric.WithUnit("{record}"),
+		metric.WithDescription("Committed records of an owned partition not yet consumed, as of the last fetch."))
+	errs[7] = err
+	if err := errors.Join(errs[:]...); err != nil {
+		return nil, err
+	}
+	group := attribute.String("messaging.consumer.group.name", r.cfg.Group)
+	topic := attribute.String("messaging.destination.name", r.saga.InboxTopic())
+	rm.registration, errs[8] = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		n := int64(0)
+		for _, ps := range r.parts {
+			for _, s := range ps.sagas {
+				if !r.saga.machine.IsTerminal(s.state) {
+					n++
+				}
+			}
+		}
+		o.ObserveInt64(inFlight, n, metric.WithAttributes(rm.name))
+		for p, l := range r.lag {
+			o.ObserveInt64(lag, l, metric.WithAttributes(group, topic,
+				attribute.String("messaging.destination.partition.id", strconv.Itoa(int(p)))))
+		}
+		return nil
+	}, inFlight, lag)
+	return rm, errs[8]
+}
+
+// observeLag records how far each fetched partition is behind its last
+// stable offset (read_committed reads no further).
+func (r *Runtime[D]) observeLag(fetches kgo.Fetches) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
+		if fp.Topic != r.saga.InboxTopic() || len(fp.Records) == 0 || r.parts[fp.Partition] == nil {
+			return
+		}
+		next := fp.Records[len(fp.Records)-1].Offset + 1
+		r.lag[fp.Partition] = max(fp.LastStableOffset-next, 0)
+	})
+}
+
+// record reports what a committed batch did.
+func (rm *runtimeMetrics) record(ctx context.Context, b *batchStats) {
+	name := metric.WithAttributes(rm.name)
+	if b.started > 0 {
+		rm.started.Add(ctx, int64(b.started), name)
+	}
+	for _, f := range b.finished {
+		attrs := metric.WithAttributes(rm.name, telemetry.SagaOutcome.String(string(f.outcome)))
+		rm.finished.Add(ctx, 1, attrs)
+		rm.duration.Record(ctx, f.took.Seconds(), attrs)
+	}
+	for _, s := range b.steps {
+		rm.stepDuration.Record(ctx, s.took.Seconds(), metric.WithAttributes(rm.name, telemetry.SagaStep.String(s.step)))
+	}
+	for _, step := range b.resent {
+		rm.resends.Add(ctx, 1, metric.WithAttributes(rm.name, telemetry.SagaStep.String(step)))
+	}
+	for _, d := range b.dead {
+		rm.deadLetters.Add(ctx, 1, metric.WithAttributes(attribute.String("messaging.kafka.source.topic", d.rec.Topic),
+			telemetry.ErrorClass.String(string(d.f.Class))))
+	}
+}
+
+// batchStats is what a batch did, reported once it commits.
+type batchStats struct {
+	started  int
+	finished []finishedSaga
+	steps    []stepTook
+	resent   []string // the step of each resent command
+	dead     []deadLetter
+}
+
+type stepTook struct {
+	step string
+	took time.Duration
+}
+
+type finishedSaga struct {
+	id, correlation string
+	outcome         statemachine.State
+	took            time.Duration
+	ctx             context.Context // the span that finished it, for logs
+}
