@@ -1,15 +1,23 @@
 # sagapipe: the two commands that matter are `make run` and `make test`.
 GO ?= go
+SHELL := /bin/bash
 
-.PHONY: run test bench lint dev
+# Jaeger, built once from the Go module proxy by the tools module in
+# internal/tools/jaeger and cached outside the repository.
+JAEGER_VERSION := v1.76.0
+JAEGER_BIN ?= $(or $(SAGAPIPE_JAEGER_BIN),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/sagapipe/jaeger-$(JAEGER_VERSION))
+JAEGER_CONFIG := internal/tools/jaeger/config.yaml
+TRACED_DIR := .data/traced
+
+.PHONY: run run-traced test bench lint dev jaeger jaeger-build jaeger-stop
 
 ## run: the orders saga demo on the embedded Kafka and Schema Registry (no setup)
 run:
 	$(GO) run ./cmd/orchestrator demo
 
-## test: every test against the embedded Kafka and registry, with the race detector
-test:
-	$(GO) test -race -count=1 -timeout 14m ./...
+## test: every test against the embedded Kafka and registry (and a live Jaeger), with the race detector
+test: jaeger-build
+	SAGAPIPE_JAEGER_BIN="$(JAEGER_BIN)" $(GO) test -race -count=1 -timeout 14m ./...
 
 ## bench: benchmarks of the hot paths (figures are in the README)
 ## The saga benchmarks run a fixed 5,000 sagas: end-to-end throughput and
@@ -27,3 +35,33 @@ lint:
 ## dev: run the embedded Kafka (127.0.0.1:9092) and registry (127.0.0.1:8081) until Ctrl-C
 dev:
 	$(GO) run ./cmd/orchestrator dev
+
+## jaeger-build: build Jaeger into $(JAEGER_BIN) unless it is there (a few minutes, once)
+jaeger-build:
+	@if [ ! -x "$(JAEGER_BIN)" ]; then \
+		echo "building Jaeger $(JAEGER_VERSION) into $(JAEGER_BIN) (once; it is cached)"; \
+		mkdir -p "$(dir $(JAEGER_BIN))" && \
+		(cd internal/tools/jaeger && $(GO) build -o "$(JAEGER_BIN).tmp" github.com/jaegertracing/jaeger/cmd/jaeger) && \
+		mv "$(JAEGER_BIN).tmp" "$(JAEGER_BIN)"; \
+	fi
+
+## jaeger: run Jaeger in the foreground: OTLP on 127.0.0.1:4317 (gRPC) and :4318 (HTTP), query API on :16686
+jaeger: jaeger-build
+	JAEGER_LOG_LEVEL=info "$(JAEGER_BIN)" --config $(JAEGER_CONFIG)
+
+## run-traced: the demo exporting its traces to Jaeger (started in the background unless one answers on :16686)
+run-traced: jaeger-build
+	@if ! (exec 3<>/dev/tcp/127.0.0.1/16686) 2>/dev/null; then \
+		mkdir -p .data; \
+		"$(JAEGER_BIN)" --config $(JAEGER_CONFIG) > .data/jaeger.log 2>&1 & echo $$! > .data/jaeger.pid; \
+		for i in $$(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/16686) 2>/dev/null && break; sleep 0.1; done; \
+		echo "Jaeger started in the background (pid $$(cat .data/jaeger.pid), log .data/jaeger.log); stop it with: make jaeger-stop"; \
+	fi
+	rm -rf $(TRACED_DIR)
+	OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 $(GO) run ./cmd/orchestrator demo --orders 100 \
+		--data-dir $(TRACED_DIR) --jaeger http://127.0.0.1:16686
+	@echo "Jaeger's query API: http://127.0.0.1:16686/api/services, /api/traces?service=sagapipe-orchestrator"
+
+## jaeger-stop: stop the Jaeger that run-traced started
+jaeger-stop:
+	@if [ -f .data/jaeger.pid ]; then kill $$(cat .data/jaeger.pid) 2>/dev/null || true; rm -f .data/jaeger.pid; fi

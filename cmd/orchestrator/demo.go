@@ -1,14 +1,26 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"slices"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/sagapipe/sagapipe/examples/orders"
+	"github.com/sagapipe/sagapipe/internal/jaeger"
+	"github.com/sagapipe/sagapipe/internal/telemetry"
+	"github.com/sagapipe/sagapipe/saga"
+	"github.com/sagapipe/sagapipe/schema"
 )
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -23,6 +35,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	shipFail := fs.Float64("shipping-failure-rate", 0.03, "share of shipments that fail (0..1)")
 	poison := fs.Float64("poison-rate", 0.01, "share of first replies sent as undecodable bytes (0..1)")
 	latency := fs.Duration("latency", 0, "added to every participant's command handling")
+	metricsAddr := fs.String("metrics-addr", "", "serve the orchestrator's Prometheus metrics at http://<addr>/metrics while the demo runs (e.g. 127.0.0.1:9464)")
+	logLevel := fs.String("log-level", "warn", "level of the JSON logs on stderr: debug, info, warn or error")
+	jaegerURL := fs.String("jaeger", "", "Jaeger query URL (e.g. http://127.0.0.1:16686): at the end, print example sagas' traces from it (export with OTEL_EXPORTER_OTLP_ENDPOINT)")
 	if code := parseFlags(fs, args, stderr); code >= 0 {
 		return code
 	}
@@ -35,9 +50,40 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			problems = append(problems, fmt.Errorf("%s %v: must be between 0 and 1", name, r))
 		}
 	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		problems = append(problems, fmt.Errorf("--log-level %q: want debug, info, warn or error", *logLevel))
+	}
 	if len(problems) > 0 {
 		fmt.Fprintf(stderr, "orchestrator demo: %v\n", errors.Join(problems...))
 		return 2
+	}
+	tel, err := setupDemoTelemetry(ctx, stderr, level)
+	if err != nil {
+		fmt.Fprintf(stderr, "orchestrator demo: %v\n", err)
+		return 2
+	}
+	flushed := false
+	flush := func() {
+		if flushed {
+			return
+		}
+		flushed = true
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := tel.shutdown(sctx); err != nil {
+			fmt.Fprintf(stderr, "orchestrator demo: flushing telemetry: %v\n", err)
+		}
+	}
+	defer flush()
+	if *metricsAddr != "" {
+		stopMetrics, err := serveMetrics(*metricsAddr, tel.orchestrator().MetricsHandler())
+		if err != nil {
+			fmt.Fprintf(stderr, "orchestrator demo: --metrics-addr: %v\n", err)
+			return 2
+		}
+		defer stopMetrics()
+		fmt.Fprintf(stdout, "metrics at http://%s/metrics\n", *metricsAddr)
 	}
 
 	stack := sf.startAnnounced("demo", stdout, stderr)
@@ -50,7 +96,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	last := time.Time{}
 	sum, err := orders.RunDemo(ctx, orders.DemoConfig{
-		Brokers: stack.KafkaAddrs(), RegistryURL: stack.RegistryURL(),
+		Telemetry: tel.forService,
+		Brokers:   stack.KafkaAddrs(), RegistryURL: stack.RegistryURL(),
 		Orders: *n, Concurrency: *concurrency, Partitions: int32(*partitions), StepTimeout: *stepTimeout,
 		Faults: orders.Faults{DeclineRate: *decline, ShippingFailureRate: *shipFail, PoisonRate: *poison, Latency: *latency},
 		Progress: func(done, total int) {
@@ -84,5 +131,98 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintln(stdout, "invariants hold: every saga terminal and announced once; stock reserved = released + shipped; money charged = refunded + captured; nothing applied twice")
+	if tracing := tel.orchestrator().Tracing(); tracing != "none" {
+		flush()
+		showTraces(ctx, stdout, stack.KafkaAddrs(), stack.RegistryURL(), tracing, sf.dataDir, *jaegerURL, sum)
+	}
 	return 0
+}
+
+// showTraces prints where to find the traces of a few sagas of the run and,
+// given Jaeger's URL, the trace of a compensated one.
+func showTraces(ctx context.Context, w io.Writer, brokers []string, registryURL, tracing, dataDir, jaegerURL string, sum orders.Summary) {
+	examples := map[string]string{}
+	for _, id := range slices.Sorted(maps.Keys(sum.Outcomes)) {
+		if o := string(sum.Outcomes[id]); examples[o] == "" {
+			examples[o] = id
+		}
+	}
+	if len(sum.DeadLetteredSagas) > 0 {
+		examples["with a dead-lettered reply"] = sum.DeadLetteredSagas[0]
+	}
+	serde, err := schema.NewSerde(registryURL, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	if err != nil {
+		return
+	}
+	query := cmp.Or(jaegerURL, "<jaeger query URL>")
+	fmt.Fprintf(w, "\ntraces exported (%s), one per saga; for example:\n", tracing)
+	for _, kind := range slices.Sorted(maps.Keys(examples)) {
+		id := examples[kind]
+		entries, err := saga.History(ctx, []kgo.Opt{kgo.SeedBrokers(brokers...)}, serde, "orders", id)
+		if err != nil || len(entries) == 0 {
+			continue
+		}
+		traceID := telemetry.ParseTraceParent(entries[0].TraceParent).TraceID()
+		fmt.Fprintf(w, "  %-28s %s  %s/api/traces/%s\n", kind, id, query, traceID)
+	}
+	hint := " --data-dir " + dataDir
+	if dataDir == "" {
+		hint = "   (after a demo run with --data-dir DIR, add --data-dir DIR)"
+	}
+	fmt.Fprintf(w, "  timeline and span tree:     orchestrator saga trace orders <order> --jaeger %s%s\n", query, hint)
+	id := cmp.Or(examples[string(saga.StateCompensated)], examples[string(saga.StateCompleted)])
+	if jaegerURL == "" || id == "" {
+		return
+	}
+	entries, err := saga.History(ctx, []kgo.Opt{kgo.SeedBrokers(brokers...)}, serde, "orders", id)
+	if err != nil {
+		return
+	}
+	traceID := telemetry.ParseTraceParent(entries[0].TraceParent).TraceID().String()
+	t, err := waitForTrace(ctx, jaeger.Client{URL: jaegerURL}, traceID)
+	if err != nil {
+		fmt.Fprintf(w, "  (Jaeger: %v)\n", err)
+		return
+	}
+	fmt.Fprintf(w, "\nsaga %s in Jaeger, trace %s:\n", id, traceID)
+	t.WriteTree(w)
+}
+
+// waitForTrace fetches a trace once its span count stops growing: the
+// collector batches what it receives.
+func waitForTrace(ctx context.Context, c jaeger.Client, traceID string) (jaeger.Trace, error) {
+	var last jaeger.Trace
+	var err error
+	for range 20 {
+		var t jaeger.Trace
+		t, err = c.Trace(ctx, traceID)
+		if err == nil && len(t.Spans) > 0 && len(t.Spans) == len(last.Spans) {
+			return t, nil
+		}
+		last = t
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err != nil {
+		return jaeger.Trace{}, err
+	}
+	return last, nil
+}
+
+// serveMetrics serves h at http://addr/metrics until the returned func is called.
+func serveMetrics(addr string, h http.Handler) (func(), error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(l) }()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		<-done
+	}, nil
 }

@@ -5,6 +5,7 @@
 //	orchestrator smoke   start the embedded stack, round-trip Avro events through it, stop
 //	orchestrator dlq     list, show and replay dead-letter records
 //	orchestrator topics  create the saga's and the participants' topics
+//	orchestrator saga    trace a saga: its journal timeline with trace/span IDs, its spans from Jaeger
 //
 // Run "orchestrator <command> -h" for a command's flags.
 package main
@@ -34,6 +35,7 @@ var commands = []command{
 	{"smoke", "start the embedded stack, round-trip Avro events through Kafka, stop", runSmoke},
 	{"dlq", "list, show and replay dead-letter records (dlq -h)", runDLQ},
 	{"topics", "topics ensure: create the saga's and the participants' topics", runTopics},
+	{"saga", "saga trace: a saga's timeline from its journal, and its spans from Jaeger", runSaga},
 }
 
 func main() {

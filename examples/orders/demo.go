@@ -4,19 +4,44 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagapipe/sagapipe/dlq"
 	"github.com/sagapipe/sagapipe/internal/kread"
+	"github.com/sagapipe/sagapipe/internal/telemetry"
 	"github.com/sagapipe/sagapipe/saga"
 	"github.com/sagapipe/sagapipe/schema"
 	"github.com/sagapipe/sagapipe/statemachine"
 )
+
+// The services of a demo run, as they are named in traces (service.name).
+const (
+	ServiceStorefront   = "storefront"            // places the orders
+	ServiceOrchestrator = "sagapipe-orchestrator" // runs the saga
+	ServiceInventory    = "inventory-service"
+	ServicePayment      = "payment-service"
+	ServiceShipping     = "shipping-service"
+)
+
+// Services lists every service of a demo run.
+var Services = []string{ServiceStorefront, ServiceOrchestrator, ServiceInventory, ServicePayment, ServiceShipping}
+
+// Telemetry is where a service of the demo sends spans, metrics and logs.
+// Nil fields mean otel's globals and slog.Default().
+type Telemetry struct {
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+	Logger         *slog.Logger
+}
 
 // DemoConfig configures RunDemo.
 type DemoConfig struct {
@@ -29,6 +54,15 @@ type DemoConfig struct {
 	Faults      Faults
 	// Progress, when set, is called as sagas finish.
 	Progress func(finished, total int)
+	// Telemetry, when set, gives each service of Services its telemetry.
+	Telemetry func(service string) Telemetry
+}
+
+func (c DemoConfig) telemetry(service string) Telemetry {
+	if c.Telemetry == nil {
+		return Telemetry{}
+	}
+	return c.Telemetry(service)
 }
 
 // Summary is what a demo run did and whether the invariants held.
@@ -41,6 +75,11 @@ type Summary struct {
 	P50, P99                                          time.Duration
 	// Violations lists every invariant that did not hold; empty is a pass.
 	Violations []string
+	// Outcomes is how each saga ended, by order ID.
+	Outcomes map[string]statemachine.State
+	// DeadLetteredSagas lists the orders that had an inbox record
+	// dead-lettered, in order.
+	DeadLetteredSagas []string
 }
 
 type demoHooks struct {
@@ -49,6 +88,7 @@ type demoHooks struct {
 	outcomes map[string]statemachine.State
 	latency  []time.Duration
 	dead     int
+	deadIDs  []string
 	slots    chan struct{}
 	progress func(int, int)
 	total    int
@@ -68,9 +108,10 @@ func (h *demoHooks) OnFinished(id string, outcome statemachine.State) {
 	}
 }
 
-func (h *demoHooks) OnDeadLettered(*kgo.Record, dlq.Failure) {
+func (h *demoHooks) OnDeadLettered(rec *kgo.Record, _ dlq.Failure) {
 	h.mu.Lock()
 	h.dead++
+	h.deadIDs = append(h.deadIDs, string(rec.Key))
 	h.mu.Unlock()
 }
 
@@ -110,11 +151,14 @@ func start(ctx context.Context, cfg DemoConfig) (*services, error) {
 	}
 	hooks := &demoHooks{started: map[string]time.Time{}, outcomes: map[string]statemachine.State{},
 		slots: make(chan struct{}, max(cfg.Concurrency, 1)), progress: cfg.Progress, total: cfg.Orders}
-	runtime, err := saga.NewRuntime(s, saga.Config{Brokers: cfg.Brokers, Registry: serde, Hooks: []any{hooks}})
+	orch := cfg.telemetry(ServiceOrchestrator)
+	runtime, err := saga.NewRuntime(s, saga.Config{Brokers: cfg.Brokers, Registry: serde, Hooks: []any{hooks},
+		TracerProvider: orch.TracerProvider, MeterProvider: orch.MeterProvider, Logger: orch.Logger})
 	if err != nil {
 		return nil, err
 	}
 	sv := &services{serde: serde, saga: s, participants: NewParticipants(serde, cfg.Faults), hooks: hooks, errs: make(chan error, 2)}
+	sv.participants.Tracing = func(service string) trace.TracerProvider { return cfg.telemetry(service).TracerProvider }
 	runCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -262,6 +306,8 @@ func placeOrdersFrom(ctx context.Context, cfg DemoConfig, first int, serde *sche
 		return err
 	}
 	defer cl.Close()
+	tracer := telemetry.Tracer(cfg.telemetry(ServiceStorefront).TracerProvider)
+	propagator := telemetry.Propagator()
 	var failed error
 	var mu sync.Mutex
 	for i := first; i < cfg.Orders; i++ {
@@ -280,8 +326,12 @@ func placeOrdersFrom(ctx context.Context, cfg DemoConfig, first int, serde *sche
 		hooks.mu.Lock()
 		hooks.started[o.OrderID] = time.Now()
 		hooks.mu.Unlock()
-		cl.Produce(ctx, &kgo.Record{Topic: inbox, Key: []byte(o.OrderID), Value: value, Headers: env.Apply(nil)},
-			func(_ *kgo.Record, err error) {
+		rec := &kgo.Record{Topic: inbox, Key: []byte(o.OrderID), Value: value, Headers: env.Apply(nil)}
+		// The saga's trace begins where the order is placed.
+		rctx, span := telemetry.StartPublish(trace.ContextWithSpanContext(ctx, trace.SpanContext{}), tracer, propagator, rec)
+		cl.Produce(rctx, rec,
+			func(r *kgo.Record, err error) {
+				telemetry.EndPublish(span, r, err)
 				if err != nil {
 					mu.Lock()
 					failed = errors.Join(failed, err)
@@ -322,6 +372,8 @@ func summarize(sum *Summary, h *demoHooks, l *Ledger) {
 		}
 	}
 	sum.DeadLettered = h.dead
+	sum.DeadLetteredSagas = slices.Clone(h.deadIDs)
+	sum.Outcomes = maps.Clone(h.outcomes)
 	sum.Stuck = sum.Orders - len(h.outcomes)
 	if sum.Elapsed > 0 {
 		sum.SagasPerSecond = float64(len(h.outcomes)) / sum.Elapsed.Seconds()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/saga"
@@ -99,8 +100,12 @@ func participantSchema(name string, commands ...string) string {
 // Participants are the inventory, payment and shipping services.
 type Participants struct {
 	Ledger *Ledger
-	serde  *schema.Serde
-	faults Faults
+	// Tracing, when set, gives each service (ServiceInventory,
+	// ServicePayment, ServiceShipping) its tracer provider; otherwise
+	// otel's global one is used.
+	Tracing func(service string) trace.TracerProvider
+	serde   *schema.Serde
+	faults  Faults
 	// poisoned remembers orders whose first reply was sent as poison, so
 	// that the resend is answered properly.
 	poisoned sync.Map
@@ -185,12 +190,12 @@ func (p *Participants) handle(ctx context.Context, cmd participantCommand, env s
 // group, until ctx ends; it returns the first worker's error.
 func (p *Participants) Run(ctx context.Context, brokers []string, clientOpts ...kgo.Opt) error {
 	services := []struct {
-		topic, name string
-		commands    []string
+		service, topic, name string
+		commands             []string
 	}{
-		{InventoryTopic, "InventoryCommand", []string{"sagapipe.examples.orders.ReserveInventory", "sagapipe.examples.orders.ReleaseInventory"}},
-		{PaymentTopic, "PaymentCommand", []string{"sagapipe.examples.orders.ChargePayment", "sagapipe.examples.orders.RefundPayment"}},
-		{ShippingTopic, "ShippingCommand", []string{"sagapipe.examples.orders.ScheduleShipment"}},
+		{ServiceInventory, InventoryTopic, "InventoryCommand", []string{"sagapipe.examples.orders.ReserveInventory", "sagapipe.examples.orders.ReleaseInventory"}},
+		{ServicePayment, PaymentTopic, "PaymentCommand", []string{"sagapipe.examples.orders.ChargePayment", "sagapipe.examples.orders.RefundPayment"}},
+		{ServiceShipping, ShippingTopic, "ShippingCommand", []string{"sagapipe.examples.orders.ScheduleShipment"}},
 	}
 	errs := make(chan error, len(services))
 	var wg sync.WaitGroup
@@ -205,7 +210,12 @@ func (p *Participants) Run(ctx context.Context, brokers []string, clientOpts ...
 		if err != nil {
 			return err
 		}
-		w, err := pipe.NewStageWorker(cl, codec, p.handle, pipe.WithPiperOptions(pipe.WithSource(s.topic+".service")))
+		var tp trace.TracerProvider
+		if p.Tracing != nil {
+			tp = p.Tracing(s.service)
+		}
+		w, err := pipe.NewStageWorker(cl, codec, p.handle,
+			pipe.WithPiperOptions(pipe.WithSource(s.topic+".service"), pipe.WithTracerProvider(tp)))
 		if err != nil {
 			cl.Close()
 			return err
