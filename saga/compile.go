@@ -110,6 +110,12 @@ func (s *Saga[D]) finish(outcome statemachine.State, in Instance[D]) []Effect {
 // Name returns the saga's name.
 func (s *Saga[D]) Name() string { return s.name }
 
+// StartEvent returns the ce_type and the Avro schema of the event that
+// starts the saga.
+func (s *Saga[D]) StartEvent() (ceType, avroSchema string) {
+	return s.start.event.eventType, s.start.event.schema
+}
+
 // InboxTopic is where start events and replies arrive: "<name>.inbox".
 func (s *Saga[D]) InboxTopic() string { return s.name + ".inbox" }
 

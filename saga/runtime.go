@@ -331,9 +331,38 @@ func (r *Runtime[D]) CheckTopics(ctx context.Context) error {
 	return nil
 }
 
+// Ready reports whether the runtime owns inbox partitions and has rebuilt
+// the state of every one it owns: what a readiness probe asks.
+func (r *Runtime[D]) Ready() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.parts) == 0 {
+		return false
+	}
+	for _, ps := range r.parts {
+		if !ps.rebuilt {
+			return false
+		}
+	}
+	return true
+}
+
 // Run checks the topics and drives the saga until ctx is cancelled (then it
 // returns nil) or the transactional session fails for good.
+//
+// Cancelling ctx stops polling; the batch in progress still finishes its
+// transaction (commit, or abort if it fails), so a shutdown loses nothing
+// and redoes nothing. Close then leaves the group.
 func (r *Runtime[D]) Run(ctx context.Context) error {
+	err := r.run(ctx)
+	if ctx.Err() != nil {
+		return nil // stopped: whatever was cut short is redone by the next owner
+	}
+	return err
+}
+
+func (r *Runtime[D]) run(ctx context.Context) error {
+	work := context.WithoutCancel(ctx)
 	if err := r.CheckTopics(ctx); err != nil {
 		return err
 	}
@@ -377,7 +406,7 @@ func (r *Runtime[D]) Run(ctx context.Context) error {
 		if fetchErr != nil {
 			return fetchErr
 		}
-		if err := r.processBatch(ctx, fetches); err != nil {
+		if err := r.processBatch(ctx, work, fetches); err != nil {
 			return err
 		}
 	}
@@ -438,8 +467,9 @@ type deadLetter struct {
 }
 
 // processBatch rebuilds newly assigned partitions, then handles the batch's
-// records and the due timers in one transaction.
-func (r *Runtime[D]) processBatch(ctx context.Context, fetches kgo.Fetches) error {
+// records and the due timers in one transaction. The transaction runs on
+// work, which a shutdown does not cancel: it ends by commit or abort.
+func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches) error {
 	r.mu.Lock()
 	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
 		if fp.Topic == r.saga.InboxTopic() && r.parts[fp.Partition] == nil {
@@ -457,6 +487,7 @@ func (r *Runtime[D]) processBatch(ctx context.Context, fetches kgo.Fetches) erro
 	}
 
 	b := &batch[D]{changed: map[int32]map[string]*sagaRecord[D]{}, commands: map[string][]pipe.Message{}}
+	ctx = work
 	committed, err := r.piper.Transact(ctx, r.sess, func(ctx context.Context, tx *pipe.Tx) error {
 		var err error
 		fetches.EachRecord(func(rec *kgo.Record) {

@@ -1,5 +1,6 @@
 // Command orchestrator is sagapipe's deployable service and its operator CLI.
 //
+//	orchestrator run     the service: the orders saga against a real cluster, HTTP API, probes, metrics
 //	orchestrator demo    the orders saga end to end on the embedded stack (make run)
 //	orchestrator dev     run the embedded Kafka and Schema Registry
 //	orchestrator smoke   start the embedded stack, round-trip Avro events through it, stop
@@ -30,6 +31,7 @@ type command struct {
 }
 
 var commands = []command{
+	{"run", "the service: the orders saga, HTTP API, probes, metrics (run -h for its configuration)", runService},
 	{"demo", "the orders saga end to end on the embedded stack, with invariant checks", runDemo},
 	{"dev", "run the embedded Kafka and Schema Registry until interrupted", runDev},
 	{"smoke", "start the embedded stack, round-trip Avro events through Kafka, stop", runSmoke},

@@ -1,0 +1,402 @@
+package service
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the service's configuration. The zero value of each field is
+// its default, named on the field.
+type Config struct {
+	// Brokers are the Kafka bootstrap brokers, host:port (required).
+	Brokers []string `yaml:"brokers"`
+	// Registry is the Schema Registry (URL required).
+	Registry RegistryConfig `yaml:"registry"`
+	// TLS to the brokers (default off).
+	TLS TLSConfig `yaml:"tls"`
+	// SASL to the brokers (default none).
+	SASL SASLConfig `yaml:"sasl"`
+	// GroupPrefix names each saga's consumer group "<prefix>.<saga>"
+	// (default "sagapipe").
+	GroupPrefix string `yaml:"group_prefix"`
+	// TransactionalIDPrefix starts each instance's transactional IDs,
+	// which get the saga, host name and process ID appended (default the
+	// group prefix).
+	TransactionalIDPrefix string `yaml:"transactional_id_prefix"`
+	// HTTPAddr is where /healthz, /readyz, /metrics and /api listen
+	// (default ":8080").
+	HTTPAddr string `yaml:"http_addr"`
+	// APIToken, when set, is the bearer token the mutating API endpoints
+	// require.
+	APIToken string `yaml:"api_token"`
+	// ShutdownGrace bounds a graceful shutdown (default 30s).
+	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
+	// LogLevel is debug, info (default), warn or error.
+	LogLevel string `yaml:"log_level"`
+}
+
+// RegistryConfig reaches the Schema Registry.
+type RegistryConfig struct {
+	URL      string `yaml:"url"`
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+}
+
+// TLSConfig is TLS to the brokers.
+type TLSConfig struct {
+	Enabled bool `yaml:"enabled"`
+	// CAFile verifies the brokers (default the system's roots).
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are a client certificate (mutual TLS).
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName overrides the name verified (default the broker's host).
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify turns verification off: tests only.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// SASLConfig is SASL authentication to the brokers.
+type SASLConfig struct {
+	// Mechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (empty: none).
+	Mechanism string `yaml:"mechanism"`
+	Username  string `yaml:"username"`
+	Password  string `yaml:"password"`
+}
+
+// The SASL mechanisms.
+const (
+	SASLPlain       = "PLAIN"
+	SASLScramSHA256 = "SCRAM-SHA-256"
+	SASLScramSHA512 = "SCRAM-SHA-512"
+)
+
+// withDefaults fills what is unset.
+func (c Config) withDefaults() Config {
+	if c.GroupPrefix == "" {
+		c.GroupPrefix = "sagapipe"
+	}
+	if c.TransactionalIDPrefix == "" {
+		c.TransactionalIDPrefix = c.GroupPrefix
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = ":8080"
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = 30 * time.Second
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	return c
+}
+
+// Validate reports every problem at once, naming the setting; it never
+// repeats a secret.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	bad := func(setting, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", setting, fmt.Sprintf(format, a...)))
+	}
+	if len(c.Brokers) == 0 {
+		bad("brokers", "required (flag --brokers, env SAGAPIPE_BROKERS), e.g. kafka-1:9092,kafka-2:9092")
+	}
+	for _, b := range c.Brokers {
+		if _, port, err := net.SplitHostPort(b); err != nil || port == "" {
+			bad("brokers", "%q is not host:port", b)
+		}
+	}
+	if c.Registry.URL == "" {
+		bad("registry.url", "required (flag --registry-url, env SAGAPIPE_REGISTRY_URL), e.g. http://schema-registry:8081")
+	} else if u, err := url.Parse(c.Registry.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("registry.url", "want an http:// or https:// URL")
+	} else if u.User != nil {
+		bad("registry.url", "holds credentials; set registry.username and registry.password instead")
+	}
+	if (c.Registry.Username == "") != (c.Registry.Password == "") {
+		bad("registry.username/password", "set both or neither")
+	}
+	switch c.SASL.Mechanism {
+	case "":
+		if c.SASL.Username != "" || c.SASL.Password != "" {
+			bad("sasl.mechanism", "credentials are set but no mechanism; want %s, %s or %s", SASLPlain, SASLScramSHA256, SASLScramSHA512)
+		}
+	case SASLPlain, SASLScramSHA256, SASLScramSHA512:
+		if c.SASL.Username == "" || c.SASL.Password == "" {
+			bad("sasl.username/password", "both are required with %s", c.SASL.Mechanism)
+		}
+		if c.SASL.Mechanism == SASLPlain && !c.TLS.Enabled {
+			bad("sasl.mechanism", "PLAIN sends the password in the clear; enable tls")
+		}
+	default:
+		bad("sasl.mechanism", "%q is not one of %s, %s, %s", c.SASL.Mechanism, SASLPlain, SASLScramSHA256, SASLScramSHA512)
+	}
+	if !c.TLS.Enabled && (c.TLS.CAFile != "" || c.TLS.CertFile != "" || c.TLS.KeyFile != "") {
+		bad("tls.enabled", "TLS files are set but TLS is off; set tls.enabled (--tls)")
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		bad("tls.cert_file/key_file", "set both or neither")
+	}
+	for setting, file := range map[string]string{"tls.ca_file": c.TLS.CAFile, "tls.cert_file": c.TLS.CertFile, "tls.key_file": c.TLS.KeyFile} {
+		if file != "" {
+			if _, err := os.Stat(file); err != nil {
+				bad(setting, "%v", err)
+			}
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+		bad("http_addr", "%q is not [host]:port", c.HTTPAddr)
+	}
+	if c.ShutdownGrace < 0 {
+		bad("shutdown_grace", "%v is negative", c.ShutdownGrace)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		bad("log_level", "%q is not debug, info, warn or error", c.LogLevel)
+	}
+	for _, prefix := range []struct{ setting, value string }{{"group_prefix", c.GroupPrefix}, {"transactional_id_prefix", c.TransactionalIDPrefix}} {
+		if strings.ContainsAny(prefix.value, " \t\n/") {
+			bad(prefix.setting, "%q holds spaces or slashes", prefix.value)
+		}
+	}
+	slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
+	return errors.Join(errs...)
+}
+
+// ClientOptions are the kgo options that reach the brokers: seed brokers,
+// TLS and SASL.
+func (c Config) ClientOptions() ([]kgo.Opt, error) {
+	opts, err := c.connOptions()
+	if err != nil {
+		return nil, err
+	}
+	return append([]kgo.Opt{kgo.SeedBrokers(c.Brokers...)}, opts...), nil
+}
+
+// connOptions are TLS and SASL.
+func (c Config) connOptions() ([]kgo.Opt, error) {
+	var opts []kgo.Opt
+	if c.TLS.Enabled {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.TLS.ServerName, InsecureSkipVerify: c.TLS.InsecureSkipVerify} //nolint:gosec // opt-in, documented as tests only
+		if c.TLS.CAFile != "" {
+			pem, err := os.ReadFile(c.TLS.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("tls.ca_file: %w", err)
+			}
+			tc.RootCAs = x509.NewCertPool()
+			if !tc.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("tls.ca_file: %s holds no PEM certificate", c.TLS.CAFile)
+			}
+		}
+		if c.TLS.CertFile != "" {
+			cert, err := tls.LoadX509KeyPair(c.TLS.CertFile, c.TLS.KeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("tls.cert_file/key_file: %w", err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		opts = append(opts, kgo.DialTLSConfig(tc))
+	}
+	switch c.SASL.Mechanism {
+	case SASLPlain:
+		opts = append(opts, kgo.SASL(plain.Auth{User: c.SASL.Username, Pass: c.SASL.Password}.AsMechanism()))
+	case SASLScramSHA256:
+		opts = append(opts, kgo.SASL(scram.Auth{User: c.SASL.Username, Pass: c.SASL.Password}.AsSha256Mechanism()))
+	case SASLScramSHA512:
+		opts = append(opts, kgo.SASL(scram.Auth{User: c.SASL.Username, Pass: c.SASL.Password}.AsSha512Mechanism()))
+	}
+	return opts, nil
+}
+
+// LogValue is the configuration with its secrets redacted: what the
+// service logs at start.
+func (c Config) LogValue() slog.Value {
+	redact := func(s string) string {
+		if s == "" {
+			return ""
+		}
+		return "[redacted]"
+	}
+	return slog.GroupValue(
+		slog.String("brokers", strings.Join(c.Brokers, ",")),
+		slog.String("registry_url", c.Registry.URL),
+		slog.String("registry_username", c.Registry.Username),
+		slog.String("registry_password", redact(c.Registry.Password)),
+		slog.Bool("tls", c.TLS.Enabled),
+		slog.String("sasl_mechanism", c.SASL.Mechanism),
+		slog.String("sasl_username", c.SASL.Username),
+		slog.String("sasl_password", redact(c.SASL.Password)),
+		slog.String("group_prefix", c.GroupPrefix),
+		slog.String("transactional_id_prefix", c.TransactionalIDPrefix),
+		slog.String("http_addr", c.HTTPAddr),
+		slog.String("api_token", redact(c.APIToken)),
+		slog.Duration("shutdown_grace", c.ShutdownGrace),
+		slog.String("log_level", c.LogLevel),
+	)
+}
+
+// setting is one configuration value: its YAML path, environment variable
+// and flag.
+type setting struct {
+	path, env, flag, usage string
+	secret                 bool
+	set                    func(c *Config, v string) error
+}
+
+func str(f func(c *Config) *string) func(*Config, string) error {
+	return func(c *Config, v string) error { *f(c) = v; return nil }
+}
+
+func boolean(f func(c *Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", v)
+		}
+		*f(c) = b
+		return nil
+	}
+}
+
+var settings = []setting{
+	{"brokers", "SAGAPIPE_BROKERS", "brokers", "comma-separated Kafka bootstrap brokers (required)", false,
+		func(c *Config, v string) error {
+			c.Brokers = nil
+			for _, b := range strings.Split(v, ",") {
+				if b = strings.TrimSpace(b); b != "" {
+					c.Brokers = append(c.Brokers, b)
+				}
+			}
+			return nil
+		}},
+	{"registry.url", "SAGAPIPE_REGISTRY_URL", "registry-url", "Schema Registry URL (required)", false, str(func(c *Config) *string { return &c.Registry.URL })},
+	{"registry.username", "SAGAPIPE_REGISTRY_USERNAME", "registry-username", "Schema Registry basic-auth user", false, str(func(c *Config) *string { return &c.Registry.Username })},
+	{"registry.password", "SAGAPIPE_REGISTRY_PASSWORD", "registry-password", "Schema Registry basic-auth password (prefer the environment)", true, str(func(c *Config) *string { return &c.Registry.Password })},
+	{"tls.enabled", "SAGAPIPE_TLS_ENABLED", "tls", "TLS to the brokers", false, boolean(func(c *Config) *bool { return &c.TLS.Enabled })},
+	{"tls.ca_file", "SAGAPIPE_TLS_CA_FILE", "tls-ca-file", "PEM CA bundle that verifies the brokers (default the system's)", false, str(func(c *Config) *string { return &c.TLS.CAFile })},
+	{"tls.cert_file", "SAGAPIPE_TLS_CERT_FILE", "tls-cert-file", "PEM client certificate (mutual TLS)", false, str(func(c *Config) *string { return &c.TLS.CertFile })},
+	{"tls.key_file", "SAGAPIPE_TLS_KEY_FILE", "tls-key-file", "PEM client key (mutual TLS)", false, str(func(c *Config) *string { return &c.TLS.KeyFile })},
+	{"tls.server_name", "SAGAPIPE_TLS_SERVER_NAME", "tls-server-name", "name to verify in the brokers' certificates (default the broker host)", false, str(func(c *Config) *string { return &c.TLS.ServerName })},
+	{"tls.insecure_skip_verify", "SAGAPIPE_TLS_INSECURE_SKIP_VERIFY", "tls-insecure-skip-verify", "do not verify the brokers' certificates (tests only)", false, boolean(func(c *Config) *bool { return &c.TLS.InsecureSkipVerify })},
+	{"sasl.mechanism", "SAGAPIPE_SASL_MECHANISM", "sasl-mechanism", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", false, str(func(c *Config) *string { return &c.SASL.Mechanism })},
+	{"sasl.username", "SAGAPIPE_SASL_USERNAME", "sasl-username", "SASL user", false, str(func(c *Config) *string { return &c.SASL.Username })},
+	{"sasl.password", "SAGAPIPE_SASL_PASSWORD", "sasl-password", "SASL password (prefer the environment)", true, str(func(c *Config) *string { return &c.SASL.Password })},
+	{"group_prefix", "SAGAPIPE_GROUP_PREFIX", "group-prefix", `consumer groups are "<prefix>.<saga>" (default sagapipe)`, false, str(func(c *Config) *string { return &c.GroupPrefix })},
+	{"transactional_id_prefix", "SAGAPIPE_TRANSACTIONAL_ID_PREFIX", "transactional-id-prefix", "start of each instance's transactional IDs (default the group prefix)", false, str(func(c *Config) *string { return &c.TransactionalIDPrefix })},
+	{"http_addr", "SAGAPIPE_HTTP_ADDR", "http-addr", "address of the HTTP API, probes and /metrics (default :8080)", false, str(func(c *Config) *string { return &c.HTTPAddr })},
+	{"api_token", "SAGAPIPE_API_TOKEN", "api-token", "bearer token required by mutating API calls (prefer the environment)", true, str(func(c *Config) *string { return &c.APIToken })},
+	{"shutdown_grace", "SAGAPIPE_SHUTDOWN_GRACE", "shutdown-grace", "how long a graceful shutdown may take (default 30s)", false,
+		func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return fmt.Errorf("%q is not a duration such as 30s", v)
+			}
+			c.ShutdownGrace = d
+			return nil
+		}},
+	{"log_level", "SAGAPIPE_LOG_LEVEL", "log-level", "debug, info, warn or error (default info)", false, str(func(c *Config) *string { return &c.LogLevel })},
+}
+
+// ConfigFileEnv names the environment variable of the YAML file, like --config.
+const ConfigFileEnv = "SAGAPIPE_CONFIG"
+
+// LoadConfig reads the configuration: defaults, then the YAML file named by
+// --config or SAGAPIPE_CONFIG, then SAGAPIPE_* environment variables, then
+// flags; each overrides the one before. Every problem (unknown YAML keys,
+// unparsable values, invalid settings) is reported at once, by setting
+// name, never with a secret's value. A -h prints the flags and returns
+// flag.ErrHelp.
+func LoadConfig(name string, args []string, lookupEnv func(string) (string, bool), stderr io.Writer) (Config, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configFile := fs.String("config", "", "YAML configuration file (env "+ConfigFileEnv+")")
+	flagValues := map[string]*string{}
+	for _, s := range settings {
+		v := new(string)
+		flagValues[s.flag] = v
+		fs.StringVar(v, s.flag, "", fmt.Sprintf("%s (env %s, YAML %s)", s.usage, s.env, s.path))
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: %s [flags]\n\nEach setting comes from, last one winning: its default, the YAML file, the environment, the flag.\n\n", name)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	var cfg Config
+	var errs []error
+	file := *configFile
+	if file == "" {
+		file, _ = lookupEnv(ConfigFileEnv)
+	}
+	if file != "" {
+		if err := loadYAML(file, &cfg); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, s := range settings {
+		if v, ok := lookupEnv(s.env); ok {
+			if err := s.set(&cfg, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s (env %s): %w", s.path, s.env, redactErr(s, err)))
+			}
+		}
+	}
+	fs.Visit(func(f *flag.Flag) {
+		for _, s := range settings {
+			if s.flag == f.Name {
+				if err := s.set(&cfg, *flagValues[s.flag]); err != nil {
+					errs = append(errs, fmt.Errorf("%s (--%s): %w", s.path, s.flag, redactErr(s, err)))
+				}
+			}
+		}
+	})
+	if err := cfg.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return Config{}, errors.Join(errs...)
+	}
+	return cfg.withDefaults(), nil
+}
+
+func redactErr(s setting, err error) error {
+	if s.secret {
+		return errors.New("invalid value (not shown: it is a secret)")
+	}
+	return err
+}
+
+func loadYAML(file string, cfg *Config) error {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config file %s: %w", file, err)
+	}
+	return nil
+}

@@ -1,0 +1,190 @@
+package service
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagapipe/sagapipe/internal/telemetry"
+	"github.com/sagapipe/sagapipe/saga"
+	"github.com/sagapipe/sagapipe/schema"
+)
+
+// MaxBodyBytes bounds a POST body.
+const MaxBodyBytes = 1 << 20
+
+func (s *Service) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		sagas := map[string]bool{}
+		for name, rt := range s.runtimes {
+			sagas[name] = rt.Ready()
+		}
+		if !s.Ready() {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready: partitions not assigned or not rebuilt yet", "sagas": sagas})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "sagas": sagas})
+	})
+	mux.Handle("GET /metrics", s.tel.MetricsHandler())
+	mux.HandleFunc("GET /api/sagas/{name}/{id}", s.getSaga)
+	mux.Handle("POST /api/sagas/{name}", s.authorized(http.HandlerFunc(s.startSaga)))
+	return mux
+}
+
+type apiError struct {
+	Error string `json:"error"`
+	Field string `json:"field,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// authorized requires the bearer token, when one is configured.
+func (s *Service) authorized(h http.Handler) http.Handler {
+	if s.cfg.APIToken == "" {
+		return h
+	}
+	want := []byte("Bearer " + s.cfg.APIToken)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="sagapipe"`)
+			writeJSON(w, http.StatusUnauthorized, apiError{Error: "missing or wrong bearer token (Authorization: Bearer <api_token>)"})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// HistoryEntry is one journal entry as the API shows it.
+type HistoryEntry struct {
+	Time    time.Time `json:"time"`
+	Event   string    `json:"event"`
+	EventID string    `json:"event_id"`
+	From    string    `json:"from"`
+	To      string    `json:"to"`
+	Outcome string    `json:"outcome"`
+	TraceID string    `json:"trace_id,omitempty"`
+	SpanID  string    `json:"span_id,omitempty"`
+}
+
+// SagaStatus is GET /api/sagas/{name}/{id}. State and history are the
+// journal's as committed; Data is the saga's data, when this instance owns
+// the saga, and may be a transaction ahead of the journal's last stable
+// offset.
+type SagaStatus struct {
+	Saga     string         `json:"saga"`
+	ID       string         `json:"id"`
+	State    string         `json:"state"`
+	Terminal bool           `json:"terminal"`
+	Data     any            `json:"data,omitempty"`
+	History  []HistoryEntry `json:"history"`
+}
+
+func (s *Service) getSaga(w http.ResponseWriter, r *http.Request) {
+	name, id := r.PathValue("name"), r.PathValue("id")
+	rt, ok := s.runtimes[name]
+	if !ok {
+		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no saga named %q is registered", name)})
+		return
+	}
+	entries, err := saga.History(r.Context(), s.clientOpts, s.serde, name, id)
+	if errors.Is(err, saga.ErrNoHistory) {
+		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("saga %s %q has no journal entries", name, id)})
+		return
+	}
+	if err != nil {
+		writeJSON(w, http.StatusBadGateway, apiError{Error: err.Error()})
+		return
+	}
+	st := SagaStatus{Saga: name, ID: id, History: make([]HistoryEntry, 0, len(entries))}
+	for _, e := range entries {
+		h := HistoryEntry{Time: e.Time, Event: e.EventType, EventID: e.CEID, From: e.FromState, To: e.ToState, Outcome: e.Outcome}
+		if sc := telemetry.ParseTraceParent(e.TraceParent); sc.IsValid() {
+			h.TraceID, h.SpanID = sc.TraceID().String(), sc.SpanID().String()
+		}
+		if e.Outcome == saga.OutcomeApplied {
+			st.State = e.ToState
+		}
+		st.History = append(st.History, h)
+	}
+	st.Terminal = rt.isTerminal(st.State)
+	if data, owned := rt.data(id); owned {
+		st.Data = data
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// Started is the answer to POST /api/sagas/{name}.
+type Started struct {
+	Saga    string `json:"saga"`
+	ID      string `json:"id"`
+	EventID string `json:"event_id"`
+	Status  string `json:"status_url"`
+}
+
+// startSaga converts the JSON body to the start event's Avro schema and
+// produces it to the saga's inbox, keyed by the saga ID (?id=, default a
+// new UUIDv7). The saga starts when the orchestrator consumes it: 202.
+func (s *Service) startSaga(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	sg, ok := s.sagas[name]
+	if !ok {
+		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no saga named %q is registered", name)})
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: fmt.Sprintf("body larger than %d bytes", MaxBodyBytes)})
+		return
+	}
+	ceType, _, inbox := sg.startEvent()
+	codec := s.starts[name]
+	event, err := fromJSON(codec.Schema(), body)
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: fe.Error(), Field: fe.Field})
+		return
+	}
+	ctx := r.Context()
+	value, err := codec.Encode(ctx, inbox, &event)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: "body does not encode to the start event's schema: " + err.Error()})
+		return
+	}
+	id := r.URL.Query().Get("id")
+	if id == "" {
+		id = schema.NewID()
+	}
+	if strings.ContainsAny(id, "/ ") {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: "id must not hold slashes or spaces", Field: "id"})
+		return
+	}
+	env := schema.NewEnvelope(ceType, "sagapipe/api", time.Now())
+	env.SagaID, env.CorrelationID = id, id
+	rec := &kgo.Record{Topic: inbox, Key: []byte(id), Value: value, Headers: env.Apply(nil)}
+	tracer := telemetry.Tracer(s.tel.TracerProvider())
+	pctx, span := telemetry.StartPublish(trace.ContextWithSpanContext(ctx, trace.SpanContext{}), tracer, s.tel.Propagator(), rec)
+	err = s.producer.ProduceSync(pctx, rec).FirstErr()
+	telemetry.EndPublish(span, rec, err)
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "producing the start event: " + err.Error()})
+		return
+	}
+	s.log.InfoContext(pctx, "saga start requested", "saga_name", name, "saga_id", id, "correlation_id", id)
+	writeJSON(w, http.StatusAccepted, Started{Saga: name, ID: id, EventID: env.ID, Status: "/api/sagas/" + name + "/" + id})
+}

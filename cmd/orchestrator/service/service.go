@@ -1,0 +1,359 @@
+// Package service runs sagas as a deployable service: configuration from
+// flags, SAGAPIPE_* environment variables and a YAML file; one saga runtime
+// per registered saga, sharing the work with the other instances of the
+// same consumer groups; an HTTP server with probes, Prometheus metrics and
+// a small saga API; OpenTelemetry from the OTEL_* environment; and a
+// graceful shutdown on SIGTERM or SIGINT.
+//
+// A team's own main registers its sagas and hands over:
+//
+//	func main() {
+//		orders, err := mysagas.Orders()
+//		if err != nil {
+//			log.Fatal(err)
+//		}
+//		service.Main(service.Register(orders))
+//	}
+//
+// cmd/orchestrator is such a main, with the example orders saga, plus the
+// operator subcommands.
+package service
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sagapipe/sagapipe/observability"
+	"github.com/sagapipe/sagapipe/saga"
+	"github.com/sagapipe/sagapipe/schema"
+	"github.com/sagapipe/sagapipe/statemachine"
+)
+
+// Saga is a saga definition registered with the service (see Register).
+type Saga interface {
+	// Name is the saga's name.
+	Name() string
+	newRuntime(cfg saga.Config) (runtime, error)
+	startEvent() (ceType, avroSchema, inbox string)
+}
+
+// runtime is a saga.Runtime with its data type erased.
+type runtime interface {
+	Run(ctx context.Context) error
+	Close()
+	Ready() bool
+	// data is the saga's data, if this instance owns the saga.
+	data(id string) (any, bool)
+	isTerminal(state string) bool
+}
+
+// Register makes a saga definition servable.
+func Register[D any](s *saga.Saga[D]) Saga { return registered[D]{s} }
+
+type registered[D any] struct{ s *saga.Saga[D] }
+
+func (r registered[D]) Name() string { return r.s.Name() }
+
+func (r registered[D]) startEvent() (string, string, string) {
+	t, sch := r.s.StartEvent()
+	return t, sch, r.s.InboxTopic()
+}
+
+func (r registered[D]) newRuntime(cfg saga.Config) (runtime, error) {
+	rt, err := saga.NewRuntime(r.s, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return runtimeOf[D]{rt, r.s}, nil
+}
+
+type runtimeOf[D any] struct {
+	*saga.Runtime[D]
+	s *saga.Saga[D]
+}
+
+func (r runtimeOf[D]) data(id string) (any, bool) {
+	st, ok := r.Status(id)
+	return st.Instance.Data, ok
+}
+
+func (r runtimeOf[D]) isTerminal(state string) bool {
+	return r.s.Machine().IsTerminal(statemachine.State(state))
+}
+
+// Service runs registered sagas; see New.
+type Service struct {
+	cfg        Config
+	sagas      map[string]Saga
+	runtimes   map[string]runtime
+	tel        *observability.Telemetry
+	log        *slog.Logger
+	clientOpts []kgo.Opt
+	producer   *kgo.Client // starts sagas for the API
+	serde      *schema.Serde
+	starts     map[string]*schema.Codec[map[string]any] // per saga, its start event's
+	handler    http.Handler
+}
+
+// New validates cfg and prepares a runtime per saga; Run starts them. The
+// service owns tel (Run's end shuts it down) and logs to log.
+func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Saga) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	if len(sagas) == 0 {
+		return nil, errors.New("service: no sagas registered (pass them to service.Main or service.New)")
+	}
+	connOpts, err := cfg.connOptions()
+	if err != nil {
+		return nil, err
+	}
+	clientOpts := append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, connOpts...)
+	serdeOpts := []schema.Opt{schema.WithSubjectNameStrategy(schema.RecordNameStrategy)}
+	if cfg.Registry.Username != "" {
+		serdeOpts = append(serdeOpts, schema.WithBasicAuth(cfg.Registry.Username, cfg.Registry.Password))
+	}
+	serde, err := schema.NewSerde(cfg.Registry.URL, serdeOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("registry.url: %w", err)
+	}
+	s := &Service{cfg: cfg, sagas: map[string]Saga{}, runtimes: map[string]runtime{}, tel: tel, log: log,
+		clientOpts: clientOpts, serde: serde, starts: map[string]*schema.Codec[map[string]any]{}}
+	host, _ := os.Hostname()
+	for _, sg := range sagas {
+		if _, dup := s.sagas[sg.Name()]; dup {
+			s.closeRuntimes()
+			return nil, fmt.Errorf("service: saga %q registered twice", sg.Name())
+		}
+		group := cfg.GroupPrefix + "." + sg.Name()
+		rt, err := sg.newRuntime(saga.Config{
+			Brokers: cfg.Brokers, ClientOptions: connOpts, Registry: serde, Group: group,
+			TransactionalID: fmt.Sprintf("%s.%s.%s.%d", cfg.TransactionalIDPrefix, sg.Name(), cmp.Or(host, "host"), os.Getpid()),
+			TracerProvider:  tel.TracerProvider(), MeterProvider: tel.MeterProvider(), Propagator: tel.Propagator(),
+			Logger: log,
+		})
+		if err != nil {
+			s.closeRuntimes()
+			return nil, err
+		}
+		s.sagas[sg.Name()], s.runtimes[sg.Name()] = sg, rt
+		_, avroSchema, _ := sg.startEvent()
+		if s.starts[sg.Name()], err = schema.NewCodec[map[string]any](serde, avroSchema); err != nil {
+			s.closeRuntimes()
+			return nil, err
+		}
+	}
+	// Keyed by saga ID with kgo's default partitioner (murmur2, as every
+	// Kafka client), so a saga's start lands where its replies will.
+	s.producer, err = kgo.NewClient(clientOpts...)
+	if err != nil {
+		s.closeRuntimes()
+		return nil, err
+	}
+	s.handler = s.routes()
+	return s, nil
+}
+
+func (s *Service) closeRuntimes() {
+	for _, rt := range s.runtimes {
+		rt.Close()
+	}
+}
+
+// Handler is the service's HTTP API: /healthz, /readyz, /metrics, /api/sagas.
+func (s *Service) Handler() http.Handler { return s.handler }
+
+// Ready reports whether every saga's runtime owns partitions and has
+// rebuilt them.
+func (s *Service) Ready() bool {
+	for _, rt := range s.runtimes {
+		if !rt.Ready() {
+			return false
+		}
+	}
+	return true
+}
+
+// ErrShutdownTimedOut: the graceful shutdown took longer than
+// Config.ShutdownGrace; what was in progress is redone by the next owner.
+var ErrShutdownTimedOut = errors.New("service: graceful shutdown exceeded its grace period")
+
+// Run serves until ctx is cancelled, then shuts down gracefully: it stops
+// polling, lets each runtime finish (commit or abort) its transaction in
+// progress, leaves the groups, stops the HTTP server and flushes telemetry,
+// all within Config.ShutdownGrace. It returns the first runtime or server
+// failure, or ErrShutdownTimedOut.
+func (s *Service) Run(ctx context.Context) error {
+	l, err := net.Listen("tcp", s.cfg.HTTPAddr)
+	if err == nil {
+		if err = s.checkBrokers(ctx); err != nil {
+			l.Close()
+		}
+	} else {
+		err = fmt.Errorf("http_addr: %w", err)
+	}
+	if err != nil {
+		s.closeRuntimes()
+		s.producer.Close()
+		_ = s.tel.Shutdown(context.WithoutCancel(ctx))
+		return err
+	}
+	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second}
+	s.log.Info("sagapipe service started", "config", s.cfg, "http_addr", l.Addr().String(), "tracing", s.tel.Tracing())
+
+	runCtx, stopRuntimes := context.WithCancel(ctx)
+	defer stopRuntimes()
+	failed := make(chan error, len(s.runtimes)+1)
+	var wg sync.WaitGroup
+	for _, rt := range s.runtimes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := rt.Run(runCtx); err != nil {
+				failed <- err // it names its saga
+			}
+		}()
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			failed <- fmt.Errorf("http: %w", err)
+		}
+	}()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		s.log.Info("shutting down: finishing the transactions in progress", "grace", s.cfg.ShutdownGrace)
+	case runErr = <-failed:
+		s.log.Error("stopping: a component failed", "error", runErr)
+	}
+	began := time.Now()
+	deadline, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownGrace)
+	defer cancel()
+	stopRuntimes()
+	stopped := make(chan struct{})
+	go func() {
+		wg.Wait()
+		s.closeRuntimes() // leaves the groups
+		s.producer.Close()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-deadline.Done():
+		runErr = errors.Join(runErr, ErrShutdownTimedOut)
+	}
+	_ = srv.Shutdown(deadline)
+	<-served
+	if err := s.tel.Shutdown(deadline); err != nil {
+		s.log.Warn("flushing telemetry", "error", err)
+	}
+	s.log.Info("stopped", "took", time.Since(began).Round(time.Millisecond))
+	return runErr
+}
+
+// checkBrokers fails fast, with the settings to check, when the brokers
+// cannot be reached or refuse the credentials.
+func (s *Service) checkBrokers(ctx context.Context) error {
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	err := s.producer.Ping(pctx)
+	if err == nil || ctx.Err() != nil {
+		return nil
+	}
+	hint := "check brokers"
+	if s.cfg.TLS.Enabled {
+		hint += " and the tls settings"
+	}
+	if s.cfg.SASL.Mechanism != "" {
+		// Some brokers refuse credentials by closing the connection.
+		hint += fmt.Sprintf("; a connection closed during setup is how some brokers refuse SASL credentials: check sasl.mechanism (%s), sasl.username (%q) and sasl.password",
+			s.cfg.SASL.Mechanism, s.cfg.SASL.Username)
+	}
+	return fmt.Errorf("cannot reach the brokers %v: %w (%s)", s.cfg.Brokers, err, hint)
+}
+
+func indent(err error) string {
+	return "  " + strings.ReplaceAll(err.Error(), "\n", "\n  ")
+}
+
+// Main is the whole service for a team's main: configuration from os.Args,
+// the environment and the YAML file, then Run until SIGTERM or SIGINT. A
+// second signal exits at once. It does not return.
+func Main(sagas ...Saga) {
+	os.Exit(Command(context.Background(), os.Args[0], os.Args[1:], os.Stdout, os.Stderr, sagas...))
+}
+
+// Command runs the service as a command with args and returns its exit
+// code: 0 after a graceful shutdown, 1 when it failed or the shutdown
+// timed out, 2 for invalid configuration (every problem is printed).
+func Command(ctx context.Context, name string, args []string, stdout, stderr io.Writer, sagas ...Saga) int {
+	cfg, err := LoadConfig(name, args, os.LookupEnv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: invalid configuration:\n%v\n", name, indent(err))
+		return 2
+	}
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validated
+	log := observability.NewJSONLogger(stderr, level)
+	tel, err := observability.Setup(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 2
+	}
+	svc, err := New(cfg, tel, log, sagas...)
+	if err != nil {
+		_ = tel.Shutdown(ctx)
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 1
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGTERM, os.Interrupt)
+	defer signal.Stop(signals)
+	returned := make(chan struct{})
+	defer close(returned)
+	go func() {
+		select {
+		case sig := <-signals:
+			log.Info("signal received: shutting down; a second one exits at once", "signal", sig.String())
+			cancel()
+		case <-returned:
+			return
+		}
+		select {
+		case sig := <-signals:
+			log.Warn("second signal: exiting without finishing", "signal", sig.String())
+			os.Exit(1)
+		case <-returned:
+		}
+	}()
+	if err := svc.Run(ctx); err != nil {
+		log.Error("service stopped", "error", err)
+		return 1
+	}
+	return 0
+}
