@@ -37,6 +37,7 @@ var commands = []command{
 	{"smoke", "start the embedded stack, round-trip Avro events through Kafka, stop", runSmoke},
 	{"dlq", "list, show and replay dead-letter records (dlq -h)", runDLQ},
 	{"topics", "topics ensure: create the saga's and the participants' topics", runTopics},
+	{"participants", "the orders example's participants in their own process (for run)", runParticipants},
 	{"saga", "saga trace: a saga's timeline from its journal, and its spans from Jaeger", runSaga},
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"strings"
 	"sync"
 	"time"
@@ -47,6 +48,15 @@ type Ledger struct {
 	Refunded map[string]int64 // money refunded
 	// Applied counts applications per "<effect> <order>"; more than one is a bug.
 	Applied map[string]int
+}
+
+// Snapshot returns a copy of the ledger, safe to read while the
+// participants run.
+func (l *Ledger) Snapshot() *Ledger {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return &Ledger{Reserved: maps.Clone(l.Reserved), Released: maps.Clone(l.Released), Shipped: maps.Clone(l.Shipped),
+		Charged: maps.Clone(l.Charged), Refunded: maps.Clone(l.Refunded), Applied: maps.Clone(l.Applied)}
 }
 
 // NewLedger returns an empty ledger.

@@ -49,6 +49,13 @@ type Config struct {
 	APIToken string `yaml:"api_token"`
 	// ShutdownGrace bounds a graceful shutdown (default 30s).
 	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
+	// SessionTimeout is how long the group waits for a silent instance
+	// before moving its partitions to the others (default kgo's 45s).
+	SessionTimeout time.Duration `yaml:"session_timeout"`
+	// TransactionTimeout is how long the broker lets a transaction of a
+	// crashed instance block its partitions before aborting it (default
+	// kgo's 40s). Together they bound recovery after a kill.
+	TransactionTimeout time.Duration `yaml:"transaction_timeout"`
 	// LogLevel is debug, info (default), warn or error.
 	LogLevel string `yaml:"log_level"`
 }
@@ -166,8 +173,13 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		bad("http_addr", "%q is not [host]:port", c.HTTPAddr)
 	}
-	if c.ShutdownGrace < 0 {
-		bad("shutdown_grace", "%v is negative", c.ShutdownGrace)
+	for _, d := range []struct {
+		setting string
+		value   time.Duration
+	}{{"shutdown_grace", c.ShutdownGrace}, {"session_timeout", c.SessionTimeout}, {"transaction_timeout", c.TransactionTimeout}} {
+		if d.value < 0 {
+			bad(d.setting, "%v is negative", d.value)
+		}
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
@@ -250,6 +262,8 @@ func (c Config) LogValue() slog.Value {
 		slog.String("http_addr", c.HTTPAddr),
 		slog.String("api_token", redact(c.APIToken)),
 		slog.Duration("shutdown_grace", c.ShutdownGrace),
+		slog.Duration("session_timeout", c.SessionTimeout),
+		slog.Duration("transaction_timeout", c.TransactionTimeout),
 		slog.String("log_level", c.LogLevel),
 	)
 }
@@ -273,6 +287,17 @@ func boolean(f func(c *Config) *bool) func(*Config, string) error {
 			return fmt.Errorf("%q is not true or false", v)
 		}
 		*f(c) = b
+		return nil
+	}
+}
+
+func duration(f func(c *Config) *time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("%q is not a duration such as 30s", v)
+		}
+		*f(c) = d
 		return nil
 	}
 }
@@ -305,14 +330,11 @@ var settings = []setting{
 	{"http_addr", "SAGAPIPE_HTTP_ADDR", "http-addr", "address of the HTTP API, probes and /metrics (default :8080)", false, str(func(c *Config) *string { return &c.HTTPAddr })},
 	{"api_token", "SAGAPIPE_API_TOKEN", "api-token", "bearer token required by mutating API calls (prefer the environment)", true, str(func(c *Config) *string { return &c.APIToken })},
 	{"shutdown_grace", "SAGAPIPE_SHUTDOWN_GRACE", "shutdown-grace", "how long a graceful shutdown may take (default 30s)", false,
-		func(c *Config, v string) error {
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				return fmt.Errorf("%q is not a duration such as 30s", v)
-			}
-			c.ShutdownGrace = d
-			return nil
-		}},
+		duration(func(c *Config) *time.Duration { return &c.ShutdownGrace })},
+	{"session_timeout", "SAGAPIPE_SESSION_TIMEOUT", "session-timeout", "how long the group waits for a silent instance (default 45s)", false,
+		duration(func(c *Config) *time.Duration { return &c.SessionTimeout })},
+	{"transaction_timeout", "SAGAPIPE_TRANSACTION_TIMEOUT", "transaction-timeout", "how long a crashed instance's open transaction may block its partitions (default 40s)", false,
+		duration(func(c *Config) *time.Duration { return &c.TransactionTimeout })},
 	{"log_level", "SAGAPIPE_LOG_LEVEL", "log-level", "debug, info, warn or error (default info)", false, str(func(c *Config) *string { return &c.LogLevel })},
 }
 

@@ -31,6 +31,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -125,6 +126,13 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 		return nil, err
 	}
 	clientOpts := append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, connOpts...)
+	runtimeOpts := slices.Clone(connOpts)
+	if cfg.SessionTimeout > 0 {
+		runtimeOpts = append(runtimeOpts, kgo.SessionTimeout(cfg.SessionTimeout))
+	}
+	if cfg.TransactionTimeout > 0 {
+		runtimeOpts = append(runtimeOpts, kgo.TransactionTimeout(cfg.TransactionTimeout))
+	}
 	serdeOpts := []schema.Opt{schema.WithSubjectNameStrategy(schema.RecordNameStrategy)}
 	if cfg.Registry.Username != "" {
 		serdeOpts = append(serdeOpts, schema.WithBasicAuth(cfg.Registry.Username, cfg.Registry.Password))
@@ -143,7 +151,7 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 		}
 		group := cfg.GroupPrefix + "." + sg.Name()
 		rt, err := sg.newRuntime(saga.Config{
-			Brokers: cfg.Brokers, ClientOptions: connOpts, Registry: serde, Group: group,
+			Brokers: cfg.Brokers, ClientOptions: runtimeOpts, Registry: serde, Group: group,
 			TransactionalID: fmt.Sprintf("%s.%s.%s.%d", cfg.TransactionalIDPrefix, sg.Name(), cmp.Or(host, "host"), os.Getpid()),
 			TracerProvider:  tel.TracerProvider(), MeterProvider: tel.MeterProvider(), Propagator: tel.Propagator(),
 			Logger: log,

@@ -1,0 +1,372 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sagapipe/sagapipe/examples/orders"
+	"github.com/sagapipe/sagapipe/internal/kread"
+	"github.com/sagapipe/sagapipe/saga"
+	"github.com/sagapipe/sagapipe/schema"
+)
+
+// The crash tests run every part in its own OS process, as in production:
+// the dev broker and registry, the participants, and one to three
+// orchestrators (`orchestrator run`), which they kill and restart while
+// orders flow. After each, every saga must be terminal with its outcome
+// announced once, each decision journaled once, and each effect applied
+// once at the participants.
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// binary builds cmd/orchestrator once per test run.
+func binary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "sagapipe-crash-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "orchestrator")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// proc is a child process whose output is kept for the failure report.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+func spawn(t *testing.T, name string, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: name, cmd: exec.Command(binary(t), args...), out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("--- %s output:\n%s", p.name, lastLines(p.out.String(), 40))
+		}
+	})
+	return p
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (p *proc) kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// term sends SIGTERM and returns how long the process took to exit and its
+// exit code.
+func (p *proc) term(t *testing.T, within time.Duration) (time.Duration, int) {
+	t.Helper()
+	began := time.Now()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(within):
+		t.Fatalf("%s did not exit within %v of SIGTERM", p.name, within)
+	}
+	return time.Since(began), p.cmd.ProcessState.ExitCode()
+}
+
+func (p *proc) waitFor(t *testing.T, re *regexp.Regexp, within time.Duration) []string {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if m := re.FindStringSubmatch(p.out.String()); m != nil {
+			return m
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited (%v) before printing %s", p.name, p.err, re)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("%s did not print %s within %v", p.name, re, within)
+	return nil
+}
+
+// world is a dev stack and participants in their own processes.
+type world struct {
+	t                     *testing.T
+	brokers, registry     string
+	participants          *proc
+	ledgerFile            string
+	orchestratorEnv       []string
+	placed                []string
+	orchestratorsSpawned  int
+	participantsCollected bool
+}
+
+func newWorld(t *testing.T) *world {
+	t.Helper()
+	dev := spawn(t, "dev", nil, "dev", "--kafka-port", "0", "--registry-port", "0")
+	m := dev.waitFor(t, regexp.MustCompile(`kafka:\s+(\S+)\nregistry: (\S+)`), 20*time.Second)
+	w := &world{t: t, brokers: m[1], registry: m[2], ledgerFile: filepath.Join(t.TempDir(), "ledger.json")}
+	topics := spawn(t, "topics", nil, "topics", "ensure", "--brokers", w.brokers, "--partitions", "6")
+	<-topics.done
+	if topics.err != nil {
+		t.Fatalf("topics ensure: %v\n%s", topics.err, topics.out.String())
+	}
+	w.participants = spawn(t, "participants", nil, "participants", "--brokers", w.brokers, "--registry", w.registry,
+		"--ledger-out", w.ledgerFile, "--decline-rate", "0.2", "--latency", "1ms")
+	w.participants.waitFor(t, regexp.MustCompile(`participants running`), 20*time.Second)
+	w.orchestratorEnv = []string{
+		"SAGAPIPE_BROKERS=" + w.brokers, "SAGAPIPE_REGISTRY_URL=" + w.registry, "SAGAPIPE_HTTP_ADDR=127.0.0.1:0",
+		"SAGAPIPE_SHUTDOWN_GRACE=10s", "SAGAPIPE_SESSION_TIMEOUT=3s", "SAGAPIPE_TRANSACTION_TIMEOUT=5s",
+		"SAGAPIPE_ORDERS_STEP_TIMEOUT=3s", "SAGAPIPE_LOG_LEVEL=info", "OTEL_SDK_DISABLED=true",
+	}
+	return w
+}
+
+func (w *world) orchestrator() *proc {
+	w.orchestratorsSpawned++
+	p := spawn(w.t, fmt.Sprintf("orchestrator-%d", w.orchestratorsSpawned), w.orchestratorEnv, "run")
+	p.waitFor(w.t, regexp.MustCompile(`sagapipe service started`), 20*time.Second)
+	return p
+}
+
+func (w *world) opts() []kgo.Opt { return []kgo.Opt{kgo.SeedBrokers(w.brokers)} }
+
+// place produces n orders over about spread, so that a kill lands mid-load.
+func (w *world) place(n int, spread time.Duration) {
+	w.t.Helper()
+	ctx := context.Background()
+	serde, err := schema.NewSerde(w.registry, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	codec, err := schema.NewCodec[orders.OrderPlaced](serde, orders.OrderPlacedSchema)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	cl, err := kgo.NewClient(w.opts()...)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	defer cl.Close()
+	for i := range n {
+		id := fmt.Sprintf("order-%05d", len(w.placed))
+		o := orders.OrderPlaced{OrderID: id, CustomerID: "c", SKU: "sku", Quantity: int32(1 + i%3), UnitPriceCents: 1000,
+			TotalCents: int64(1000 * (1 + i%3)), Currency: "EUR", PlacedAt: time.Now().Truncate(time.Millisecond)}
+		v, err := codec.Encode(ctx, "orders.inbox", &o)
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		env := schema.NewEnvelope(orders.OrderPlacedType, "crash-test", time.Now())
+		env.SagaID, env.CorrelationID = id, id
+		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "orders.inbox", Key: []byte(id), Value: v, Headers: env.Apply(nil)}).FirstErr(); err != nil {
+			w.t.Fatal(err)
+		}
+		w.placed = append(w.placed, id)
+		time.Sleep(spread / time.Duration(n))
+	}
+}
+
+// outcomes reads the outcomes topic: every announcement, by order.
+func (w *world) outcomes() map[string][]string {
+	w.t.Helper()
+	got := map[string][]string{}
+	err := kread.ToEnd(context.Background(), w.opts(), orders.OutcomesTopic, nil, func(r *kgo.Record) error {
+		typ, _ := schema.Header(r.Headers, schema.HeaderType)
+		got[string(r.Key)] = append(got[string(r.Key)], typ)
+		return nil
+	})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return got
+}
+
+// waitAnnounced waits until at least n orders have announced an outcome.
+func (w *world) waitAnnounced(n int, within time.Duration) {
+	w.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		got := len(w.outcomes())
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			w.t.Fatalf("%d of %d orders announced an outcome within %v", got, n, within)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// verify checks the guarantees once every placed order has an outcome.
+func (w *world) verify() {
+	t := w.t
+	t.Helper()
+	w.waitAnnounced(len(w.placed), 2*time.Minute)
+	announced := w.outcomes()
+	for _, id := range w.placed {
+		if len(announced[id]) != 1 {
+			t.Errorf("%s announced %v, want exactly one outcome", id, announced[id])
+		}
+	}
+
+	// The journal: each event applied once per saga, one terminal entry each.
+	serde, err := schema.NewSerde(w.registry, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	codec, err := schema.NewCodec[saga.JournalEntry](serde, saga.JournalEntrySchema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	applied := map[string]int{}
+	terminal := map[string][]string{}
+	err = kread.ToEnd(context.Background(), w.opts(), "orders.journal", nil, func(r *kgo.Record) error {
+		e, err := codec.Decode(context.Background(), r.Value)
+		if err != nil {
+			return err
+		}
+		if e.Outcome == saga.OutcomeApplied {
+			applied[e.SagaID+" "+e.CEID]++
+			switch e.ToState {
+			case string(saga.StateCompleted), string(saga.StateCompensated), string(saga.StateCompensationFailed):
+				terminal[e.SagaID] = append(terminal[e.SagaID], e.ToState)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, n := range applied {
+		if n > 1 {
+			t.Errorf("journal: %s applied %d times", k, n)
+		}
+	}
+	for _, id := range w.placed {
+		if len(terminal[id]) != 1 {
+			t.Errorf("journal: %s reached terminal states %v, want one", id, terminal[id])
+		}
+	}
+
+	// The participants: stop them, read what they did.
+	if _, code := w.participants.term(t, 20*time.Second); code != 0 {
+		t.Fatalf("participants exited %d", code)
+	}
+	raw, err := os.ReadFile(w.ledgerFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var l orders.Ledger
+	if err := json.Unmarshal(raw, &l); err != nil {
+		t.Fatal(err)
+	}
+	for k, n := range l.Applied {
+		if n != 1 {
+			t.Errorf("participants: %s applied %d times", k, n)
+		}
+	}
+	for _, id := range w.placed {
+		completed := len(terminal[id]) == 1 && terminal[id][0] == string(saga.StateCompleted)
+		shipped, captured := int32(0), int64(0)
+		if completed {
+			shipped, captured = l.Reserved[id], l.Charged[id]
+		}
+		if l.Reserved[id] != l.Released[id]+l.Shipped[id] || l.Shipped[id] != shipped {
+			t.Errorf("%s (%v): reserved %d, released %d, shipped %d", id, terminal[id], l.Reserved[id], l.Released[id], l.Shipped[id])
+		}
+		if l.Charged[id] != l.Refunded[id]+captured {
+			t.Errorf("%s (%v): charged %d, refunded %d", id, terminal[id], l.Charged[id], l.Refunded[id])
+		}
+	}
+	compensated := 0
+	for _, states := range terminal {
+		if len(states) == 1 && states[0] == string(saga.StateCompensated) {
+			compensated++
+		}
+	}
+	if compensated == 0 {
+		t.Errorf("no saga was compensated: the run did not exercise compensation")
+	}
+}
+
+func TestCrashKill9MidLoadThenRestart(t *testing.T) {
+	w := newWorld(t)
+	a := w.orchestrator()
+	placed := make(chan struct{})
+	go func() { defer close(placed); w.place(400, 3*time.Second) }()
+	w.waitAnnounced(80, time.Minute)
+	a.kill() // SIGKILL: no shutdown at all, possibly mid-transaction
+	<-placed
+	w.orchestrator()
+	w.verify()
+}
+
+func TestCrashSIGTERMMidLoadShutsDownWithinGrace(t *testing.T) {
+	w := newWorld(t)
+	a := w.orchestrator()
+	placed := make(chan struct{})
+	go func() { defer close(placed); w.place(400, 3*time.Second) }()
+	w.waitAnnounced(80, time.Minute)
+	took, code := a.term(t, 15*time.Second)
+	if code != 0 || took > 10*time.Second {
+		t.Errorf("SIGTERM: exit %d after %v, want 0 within the 10s grace", code, took)
+	}
+	if out := a.out.String(); !strings.Contains(out, `"msg":"stopped"`) {
+		t.Errorf("no graceful stop logged:\n%s", lastLines(out, 10))
+	}
+	<-placed
+	w.orchestrator()
+	w.verify()
+}
+
+func TestCrashThreeInstancesOneKilledOneAdded(t *testing.T) {
+	w := newWorld(t)
+	w.orchestrator()
+	b := w.orchestrator()
+	w.orchestrator()
+	placed := make(chan struct{})
+	go func() { defer close(placed); w.place(600, 4*time.Second) }()
+	w.waitAnnounced(120, time.Minute)
+	b.kill()
+	w.orchestrator()
+	<-placed
+	w.verify()
+}
