@@ -125,6 +125,9 @@ type StageWorker[C any] struct {
 // commits what it has answered) and read committed records
 // (kgo.FetchIsolationLevel(kgo.ReadCommitted()): commands come out of the
 // orchestrator's transactions). Every problem is reported at once.
+//
+// A saga waits for each reply, so kgo.ProducerLinger(0) is the setting
+// for the client: kgo's default 10ms linger adds 10ms to every step.
 func NewStageWorker[C any](client *kgo.Client, codec *schema.Codec[C], handler Handler[C], opts ...StageOpt) (*StageWorker[C], error) {
 	cfg := stageConfig{onFailure: StopOnFailure}
 	for _, o := range opts {

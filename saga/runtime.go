@@ -190,7 +190,10 @@ func NewRuntime[D any](s *Saga[D], cfg Config) (*Runtime[D], error) {
 		return nil, fmt.Errorf("saga %s: metrics: %w", s.name, err)
 	}
 	r.metrics = metrics
-	opts := append(append([]kgo.Opt(nil), r.connOpts...),
+	// No linger: a batch's records are all produced before the transaction
+	// ends, and End flushes; lingering would only add its 10ms to every
+	// hop of every saga. ClientOptions may still set one.
+	opts := append(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...), kgo.ProducerLinger(0)}, cfg.ClientOptions...),
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(s.InboxTopic()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
@@ -443,20 +446,43 @@ type batch[D any] struct {
 	commands map[string][]pipe.Message
 }
 
-// flush sends what the batch produced, in order per partition.
+// flush sends what the batch produced, all at once (in order per
+// partition), and waits for the broker's answers.
 func (r *Runtime[D]) flush(ctx context.Context, tx *pipe.Tx, b *batch[D]) error {
-	if err := r.sess.ProduceSync(ctx, append(b.journal, b.outbox...)...).FirstErr(); err != nil {
-		return fmt.Errorf("saga %s: append journal: %w", r.saga.name, err)
-	}
-	topics := slices.Sorted(maps.Keys(b.commands))
-	for _, topic := range topics {
-		for _, res := range tx.PipeManySync(ctx, topic, b.commands[topic]...) {
-			if res.Err != nil {
-				return res.Err
-			}
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+	)
+	fail := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if firstErr == nil {
+			firstErr = err
 		}
 	}
-	return nil
+	records := append(b.journal, b.outbox...)
+	wg.Add(len(records))
+	for _, rec := range records {
+		r.sess.Produce(ctx, rec, func(rec *kgo.Record, err error) {
+			if err != nil {
+				fail(fmt.Errorf("saga %s: append to %s: %w", r.saga.name, rec.Topic, err))
+			}
+			wg.Done()
+		})
+	}
+	for _, topic := range slices.Sorted(maps.Keys(b.commands)) {
+		ms := b.commands[topic]
+		wg.Add(len(ms))
+		tx.PipeManyAsync(ctx, topic, ms, func(res pipe.Result) {
+			if res.Err != nil {
+				fail(res.Err)
+			}
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	return firstErr
 }
 
 type deadLetter struct {

@@ -216,6 +216,7 @@ func (p *Participants) Run(ctx context.Context, brokers []string, clientOpts ...
 		}
 		cl, err := kgo.NewClient(append(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, clientOpts...),
 			kgo.ConsumerGroup(s.topic+".service"), kgo.ConsumeTopics(s.topic), kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+			kgo.ProducerLinger(0), // a reply is awaited by a saga: send it now
 			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))...)
 		if err != nil {
 			return err
