@@ -19,12 +19,11 @@ run:
 test: jaeger-build
 	SAGAPIPE_JAEGER_BIN="$(JAEGER_BIN)" $(GO) test -race -count=1 -timeout 14m ./...
 
-## bench: benchmarks of the hot paths (figures are in the README)
-## The saga benchmarks run a fixed 5,000 sagas: end-to-end throughput and
-## per-saga memory only mean something once start-up costs are amortized.
+## bench: micro-benchmarks of the hot paths, then the harness (`orchestrator bench`):
+## saga throughput and latency, the kgo ceiling, in-flight memory; figures in the README
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./schema/ ./pipe/ ./saga/
-	$(GO) test -run '^$$' -bench . -benchmem -count 3 -benchtime 5000x ./examples/orders/
+	$(GO) run ./cmd/orchestrator bench --out bench-results.json
 
 ## lint: formatting and go vet
 lint:

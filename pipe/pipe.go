@@ -54,7 +54,8 @@ type Message struct {
 	// A deterministic ID lets a receiver recognize a resent command.
 	ID string
 	// Headers are set on the piped record last, each replacing every
-	// header of its name (e.g. saga_step, reply_to).
+	// header of its name (e.g. saga_step, reply_to). Their values are not
+	// copied: do not change them until the record's Result arrives.
 	Headers []kgo.RecordHeader
 	// PassThrough comes back untouched in the record's Result.
 	PassThrough any
@@ -333,8 +334,22 @@ func (p *Piper) build(ctx context.Context, topic string, m Message) (*kgo.Record
 	if p.cfg.source != "" {
 		headers = append(headers, kgo.RecordHeader{Key: schema.HeaderSource, Value: []byte(p.cfg.source)})
 	}
-	for _, h := range m.Headers {
-		headers = schema.SetHeader(headers, h.Key, string(h.Value))
+	if len(m.Headers) > 0 {
+		overridden := func(key string) bool {
+			return slices.ContainsFunc(m.Headers, func(o kgo.RecordHeader) bool { return o.Key == key })
+		}
+		kept := headers[:0]
+		for _, h := range headers {
+			if !overridden(h.Key) {
+				kept = append(kept, h)
+			}
+		}
+		headers = kept
+		for i, h := range m.Headers {
+			if !slices.ContainsFunc(m.Headers[i+1:], func(o kgo.RecordHeader) bool { return o.Key == h.Key }) {
+				headers = append(headers, h) // of one name, the last wins
+			}
+		}
 	}
 	rec.Headers = headers
 

@@ -611,7 +611,8 @@ func (r *Runtime[D]) keep(b *batch[D], p int32, s *sagaRecord[D]) {
 // handleRecord turns an inbox record into a state-machine event and applies
 // it. What cannot be processed is dead-lettered, inside the transaction.
 func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Record) error {
-	ctx, span := telemetry.StartProcess(ctx, r.tracer, r.cfg.Propagator, rec, r.cfg.Group, telemetry.SagaName.String(r.saga.name))
+	ctx, span := telemetry.StartProcess(ctx, r.tracer, r.cfg.Propagator, rec, r.cfg.Group)
+	recording := span.IsRecording()
 	b.spans = append(b.spans, span)
 	env, err := schema.ReadEnvelope(rec.Headers)
 	if err != nil {
@@ -621,7 +622,9 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 	if id == "" {
 		return r.deadLetter(ctx, b, rec, env, ErrNoSagaID)
 	}
-	span.SetAttributes(telemetry.SagaID.String(id), telemetry.SagaStep.String(env.SagaStep))
+	if recording {
+		span.SetAttributes(telemetry.SagaName.String(r.saga.name), telemetry.SagaID.String(id), telemetry.SagaStep.String(env.SagaStep))
+	}
 	on := ReplyEventType(env.SagaStep, env.Type)
 	if env.SagaStep == "" {
 		on = statemachine.EventType("start/" + env.Type)
@@ -647,7 +650,9 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 		r.keep(b, rec.Partition, s)
 	}
 	if s.seen[env.ID] {
-		span.SetAttributes(attribute.Bool("sagapipe.duplicate", true))
+		if recording {
+			span.SetAttributes(attribute.Bool("sagapipe.duplicate", true))
+		}
 		return nil // a duplicate changes nothing
 	}
 	ev := statemachine.Event{Type: on, ID: env.ID, Time: t, Payload: payload}
@@ -733,7 +738,9 @@ func (r *Runtime[D]) apply(ctx context.Context, b *batch[D], p int32, s *sagaRec
 	}
 	s.seen[ev.ID] = true
 	if entry.Outcome == OutcomeIgnored {
-		span.SetAttributes(telemetry.SagaState.String(string(s.state)), attribute.Bool("saga.event.ignored", true))
+		if span.IsRecording() {
+			span.SetAttributes(telemetry.SagaState.String(string(s.state)), attribute.Bool("saga.event.ignored", true))
+		}
 		return nil
 	}
 	if s.state == StateNew {
@@ -767,7 +774,9 @@ func (r *Runtime[D]) apply(ctx context.Context, b *batch[D], p int32, s *sagaRec
 				took: ev.Time.Sub(s.started), ctx: trace.ContextWithSpanContext(context.Background(), s.span)})
 		}
 	}
-	span.SetAttributes(telemetry.SagaState.String(string(s.state)), telemetry.SagaCompensation.Bool(compensation))
+	if span.IsRecording() {
+		span.SetAttributes(telemetry.SagaState.String(string(s.state)), telemetry.SagaCompensation.Bool(compensation))
+	}
 	if r.cfg.Logger.Enabled(ctx, slog.LevelDebug) {
 		r.cfg.Logger.DebugContext(ctx, "saga event applied", "saga_name", r.saga.name, "saga_id", s.id,
 			"correlation_id", s.correlation, "event", ev.Type, "from", entry.FromState, "to", s.state)

@@ -6,6 +6,7 @@
 //	orchestrator smoke   start the embedded stack, round-trip Avro events through it, stop
 //	orchestrator dlq     list, show and replay dead-letter records
 //	orchestrator topics  create the saga's and the participants' topics
+//	orchestrator bench   throughput, latency, ceiling ratio and memory, written as JSON (make bench)
 //	orchestrator saga    trace a saga: its journal timeline with trace/span IDs, its spans from Jaeger
 //
 // Run "orchestrator <command> -h" for a command's flags.
@@ -37,6 +38,7 @@ var commands = []command{
 	{"smoke", "start the embedded stack, round-trip Avro events through Kafka, stop", runSmoke},
 	{"dlq", "list, show and replay dead-letter records (dlq -h)", runDLQ},
 	{"topics", "topics ensure: create the saga's and the participants' topics", runTopics},
+	{"bench", "the benchmark harness: saga throughput and latency, the kgo ceiling, in-flight memory (JSON out)", runBench},
 	{"participants", "the orders example's participants in their own process (for run)", runParticipants},
 	{"saga", "saga trace: a saga's timeline from its journal, and its spans from Jaeger", runSaga},
 }

@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -168,5 +171,31 @@ func TestDemoCommand(t *testing.T) {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("stdout lacks %q:\n%s", want, stdout.String())
 		}
+	}
+}
+
+// The harness runs end to end and writes its JSON; the figures themselves
+// are for `make bench`, not for a test on a shared machine.
+func TestBenchWritesResults(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "bench.json")
+	var stdout, stderr syncBuffer
+	code := run(context.Background(), []string{"bench", "--sagas", "300", "--concurrency", "50", "--skip-memory", "--out", out}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s\n%s", code, stdout.String(), stderr.String())
+	}
+	raw, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res BenchResult
+	if err := json.Unmarshal(raw, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Sagas != 300 || res.Throughput.SagasPerSecond <= 0 || res.Throughput.Records < 300*12 ||
+		res.Ceiling.Records != res.Throughput.Records || res.Ratio <= 0 || res.HalfRate.P99Millis <= 0 {
+		t.Fatalf("results %+v", res)
+	}
+	if res.Targets.InFlightBytes || res.Targets.AllMet {
+		t.Fatal("a skipped measurement cannot meet its target")
 	}
 }

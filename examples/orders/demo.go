@@ -56,6 +56,9 @@ type DemoConfig struct {
 	Progress func(finished, total int)
 	// Telemetry, when set, gives each service of Services its telemetry.
 	Telemetry func(service string) Telemetry
+	// Rate, when positive, paces the orders at that many per second;
+	// otherwise they are placed as fast as Concurrency allows.
+	Rate float64
 }
 
 func (c DemoConfig) telemetry(service string) Telemetry {
@@ -248,55 +251,9 @@ func checkOutcomes(ctx context.Context, cfg DemoConfig, sum *Summary, h *demoHoo
 	return nil
 }
 
-// HoldInFlight starts n sagas and holds them at shipping (which never
-// answers), calling heap before placing them and once all n are charged and
-// waiting: the difference is what n in-flight sagas cost.
-func HoldInFlight(ctx context.Context, brokers []string, registryURL string, n int, heap func() uint64) (before, after uint64, err error) {
-	cfg := DemoConfig{Brokers: brokers, RegistryURL: registryURL, Orders: n, Concurrency: n + 1, Partitions: 3,
-		StepTimeout: time.Hour, Faults: Faults{ShippingSilent: true}}
-	sv, err := start(ctx, cfg)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer func() {
-		sv.stop()
-		for e := range sv.errs {
-			err = errors.Join(err, e)
-		}
-	}()
-	// Warm up the clients, codecs and caches, so they are not counted.
-	warm := DemoConfig{Brokers: brokers, Orders: 1, Concurrency: 1}
-	if err := placeOrders(ctx, warm, sv.serde, sv.saga.InboxTopic(), sv.hooks); err != nil {
-		return 0, 0, err
-	}
-	l := sv.participants.Ledger
-	charged := func() int { l.mu.Lock(); defer l.mu.Unlock(); return len(l.Charged) }
-	for charged() < 1 {
-		time.Sleep(10 * time.Millisecond)
-	}
-	before = heap()
-	cfg.Orders = n + 1
-	if err := placeOrdersFrom(ctx, cfg, 1, sv.serde, sv.saga.InboxTopic(), sv.hooks); err != nil {
-		return 0, 0, err
-	}
-	deadline := time.Now().Add(5 * time.Minute)
-	for charged() < n+1 {
-		if time.Now().After(deadline) {
-			return 0, 0, fmt.Errorf("only %d of %d sagas reached shipping", charged()-1, n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return before, heap(), nil
-}
-
 // placeOrders produces the OrderPlaced events, at most Concurrency sagas in
 // flight at once.
 func placeOrders(ctx context.Context, cfg DemoConfig, serde *schema.Serde, inbox string, hooks *demoHooks) error {
-	return placeOrdersFrom(ctx, cfg, 0, serde, inbox, hooks)
-}
-
-// placeOrdersFrom places orders first to cfg.Orders-1.
-func placeOrdersFrom(ctx context.Context, cfg DemoConfig, first int, serde *schema.Serde, inbox string, hooks *demoHooks) error {
 	codec, err := schema.NewCodec[OrderPlaced](serde, OrderPlacedSchema)
 	if err != nil {
 		return err
@@ -310,7 +267,18 @@ func placeOrdersFrom(ctx context.Context, cfg DemoConfig, first int, serde *sche
 	propagator := telemetry.Propagator()
 	var failed error
 	var mu sync.Mutex
-	for i := first; i < cfg.Orders; i++ {
+	paceFrom := time.Now()
+	for i := range cfg.Orders {
+		if cfg.Rate > 0 {
+			due := paceFrom.Add(time.Duration(float64(i) / cfg.Rate * float64(time.Second)))
+			if wait := time.Until(due); wait > 0 {
+				select {
+				case <-time.After(wait):
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+		}
 		select {
 		case hooks.slots <- struct{}{}:
 		case <-ctx.Done():

@@ -99,8 +99,15 @@ func (h Headers) Keys() []string {
 // parent is the trace context in the record's headers; a record without one,
 // or with a malformed traceparent, starts a new trace rather than failing.
 // Only the record decides the parent; ctx gives cancellation and values.
+//
+// Attributes are set once the span is known to record, so a process that
+// exports nothing does not pay for them (samplers do not see them).
 func StartProcess(ctx context.Context, tracer trace.Tracer, prop propagation.TextMapPropagator, rec *kgo.Record, group string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
 	ctx = prop.Extract(trace.ContextWithSpanContext(ctx, trace.SpanContext{}), Headers{rec})
+	ctx, span := tracer.Start(ctx, rec.Topic+" process", trace.WithSpanKind(trace.SpanKindConsumer))
+	if !span.IsRecording() {
+		return ctx, span
+	}
 	base := []attribute.KeyValue{
 		semconv.MessagingSystemKafka,
 		semconv.MessagingOperationTypeProcess,
@@ -118,15 +125,19 @@ func StartProcess(ctx context.Context, tracer trace.Tracer, prop propagation.Tex
 	if len(rec.Key) > 0 {
 		base = append(base, semconv.MessagingKafkaMessageKey(string(rec.Key)))
 	}
-	return tracer.Start(ctx, rec.Topic+" process",
-		trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(append(base, attrs...)...))
+	span.SetAttributes(append(base, attrs...)...)
+	return ctx, span
 }
 
 // StartPublish starts the "<topic> publish" span of a record about to be
 // produced, as a child of ctx's span, and writes its trace context into the
 // record's headers. End it with EndPublish once the broker has answered.
 func StartPublish(ctx context.Context, tracer trace.Tracer, prop propagation.TextMapPropagator, rec *kgo.Record) (context.Context, trace.Span) {
+	ctx, span := tracer.Start(ctx, rec.Topic+" publish", trace.WithSpanKind(trace.SpanKindProducer))
+	prop.Inject(ctx, Headers{rec})
+	if !span.IsRecording() {
+		return ctx, span
+	}
 	attrs := []attribute.KeyValue{
 		semconv.MessagingSystemKafka,
 		semconv.MessagingOperationTypeSend,
@@ -139,9 +150,7 @@ func StartPublish(ctx context.Context, tracer trace.Tracer, prop propagation.Tex
 	if len(rec.Key) > 0 {
 		attrs = append(attrs, semconv.MessagingKafkaMessageKey(string(rec.Key)))
 	}
-	ctx, span := tracer.Start(ctx, rec.Topic+" publish",
-		trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
-	prop.Inject(ctx, Headers{rec})
+	span.SetAttributes(attrs...)
 	return ctx, span
 }
 

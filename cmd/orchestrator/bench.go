@@ -1,0 +1,431 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sagapipe/sagapipe/examples/orders"
+	"github.com/sagapipe/sagapipe/internal/devstack"
+	"github.com/sagapipe/sagapipe/internal/kread"
+	"github.com/sagapipe/sagapipe/saga"
+	"github.com/sagapipe/sagapipe/schema"
+)
+
+// BenchResult is what `orchestrator bench` measures, also written as JSON.
+type BenchResult struct {
+	Sagas       int     `json:"sagas"`
+	Concurrency int     `json:"concurrency"`
+	Partitions  int     `json:"partitions"`
+	GoMaxProcs  int     `json:"gomaxprocs"`
+	Throughput  Run     `json:"throughput"`
+	HalfRate    Run     `json:"half_rate"`
+	Ceiling     Ceiling `json:"ceiling"`
+	// Ratio is the saga run's records/s over the ceiling's.
+	Ratio float64 `json:"ratio_to_ceiling"`
+	// InFlightBytesPerSaga is the orchestrator's heap growth per saga
+	// held in flight, the broker and participants in other processes.
+	InFlightBytesPerSaga float64 `json:"in_flight_bytes_per_saga"`
+	InFlightSagas        int     `json:"in_flight_sagas"`
+	Targets              Targets `json:"targets"`
+}
+
+// Run is one pass of the orders saga end to end.
+type Run struct {
+	SagasPerSecond   float64 `json:"sagas_per_second"`
+	P50Millis        float64 `json:"p50_ms"`
+	P99Millis        float64 `json:"p99_ms"`
+	Records          int64   `json:"records"`
+	RecordsPerSecond float64 `json:"records_per_second"`
+	AllocsPerSaga    float64 `json:"allocs_per_saga"`
+	BytesPerSaga     float64 `json:"alloc_bytes_per_saga"`
+	PeakRSSBytes     int64   `json:"peak_rss_bytes"`
+	ElapsedSeconds   float64 `json:"elapsed_seconds"`
+	RateLimit        float64 `json:"rate_limit,omitempty"`
+}
+
+// Ceiling is the plain kgo transactional read-process-write loop.
+type Ceiling struct {
+	Records          int64   `json:"records"`
+	RecordsPerSecond float64 `json:"records_per_second"`
+	ElapsedSeconds   float64 `json:"elapsed_seconds"`
+}
+
+// Targets are issue 7's, and whether this run met them.
+type Targets struct {
+	SagasPerSecond    bool   `json:"sagas_per_second_at_least_5000"`
+	Ratio             bool   `json:"ratio_at_least_0_3"`
+	HalfRateP99       bool   `json:"p99_at_half_rate_at_most_250ms"`
+	InFlightBytes     bool   `json:"in_flight_at_most_2KiB"`
+	AllMet            bool   `json:"all_met"`
+	FailedExplanation string `json:"failed,omitempty"`
+}
+
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	n := fs.Int("sagas", 20000, "sagas per throughput run")
+	concurrency := fs.Int("concurrency", 2000, "sagas in flight at most")
+	partitions := fs.Int("partitions", 3, "partitions of every topic")
+	inFlight := fs.Int("in-flight", 10000, "sagas held in flight for the memory measurement")
+	out := fs.String("out", "bench-results.json", "where to write the results as JSON (empty: nowhere)")
+	skipMemory := fs.Bool("skip-memory", false, "skip the in-flight memory measurement (it starts the broker and participants as processes)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the throughput run to this file (go tool pprof)")
+	if code := parseFlags(fs, args, stderr); code >= 0 {
+		return code
+	}
+	if problems := atLeastOne(nil, map[string]int{"--sagas": *n, "--concurrency": *concurrency, "--partitions": *partitions, "--in-flight": *inFlight}); len(problems) > 0 {
+		fmt.Fprintf(stderr, "orchestrator bench: %v\n", errors.Join(problems...))
+		return 2
+	}
+	res := BenchResult{Sagas: *n, Concurrency: *concurrency, Partitions: *partitions, GoMaxProcs: runtime.GOMAXPROCS(0)}
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "orchestrator bench: %v\n", err)
+		return 1
+	}
+
+	fmt.Fprintf(stdout, "throughput: %d sagas, %d in flight, participants in process, embedded stack\n", *n, *concurrency)
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fail(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fail(err)
+		}
+	}
+	var err error
+	res.Throughput, err = benchRun(ctx, *n, *concurrency, int32(*partitions), 0)
+	if *cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
+	if err != nil {
+		return fail(err)
+	}
+	printRun(stdout, res.Throughput)
+
+	fmt.Fprintf(stdout, "ceiling: a plain kgo transactional read-process-write loop moving %d records\n", res.Throughput.Records)
+	if res.Ceiling, err = benchCeiling(ctx, res.Throughput.Records, int32(*partitions)); err != nil {
+		return fail(err)
+	}
+	res.Ratio = res.Throughput.RecordsPerSecond / res.Ceiling.RecordsPerSecond
+	fmt.Fprintf(stdout, "  %.0f records/s; the saga run moved %.0f records/s: ratio %.2f\n",
+		res.Ceiling.RecordsPerSecond, res.Throughput.RecordsPerSecond, res.Ratio)
+
+	half := res.Throughput.SagasPerSecond / 2
+	fmt.Fprintf(stdout, "half rate: %d sagas placed at %.0f sagas/s\n", *n/2, half)
+	if res.HalfRate, err = benchRun(ctx, *n/2, *concurrency, int32(*partitions), half); err != nil {
+		return fail(err)
+	}
+	printRun(stdout, res.HalfRate)
+
+	if !*skipMemory {
+		fmt.Fprintf(stdout, "in-flight memory: %d sagas held at shipping; broker and participants in their own processes\n", *inFlight)
+		if res.InFlightBytesPerSaga, err = benchInFlight(ctx, *inFlight, int32(*partitions), stderr); err != nil {
+			return fail(err)
+		}
+		res.InFlightSagas = *inFlight
+		fmt.Fprintf(stdout, "  %.0f B of orchestrator heap per in-flight saga\n", res.InFlightBytesPerSaga)
+	}
+
+	t := &res.Targets
+	t.SagasPerSecond = res.Throughput.SagasPerSecond >= 5000
+	t.Ratio = res.Ratio >= 0.3
+	t.HalfRateP99 = res.HalfRate.P99Millis <= 250
+	t.InFlightBytes = !*skipMemory && res.InFlightBytesPerSaga <= 2048
+	t.AllMet = t.SagasPerSecond && t.Ratio && t.HalfRateP99 && t.InFlightBytes
+	var missed []string
+	for name, ok := range map[string]bool{"≥ 5,000 sagas/s": t.SagasPerSecond, "ratio ≥ 0.3": t.Ratio,
+		"p99 ≤ 250 ms at half rate": t.HalfRateP99, "≤ 2 KiB per in-flight saga": t.InFlightBytes} {
+		if !ok {
+			missed = append(missed, name)
+		}
+	}
+	t.FailedExplanation = strings.Join(missed, "; ")
+	if t.AllMet {
+		fmt.Fprintln(stdout, "targets: all met (≥ 5,000 sagas/s, ratio ≥ 0.3, p99 ≤ 250 ms at half rate, ≤ 2 KiB per in-flight saga)")
+	} else {
+		fmt.Fprintf(stdout, "targets missed: %s\n", t.FailedExplanation)
+	}
+	if *out != "" {
+		data, _ := json.MarshalIndent(res, "", "  ")
+		if err := os.WriteFile(*out, append(data, '\n'), 0o644); err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(stdout, "results written to %s\n", *out)
+	}
+	return 0
+}
+
+func printRun(w io.Writer, r Run) {
+	fmt.Fprintf(w, "  %.0f sagas/s, p50 %.0f ms, p99 %.0f ms, %.0f records/s, %.0f allocs and %.0f KB allocated per saga, peak RSS %d MiB\n",
+		r.SagasPerSecond, r.P50Millis, r.P99Millis, r.RecordsPerSecond, r.AllocsPerSaga, r.BytesPerSaga/1000, r.PeakRSSBytes>>20)
+}
+
+// benchRun runs n orders end to end on a fresh embedded stack.
+func benchRun(ctx context.Context, n, concurrency int, partitions int32, rate float64) (Run, error) {
+	stack, err := devstack.Start(devstack.Config{})
+	if err != nil {
+		return Run{}, err
+	}
+	defer stack.Close()
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	sum, err := orders.RunDemo(ctx, orders.DemoConfig{Brokers: stack.KafkaAddrs(), RegistryURL: stack.RegistryURL(),
+		Orders: n, Concurrency: concurrency, Partitions: partitions, StepTimeout: 30 * time.Second, Rate: rate})
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		return Run{}, err
+	}
+	if len(sum.Violations) > 0 {
+		return Run{}, fmt.Errorf("invariants broken: %v", sum.Violations[:min(5, len(sum.Violations))])
+	}
+	records, err := countRecords(ctx, stack.KafkaAddrs())
+	if err != nil {
+		return Run{}, err
+	}
+	return Run{
+		SagasPerSecond: sum.SagasPerSecond, P50Millis: ms(sum.P50), P99Millis: ms(sum.P99),
+		Records: records, RecordsPerSecond: float64(records) / sum.Elapsed.Seconds(),
+		AllocsPerSaga: float64(after.Mallocs-before.Mallocs) / float64(n),
+		BytesPerSaga:  float64(after.TotalAlloc-before.TotalAlloc) / float64(n),
+		PeakRSSBytes:  peakRSS(), ElapsedSeconds: sum.Elapsed.Seconds(), RateLimit: rate,
+	}, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// countRecords counts the data records (not transaction markers) of every
+// topic the orders saga and its participants wrote.
+func countRecords(ctx context.Context, brokers []string) (int64, error) {
+	var n int64
+	for _, topic := range []string{"orders.inbox", "orders.journal", orders.OutcomesTopic, orders.InventoryTopic, orders.PaymentTopic, orders.ShippingTopic} {
+		err := kread.ToEnd(ctx, []kgo.Opt{kgo.SeedBrokers(brokers...)}, topic, nil, func(*kgo.Record) error { n++; return nil })
+		if err != nil {
+			return 0, fmt.Errorf("counting %s: %w", topic, err)
+		}
+	}
+	return n, nil
+}
+
+// peakRSS is the process's resident set high-water mark (VmHWM), or 0
+// where /proc does not tell.
+func peakRSS() int64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// benchCeiling moves n records through a plain kgo transactional
+// read-process-write loop on a fresh embedded stack: what the broker and
+// client allow without sagapipe.
+func benchCeiling(ctx context.Context, n int64, partitions int32) (Ceiling, error) {
+	stack, err := devstack.Start(devstack.Config{})
+	if err != nil {
+		return Ceiling{}, err
+	}
+	defer stack.Close()
+	seed := []kgo.Opt{kgo.SeedBrokers(stack.KafkaAddrs()...)}
+	cl, err := kgo.NewClient(seed...)
+	if err != nil {
+		return Ceiling{}, err
+	}
+	defer cl.Close()
+	if _, err := kadm.NewClient(cl).CreateTopics(ctx, partitions, 1, nil, "ceiling.in", "ceiling.out"); err != nil {
+		return Ceiling{}, err
+	}
+	// Records shaped like the saga's: a key, ~200 bytes, a dozen headers.
+	value := make([]byte, 200)
+	env := schema.NewEnvelope("bench.Event", "bench", time.Now())
+	env.SagaName, env.SagaID, env.CorrelationID = "orders", "order-000000", "order-000000"
+	headers := env.Apply(nil)
+	for i := int64(0); i < n; i++ {
+		cl.Produce(ctx, &kgo.Record{Topic: "ceiling.in", Key: []byte(fmt.Sprintf("order-%06d", i%50000)), Value: value, Headers: headers}, nil)
+	}
+	if err := cl.Flush(ctx); err != nil {
+		return Ceiling{}, err
+	}
+	sess, err := kgo.NewGroupTransactSession(append(seed, kgo.ConsumerGroup("ceiling"), kgo.ConsumeTopics("ceiling.in"),
+		kgo.TransactionalID("ceiling"), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ProducerLinger(0),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.RequireStableFetchOffsets())...)
+	if err != nil {
+		return Ceiling{}, err
+	}
+	defer sess.Close()
+	began := time.Now()
+	var moved int64
+	for moved < n {
+		fetches := sess.PollFetches(ctx)
+		if err := fetches.Err0(); err != nil {
+			return Ceiling{}, err
+		}
+		if err := sess.Begin(); err != nil {
+			return Ceiling{}, err
+		}
+		fetches.EachRecord(func(r *kgo.Record) {
+			sess.Produce(ctx, &kgo.Record{Topic: "ceiling.out", Key: r.Key, Value: r.Value, Headers: r.Headers}, nil)
+			moved++
+		})
+		if _, err := sess.End(ctx, kgo.TryCommit); err != nil {
+			return Ceiling{}, err
+		}
+	}
+	elapsed := time.Since(began)
+	return Ceiling{Records: moved, RecordsPerSecond: float64(moved) / elapsed.Seconds(), ElapsedSeconds: elapsed.Seconds()}, nil
+}
+
+// benchInFlight measures the orchestrator's heap per in-flight saga: the
+// broker and the participants (shipping silent) run as processes of this
+// binary, the saga runtime in this one; n sagas are started and held at
+// shipping, and the live heap's growth is divided by n.
+func benchInFlight(ctx context.Context, n int, partitions int32, stderr io.Writer) (float64, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return 0, err
+	}
+	dev := exec.CommandContext(ctx, self, "dev", "--kafka-port", "0", "--registry-port", "0")
+	devOut, err := dev.StdoutPipe()
+	if err != nil {
+		return 0, err
+	}
+	dev.Stderr = stderr
+	if err := dev.Start(); err != nil {
+		return 0, err
+	}
+	defer func() { _ = dev.Process.Signal(os.Interrupt); _ = dev.Wait() }()
+	addrs := regexp.MustCompile(`kafka:\s+(\S+)\nregistry: (\S+)`)
+	var printed strings.Builder
+	sc := bufio.NewScanner(devOut)
+	var brokers, registryURL string
+	for sc.Scan() {
+		printed.WriteString(sc.Text() + "\n")
+		if m := addrs.FindStringSubmatch(printed.String()); m != nil {
+			brokers, registryURL = m[1], m[2]
+			break
+		}
+	}
+	if brokers == "" {
+		return 0, fmt.Errorf("the dev stack did not start: %s", printed.String())
+	}
+	go func() { _, _ = io.Copy(io.Discard, devOut) }()
+
+	s, err := orders.Saga(time.Hour)
+	if err != nil {
+		return 0, err
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers))
+	if err != nil {
+		return 0, err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	if err := s.EnsureTopics(ctx, adm, partitions, 1); err != nil {
+		return 0, err
+	}
+	for _, t := range []string{orders.InventoryTopic, orders.PaymentTopic, orders.ShippingTopic} {
+		if err := saga.EnsureTopic(ctx, adm, t, partitions, 1, nil); err != nil {
+			return 0, err
+		}
+	}
+	participants := exec.CommandContext(ctx, self, "participants", "--brokers", brokers, "--registry", registryURL, "--shipping-silent")
+	participants.Stdout, participants.Stderr = io.Discard, stderr
+	if err := participants.Start(); err != nil {
+		return 0, err
+	}
+	defer func() { _ = participants.Process.Signal(os.Interrupt); _ = participants.Wait() }()
+
+	serde, err := schema.NewSerde(registryURL, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	if err != nil {
+		return 0, err
+	}
+	rt, err := saga.NewRuntime(s, saga.Config{Brokers: []string{brokers}, Registry: serde})
+	if err != nil {
+		return 0, err
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- rt.Run(rctx) }()
+	defer func() { cancel(); <-done; rt.Close() }()
+
+	codec, err := schema.NewCodec[orders.OrderPlaced](serde, orders.OrderPlacedSchema)
+	if err != nil {
+		return 0, err
+	}
+	place := func(from, to int) error {
+		for i := from; i < to; i++ {
+			id := fmt.Sprintf("order-%07d", i)
+			o := orders.OrderPlaced{OrderID: id, CustomerID: fmt.Sprintf("customer-%04d", i%997), SKU: "sku-042", Quantity: 2,
+				UnitPriceCents: 1250, TotalCents: 2500, Currency: "EUR", PlacedAt: time.Now().Truncate(time.Millisecond)}
+			v, err := codec.Encode(ctx, s.InboxTopic(), &o)
+			if err != nil {
+				return err
+			}
+			env := schema.NewEnvelope(orders.OrderPlacedType, "bench", time.Now())
+			env.SagaID, env.CorrelationID = id, id
+			cl.Produce(ctx, &kgo.Record{Topic: s.InboxTopic(), Key: []byte(id), Value: v, Headers: env.Apply(nil)}, nil)
+		}
+		return cl.Flush(ctx)
+	}
+	waitHeld := func(want int) error {
+		deadline := time.Now().Add(5 * time.Minute)
+		for len(rt.List(saga.PendingState("shipping"))) < want {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("only %d of %d sagas reached shipping", len(rt.List(saga.PendingState("shipping"))), want)
+			}
+			select {
+			case err := <-done:
+				return fmt.Errorf("the runtime stopped: %v", err)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		return nil
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	const warm = 500 // clients, codecs, caches and maps warmed up before measuring
+	if err := place(0, warm); err != nil {
+		return 0, err
+	}
+	if err := waitHeld(warm); err != nil {
+		return 0, err
+	}
+	before := heap()
+	if err := place(warm, warm+n); err != nil {
+		return 0, err
+	}
+	if err := waitHeld(warm + n); err != nil {
+		return 0, err
+	}
+	after := heap()
+	return float64(int64(after)-int64(before)) / float64(n), nil
+}
