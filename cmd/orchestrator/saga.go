@@ -18,14 +18,126 @@ import (
 )
 
 func runSaga(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == "trace" {
-		return sagaTrace(ctx, args[1:], stdout, stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "trace":
+			return sagaTrace(ctx, args[1:], stdout, stderr)
+		case "show":
+			return sagaShow(ctx, args[1:], stdout, stderr)
+		case "list":
+			return sagaList(ctx, args[1:], stdout, stderr)
+		}
 	}
-	fmt.Fprintln(stderr, "usage: orchestrator saga trace [flags] <saga> <id>")
+	fmt.Fprintln(stderr, `usage:
+  orchestrator saga show  [flags] <saga> <id>   its state and journal
+  orchestrator saga list  [flags] <saga>        every saga in the journal with its state (--state to filter)
+  orchestrator saga trace [flags] <saga> <id>   its journal with trace/span IDs, and its spans from Jaeger (--jaeger)`)
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
 		return 0
 	}
 	return 2
+}
+
+// journalFlags reach a saga's journal: a cluster, or a demo's data dir.
+type journalFlags struct {
+	clusterFlags
+	dataDir string
+}
+
+func (f *journalFlags) register(fs *flag.FlagSet) {
+	f.clusterFlags.register(fs)
+	fs.StringVar(&f.dataDir, "data-dir", "", "read the journal from an embedded stack over this data directory (as left by 'orchestrator demo --data-dir') instead of --brokers")
+}
+
+// open returns the brokers and the serde to read journals with, and what to
+// close afterwards.
+func (f *journalFlags) open() ([]string, *schema.Serde, func(), error) {
+	brokers, registryURL, closeFn := f.brokerList(), f.registry, func() {}
+	if f.dataDir != "" {
+		sf := stackFlags{dataDir: f.dataDir}
+		stack, err := sf.start()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		brokers, registryURL, closeFn = stack.KafkaAddrs(), stack.RegistryURL(), func() { stack.Close() }
+	}
+	serde, err := schema.NewSerde(registryURL, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	if err != nil {
+		closeFn()
+		return nil, nil, nil, err
+	}
+	return brokers, serde, closeFn, nil
+}
+
+// sagaShow prints a saga's state and journal.
+func sagaShow(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("saga show", flag.ContinueOnError)
+	var jf journalFlags
+	jf.register(fs)
+	pos, code := parseInterspersed(fs, args, 2, stderr)
+	if code >= 0 {
+		return code
+	}
+	brokers, serde, done, err := jf.open()
+	if err != nil {
+		fmt.Fprintf(stderr, "orchestrator saga show: %v\n", err)
+		return 1
+	}
+	defer done()
+	entries, err := saga.History(ctx, []kgo.Opt{kgo.SeedBrokers(brokers...)}, serde, pos[0], pos[1])
+	if err != nil {
+		fmt.Fprintf(stderr, "orchestrator saga show: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "state: %s\n", lastState(entries))
+	writeTimeline(stdout, pos[0], pos[1], entries)
+	return 0
+}
+
+func lastState(entries []saga.JournalEntry) string {
+	state := string(saga.StateNew)
+	for _, e := range entries {
+		if e.Outcome == saga.OutcomeApplied {
+			state = e.ToState
+		}
+	}
+	return state
+}
+
+// sagaList prints every saga of the journal with its state.
+func sagaList(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("saga list", flag.ContinueOnError)
+	var jf journalFlags
+	jf.register(fs)
+	only := fs.String("state", "", "only sagas in this state (e.g. CompensationFailed, payment.Pending)")
+	pos, code := parseInterspersed(fs, args, 1, stderr)
+	if code >= 0 {
+		return code
+	}
+	brokers, serde, done, err := jf.open()
+	if err != nil {
+		fmt.Fprintf(stderr, "orchestrator saga list: %v\n", err)
+		return 1
+	}
+	defer done()
+	sagas, err := saga.States(ctx, []kgo.Opt{kgo.SeedBrokers(brokers...)}, serde, pos[0])
+	if err != nil {
+		fmt.Fprintf(stderr, "orchestrator saga list: %v\n", err)
+		return 1
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATE\tSINCE")
+	n := 0
+	for _, s := range sagas {
+		if *only != "" && s.State != *only {
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", s.ID, s.State, s.Since.UTC().Format(time.RFC3339))
+		n++
+	}
+	tw.Flush()
+	fmt.Fprintf(stdout, "%d saga(s)\n", n)
+	return 0
 }
 
 // sagaTrace prints a saga's timeline from its journal, with the trace and
@@ -33,31 +145,20 @@ func runSaga(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // saga's spans as Jaeger holds them, as a tree.
 func sagaTrace(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("saga trace", flag.ContinueOnError)
-	var cf clusterFlags
-	cf.register(fs)
-	dataDir := fs.String("data-dir", "", "read the journal from an embedded stack over this data directory (as left by 'orchestrator demo --data-dir') instead of --brokers")
+	var jf journalFlags
+	jf.register(fs)
 	jaegerURL := fs.String("jaeger", "", "Jaeger query URL (e.g. http://127.0.0.1:16686): also print the saga's spans from Jaeger")
 	pos, code := parseInterspersed(fs, args, 2, stderr)
 	if code >= 0 {
 		return code
 	}
 	name, id := pos[0], pos[1]
-	brokers, registryURL := cf.brokerList(), cf.registry
-	if *dataDir != "" {
-		sf := stackFlags{dataDir: *dataDir}
-		stack, err := sf.start()
-		if err != nil {
-			fmt.Fprintf(stderr, "orchestrator saga trace: %v\n", err)
-			return 1
-		}
-		defer stack.Close()
-		brokers, registryURL = stack.KafkaAddrs(), stack.RegistryURL()
-	}
-	serde, err := schema.NewSerde(registryURL, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	brokers, serde, done, err := jf.open()
 	if err != nil {
 		fmt.Fprintf(stderr, "orchestrator saga trace: %v\n", err)
-		return 2
+		return 1
 	}
+	defer done()
 	entries, err := saga.History(ctx, []kgo.Opt{kgo.SeedBrokers(brokers...)}, serde, name, id)
 	if err != nil {
 		fmt.Fprintf(stderr, "orchestrator saga trace: %v\n", err)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -99,6 +100,21 @@ func TestTracesMetricsAndLogsEndToEnd(t *testing.T) {
 	if code != 0 || !strings.Contains(out, sagaTrace[compensated].TraceID) || !strings.Contains(out, "compensation") ||
 		!strings.Contains(out, "Compensated") || !strings.Contains(out, "[inventory-service]") {
 		t.Fatalf("saga trace %s: exit %d\n%s\nstderr: %s", compensated, code, out, stderr.String())
+	}
+
+	cluster := []string{"--brokers", strings.Join(stack.KafkaAddrs(), ","), "--registry", stack.RegistryURL()}
+	var listOut, showOut syncBuffer
+	if code := run(ctx, append([]string{"saga", "list", "orders", "--state", "Compensated"}, cluster...), &listOut, &stderr); code != 0 ||
+		!strings.Contains(listOut.String(), fmt.Sprintf("%d saga(s)", sum.Compensated)) || !strings.Contains(listOut.String(), compensated) {
+		t.Fatalf("saga list: exit %d\n%s\n%s", code, listOut.String(), stderr.String())
+	}
+	if code := run(ctx, append([]string{"saga", "show", "orders", compensated}, cluster...), &showOut, &stderr); code != 0 ||
+		!strings.HasPrefix(showOut.String(), "state: Compensated\n") {
+		t.Fatalf("saga show: exit %d\n%s\n%s", code, showOut.String(), stderr.String())
+	}
+	if code := run(ctx, append([]string{"saga", "show", "orders", "no-such-order"}, cluster...), &showOut, &stderr); code != 1 ||
+		!strings.Contains(stderr.String(), "no journal entries") {
+		t.Fatalf("saga show of an unknown saga: exit %d, stderr %s", code, stderr.String())
 	}
 }
 
