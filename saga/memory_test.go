@@ -25,8 +25,8 @@ func benchEvent(name string) EventDef[benchMsg] {
 // in-flight saga: its record (state, data, completed steps, seen event IDs,
 // timer) in the partition's map, for sagas started and waiting at their
 // second step. The Kafka client's buffers and, with the embedded stack, the
-// broker's log are not counted (BenchmarkInFlightSagaMemory in
-// examples/orders measures the whole process). Target for issue 5: ≤ 4 KiB.
+// broker's log are not counted ('orchestrator bench' measures the
+// orchestrator's whole heap per in-flight saga). Target for issue 5: ≤ 4 KiB.
 func BenchmarkInFlightSagaState(b *testing.B) {
 	build := func(d benchData) benchMsg { return benchMsg{OrderID: d.OrderID} }
 	bld := New[benchData]("bench", `{"type":"record","name":"D","fields":[]}`).

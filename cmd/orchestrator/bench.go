@@ -149,10 +149,13 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	t.InFlightBytes = !*skipMemory && res.InFlightBytesPerSaga <= 2048
 	t.AllMet = t.SagasPerSecond && t.Ratio && t.HalfRateP99 && t.InFlightBytes
 	var missed []string
-	for name, ok := range map[string]bool{"≥ 5,000 sagas/s": t.SagasPerSecond, "ratio ≥ 0.3": t.Ratio,
-		"p99 ≤ 250 ms at half rate": t.HalfRateP99, "≤ 2 KiB per in-flight saga": t.InFlightBytes} {
-		if !ok {
-			missed = append(missed, name)
+	for _, target := range []struct {
+		name string
+		met  bool
+	}{{"≥ 5,000 sagas/s", t.SagasPerSecond}, {"ratio ≥ 0.3", t.Ratio},
+		{"p99 ≤ 250 ms at half rate", t.HalfRateP99}, {"≤ 2 KiB per in-flight saga", t.InFlightBytes}} {
+		if !target.met {
+			missed = append(missed, target.name)
 		}
 	}
 	t.FailedExplanation = strings.Join(missed, "; ")
