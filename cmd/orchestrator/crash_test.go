@@ -131,7 +131,7 @@ func (p *proc) waitFor(t *testing.T, re *regexp.Regexp, within time.Duration) []
 type world struct {
 	t                     *testing.T
 	brokers, registry     string
-	participants          *proc
+	dev, participants     *proc
 	ledgerFile            string
 	orchestratorEnv       []string
 	placed                []string
@@ -143,7 +143,7 @@ func newWorld(t *testing.T) *world {
 	t.Helper()
 	dev := spawn(t, "dev", nil, "dev", "--kafka-port", "0", "--registry-port", "0")
 	m := dev.waitFor(t, regexp.MustCompile(`kafka:\s+(\S+)\nregistry: (\S+)`), 20*time.Second)
-	w := &world{t: t, brokers: m[1], registry: m[2], ledgerFile: filepath.Join(t.TempDir(), "ledger.json")}
+	w := &world{t: t, brokers: m[1], registry: m[2], dev: dev, ledgerFile: filepath.Join(t.TempDir(), "ledger.json")}
 	topics := spawn(t, "topics", nil, "topics", "ensure", "--brokers", w.brokers, "--partitions", "6")
 	<-topics.done
 	if topics.err != nil {
@@ -200,7 +200,9 @@ func (w *world) place(n int, spread time.Duration) {
 			w.t.Fatal(err)
 		}
 		w.placed = append(w.placed, id)
-		time.Sleep(spread / time.Duration(n))
+		if spread > 0 {
+			time.Sleep(spread / time.Duration(n))
+		}
 	}
 }
 
@@ -369,4 +371,25 @@ func TestCrashThreeInstancesOneKilledOneAdded(t *testing.T) {
 	w.orchestrator()
 	<-placed
 	w.verify()
+}
+
+// A shutdown that cannot finish (the broker is gone) is cut short by a
+// second signal: the process exits at once, non-zero.
+func TestCrashSecondSignalExitsAtOnce(t *testing.T) {
+	w := newWorld(t)
+	a := w.orchestrator()
+	w.place(20, 0)
+	w.waitAnnounced(20, time.Minute)
+	w.dev.kill() // nothing can be committed or left any more
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	a.waitFor(t, regexp.MustCompile(`a second one exits at once`), 10*time.Second)
+	select {
+	case <-a.done:
+		t.Fatalf("the first signal ended the process (%v): nothing for the second to cut short", a.err)
+	case <-time.After(time.Second): // still shutting down, stuck on the broker
+	}
+	took, code := a.term(t, 3*time.Second)
+	if code == 0 || took > 2*time.Second {
+		t.Fatalf("second SIGTERM: exit %d after %v, want non-zero at once", code, took)
+	}
 }
