@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sagapipe/sagapipe/internal/testkit"
 	"github.com/sagapipe/sagapipe/saga"
 )
 
@@ -210,19 +211,5 @@ func TestCompensationFailedIsLoggedAndListed(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is written by a command or logger and read by the test at once.
+type syncBuffer = testkit.SyncBuffer

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net"
@@ -10,7 +9,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,27 +16,13 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/sagapipe/sagapipe/internal/devstack"
+	"github.com/sagapipe/sagapipe/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// syncBuffer is written by the command and read by the test at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is written by a command or logger and read by the test at once.
+type syncBuffer = testkit.SyncBuffer
 
 func TestDevPrintsAddressesAndStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())

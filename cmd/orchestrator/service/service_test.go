@@ -1,7 +1,6 @@
 package service_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -20,6 +19,7 @@ import (
 	"github.com/sagapipe/sagapipe/cmd/orchestrator/service"
 	"github.com/sagapipe/sagapipe/examples/orders"
 	"github.com/sagapipe/sagapipe/internal/devstack"
+	"github.com/sagapipe/sagapipe/internal/testkit"
 	"github.com/sagapipe/sagapipe/observability"
 	"github.com/sagapipe/sagapipe/saga"
 	"github.com/sagapipe/sagapipe/schema"
@@ -75,22 +75,8 @@ type started struct {
 	logs *syncBuffer
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is written by a command or logger and read by the test at once.
+type syncBuffer = testkit.SyncBuffer
 
 func startService(t *testing.T, cfg service.Config, s *saga.Saga[orders.OrderData]) *started {
 	t.Helper()
