@@ -36,7 +36,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	poison := fs.Float64("poison-rate", 0.01, "share of first replies sent as undecodable bytes (0..1)")
 	latency := fs.Duration("latency", 0, "added to every participant's command handling")
 	metricsAddr := fs.String("metrics-addr", "", "serve the orchestrator's Prometheus metrics at http://<addr>/metrics while the demo runs (e.g. 127.0.0.1:9464)")
-	logLevel := fs.String("log-level", "warn", "level of the JSON logs on stderr: debug, info, warn or error")
+	logLevel := fs.String("log-level", "error", "level of the JSON logs on stderr: debug, info, warn (adds a line per dead letter) or error")
 	jaegerURL := fs.String("jaeger", "", "Jaeger query URL (e.g. http://127.0.0.1:16686): at the end, print example sagas' traces from it (export with OTEL_EXPORTER_OTLP_ENDPOINT)")
 	if code := parseFlags(fs, args, stderr); code >= 0 {
 		return code
