@@ -74,7 +74,16 @@ type Config struct {
 	// Propagator reads and writes the trace context in headers (default W3C
 	// TraceContext and Baggage).
 	Propagator propagation.TextMapPropagator
+	// FinishedRetention is how long a finished saga's full record (its
+	// data, the event IDs it saw) stays in memory before it shrinks to its
+	// terminal state alone. Events that arrive for it later are journaled
+	// as ignored all the same. Default DefaultFinishedRetention; negative
+	// keeps every record.
+	FinishedRetention time.Duration
 }
+
+// DefaultFinishedRetention is Config.FinishedRetention's default.
+const DefaultFinishedRetention = 15 * time.Minute
 
 // HookFinished is told of every saga that reached a terminal state, after
 // the transaction that got it there committed. A dlq.HookDeadLettered hook
@@ -106,11 +115,20 @@ type Runtime[D any] struct {
 	// rebuilt (and its timers armed) without waiting for a record.
 	wake context.CancelFunc
 	lag  map[int32]int64 // per owned inbox partition, as of its last fetch
+	// lastSweep is when finished sagas were last shrunk (Run's goroutine only).
+	lastSweep time.Time
 }
 
 type partitionState[D any] struct {
 	rebuilt bool
 	sagas   map[string]*sagaRecord[D]
+	// finished holds the sagas that ended over FinishedRetention ago by
+	// their terminal state only: enough to ignore what comes for them.
+	finished map[string]statemachine.State
+}
+
+func newPartitionState[D any]() *partitionState[D] {
+	return &partitionState[D]{sagas: map[string]*sagaRecord[D]{}, finished: map[string]statemachine.State{}}
 }
 
 // sagaRecord is what the runtime holds of one saga.
@@ -173,6 +191,9 @@ func NewRuntime[D any](s *Saga[D], cfg Config) (*Runtime[D], error) {
 	}
 	if cfg.Propagator == nil {
 		cfg.Propagator = telemetry.Propagator()
+	}
+	if cfg.FinishedRetention == 0 {
+		cfg.FinishedRetention = DefaultFinishedRetention
 	}
 
 	r := &Runtime[D]{saga: s, cfg: cfg, parts: map[int32]*partitionState[D]{},
@@ -291,7 +312,7 @@ func (r *Runtime[D]) assigned(_ context.Context, _ *kgo.Client, assigned map[str
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, p := range assigned[r.saga.InboxTopic()] {
-		r.parts[p] = &partitionState[D]{sagas: map[string]*sagaRecord[D]{}}
+		r.parts[p] = newPartitionState[D]()
 	}
 	if r.wake != nil {
 		r.wake()
@@ -379,10 +400,15 @@ func (r *Runtime[D]) run(ctx context.Context) error {
 		if err := r.rebuildAssigned(ctx); err != nil {
 			return err
 		}
+		nextSweep, sweeps := r.sweepFinished()
 		r.sess.AllowRebalance()
 		pollCtx, cancel := context.WithCancel(ctx)
 		stop := func() bool { return false }
-		if wait, ok := r.nextTimer(); ok {
+		wait, timer := r.nextTimer()
+		if sweeps && (!timer || nextSweep < wait) {
+			wait, timer = nextSweep, true
+		}
+		if timer {
 			stop = r.cfg.Clock.AfterFunc(wait, cancel)
 		}
 		r.mu.Lock()
@@ -499,7 +525,7 @@ func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches
 	r.mu.Lock()
 	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
 		if fp.Topic == r.saga.InboxTopic() && r.parts[fp.Partition] == nil {
-			r.parts[fp.Partition] = &partitionState[D]{sagas: map[string]*sagaRecord[D]{}}
+			r.parts[fp.Partition] = newPartitionState[D]()
 		}
 	})
 	r.mu.Unlock()
@@ -550,7 +576,10 @@ func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches
 	r.mu.Lock()
 	for p, sagas := range b.changed {
 		if ps := r.parts[p]; ps != nil {
-			maps.Copy(ps.sagas, sagas)
+			for id, s := range sagas {
+				ps.sagas[id] = s
+				delete(ps.finished, id) // back in full until the next sweep
+			}
 		}
 	}
 	r.mu.Unlock()
@@ -589,16 +618,55 @@ func (r *Runtime[D]) lookup(b *batch[D], p int32, id string) *sagaRecord[D] {
 	r.mu.Lock()
 	ps := r.parts[p]
 	var s *sagaRecord[D]
+	var finished statemachine.State
 	if ps != nil {
 		s = ps.sagas[id]
+		finished = ps.finished[id]
 	}
 	r.mu.Unlock()
+	if s == nil && finished != "" {
+		// Long finished: a record that ignores whatever comes.
+		s = &sagaRecord[D]{id: id, correlation: id, state: finished, seen: map[string]bool{}}
+	}
 	if s == nil {
 		return nil
 	}
 	c := s.clone()
 	r.keep(b, p, c)
 	return c
+}
+
+// sweepFinished shrinks the sagas that finished over FinishedRetention ago
+// to their terminal state. It scans every owned saga, so it runs at most
+// every quarter of the retention (between a second and a minute); it
+// returns how long until the next sweep is due, and whether sweeps run.
+func (r *Runtime[D]) sweepFinished() (time.Duration, bool) {
+	retention := r.cfg.FinishedRetention
+	if retention < 0 {
+		return 0, false
+	}
+	every := min(max(retention/4, time.Second), time.Minute)
+	now := r.cfg.Clock.Now()
+	if since := now.Sub(r.lastSweep); since < every {
+		return every - since, true
+	}
+	r.lastSweep = now
+	cutoff := now.Add(-retention)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, ps := range r.parts {
+		r.shrinkFinished(ps.sagas, ps.finished, cutoff)
+	}
+	return every, true
+}
+
+func (r *Runtime[D]) shrinkFinished(sagas map[string]*sagaRecord[D], finished map[string]statemachine.State, cutoff time.Time) {
+	for id, s := range sagas {
+		if s.timer == nil && r.saga.machine.IsTerminal(s.state) && s.since.Before(cutoff) {
+			finished[id] = s.state
+			delete(sagas, id)
+		}
+	}
 }
 
 func (r *Runtime[D]) keep(b *batch[D], p int32, s *sagaRecord[D]) {
@@ -932,10 +1000,14 @@ func (r *Runtime[D]) rebuild(ctx context.Context, p int32) error {
 	if err != nil {
 		return fmt.Errorf("saga %s: rebuilding partition %d from %s: %w", r.saga.name, p, r.saga.JournalTopic(), err)
 	}
+	finished := map[string]statemachine.State{}
+	if r.cfg.FinishedRetention >= 0 {
+		r.shrinkFinished(sagas, finished, r.cfg.Clock.Now().Add(-r.cfg.FinishedRetention))
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if ps := r.parts[p]; ps != nil {
-		ps.sagas, ps.rebuilt = sagas, true
+		ps.sagas, ps.finished, ps.rebuilt = sagas, finished, true
 	}
 	return nil
 }
@@ -951,6 +1023,11 @@ func (r *Runtime[D]) List(state statemachine.State) []string {
 				ids = append(ids, id)
 			}
 		}
+		for id, st := range ps.finished {
+			if st == state {
+				ids = append(ids, id)
+			}
+		}
 	}
 	slices.Sort(ids)
 	return ids
@@ -963,12 +1040,17 @@ type Status[D any] struct {
 }
 
 // Status returns the committed state of saga id, if this runtime owns it.
+// A saga finished over FinishedRetention ago has its state only (a zero
+// Instance); its journal has the rest.
 func (r *Runtime[D]) Status(id string) (Status[D], bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, ps := range r.parts {
 		if s, ok := ps.sagas[id]; ok {
 			return Status[D]{State: s.state, Instance: s.inst}, true
+		}
+		if st, ok := ps.finished[id]; ok {
+			return Status[D]{State: st}, true
 		}
 	}
 	return Status[D]{}, false

@@ -56,6 +56,10 @@ type Config struct {
 	// crashed instance block its partitions before aborting it (default
 	// kgo's 40s). Together they bound recovery after a kill.
 	TransactionTimeout time.Duration `yaml:"transaction_timeout"`
+	// FinishedRetention is how long a finished saga's data stays in memory
+	// before it shrinks to its terminal state (default 15m; negative:
+	// forever). See saga.Config.FinishedRetention.
+	FinishedRetention time.Duration `yaml:"finished_retention"`
 	// LogLevel is debug, info (default), warn or error.
 	LogLevel string `yaml:"log_level"`
 }
@@ -264,6 +268,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("shutdown_grace", c.ShutdownGrace),
 		slog.Duration("session_timeout", c.SessionTimeout),
 		slog.Duration("transaction_timeout", c.TransactionTimeout),
+		slog.Duration("finished_retention", c.FinishedRetention),
 		slog.String("log_level", c.LogLevel),
 	)
 }
@@ -335,6 +340,8 @@ var settings = []setting{
 		duration(func(c *Config) *time.Duration { return &c.SessionTimeout })},
 	{"transaction_timeout", "SAGAPIPE_TRANSACTION_TIMEOUT", "transaction-timeout", "how long a crashed instance's open transaction may block its partitions (default 40s)", false,
 		duration(func(c *Config) *time.Duration { return &c.TransactionTimeout })},
+	{"finished_retention", "SAGAPIPE_FINISHED_RETENTION", "finished-retention", "how long a finished saga's data stays in memory before it shrinks to its state (default 15m; negative: forever)", false,
+		duration(func(c *Config) *time.Duration { return &c.FinishedRetention })},
 	{"log_level", "SAGAPIPE_LOG_LEVEL", "log-level", "debug, info, warn or error (default info)", false, str(func(c *Config) *string { return &c.LogLevel })},
 }
 

@@ -154,7 +154,7 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 			Brokers: cfg.Brokers, ClientOptions: runtimeOpts, Registry: serde, Group: group,
 			TransactionalID: fmt.Sprintf("%s.%s.%s.%d", cfg.TransactionalIDPrefix, sg.Name(), cmp.Or(host, "host"), os.Getpid()),
 			TracerProvider:  tel.TracerProvider(), MeterProvider: tel.MeterProvider(), Propagator: tel.Propagator(),
-			Logger: log,
+			Logger: log, FinishedRetention: cfg.FinishedRetention,
 		})
 		if err != nil {
 			s.closeRuntimes()
