@@ -117,6 +117,8 @@ type Runtime[D any] struct {
 	lag  map[int32]int64 // per owned inbox partition, as of its last fetch
 	// lastSweep is when finished sagas were last shrunk (Run's goroutine only).
 	lastSweep time.Time
+	// timers holds the owned sagas' deadlines, earliest first (guarded by mu).
+	timers timerHeap
 }
 
 type partitionState[D any] struct {
@@ -441,24 +443,6 @@ func (r *Runtime[D]) run(ctx context.Context) error {
 	}
 }
 
-// nextTimer returns how long until the earliest timer of an owned saga.
-func (r *Runtime[D]) nextTimer() (time.Duration, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var earliest time.Time
-	for _, ps := range r.parts {
-		for _, s := range ps.sagas {
-			if s.timer != nil && (earliest.IsZero() || s.timer.deadline.Before(earliest)) {
-				earliest = s.timer.deadline
-			}
-		}
-	}
-	if earliest.IsZero() {
-		return 0, false
-	}
-	return max(earliest.Sub(r.cfg.Clock.Now()), 0), true
-}
-
 // batch is one transaction's work: changed sagas are copies until commit.
 type batch[D any] struct {
 	changed map[int32]map[string]*sagaRecord[D]
@@ -557,6 +541,13 @@ func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches
 		}
 		return r.flush(ctx, tx, b)
 	})
+	if !committed {
+		r.mu.Lock()
+		for _, d := range due {
+			r.timers.add(d.deadline, d.partition, d.id) // they come again
+		}
+		r.mu.Unlock()
+	}
 	for _, span := range b.spans {
 		if !committed {
 			telemetry.Fail(span, fmt.Errorf("transaction not committed, the batch comes again: %w", cmp.Or(err, ctx.Err())))
@@ -577,6 +568,9 @@ func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches
 	for p, sagas := range b.changed {
 		if ps := r.parts[p]; ps != nil {
 			for id, s := range sagas {
+				if old := ps.sagas[id]; s.timer != nil && (old == nil || old.timer != s.timer) {
+					r.timers.add(s.timer.deadline, p, id)
+				}
 				ps.sagas[id] = s
 				delete(ps.finished, id) // back in full until the next sweep
 			}
@@ -727,30 +721,6 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 	entry := JournalEntry{SagaID: id, EventType: string(on), CEID: env.ID, CEType: env.Type, Time: t,
 		Payload: rec.Value}
 	return r.apply(ctx, b, rec.Partition, s, ev, entry, rec)
-}
-
-type dueTimer struct {
-	partition int32
-	id        string
-}
-
-// dueTimers lists the owned sagas whose timer has passed, in a fixed order.
-func (r *Runtime[D]) dueTimers() []dueTimer {
-	now := r.cfg.Clock.Now()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var due []dueTimer
-	for p, ps := range r.parts {
-		for id, s := range ps.sagas {
-			if s.timer != nil && !now.Before(s.timer.deadline) {
-				due = append(due, dueTimer{p, id})
-			}
-		}
-	}
-	slices.SortFunc(due, func(a, b dueTimer) int {
-		return cmp.Or(cmp.Compare(a.partition, b.partition), cmp.Compare(a.id, b.id))
-	})
-	return due
 }
 
 func (r *Runtime[D]) handleTimer(ctx context.Context, b *batch[D], d dueTimer) error {
@@ -1008,6 +978,11 @@ func (r *Runtime[D]) rebuild(ctx context.Context, p int32) error {
 	defer r.mu.Unlock()
 	if ps := r.parts[p]; ps != nil {
 		ps.sagas, ps.finished, ps.rebuilt = sagas, finished, true
+		for id, s := range sagas {
+			if s.timer != nil {
+				r.timers.add(s.timer.deadline, p, id)
+			}
+		}
 	}
 	return nil
 }

@@ -1,0 +1,88 @@
+package saga
+
+import (
+	"cmp"
+	"container/heap"
+	"slices"
+	"time"
+)
+
+// timerEntry is a saga's deadline as it was when the entry was added. The
+// saga may since have another timer or none: entries are checked against
+// the saga when they come up, and stale ones dropped (lazy deletion).
+type timerEntry struct {
+	deadline  time.Time
+	partition int32
+	id        string
+}
+
+// dueTimer is a timer that has come due.
+type dueTimer = timerEntry
+
+// timerHeap orders entries by deadline: finding the next timer and the due
+// ones costs O(log n) per timer instead of a scan of every owned saga.
+type timerHeap []timerEntry
+
+func (h timerHeap) Len() int           { return len(h) }
+func (h timerHeap) Less(i, j int) bool { return h[i].deadline.Before(h[j].deadline) }
+func (h timerHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *timerHeap) Push(x any)        { *h = append(*h, x.(timerEntry)) }
+func (h *timerHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
+}
+
+func (h *timerHeap) add(deadline time.Time, partition int32, id string) {
+	heap.Push(h, timerEntry{deadline: deadline, partition: partition, id: id})
+}
+
+// live tells whether e is still the timer of an owned saga. Callers hold mu.
+func (r *Runtime[D]) live(e timerEntry) bool {
+	ps := r.parts[e.partition]
+	if ps == nil {
+		return false // revoked
+	}
+	s := ps.sagas[e.id]
+	return s != nil && s.timer != nil && s.timer.deadline.Equal(e.deadline)
+}
+
+// nextTimer returns how long until the earliest timer of an owned saga.
+func (r *Runtime[D]) nextTimer() (time.Duration, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for r.timers.Len() > 0 && !r.live(r.timers[0]) {
+		heap.Pop(&r.timers)
+	}
+	if r.timers.Len() == 0 {
+		return 0, false
+	}
+	return max(r.timers[0].deadline.Sub(r.cfg.Clock.Now()), 0), true
+}
+
+// dueTimers takes the owned sagas' timers that have passed off the heap, in
+// a fixed order. The caller puts them back if its transaction does not
+// commit.
+func (r *Runtime[D]) dueTimers() []dueTimer {
+	now := r.cfg.Clock.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var due []dueTimer
+	type key struct {
+		partition int32
+		id        string
+	}
+	taken := map[key]bool{} // a saga may have been added twice
+	for r.timers.Len() > 0 && !now.Before(r.timers[0].deadline) {
+		e := heap.Pop(&r.timers).(timerEntry)
+		if k := (key{e.partition, e.id}); r.live(e) && !taken[k] {
+			taken[k] = true
+			due = append(due, e)
+		}
+	}
+	slices.SortFunc(due, func(a, b dueTimer) int {
+		return cmp.Or(cmp.Compare(a.partition, b.partition), cmp.Compare(a.id, b.id))
+	})
+	return due
+}
