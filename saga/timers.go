@@ -52,6 +52,7 @@ func (r *Runtime[D]) live(e timerEntry) bool {
 func (r *Runtime[D]) nextTimer() (time.Duration, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.compactTimers()
 	for r.timers.Len() > 0 && !r.live(r.timers[0]) {
 		heap.Pop(&r.timers)
 	}
@@ -85,4 +86,32 @@ func (r *Runtime[D]) dueTimers() []dueTimer {
 		return cmp.Or(cmp.Compare(a.partition, b.partition), cmp.Compare(a.id, b.id))
 	})
 	return due
+}
+
+// compactTimers drops the stale entries once they outnumber the owned
+// sagas: with long timeouts, replaced deadlines would otherwise stay in
+// the heap until they come up. Amortized O(1) per entry added. Callers
+// hold mu.
+func (r *Runtime[D]) compactTimers() {
+	owned := 0
+	for _, ps := range r.parts {
+		owned += len(ps.sagas)
+	}
+	if r.timers.Len() <= owned+owned/2+64 {
+		return
+	}
+	type key struct {
+		partition int32
+		id        string
+	}
+	kept := make(map[key]bool, owned)
+	live := make(timerHeap, 0, owned) // a new array: the old one's size goes too
+	for _, e := range r.timers {
+		if k := (key{e.partition, e.id}); r.live(e) && !kept[k] {
+			kept[k] = true
+			live = append(live, e)
+		}
+	}
+	r.timers = live
+	heap.Init(&r.timers)
 }
