@@ -16,6 +16,12 @@ type timerEntry struct {
 	id        string
 }
 
+// timerKey is the saga a timer entry belongs to.
+type timerKey struct {
+	partition int32
+	id        string
+}
+
 // dueTimer is a timer that has come due.
 type dueTimer = timerEntry
 
@@ -70,14 +76,10 @@ func (r *Runtime[D]) dueTimers() []dueTimer {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var due []dueTimer
-	type key struct {
-		partition int32
-		id        string
-	}
-	taken := map[key]bool{} // a saga may have been added twice
+	taken := map[timerKey]bool{} // a saga may have been added twice
 	for r.timers.Len() > 0 && !now.Before(r.timers[0].deadline) {
 		e := heap.Pop(&r.timers).(timerEntry)
-		if k := (key{e.partition, e.id}); r.live(e) && !taken[k] {
+		if k := (timerKey{e.partition, e.id}); r.live(e) && !taken[k] {
 			taken[k] = true
 			due = append(due, e)
 		}
@@ -100,14 +102,10 @@ func (r *Runtime[D]) compactTimers() {
 	if r.timers.Len() <= owned+owned/2+64 {
 		return
 	}
-	type key struct {
-		partition int32
-		id        string
-	}
-	kept := make(map[key]bool, owned)
+	kept := make(map[timerKey]bool, owned)
 	live := make(timerHeap, 0, owned) // a new array: the old one's size goes too
 	for _, e := range r.timers {
-		if k := (key{e.partition, e.id}); r.live(e) && !kept[k] {
+		if k := (timerKey{e.partition, e.id}); r.live(e) && !kept[k] {
 			kept[k] = true
 			live = append(live, e)
 		}
