@@ -79,6 +79,7 @@ func (e *env) codec(d saga.EventDef[msg]) *schema.Codec[msg] {
 type participant struct {
 	mu      sync.Mutex
 	applied map[string]int // "<command type> <order>" → times
+	byID    map[string]int // command ce_id → times
 }
 
 func (e *env) participant(topic string, replies map[string]func(order string) *saga.EventDef[msg]) *participant {
@@ -94,10 +95,11 @@ func (e *env) participant(topic string, replies map[string]func(order string) *s
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	p := &participant{applied: map[string]int{}}
+	p := &participant{applied: map[string]int{}, byID: map[string]int{}}
 	handler := func(_ context.Context, cmd msg, env schema.Envelope) (pipe.Reply, error) {
 		p.mu.Lock()
 		p.applied[env.Type+" "+cmd.OrderID]++
+		p.byID[env.ID]++
 		p.mu.Unlock()
 		reply := replies[env.Type](cmd.OrderID)
 		if reply == nil {
@@ -127,6 +129,20 @@ func (p *participant) count(key string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.applied[key]
+}
+
+// repeatedIDs lists the command IDs the participant handled more than once:
+// its idempotency store failed them.
+func (p *participant) repeatedIDs() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var ids []string
+	for id, n := range p.byID {
+		if n > 1 {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 func always(d saga.EventDef[msg]) func(string) *saga.EventDef[msg] {
