@@ -34,7 +34,7 @@ func newInstruments(tp trace.TracerProvider, mp metric.MeterProvider, prop propa
 }
 
 func sourceTopic(rec *kgo.Record) attribute.KeyValue {
-	return attribute.String("messaging.kafka.source.topic", rec.Topic)
+	return telemetry.SourceTopic.String(rec.Topic)
 }
 
 func (in *instruments) deadLettered(ctx context.Context, rec *kgo.Record, f Failure) {

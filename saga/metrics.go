@@ -109,7 +109,7 @@ func (rm *runtimeMetrics) record(ctx context.Context, b *batchStats) {
 		rm.resends.Add(ctx, 1, metric.WithAttributes(rm.name, telemetry.SagaStep.String(step)))
 	}
 	for _, d := range b.dead {
-		rm.deadLetters.Add(ctx, 1, metric.WithAttributes(attribute.String("messaging.kafka.source.topic", d.rec.Topic),
+		rm.deadLetters.Add(ctx, 1, metric.WithAttributes(telemetry.SourceTopic.String(d.rec.Topic),
 			telemetry.ErrorClass.String(string(d.f.Class))))
 	}
 }

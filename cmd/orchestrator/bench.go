@@ -381,16 +381,11 @@ func benchInFlight(ctx context.Context, n int, partitions int32, stderr io.Write
 	}
 	place := func(from, to int) error {
 		for i := from; i < to; i++ {
-			id := fmt.Sprintf("order-%07d", i)
-			o := orders.OrderPlaced{OrderID: id, CustomerID: fmt.Sprintf("customer-%04d", i%997), SKU: "sku-042", Quantity: 2,
-				UnitPriceCents: 1250, TotalCents: 2500, Currency: "EUR", PlacedAt: time.Now().Truncate(time.Millisecond)}
-			v, err := codec.Encode(ctx, s.InboxTopic(), &o)
+			rec, err := orders.OrderRecord(ctx, codec, s.InboxTopic(), orders.DemoOrder(i), "bench")
 			if err != nil {
 				return err
 			}
-			env := schema.NewEnvelope(orders.OrderPlacedType, "bench", time.Now())
-			env.SagaID, env.CorrelationID = id, id
-			cl.Produce(ctx, &kgo.Record{Topic: s.InboxTopic(), Key: []byte(id), Value: v, Headers: env.Apply(nil)}, nil)
+			cl.Produce(ctx, rec, nil)
 		}
 		return cl.Flush(ctx)
 	}

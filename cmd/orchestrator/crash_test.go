@@ -186,20 +186,15 @@ func (w *world) place(n int, spread time.Duration) {
 		w.t.Fatal(err)
 	}
 	defer cl.Close()
-	for i := range n {
-		id := fmt.Sprintf("order-%05d", len(w.placed))
-		o := orders.OrderPlaced{OrderID: id, CustomerID: "c", SKU: "sku", Quantity: int32(1 + i%3), UnitPriceCents: 1000,
-			TotalCents: int64(1000 * (1 + i%3)), Currency: "EUR", PlacedAt: time.Now().Truncate(time.Millisecond)}
-		v, err := codec.Encode(ctx, "orders.inbox", &o)
+	for range n {
+		rec, err := orders.OrderRecord(ctx, codec, "orders.inbox", orders.DemoOrder(len(w.placed)), "crash-test")
 		if err != nil {
 			w.t.Fatal(err)
 		}
-		env := schema.NewEnvelope(orders.OrderPlacedType, "crash-test", time.Now())
-		env.SagaID, env.CorrelationID = id, id
-		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "orders.inbox", Key: []byte(id), Value: v, Headers: env.Apply(nil)}).FirstErr(); err != nil {
+		if err := cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
 			w.t.Fatal(err)
 		}
-		w.placed = append(w.placed, id)
+		w.placed = append(w.placed, string(rec.Key))
 		if spread > 0 {
 			time.Sleep(spread / time.Duration(n))
 		}

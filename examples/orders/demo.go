@@ -284,17 +284,14 @@ func placeOrders(ctx context.Context, cfg DemoConfig, serde *schema.Serde, inbox
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		o := demoOrder(i)
-		value, err := codec.Encode(ctx, inbox, &o)
+		o := DemoOrder(i)
+		rec, err := OrderRecord(ctx, codec, inbox, o, "orders-demo")
 		if err != nil {
 			return err
 		}
-		env := schema.NewEnvelope(OrderPlacedType, "orders-demo", time.Now())
-		env.SagaID, env.CorrelationID = o.OrderID, o.OrderID
 		hooks.mu.Lock()
 		hooks.started[o.OrderID] = time.Now()
 		hooks.mu.Unlock()
-		rec := &kgo.Record{Topic: inbox, Key: []byte(o.OrderID), Value: value, Headers: env.Apply(nil)}
 		// The saga's trace begins where the order is placed.
 		rctx, span := telemetry.StartPublish(trace.ContextWithSpanContext(ctx, trace.SpanContext{}), tracer, propagator, rec)
 		cl.Produce(rctx, rec,
@@ -315,12 +312,27 @@ func placeOrders(ctx context.Context, cfg DemoConfig, serde *schema.Serde, inbox
 	return failed
 }
 
-func demoOrder(i int) OrderPlaced {
+// DemoOrder is the i-th order of a run: "order-%06d", its other fields
+// derived from i.
+func DemoOrder(i int) OrderPlaced {
 	o := OrderPlaced{OrderID: fmt.Sprintf("order-%06d", i), CustomerID: fmt.Sprintf("customer-%04d", i%997),
 		SKU: fmt.Sprintf("sku-%03d", i%50), Quantity: int32(1 + i%4), UnitPriceCents: 1250 + int64(i%7)*100,
 		Currency: "EUR", PlacedAt: time.Now().Truncate(time.Millisecond), Express: i%5 == 0}
 	o.TotalCents = o.UnitPriceCents * int64(o.Quantity)
 	return o
+}
+
+// OrderRecord is order o's OrderPlaced event for the saga's inbox: encoded
+// with codec, keyed by the order ID, in a new envelope from source whose
+// saga and correlation IDs are the order ID.
+func OrderRecord(ctx context.Context, codec *schema.Codec[OrderPlaced], inbox string, o OrderPlaced, source string) (*kgo.Record, error) {
+	value, err := codec.Encode(ctx, inbox, &o)
+	if err != nil {
+		return nil, err
+	}
+	env := schema.NewEnvelope(OrderPlacedType, source, time.Now())
+	env.SagaID, env.CorrelationID = o.OrderID, o.OrderID
+	return &kgo.Record{Topic: inbox, Key: []byte(o.OrderID), Value: value, Headers: env.Apply(nil)}, nil
 }
 
 // summarize counts outcomes and checks the invariants against the ledger.
@@ -356,7 +368,7 @@ func summarize(sum *Summary, h *demoHooks, l *Ledger) {
 		violate("%d sagas did not reach a terminal state", sum.Stuck)
 	}
 	for i := range sum.Orders {
-		o := demoOrder(i).OrderID
+		o := DemoOrder(i).OrderID
 		outcome := h.outcomes[o]
 		shipped := int32(0)
 		if outcome == saga.StateCompleted {

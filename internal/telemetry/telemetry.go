@@ -38,6 +38,8 @@ const (
 	SagaCompensation = attribute.Key("saga.compensation")
 	SagaOutcome      = attribute.Key("saga.outcome")
 	ErrorClass       = attribute.Key("error.class")
+	// SourceTopic is the topic a dead-lettered record came from.
+	SourceTopic = attribute.Key("messaging.kafka.source.topic")
 )
 
 // Propagator is W3C TraceContext plus Baggage. It is set explicitly rather
@@ -180,7 +182,7 @@ func StartDeadLetter(ctx context.Context, tracer trace.Tracer, rec *kgo.Record, 
 			semconv.MessagingOperationTypeSend,
 			semconv.MessagingOperationName("dead-letter"),
 			semconv.MessagingDestinationName(dlqTopic),
-			attribute.String("messaging.kafka.source.topic", rec.Topic),
+			SourceTopic.String(rec.Topic),
 			attribute.Int("messaging.kafka.source.partition", int(rec.Partition)),
 			attribute.Int64("messaging.kafka.source.offset", rec.Offset),
 			ErrorClass.String(class),
@@ -198,6 +200,9 @@ func Fail(span trace.Span, err error) {
 // TraceParent formats ctx's span context as a W3C traceparent ("" when ctx
 // holds none).
 func TraceParent(ctx context.Context) string {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return "" // the common case without tracing: no carrier to allocate
+	}
 	var c propagation.MapCarrier = map[string]string{}
 	propagation.TraceContext{}.Inject(ctx, c)
 	return c["traceparent"]
