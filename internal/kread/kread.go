@@ -22,10 +22,19 @@ import (
 // for. It keeps control records, whose offsets it needs to see a partition
 // end on a transaction marker, but does not pass them to fn.
 func ToEnd(ctx context.Context, opts []kgo.Opt, topic string, partitions []int32, fn func(*kgo.Record) error) error {
+	_, err := From(ctx, opts, topic, partitions, nil, fn)
+	return err
+}
+
+// From is ToEnd starting at from[p] for the partitions from names (the
+// start for the others), and returns where each partition read ended: the
+// last stable offset when From began, the offset to start the next read at.
+// A start past a partition's end reads nothing of it.
+func From(ctx context.Context, opts []kgo.Opt, topic string, partitions []int32, from map[int32]int64, fn func(*kgo.Record) error) (map[int32]int64, error) {
 	client, err := kgo.NewClient(append(append([]kgo.Opt(nil), opts...),
 		kgo.KeepControlRecords(), kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
 	if err != nil {
-		return fmt.Errorf("read %s: %w", topic, err)
+		return nil, fmt.Errorf("read %s: %w", topic, err)
 	}
 	defer client.Close()
 	ends, err := kadm.NewClient(client).ListCommittedOffsets(ctx, topic)
@@ -33,7 +42,7 @@ func ToEnd(ctx context.Context, opts []kgo.Opt, topic string, partitions []int32
 		err = ends.Error()
 	}
 	if err != nil {
-		return fmt.Errorf("read %s: %w", topic, err)
+		return nil, fmt.Errorf("read %s: %w", topic, err)
 	}
 	wanted := map[int32]bool{}
 	for _, p := range partitions {
@@ -41,23 +50,32 @@ func ToEnd(ctx context.Context, opts []kgo.Opt, topic string, partitions []int32
 	}
 	starts := map[int32]kgo.Offset{}
 	remaining := Ends{}
+	read := map[int32]int64{}
 	ends.Each(func(o kadm.ListedOffset) {
-		if o.Offset > 0 && (partitions == nil || wanted[o.Partition]) {
+		if partitions != nil && !wanted[o.Partition] {
+			return
+		}
+		read[o.Partition] = o.Offset
+		start, ok := from[o.Partition]
+		if o.Offset > 0 && (!ok || start < o.Offset) {
 			starts[o.Partition] = kgo.NewOffset().AtStart()
+			if ok && start > 0 {
+				starts[o.Partition] = kgo.NewOffset().At(start)
+			}
 			remaining[o.Partition] = o.Offset
 		}
 	})
 	if len(remaining) == 0 {
-		return nil
+		return read, nil
 	}
 	client.AddConsumePartitions(map[string]map[int32]kgo.Offset{topic: starts})
 	for len(remaining) > 0 {
 		fetches := client.PollFetches(ctx)
 		if err := ctx.Err(); err != nil {
-			return err
+			return nil, err
 		}
 		if err := fetches.Err0(); err != nil {
-			return fmt.Errorf("read %s: %w", topic, err)
+			return nil, fmt.Errorf("read %s: %w", topic, err)
 		}
 		var stop error
 		fetches.EachRecord(func(r *kgo.Record) {
@@ -66,10 +84,10 @@ func ToEnd(ctx context.Context, opts []kgo.Opt, topic string, partitions []int32
 			}
 		})
 		if stop != nil {
-			return stop
+			return nil, stop
 		}
 	}
-	return nil
+	return read, nil
 }
 
 // Ends holds, per partition, the offset a read stops at; a partition is

@@ -56,10 +56,17 @@ type Config struct {
 	// crashed instance block its partitions before aborting it (default
 	// kgo's 40s). Together they bound recovery after a kill.
 	TransactionTimeout time.Duration `yaml:"transaction_timeout"`
-	// FinishedRetention is how long a finished saga's data stays in memory
-	// before it shrinks to its terminal state (default 15m; negative:
-	// forever). See saga.Config.FinishedRetention.
-	FinishedRetention time.Duration `yaml:"finished_retention"`
+	// StateDir keeps the local state stores (one per owned partition) across
+	// restarts, so that a restart reads only the snapshots written since
+	// (default: a temporary directory, restored from the state topic at
+	// every start). One per running instance. See saga.Config.StateDir.
+	StateDir string `yaml:"state_dir"`
+	// ClosedRetention is how long a finished saga's closed marker is kept
+	// (default 7 days; negative: forever). See saga.Config.ClosedRetention.
+	ClosedRetention time.Duration `yaml:"closed_retention"`
+	// StateRebuild rebuilds the snapshots of the assigned partitions from
+	// the journal: the fix for a snapshot that cannot be decoded.
+	StateRebuild bool `yaml:"state_rebuild"`
 	// LogLevel is debug, info (default), warn or error.
 	LogLevel string `yaml:"log_level"`
 }
@@ -268,7 +275,9 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("shutdown_grace", c.ShutdownGrace),
 		slog.Duration("session_timeout", c.SessionTimeout),
 		slog.Duration("transaction_timeout", c.TransactionTimeout),
-		slog.Duration("finished_retention", c.FinishedRetention),
+		slog.String("state_dir", c.StateDir),
+		slog.Duration("closed_retention", c.ClosedRetention),
+		slog.Bool("state_rebuild", c.StateRebuild),
 		slog.String("log_level", c.LogLevel),
 	)
 }
@@ -340,8 +349,12 @@ var settings = []setting{
 		duration(func(c *Config) *time.Duration { return &c.SessionTimeout })},
 	{"transaction_timeout", "SAGAPIPE_TRANSACTION_TIMEOUT", "transaction-timeout", "how long a crashed instance's open transaction may block its partitions (default 40s)", false,
 		duration(func(c *Config) *time.Duration { return &c.TransactionTimeout })},
-	{"finished_retention", "SAGAPIPE_FINISHED_RETENTION", "finished-retention", "how long a finished saga's data stays in memory before it shrinks to its state (default 15m; negative: forever)", false,
-		duration(func(c *Config) *time.Duration { return &c.FinishedRetention })},
+	{"state_dir", "SAGAPIPE_STATE_DIR", "state-dir", "directory of the local state stores, kept across restarts; one per instance (default a temporary directory)", false,
+		str(func(c *Config) *string { return &c.StateDir })},
+	{"closed_retention", "SAGAPIPE_CLOSED_RETENTION", "closed-retention", "how long a finished saga's closed marker is kept, ignoring late replies and duplicate starts (default 168h; negative: forever)", false,
+		duration(func(c *Config) *time.Duration { return &c.ClosedRetention })},
+	{"state_rebuild", "SAGAPIPE_STATE_REBUILD", "rebuild-state", "rebuild the snapshots of the assigned partitions from the journal (the fix for an undecodable snapshot)", false,
+		boolean(func(c *Config) *bool { return &c.StateRebuild })},
 	{"log_level", "SAGAPIPE_LOG_LEVEL", "log-level", "debug, info, warn or error (default info)", false, str(func(c *Config) *string { return &c.LogLevel })},
 }
 

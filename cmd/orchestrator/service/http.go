@@ -1,6 +1,7 @@
 package service
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -102,15 +103,38 @@ func (s *Service) getSaga(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no saga named %q is registered", name)})
 		return
 	}
-	entries, err := saga.History(r.Context(), s.clientOpts, s.serde, name, id)
+	// The owner knows where the saga's entries are; anyone else finds it
+	// from the saga's snapshot. Either way one journal partition is read,
+	// from the saga's first entry on.
+	ctx, cancel := context.WithTimeout(r.Context(), historyTimeout)
+	defer cancel()
+	owned, isOwner, err := rt.status(ctx, id)
+	if err == nil {
+		var entries []saga.JournalEntry
+		if isOwner {
+			entries, err = saga.HistoryAt(ctx, s.clientOpts, s.serde, name, id, owned.journalPartition, owned.journalOffset)
+		} else {
+			entries, err = saga.History(ctx, s.clientOpts, s.serde, name, id)
+		}
+		if err == nil {
+			s.writeSaga(w, rt, name, id, entries, owned)
+			return
+		}
+	}
 	if errors.Is(err, saga.ErrNoHistory) {
 		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("saga %s %q has no journal entries", name, id)})
 		return
 	}
-	if err != nil {
-		writeJSON(w, http.StatusBadGateway, apiError{Error: err.Error()})
-		return
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("reading the history of saga %s %q took over %v: %w", name, id, historyTimeout, err)
 	}
+	writeJSON(w, http.StatusBadGateway, apiError{Error: err.Error()})
+}
+
+// historyTimeout bounds GET /api/sagas/{name}/{id}.
+const historyTimeout = 10 * time.Second
+
+func (s *Service) writeSaga(w http.ResponseWriter, rt runtime, name, id string, entries []saga.JournalEntry, owned sagaStatus) {
 	st := SagaStatus{Saga: name, ID: id, History: make([]HistoryEntry, 0, len(entries))}
 	for _, e := range entries {
 		h := HistoryEntry{Time: e.Time, Event: e.EventType, EventID: e.CEID, From: e.FromState, To: e.ToState, Outcome: e.Outcome}
@@ -123,9 +147,7 @@ func (s *Service) getSaga(w http.ResponseWriter, r *http.Request) {
 		st.History = append(st.History, h)
 	}
 	st.Terminal = rt.isTerminal(st.State)
-	if data, owned := rt.data(id); owned {
-		st.Data = data
-	}
+	st.Data = owned.data
 	writeJSON(w, http.StatusOK, st)
 }
 

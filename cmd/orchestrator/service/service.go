@@ -58,8 +58,9 @@ type runtime interface {
 	Run(ctx context.Context) error
 	Close()
 	Ready() bool
-	// data is the saga's data, if this instance owns the saga.
-	data(id string) (any, bool)
+	// status is the saga's state, data and journal position, if this
+	// instance owns the saga.
+	status(ctx context.Context, id string) (sagaStatus, bool, error)
 	isTerminal(state string) bool
 }
 
@@ -88,9 +89,24 @@ type runtimeOf[D any] struct {
 	s *saga.Saga[D]
 }
 
-func (r runtimeOf[D]) data(id string) (any, bool) {
-	st, ok := r.Status(id)
-	return st.Instance.Data, ok
+// sagaStatus is what an owning runtime knows of a saga.
+type sagaStatus struct {
+	state            string
+	data             any // nil once closed
+	journalPartition int32
+	journalOffset    int64
+}
+
+func (r runtimeOf[D]) status(ctx context.Context, id string) (sagaStatus, bool, error) {
+	st, ok, err := r.Status(ctx, id)
+	if !ok || err != nil {
+		return sagaStatus{}, ok, err
+	}
+	out := sagaStatus{state: string(st.State), journalPartition: st.JournalPartition, journalOffset: st.JournalOffset}
+	if !st.Closed {
+		out.data = st.Instance.Data
+	}
+	return out, true, nil
 }
 
 func (r runtimeOf[D]) isTerminal(state string) bool {
@@ -130,9 +146,6 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 	if cfg.SessionTimeout > 0 {
 		runtimeOpts = append(runtimeOpts, kgo.SessionTimeout(cfg.SessionTimeout))
 	}
-	if cfg.TransactionTimeout > 0 {
-		runtimeOpts = append(runtimeOpts, kgo.TransactionTimeout(cfg.TransactionTimeout))
-	}
 	serdeOpts := []schema.Opt{schema.WithSubjectNameStrategy(schema.RecordNameStrategy)}
 	if cfg.Registry.Username != "" {
 		serdeOpts = append(serdeOpts, schema.WithBasicAuth(cfg.Registry.Username, cfg.Registry.Password))
@@ -154,7 +167,8 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 			Brokers: cfg.Brokers, ClientOptions: runtimeOpts, Registry: serde, Group: group,
 			TransactionalID: fmt.Sprintf("%s.%s.%s.%d", cfg.TransactionalIDPrefix, sg.Name(), cmp.Or(host, "host"), os.Getpid()),
 			TracerProvider:  tel.TracerProvider(), MeterProvider: tel.MeterProvider(), Propagator: tel.Propagator(),
-			Logger: log, FinishedRetention: cfg.FinishedRetention,
+			Logger: log, TransactionTimeout: cfg.TransactionTimeout, StateDir: cfg.StateDir,
+			ClosedRetention: cfg.ClosedRetention, RebuildState: cfg.StateRebuild,
 		})
 		if err != nil {
 			s.closeRuntimes()

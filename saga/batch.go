@@ -1,0 +1,600 @@
+package saga
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagapipe/sagapipe/dlq"
+	"github.com/sagapipe/sagapipe/internal/telemetry"
+	"github.com/sagapipe/sagapipe/pipe"
+	"github.com/sagapipe/sagapipe/schema"
+	"github.com/sagapipe/sagapipe/statemachine"
+)
+
+// batch is one transaction's work: changed sagas are copies until commit.
+type batch[D any] struct {
+	changed map[int32]map[string]*sagaRecord[D]
+	// journaled holds the changed sagas the transaction journals something
+	// of: their snapshots are written.
+	journaled map[*sagaRecord[D]]bool
+	// pending are the partitions' rebuilt snapshots and expired markers
+	// the transaction writes as well.
+	pending map[int32]pendingWrites[D]
+	batchStats
+	// spans of the records and timers handled, ended with the transaction.
+	spans []trace.Span
+	// What the transaction produces, sent together at its end: one round
+	// trip per batch instead of one per event.
+	journal  []*kgo.Record
+	outbox   []*kgo.Record // dead letters
+	state    []*kgo.Record // snapshots and tombstones
+	changes  map[int32][]change
+	commands map[string][]pipe.Message
+}
+
+type pendingWrites[D any] struct {
+	unsaved []*sagaRecord[D]
+	expired []expiredMarker
+}
+
+type deadLetter struct {
+	rec                 *kgo.Record
+	f                   dlq.Failure
+	sagaID, correlation string          // as far as the record told
+	ctx                 context.Context // the dead-letter span's, for logs
+}
+
+// processBatch handles the batch's records and the due timers in one
+// transaction, with the snapshots of the sagas they changed. The
+// transaction runs on work, which a shutdown does not cancel: it ends by
+// commit or abort.
+func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches) error {
+	var err error
+	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
+		if err == nil && fp.Topic == r.saga.InboxTopic() && len(fp.Records) > 0 {
+			err = r.awaitRestore(ctx, fp.Partition)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	r.observeLag(fetches)
+	due := r.dueTimers()
+	pending := r.takePending()
+	if fetches.NumRecords() == 0 && len(due) == 0 && len(pending) == 0 {
+		return nil
+	}
+
+	b := &batch[D]{changed: map[int32]map[string]*sagaRecord[D]{}, journaled: map[*sagaRecord[D]]bool{},
+		pending: pending, changes: map[int32][]change{}, commands: map[string][]pipe.Message{}}
+	ctx = work
+	committed, err := r.piper.Transact(ctx, r.sess, func(ctx context.Context, tx *pipe.Tx) error {
+		var err error
+		fetches.EachRecord(func(rec *kgo.Record) {
+			if err == nil {
+				err = r.handleRecord(ctx, b, rec)
+			}
+		})
+		for _, d := range due {
+			if err == nil {
+				err = r.handleTimer(ctx, b, d)
+			}
+		}
+		if err == nil {
+			err = r.snapshot(ctx, b)
+		}
+		if err != nil {
+			return err
+		}
+		return r.flush(ctx, tx, b)
+	})
+	if !committed {
+		r.mu.Lock()
+		for _, d := range due {
+			r.timers.add(d.deadline, d.partition, d.id) // they come again
+		}
+		r.mu.Unlock()
+	}
+	for _, span := range b.spans {
+		if !committed {
+			telemetry.Fail(span, fmt.Errorf("transaction not committed, the batch comes again: %w", cmp.Or(err, ctx.Err())))
+		}
+		span.End()
+	}
+	if !committed {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, pipe.ErrAborted) {
+			return nil // rewound: the batch comes again
+		}
+		return fmt.Errorf("saga %s: %w", r.saga.name, err)
+	}
+	r.metrics.record(ctx, &b.batchStats)
+	if err := r.committed(b); err != nil {
+		return err
+	}
+	// Logs and hooks hear of what committed, only.
+	for _, f := range b.finished {
+		if f.outcome == StateCompensationFailed {
+			r.cfg.Logger.ErrorContext(f.ctx, "saga compensation failed: its compensations were retried and never confirmed; it needs an operator",
+				"saga_name", r.saga.name, "saga_id", f.id, "correlation_id", f.correlation, "state", f.outcome)
+		}
+	}
+	for _, d := range b.dead {
+		r.cfg.Logger.WarnContext(d.ctx, "inbox record dead-lettered", "saga_name", r.saga.name, "saga_id", d.sagaID,
+			"correlation_id", d.correlation, "topic", d.rec.Topic, "partition", d.rec.Partition, "offset", d.rec.Offset,
+			"dead_letter_topic", r.cfg.DeadLetterTopic, "error", d.f.Err)
+	}
+	for _, h := range r.cfg.Hooks {
+		if h, ok := h.(HookFinished); ok {
+			for _, f := range b.finished {
+				h.OnFinished(f.id, f.outcome)
+			}
+		}
+		if h, ok := h.(dlq.HookDeadLettered); ok {
+			for _, d := range b.dead {
+				h.OnDeadLettered(d.rec, d.f)
+			}
+		}
+	}
+	return nil
+}
+
+// takePending returns the restored partitions' snapshots to write and
+// markers to tombstone. They stay pending until a transaction commits them.
+func (r *Runtime[D]) takePending() map[int32]pendingWrites[D] {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out map[int32]pendingWrites[D]
+	for p, ps := range r.parts {
+		if !ps.restored() || (len(ps.unsaved) == 0 && len(ps.expired) == 0) {
+			continue
+		}
+		if out == nil {
+			out = map[int32]pendingWrites[D]{}
+		}
+		ids := slices.Sorted(maps.Keys(ps.unsaved))
+		w := pendingWrites[D]{expired: ps.expired}
+		for _, id := range ids {
+			w.unsaved = append(w.unsaved, ps.unsaved[id])
+		}
+		out[p] = w
+	}
+	return out
+}
+
+// committed makes what the transaction committed the runtime's state: the
+// changed sagas in memory (the closed ones leave it) and every snapshot
+// and tombstone in the partitions' stores.
+func (r *Runtime[D]) committed(b *batch[D]) error {
+	r.mu.Lock()
+	stores := map[int32]*partitionState[D]{}
+	for p, sagas := range b.changed {
+		ps := r.parts[p]
+		if ps == nil {
+			continue // lost meanwhile: the next owner restores what committed
+		}
+		for id, s := range sagas {
+			if r.closes(s) {
+				delete(ps.sagas, id)
+				continue
+			}
+			if old := ps.sagas[id]; s.timer != nil && (old == nil || old.timer != s.timer) {
+				r.timers.add(s.timer.deadline, p, id)
+			}
+			ps.sagas[id] = s
+		}
+	}
+	for p, w := range b.pending {
+		if ps := r.parts[p]; ps != nil {
+			for _, s := range w.unsaved {
+				delete(ps.unsaved, s.id)
+			}
+			ps.expired = nil
+		}
+	}
+	for p := range b.changes {
+		if ps := r.parts[p]; ps != nil {
+			stores[p] = ps
+		}
+	}
+	for _, rec := range b.journal {
+		if ps := r.parts[rec.Partition]; ps != nil {
+			ps.journalNext = max(ps.journalNext, rec.Offset+1)
+		}
+	}
+	r.mu.Unlock()
+	for p, ps := range stores {
+		next := int64(-1)
+		for _, rec := range b.state {
+			if rec.Partition == p {
+				next = max(next, rec.Offset+1)
+			}
+		}
+		ps.store.mu.Lock()
+		err := ps.store.st.write(b.changes[p], next)
+		ps.store.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("saga %s: partition %d: %w", r.saga.name, p, err)
+		}
+	}
+	return nil
+}
+
+// flush sends what the batch produced, all at once (in order per
+// partition), and waits for the broker's answers.
+func (r *Runtime[D]) flush(ctx context.Context, tx *pipe.Tx, b *batch[D]) error {
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+	)
+	fail := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	records := slices.Concat(b.journal, b.state, b.outbox)
+	wg.Add(len(records))
+	for _, rec := range records {
+		r.sess.Produce(ctx, rec, func(rec *kgo.Record, err error) {
+			if err != nil {
+				fail(fmt.Errorf("saga %s: append to %s: %w", r.saga.name, rec.Topic, err))
+			}
+			wg.Done()
+		})
+	}
+	for _, topic := range slices.Sorted(maps.Keys(b.commands)) {
+		ms := b.commands[topic]
+		wg.Add(len(ms))
+		tx.PipeManyAsync(ctx, topic, ms, func(res pipe.Result) {
+			if res.Err != nil {
+				fail(res.Err)
+			}
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	return firstErr
+}
+
+// snapshot adds to the batch the snapshots of the sagas it changed, those
+// rebuilt from the journal, and the tombstones of expired markers: one
+// record per saga, in the transaction that changed it.
+func (r *Runtime[D]) snapshot(ctx context.Context, b *batch[D]) error {
+	for _, p := range slices.Sorted(maps.Keys(b.changed)) {
+		for _, id := range slices.Sorted(maps.Keys(b.changed[p])) {
+			if s := b.changed[p][id]; b.journaled[s] {
+				if err := r.addSnapshot(ctx, b, p, s); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	for _, p := range slices.Sorted(maps.Keys(b.pending)) {
+		w := b.pending[p]
+		for _, s := range w.unsaved {
+			if b.changed[p][s.id] != nil {
+				continue // changed by this batch too: its newer snapshot is written
+			}
+			if err := r.addSnapshot(ctx, b, p, s); err != nil {
+				return err
+			}
+		}
+		for _, e := range w.expired {
+			if s := b.changed[p][e.id]; s != nil && !r.closes(s) {
+				continue // it is live again (cannot happen while IDs are not reused within the retention)
+			}
+			rec := &kgo.Record{Topic: r.saga.StateTopic(), Key: []byte(e.id)}
+			pipe.ToPartition(rec, p)
+			b.state = append(b.state, rec)
+			b.changes[p] = append(b.changes[p], change{id: e.id})
+		}
+	}
+	return nil
+}
+
+func (r *Runtime[D]) addSnapshot(ctx context.Context, b *batch[D], p int32, s *sagaRecord[D]) error {
+	closed := r.closes(s)
+	value, err := r.snapshots.encode(ctx, s, closed)
+	if err != nil {
+		return fmt.Errorf("saga %s: snapshot: %w", r.saga.name, err)
+	}
+	c := change{id: s.id, kind: snapshotOpen, value: value}
+	headers := []kgo.RecordHeader{{Key: HeaderSnapshotKind, Value: []byte(snapshotOpen)}}
+	if closed {
+		c.kind, c.closedAt = snapshotClosed, s.since
+		headers = []kgo.RecordHeader{{Key: HeaderSnapshotKind, Value: []byte(snapshotClosed)},
+			{Key: HeaderClosedAt, Value: strconv.AppendInt(nil, s.since.UnixMilli(), 10)}}
+	}
+	rec := &kgo.Record{Topic: r.saga.StateTopic(), Key: []byte(s.id), Value: value, Headers: headers}
+	pipe.ToPartition(rec, p)
+	b.state = append(b.state, rec)
+	b.changes[p] = append(b.changes[p], c)
+	return nil
+}
+
+// lookup returns the batch's copy of a saga, making one on first touch: a
+// live saga from memory, a closed one from its marker in the store.
+func (r *Runtime[D]) lookup(ctx context.Context, b *batch[D], p int32, id string) (*sagaRecord[D], error) {
+	if s, ok := b.changed[p][id]; ok {
+		return s, nil
+	}
+	r.mu.Lock()
+	ps := r.parts[p]
+	var s *sagaRecord[D]
+	if ps != nil {
+		s = ps.sagas[id]
+		if s == nil {
+			s = ps.unsaved[id] // a closed one rebuilt from the journal, its marker not written yet
+		}
+	}
+	r.mu.Unlock()
+	if s == nil && ps != nil {
+		var err error
+		if s, err = r.closedMarker(ctx, p, ps, id); err != nil {
+			return nil, err
+		}
+	}
+	if s == nil {
+		return nil, nil
+	}
+	c := s.clone()
+	r.keep(b, p, c)
+	return c, nil
+}
+
+// closedMarker returns the saga of a closed marker in ps's store, if it
+// has one.
+func (r *Runtime[D]) closedMarker(ctx context.Context, p int32, ps *partitionState[D], id string) (*sagaRecord[D], error) {
+	ps.store.mu.Lock()
+	var (
+		value []byte
+		ok    bool
+		err   error
+	)
+	if st := ps.store.st; st != nil {
+		value, _, ok, err = st.closedMarker(id)
+	}
+	ps.store.mu.Unlock()
+	if err != nil || !ok {
+		return nil, err
+	}
+	s, err := r.snapshots.decode(ctx, value)
+	if err != nil {
+		return nil, r.snapshotError(p, id, err)
+	}
+	return s, nil
+}
+
+func (r *Runtime[D]) keep(b *batch[D], p int32, s *sagaRecord[D]) {
+	if b.changed[p] == nil {
+		b.changed[p] = map[string]*sagaRecord[D]{}
+	}
+	b.changed[p][s.id] = s
+}
+
+// handleRecord turns an inbox record into a state-machine event and applies
+// it. What cannot be processed is dead-lettered, inside the transaction.
+func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Record) error {
+	ctx, span := telemetry.StartProcess(ctx, r.tracer, r.cfg.Propagator, rec, r.cfg.Group)
+	recording := span.IsRecording()
+	b.spans = append(b.spans, span)
+	env, err := schema.ReadEnvelope(rec.Headers)
+	if err != nil {
+		return r.deadLetter(ctx, b, rec, env, err)
+	}
+	id := cmp.Or(env.SagaID, string(rec.Key))
+	if id == "" {
+		return r.deadLetter(ctx, b, rec, env, ErrNoSagaID)
+	}
+	if recording {
+		span.SetAttributes(telemetry.SagaName.String(r.saga.name), telemetry.SagaID.String(id), telemetry.SagaStep.String(env.SagaStep))
+	}
+	on := ReplyEventType(env.SagaStep, env.Type)
+	if env.SagaStep == "" {
+		on = statemachine.EventType("start/" + env.Type)
+	}
+	c, known := r.decoders[on]
+	if !known {
+		return r.deadLetter(ctx, b, rec, env, fmt.Errorf("%w: %s %q (step %q)", ErrUnknownEvent, r.saga.name, env.Type, env.SagaStep))
+	}
+	payload, err := c.decode(ctx, rec.Value)
+	if err != nil {
+		return r.deadLetter(ctx, b, rec, env, err)
+	}
+	// The orchestrator's own clock, journaled: deadlines then do not depend
+	// on the sender's clock, and a replay sees the same time.
+	t := r.cfg.Clock.Now().UTC()
+	s, err := r.lookup(ctx, b, rec.Partition, id)
+	if err != nil {
+		return err
+	}
+	if s == nil {
+		if on != r.saga.StartEventType() {
+			return r.deadLetter(ctx, b, rec, env, fmt.Errorf("%w: %s %q", ErrUnknownSaga, r.saga.name, id))
+		}
+		r.mu.Lock()
+		at := journalPosition{partition: rec.Partition}
+		if ps := r.parts[rec.Partition]; ps != nil {
+			at.offset = ps.journalNext
+		}
+		r.mu.Unlock()
+		s = newSagaRecord[D](id, env.CorrelationID, t, at)
+		r.keep(b, rec.Partition, s)
+	}
+	if s.seen[env.ID] {
+		if recording {
+			span.SetAttributes(attribute.Bool("sagapipe.duplicate", true))
+		}
+		return nil // a duplicate changes nothing
+	}
+	entry := JournalEntry{SagaID: id, EventType: string(on), CEID: env.ID, CEType: env.Type, Time: t,
+		Payload: rec.Value}
+	return r.apply(ctx, b, rec.Partition, s, entry, payload, rec)
+}
+
+func (r *Runtime[D]) handleTimer(ctx context.Context, b *batch[D], d dueTimer) error {
+	s, err := r.lookup(ctx, b, d.partition, d.id)
+	if err != nil || s == nil || s.timer == nil {
+		return err
+	}
+	tm := *s.timer
+	kind := "timeout"
+	if tm.compensation {
+		kind = "compensation-timeout"
+	}
+	// Handled now, not at the deadline: after a delay (a restart, a long
+	// batch) the next wait starts from now instead of being due at once.
+	now := r.cfg.Clock.Now().UTC()
+	entry := JournalEntry{SagaID: s.id, EventType: string(TimeoutEventType(tm.step, tm.compensation)),
+		CEID: fmt.Sprintf("%s/%s/%s/%d", s.id, tm.step, kind, tm.attempt), CEType: "sagapipe.Timeout", Time: now,
+		TimerStep: tm.step, TimerAttempt: int32(tm.attempt)}
+	// A timer is no Kafka message: its span continues the span that last
+	// changed the saga, and its commands continue it.
+	ctx, span := r.tracer.Start(trace.ContextWithRemoteSpanContext(ctx, s.span), r.saga.name+" "+kind,
+		trace.WithSpanKind(trace.SpanKindInternal),
+		trace.WithAttributes(telemetry.SagaName.String(r.saga.name), telemetry.SagaID.String(s.id),
+			telemetry.SagaStep.String(tm.step), attribute.Int("saga.timer.attempt", tm.attempt)))
+	b.spans = append(b.spans, span)
+	env := schema.Envelope{ID: entry.CEID, Type: entry.CEType, Source: r.cfg.Source, Time: now,
+		CorrelationID: s.correlation, SagaName: r.saga.name, SagaID: s.id, SagaStep: tm.step}
+	src := &kgo.Record{Topic: r.saga.InboxTopic(), Partition: d.partition, Offset: -1, Key: []byte(s.id), Headers: env.Apply(nil)}
+	return r.apply(ctx, b, d.partition, s, entry, TimerFired{Step: tm.step, Attempt: tm.attempt}, src)
+}
+
+// apply folds entry into s, journals it (applied, or ignored when no
+// transition accepts it) and carries out the effects.
+func (r *Runtime[D]) apply(ctx context.Context, b *batch[D], p int32, s *sagaRecord[D],
+	entry JournalEntry, payload any, src *kgo.Record) error {
+	span := trace.SpanFromContext(ctx)
+	entry.TraceParent = telemetry.TraceParent(ctx)
+	from, since := s.state, s.since
+	effects, err := r.saga.fold(s, &entry, payload)
+	if err != nil {
+		return err
+	}
+	if err := r.appendJournal(ctx, b, p, entry, src); err != nil {
+		return err
+	}
+	b.journaled[s] = true
+	if entry.Outcome == OutcomeIgnored {
+		if span.IsRecording() {
+			span.SetAttributes(telemetry.SagaState.String(string(s.state)), attribute.Bool("saga.event.ignored", true))
+		}
+		return nil
+	}
+	if from == StateNew {
+		b.started++
+	}
+	if step := waitingFor(from); step != "" {
+		b.steps = append(b.steps, stepTook{step, entry.Time.Sub(since)})
+	}
+	compensation := isCompensation(s.state)
+	for _, e := range effects {
+		switch e.Kind {
+		case Send:
+			m, err := r.command(ctx, s, e, src)
+			if err != nil {
+				return err
+			}
+			b.commands[e.Topic] = append(b.commands[e.Topic], m)
+			compensation = compensation || e.Compensation
+			if e.Attempt > 1 {
+				b.resent = append(b.resent, e.Step)
+			}
+		case Finish:
+			b.finished = append(b.finished, finishedSaga{id: s.id, correlation: s.correlation, outcome: e.Outcome,
+				took: entry.Time.Sub(s.started), ctx: trace.ContextWithSpanContext(context.Background(), s.span)})
+		}
+	}
+	if span.IsRecording() {
+		span.SetAttributes(telemetry.SagaState.String(string(s.state)), telemetry.SagaCompensation.Bool(compensation))
+	}
+	if r.cfg.Logger.Enabled(ctx, slog.LevelDebug) {
+		r.cfg.Logger.DebugContext(ctx, "saga event applied", "saga_name", r.saga.name, "saga_id", s.id,
+			"correlation_id", s.correlation, "event", entry.EventType, "from", entry.FromState, "to", s.state)
+	}
+	return nil
+}
+
+// waitingFor returns the step a saga in state waits on ("" when none).
+func waitingFor(state statemachine.State) string {
+	name := string(state)
+	if step, ok := strings.CutSuffix(name, ".Pending"); ok {
+		return step
+	}
+	step, _ := strings.CutSuffix(name, ".Compensating")
+	if step == name {
+		return ""
+	}
+	return step
+}
+
+// isCompensation tells whether a saga in state is undoing its steps.
+func isCompensation(state statemachine.State) bool {
+	return state == StateCompensated || state == StateCompensationFailed || strings.HasSuffix(string(state), ".Compensating")
+}
+
+// command builds the message that pipes a Send effect's command.
+func (r *Runtime[D]) command(ctx context.Context, s *sagaRecord[D], e Effect, src *kgo.Record) (pipe.Message, error) {
+	c := r.encoders[e.EventType]
+	value, err := c.encode(ctx, e.Topic, e.Command)
+	if err != nil {
+		return pipe.Message{}, fmt.Errorf("saga %s: encode %s for %s: %w", r.saga.name, e.EventType, s.id, err)
+	}
+	kind := "do"
+	if e.Compensation {
+		kind = "undo"
+	}
+	h := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
+	return pipe.Message{Source: src, Value: value, Type: e.EventType, Context: ctx,
+		ID: fmt.Sprintf("%s/%s/%s/%d", s.id, e.Step, kind, e.Attempt),
+		Headers: []kgo.RecordHeader{
+			h(schema.HeaderSagaName, r.saga.name), h(schema.HeaderSagaID, s.id), h(schema.HeaderSagaStep, e.Step),
+			h(schema.HeaderReplyTo, r.saga.InboxTopic()), h(schema.HeaderCorrelationID, s.correlation),
+			h(schema.HeaderContentType, schema.ContentTypeAvro),
+		}}, nil
+}
+
+// appendJournal adds entry, for the journal partition of the inbox
+// partition p, to what the batch's transaction produces.
+func (r *Runtime[D]) appendJournal(ctx context.Context, b *batch[D], p int32, entry JournalEntry, src *kgo.Record) error {
+	value, err := r.journal.Encode(ctx, r.saga.JournalTopic(), &entry)
+	if err != nil {
+		return fmt.Errorf("saga %s: encode journal entry: %w", r.saga.name, err)
+	}
+	rec := &kgo.Record{Topic: r.saga.JournalTopic(), Key: []byte(entry.SagaID), Value: value, Headers: src.Headers}
+	pipe.ToPartition(rec, p)
+	b.journal = append(b.journal, rec)
+	return nil
+}
+
+// deadLetter sends an inbox record that cannot be processed to the
+// dead-letter topic, in the batch's transaction.
+func (r *Runtime[D]) deadLetter(ctx context.Context, b *batch[D], rec *kgo.Record, env schema.Envelope, cause error) error {
+	now := r.cfg.Clock.Now()
+	f := dlq.Failure{Err: cause, Class: dlq.ClassPoison, Attempts: 1, FirstFailedAt: now, LastFailedAt: now}
+	telemetry.Fail(trace.SpanFromContext(ctx), cause)
+	ctx, span := telemetry.StartDeadLetter(ctx, r.tracer, rec, r.cfg.DeadLetterTopic, string(f.Class), cause)
+	b.spans = append(b.spans, span)
+	b.outbox = append(b.outbox, dlq.NewRecord(ctx, rec, f, r.cfg.DeadLetterTopic, r.cfg.Group, r.cfg.Propagator))
+	b.dead = append(b.dead, deadLetter{rec: rec, f: f, sagaID: cmp.Or(env.SagaID, string(rec.Key)),
+		correlation: env.CorrelationID, ctx: ctx})
+	return nil
+}

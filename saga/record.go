@@ -1,0 +1,193 @@
+package saga
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagapipe/sagapipe/internal/telemetry"
+	"github.com/sagapipe/sagapipe/schema"
+	"github.com/sagapipe/sagapipe/statemachine"
+)
+
+// sagaRecord is what the runtime holds of one live saga: the fold of its
+// journal, as its snapshot carries it.
+type sagaRecord[D any] struct {
+	id          string
+	correlation string
+	state       statemachine.State
+	inst        Instance[D]
+	seen        map[string]bool // ce_ids already journaled
+	timer       *pendingTimer
+	// span is the span that last changed the saga: the parent of its
+	// timers' spans, so that a timeout stays in the saga's trace.
+	span trace.SpanContext
+	// started is when the saga began, since when it entered its state.
+	started, since time.Time
+	// journal is where its journal entries are.
+	journal journalPosition
+}
+
+type pendingTimer struct {
+	step         string
+	attempt      int
+	compensation bool
+	deadline     time.Time
+}
+
+// journalPosition is a journal partition and an offset at or before a
+// saga's first entry in it.
+type journalPosition struct {
+	partition int32
+	offset    int64
+}
+
+func (r *sagaRecord[D]) clone() *sagaRecord[D] {
+	c := *r
+	c.seen = maps.Clone(r.seen)
+	return &c
+}
+
+func newSagaRecord[D any](id, correlation string, t time.Time, at journalPosition) *sagaRecord[D] {
+	return &sagaRecord[D]{id: id, correlation: cmp.Or(correlation, id), state: StateNew, seen: map[string]bool{},
+		started: t, since: t, journal: at}
+}
+
+// fold applies a journal entry to s: the saga's one transition function,
+// used live (the entry is then being written), when rebuilding from the
+// journal, and by Replay. payload is the entry's decoded event (a
+// TimerFired for a timer). It fills in the entry's outcome and states and
+// returns the effects the transition asks for; an entry no transition
+// accepts is ignored and changes nothing but the events seen.
+func (sg *Saga[D]) fold(s *sagaRecord[D], entry *JournalEntry, payload any) ([]Effect, error) {
+	ev := statemachine.Event{Type: statemachine.EventType(entry.EventType), ID: entry.CEID, Time: entry.Time, Payload: payload}
+	if _, ok := payload.(TimerFired); ok {
+		s.timer = nil // fired, whatever it leads to
+	}
+	s.seen[entry.CEID] = true
+	entry.FromState = string(s.state)
+	res, err := sg.machine.Apply(s.state, s.inst, ev)
+	if errors.Is(err, statemachine.ErrNoTransition) {
+		entry.ToState, entry.Outcome = string(s.state), OutcomeIgnored
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	entry.ToState, entry.Outcome = string(res.To), OutcomeApplied
+	s.state, s.inst, s.since = res.To, res.Data, entry.Time
+	if sc := telemetry.ParseTraceParent(entry.TraceParent); sc.IsValid() {
+		s.span = sc
+	}
+	for _, e := range res.Effects {
+		switch e.Kind {
+		case SetTimer:
+			s.timer = &pendingTimer{step: e.Step, attempt: e.Attempt, compensation: e.Compensation, deadline: entry.Time.Add(e.After)}
+		case Finish:
+			s.timer = nil
+		}
+	}
+	return res.Effects, nil
+}
+
+// codecs are a saga's codecs over one registry: its events', its
+// commands' and its journal's.
+type codecs struct {
+	decoders map[statemachine.EventType]codec
+	ceTypes  map[statemachine.EventType]string // event type → the ce_type it arrives as
+	encoders map[string]codec                  // command ce_type → codec
+	journal  *schema.Codec[JournalEntry]
+}
+
+func (sg *Saga[D]) newCodecs(registry *schema.Serde) (*codecs, error) {
+	c := &codecs{decoders: map[statemachine.EventType]codec{}, ceTypes: map[statemachine.EventType]string{},
+		encoders: map[string]codec{}}
+	var errs []error
+	add := func(on statemachine.EventType, e eventSpec) {
+		d, err := e.newCodec(registry)
+		errs = append(errs, err)
+		c.decoders[on], c.ceTypes[on] = d, e.eventType
+	}
+	addCmd := func(e eventSpec) {
+		d, err := e.newCodec(registry)
+		errs = append(errs, err)
+		c.encoders[e.eventType] = d
+	}
+	add(sg.StartEventType(), sg.start.event)
+	if sg.outcome != nil {
+		addCmd(sg.outcome.completed.event)
+		addCmd(sg.outcome.failed.event)
+	}
+	for _, st := range sg.steps {
+		addCmd(st.command.event)
+		add(ReplyEventType(st.name, st.success.event.eventType), st.success.event)
+		if st.failure != nil {
+			add(ReplyEventType(st.name, st.failure.event.eventType), st.failure.event)
+		}
+		if st.compensate != nil {
+			addCmd(st.compensate.event)
+			add(ReplyEventType(st.name, st.compAck.eventType), *st.compAck)
+		}
+	}
+	j, err := schema.NewCodec[JournalEntry](registry, JournalEntrySchema)
+	c.journal = j
+	return c, errors.Join(append(errs, err)...)
+}
+
+// payload decodes the event a journal entry recorded.
+func (c *codecs) payload(ctx context.Context, sagaName string, entry JournalEntry) (any, error) {
+	if entry.TimerStep != "" {
+		return TimerFired{Step: entry.TimerStep, Attempt: int(entry.TimerAttempt)}, nil
+	}
+	d, ok := c.decoders[statemachine.EventType(entry.EventType)]
+	if !ok {
+		return nil, fmt.Errorf("event type %q is not part of saga %s (was the definition changed?)", entry.EventType, sagaName)
+	}
+	return d.decode(ctx, entry.Payload)
+}
+
+// ErrReplay: a journal could not be replayed.
+var ErrReplay = errors.New("saga: replay")
+
+// Replay folds one saga's journal records (their values as the journal topic
+// holds them, in order) through the definition with the fold the runtime
+// uses live and in recovery, and returns the state they lead to. registry
+// must know the schemas the records were written with. It is what replay
+// tests of a changed definition run against recorded journals.
+func (sg *Saga[D]) Replay(ctx context.Context, registry *schema.Serde, values [][]byte) (Status[D], error) {
+	c, err := sg.newCodecs(registry)
+	if err != nil {
+		return Status[D]{}, err
+	}
+	var s *sagaRecord[D]
+	for i, v := range values {
+		entry, err := c.journal.Decode(ctx, v)
+		if err != nil {
+			return Status[D]{}, fmt.Errorf("%w: record %d: %w", ErrReplay, i, err)
+		}
+		if s == nil {
+			s = newSagaRecord[D](entry.SagaID, "", entry.Time, journalPosition{})
+		}
+		payload, err := c.payload(ctx, sg.name, entry)
+		if err != nil {
+			return Status[D]{}, fmt.Errorf("%w: record %d: %w", ErrReplay, i, err)
+		}
+		want := entry.Outcome
+		if _, err := sg.fold(s, &entry, payload); err != nil {
+			return Status[D]{}, fmt.Errorf("%w: record %d: %w", ErrReplay, i, err)
+		}
+		if entry.Outcome != want {
+			return Status[D]{}, fmt.Errorf("%w: record %d (%s %s) was %s when journaled but is %s now: the definition no longer folds this journal the same way",
+				ErrReplay, i, entry.EventType, entry.CEID, want, entry.Outcome)
+		}
+	}
+	if s == nil {
+		return Status[D]{}, fmt.Errorf("%w: no records", ErrReplay)
+	}
+	return Status[D]{State: s.state, Instance: s.inst}, nil
+}

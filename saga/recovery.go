@@ -1,0 +1,402 @@
+package saga
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sagapipe/sagapipe/internal/kread"
+	"github.com/sagapipe/sagapipe/schema"
+)
+
+// Recovery. A newly assigned inbox partition is paused while its state is
+// restored in the background, so the other partitions go on being
+// processed: the store is brought up to the state topic's end (from its
+// checkpoint, or from the start on a fresh machine), and the open sagas'
+// snapshots are loaded into memory. Closed markers stay on disk. The
+// journal is read only when the state topic has nothing for the partition
+// (a deployment that predates it) or RebuildState asks for it.
+
+func (r *Runtime[D]) assigned(ctx context.Context, cl *kgo.Client, assigned map[string][]int32) {
+	parts := assigned[r.saga.InboxTopic()]
+	if len(parts) == 0 {
+		return
+	}
+	cl.PauseFetchPartitions(map[string][]int32{r.saga.InboxTopic(): parts})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range parts {
+		rctx, cancel := context.WithCancel(r.backgroundCtx)
+		ps := &partitionState[D]{ready: make(chan struct{}), cancel: cancel, sagas: map[string]*sagaRecord[D]{},
+			unsaved: map[string]*sagaRecord[D]{}}
+		if r.stores[p] == nil {
+			r.stores[p] = &partitionStore{}
+		}
+		ps.store = r.stores[p]
+		r.parts[p] = ps
+		r.background.Add(1)
+		go func() {
+			defer r.background.Done()
+			began := time.Now()
+			got := &restored[D]{sagas: map[string]*sagaRecord[D]{}, unsaved: map[string]*sagaRecord[D]{}}
+			err := r.restore(rctx, p, ps.store, got)
+			if live, ok := r.finishRestore(cl, p, ps, got, err); ok {
+				for _, h := range r.cfg.Hooks {
+					if h, ok := h.(HookRestored); ok {
+						h.OnRestored(p, got.from, live, time.Since(began))
+					}
+				}
+			}
+		}()
+	}
+}
+
+func (r *Runtime[D]) revoked(_ context.Context, _ *kgo.Client, gone map[string][]int32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range gone[r.saga.InboxTopic()] {
+		if ps := r.parts[p]; ps != nil {
+			ps.cancel()
+		}
+		delete(r.parts, p)
+		delete(r.lag, p)
+	}
+}
+
+// restored is what a restore rebuilt of a partition.
+type restored[D any] struct {
+	from        RestoredFrom
+	sagas       map[string]*sagaRecord[D] // the live ones
+	unsaved     map[string]*sagaRecord[D] // rebuilt from the journal, snapshots to write
+	journalNext int64
+}
+
+// finishRestore installs what restore rebuilt, if the partition is still
+// ours, and resumes fetching it. It reports whether it did, and how many
+// sagas are live in the partition.
+func (r *Runtime[D]) finishRestore(cl *kgo.Client, p int32, ps *partitionState[D], got *restored[D], err error) (int, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	defer close(ps.ready)
+	if r.parts[p] != ps {
+		return 0, false // revoked meanwhile
+	}
+	if err != nil {
+		if r.backgroundCtx.Err() == nil {
+			r.failed = errors.Join(r.failed, fmt.Errorf("saga %s: restoring partition %d: %w", r.saga.name, p, err))
+		}
+		r.wakePoll()
+		return 0, false
+	}
+	ps.ok = true
+	ps.sagas, ps.unsaved, ps.journalNext = got.sagas, got.unsaved, got.journalNext
+	for id, s := range ps.sagas {
+		if s.timer != nil {
+			r.timers.add(s.timer.deadline, p, id)
+		}
+	}
+	cl.ResumeFetchPartitions(map[string][]int32{r.saga.InboxTopic(): {p}})
+	r.wakePoll()
+	return len(ps.sagas), true
+}
+
+// restoreFailure is the error of a failed restore, if any.
+func (r *Runtime[D]) restoreFailure() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.failed
+}
+
+// awaitRestore waits until partition p's restore ended; it is for records
+// fetched before the partition was paused.
+func (r *Runtime[D]) awaitRestore(ctx context.Context, p int32) error {
+	r.mu.Lock()
+	ps := r.parts[p]
+	r.mu.Unlock()
+	if ps == nil {
+		return nil
+	}
+	select {
+	case <-ps.ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return r.restoreFailure()
+}
+
+// restore brings partition p's store up to the state topic and loads the
+// open sagas into got.
+func (r *Runtime[D]) restore(ctx context.Context, p int32, pst *partitionStore, got *restored[D]) error {
+	pst.mu.Lock()
+	defer pst.mu.Unlock()
+	if pst.st == nil {
+		st, err := openStore(r.storeDir(p), r.cfg.Logger)
+		if err != nil {
+			return err
+		}
+		pst.st = st
+	}
+	st := pst.st
+	// The previous owner's last transaction may still be completing: wait
+	// for it, or the restore would miss what it wrote while its offsets,
+	// committed with it, skip the events that led there. The broker aborts
+	// a transaction open longer than the transaction timeout.
+	wctx, cancel := context.WithTimeout(ctx, r.cfg.TransactionTimeout+5*time.Second)
+	defer cancel()
+	for _, topic := range []string{r.saga.StateTopic(), r.saga.JournalTopic()} {
+		if err := kread.WaitStable(wctx, r.connOpts, topic, []int32{p}); err != nil {
+			return err
+		}
+	}
+	stateEnd, journalEnd, stateStart, err := r.partitionBounds(ctx, p)
+	if err != nil {
+		return err
+	}
+	got.journalNext = journalEnd
+	if r.cfg.RebuildState || (stateEnd == 0 && journalEnd > 0) {
+		if err := st.wipe(); err != nil {
+			return err
+		}
+		got.from = RestoredFromJournal
+		return r.rebuildFromJournal(ctx, p, got)
+	}
+	from, err := st.checkpoint()
+	if err != nil {
+		return err
+	}
+	if from > stateEnd || from < stateStart {
+		// The topic was recreated, or records the store never saw were
+		// deleted: start over from the topic.
+		if err := st.wipe(); err != nil {
+			return err
+		}
+		from = 0
+	}
+	if err := r.restoreStore(ctx, st, p, from); err != nil {
+		return err
+	}
+	got.from = RestoredFromState
+	return st.eachOpen(func(id string, value []byte) error {
+		s, err := r.snapshots.decode(ctx, value)
+		if err != nil {
+			return r.snapshotError(p, id, err)
+		}
+		got.sagas[id] = s
+		return nil
+	})
+}
+
+// snapshotError is the error of a snapshot that cannot be used: it names
+// the saga and the fix.
+func (r *Runtime[D]) snapshotError(p int32, id string, err error) error {
+	return fmt.Errorf("%w: saga %s %q in %s/%d: %w; the journal is the truth: restart with RebuildState (service: --rebuild-state, state_rebuild: true) to rebuild the snapshots of %s from %s",
+		ErrSnapshot, r.saga.name, id, r.saga.StateTopic(), p, err, r.saga.StateTopic(), r.saga.JournalTopic())
+}
+
+// partitionBounds returns the last stable offsets of state and journal
+// partition p, and the state partition's log start.
+func (r *Runtime[D]) partitionBounds(ctx context.Context, p int32) (stateEnd, journalEnd, stateStart int64, err error) {
+	cl, err := kgo.NewClient(r.connOpts...)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	ends, err := adm.ListCommittedOffsets(ctx, r.saga.StateTopic(), r.saga.JournalTopic())
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("listing the ends of %s and %s: %w", r.saga.StateTopic(), r.saga.JournalTopic(), err)
+	}
+	starts, err := adm.ListStartOffsets(ctx, r.saga.StateTopic())
+	if err == nil {
+		err = starts.Error()
+	}
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("listing the start of %s: %w", r.saga.StateTopic(), err)
+	}
+	s, _ := ends.Lookup(r.saga.StateTopic(), p)
+	j, _ := ends.Lookup(r.saga.JournalTopic(), p)
+	st, _ := starts.Lookup(r.saga.StateTopic(), p)
+	return s.Offset, j.Offset, st.Offset, nil
+}
+
+// restoreBatch is how many state records a restore writes to the store at
+// once (each batch moves the checkpoint).
+const restoreBatch = 8192
+
+// restoreStore applies state partition p from offset from to its end.
+func (r *Runtime[D]) restoreStore(ctx context.Context, st *store, p int32, from int64) error {
+	var changes []change
+	next := from
+	ends, err := kread.From(ctx, r.connOpts, r.saga.StateTopic(), []int32{p}, map[int32]int64{p: from}, func(rec *kgo.Record) error {
+		c, err := stateChange(rec)
+		if err != nil {
+			return fmt.Errorf("%s/%d@%d: %w", rec.Topic, rec.Partition, rec.Offset, err)
+		}
+		changes = append(changes, c)
+		next = rec.Offset + 1
+		if len(changes) == restoreBatch {
+			err = st.write(changes, next)
+			changes = changes[:0]
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("restoring from %s: %w", r.saga.StateTopic(), err)
+	}
+	return st.write(changes, max(next, ends[p]))
+}
+
+// stateChange reads what a state record does to the store from its key
+// and headers; the snapshot itself is decoded when it is needed.
+func stateChange(rec *kgo.Record) (change, error) {
+	c := change{id: string(rec.Key), value: rec.Value}
+	if c.id == "" {
+		return c, errors.New("a state record without a key (was something else written to the state topic?)")
+	}
+	if rec.Value == nil {
+		return c, nil // tombstone
+	}
+	for _, h := range rec.Headers {
+		switch h.Key {
+		case HeaderSnapshotKind:
+			c.kind = string(h.Value)
+		case HeaderClosedAt:
+			ms, err := strconv.ParseInt(string(h.Value), 10, 64)
+			if err != nil {
+				return c, fmt.Errorf("snapshot of %q: header %s=%q is not Unix milliseconds", c.id, HeaderClosedAt, h.Value)
+			}
+			c.closedAt = time.UnixMilli(ms)
+		}
+	}
+	if c.kind != snapshotOpen && c.kind != snapshotClosed {
+		return c, fmt.Errorf("snapshot of %q: header %s is %q, not %q or %q", c.id, HeaderSnapshotKind, c.kind, snapshotOpen, snapshotClosed)
+	}
+	return c, nil
+}
+
+// rebuildFromJournal folds journal partition p into its sagas, for a
+// partition whose state topic has nothing yet (or RebuildState): the open
+// ones go live, and every snapshot (closed markers within the retention)
+// is written by the next transaction.
+func (r *Runtime[D]) rebuildFromJournal(ctx context.Context, p int32, got *restored[D]) error {
+	sagas := map[string]*sagaRecord[D]{}
+	err := kread.ToEnd(ctx, r.connOpts, r.saga.JournalTopic(), []int32{p}, func(rec *kgo.Record) error {
+		entry, err := r.journal.Decode(ctx, rec.Value)
+		if err != nil {
+			return fmt.Errorf("journal %s/%d@%d: %w", rec.Topic, rec.Partition, rec.Offset, err)
+		}
+		s := sagas[entry.SagaID]
+		if s == nil {
+			env, _ := schema.ReadEnvelope(rec.Headers)
+			s = newSagaRecord[D](entry.SagaID, env.CorrelationID, entry.Time, journalPosition{partition: p, offset: rec.Offset})
+			sagas[entry.SagaID] = s
+		}
+		payload, err := r.payload(ctx, r.saga.name, entry)
+		if err != nil {
+			return fmt.Errorf("journal %s/%d@%d: %w", rec.Topic, rec.Partition, rec.Offset, err)
+		}
+		want := entry.Outcome
+		if _, err := r.saga.fold(s, &entry, payload); err != nil {
+			return fmt.Errorf("journal %s/%d@%d of saga %s: %w", rec.Topic, rec.Partition, rec.Offset, s.id, err)
+		}
+		if entry.Outcome != want {
+			return fmt.Errorf("journal %s/%d@%d of saga %s: %s was %s when journaled but is %s now (was the definition changed?)",
+				rec.Topic, rec.Partition, rec.Offset, s.id, entry.EventType, want, entry.Outcome)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("rebuilding from %s: %w", r.saga.JournalTopic(), err)
+	}
+	cutoff := r.retentionCutoff()
+	for id, s := range sagas {
+		if !r.closes(s) {
+			got.sagas[id] = s
+		} else if !cutoff.IsZero() && s.since.Before(cutoff) {
+			continue // its retention is over: nothing to keep
+		}
+		got.unsaved[id] = s
+	}
+	r.cfg.Logger.Info("rebuilt a partition's snapshots from the journal", "saga_name", r.saga.name, "partition", p,
+		"sagas", len(sagas), "open", len(got.sagas), "snapshots_to_write", len(got.unsaved))
+	return nil
+}
+
+// retentionCutoff is when a closed marker must have closed after to be
+// kept (zero when markers are kept forever).
+func (r *Runtime[D]) retentionCutoff() time.Time {
+	if r.cfg.ClosedRetention < 0 {
+		return time.Time{}
+	}
+	return r.cfg.Clock.Now().Add(-r.cfg.ClosedRetention)
+}
+
+// closes tells whether s is done: completed or compensated, with nothing
+// left to wait for. Its snapshot becomes a closed marker and it leaves
+// memory. A saga in CompensationFailed stays open: it waits for an
+// operator.
+func (r *Runtime[D]) closes(s *sagaRecord[D]) bool {
+	return (s.state == StateCompleted || s.state == StateCompensated) && s.timer == nil
+}
+
+// maxExpiredPerBatch bounds the tombstones one transaction writes.
+const maxExpiredPerBatch = 10_000
+
+// sweepEvery is how often closed markers are checked for expiry.
+func (r *Runtime[D]) sweepEvery() time.Duration {
+	return min(max(r.cfg.ClosedRetention/10, time.Second), time.Minute)
+}
+
+// nextSweep returns how long until the next expiry check, or -1 when
+// markers are kept forever.
+func (r *Runtime[D]) nextSweep() time.Duration {
+	if r.cfg.ClosedRetention < 0 {
+		return -1
+	}
+	return max(r.sweepEvery()-r.cfg.Clock.Now().Sub(r.lastSweep), 0)
+}
+
+// sweepExpired collects, when due, the closed markers past their retention
+// in every restored partition, for the next transaction to tombstone.
+func (r *Runtime[D]) sweepExpired() error {
+	if r.nextSweep() != 0 {
+		return nil
+	}
+	now := r.cfg.Clock.Now()
+	r.lastSweep = now
+	cutoff := now.Add(-r.cfg.ClosedRetention)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for p, ps := range r.parts {
+		if !ps.restored() || len(ps.expired) > 0 {
+			continue
+		}
+		ps.store.mu.Lock()
+		expired, err := ps.store.st.expired(cutoff, maxExpiredPerBatch)
+		ps.store.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("saga %s: partition %d: %w", r.saga.name, p, err)
+		}
+		ps.expired = expired
+	}
+	return nil
+}
+
+// pendingWrites tells whether a transaction is due without any record:
+// snapshots rebuilt from the journal, or tombstones. Callers hold mu.
+func (r *Runtime[D]) pendingWrites() bool {
+	for _, ps := range r.parts {
+		if ps.restored() && (len(ps.unsaved) > 0 || len(ps.expired) > 0) {
+			return true
+		}
+	}
+	return false
+}

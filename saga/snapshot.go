@@ -1,0 +1,205 @@
+package saga
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagapipe/sagapipe/internal/telemetry"
+	"github.com/sagapipe/sagapipe/schema"
+	"github.com/sagapipe/sagapipe/statemachine"
+)
+
+// SnapshotVersion is the version of the snapshot format this release writes.
+// A release reads every version up to its own; a snapshot of a later version
+// is refused with an error that names it, never misread.
+const SnapshotVersion = 1
+
+// ErrSnapshot: a snapshot in the state topic cannot be used (undecodable, or
+// written by a later release). The error names the saga, the record and the
+// fix; the partition is not skipped.
+var ErrSnapshot = errors.New("saga: unusable snapshot")
+
+// Snapshot is a saga's latest state, as written to "<saga>.state" (a
+// compacted topic keyed by saga ID) in the transaction that changed it:
+// everything recovery needs, so that a new owner reads the snapshots of the
+// live sagas instead of their journals.
+//
+// A finished saga's snapshot is a closed marker: Closed is set and Data,
+// Completed and Timer are empty; Seen is kept, so that a copy of an event
+// it applied is still dropped as a duplicate. It stays until ClosedRetention after
+// ClosedAt, when a tombstone removes it.
+type Snapshot struct {
+	Version       int32  `avro:"version"`
+	SagaID        string `avro:"saga_id"`
+	CorrelationID string `avro:"correlation_id"`
+	State         string `avro:"state"`
+	Closed        bool   `avro:"closed"`
+	// Data is the saga's data, Avro in the Confluent wire format under the
+	// saga's data schema (so it evolves like any other schema).
+	Data      []byte         `avro:"data"`
+	Completed []string       `avro:"completed"`
+	Attempt   int32          `avro:"attempt"`
+	Timer     *SnapshotTimer `avro:"timer"`
+	// Seen holds the ce_ids the saga has journaled: duplicates are dropped
+	// by them.
+	Seen    []string  `avro:"seen"`
+	Started time.Time `avro:"started"`
+	// Since is when the saga entered State; for a closed marker, when it
+	// closed.
+	Since time.Time `avro:"since"`
+	// TraceParent is the span that last changed the saga: its timers' spans
+	// continue it.
+	TraceParent string `avro:"traceparent"`
+	// JournalPartition and JournalOffset say where the saga's journal
+	// entries are: that partition, at or after that offset.
+	JournalPartition int32 `avro:"journal_partition"`
+	JournalOffset    int64 `avro:"journal_offset"`
+}
+
+// SnapshotTimer is a saga's pending deadline.
+type SnapshotTimer struct {
+	Step         string    `avro:"step"`
+	Attempt      int32     `avro:"attempt"`
+	Compensation bool      `avro:"compensation"`
+	Deadline     time.Time `avro:"deadline"`
+}
+
+// SnapshotSchema is the Avro schema of Snapshot.
+const SnapshotSchema = `{"type":"record","name":"SagaSnapshot","namespace":"sagapipe.state","fields":[
+ {"name":"version","type":"int"},
+ {"name":"saga_id","type":"string"},
+ {"name":"correlation_id","type":"string"},
+ {"name":"state","type":"string"},
+ {"name":"closed","type":"boolean"},
+ {"name":"data","type":"bytes"},
+ {"name":"completed","type":{"type":"array","items":"string"}},
+ {"name":"attempt","type":"int"},
+ {"name":"timer","type":["null",{"type":"record","name":"SnapshotTimer","fields":[
+   {"name":"step","type":"string"},
+   {"name":"attempt","type":"int"},
+   {"name":"compensation","type":"boolean"},
+   {"name":"deadline","type":{"type":"long","logicalType":"timestamp-micros"}}
+ ]}],"default":null},
+ {"name":"seen","type":{"type":"array","items":"string"}},
+ {"name":"started","type":{"type":"long","logicalType":"timestamp-micros"}},
+ {"name":"since","type":{"type":"long","logicalType":"timestamp-micros"}},
+ {"name":"traceparent","type":"string","default":""},
+ {"name":"journal_partition","type":"int"},
+ {"name":"journal_offset","type":"long"}
+]}`
+
+// Headers of a state record: what a restore needs to index a snapshot
+// without decoding it.
+const (
+	// HeaderSnapshotKind is "open" or "closed".
+	HeaderSnapshotKind = "sagapipe_snapshot"
+	// HeaderClosedAt is a closed marker's ClosedAt, in Unix milliseconds.
+	HeaderClosedAt = "sagapipe_closed_at"
+)
+
+// Snapshot kinds.
+const (
+	snapshotOpen   = "open"
+	snapshotClosed = "closed"
+)
+
+// snapshots encodes and decodes a saga's snapshots: the envelope and, inside
+// it, the data under the saga's data schema.
+type snapshots[D any] struct {
+	topic string
+	env   *schema.Codec[Snapshot]
+	data  *schema.Codec[D]
+}
+
+func newSnapshots[D any](s *Saga[D], registry *schema.Serde) (*snapshots[D], error) {
+	env, err := schema.NewCodec[Snapshot](registry, SnapshotSchema)
+	if err != nil {
+		return nil, fmt.Errorf("saga %s: snapshot schema: %w", s.name, err)
+	}
+	data, err := schema.NewCodec[D](registry, s.dataSchema)
+	if err != nil {
+		return nil, fmt.Errorf("saga %s: data schema: %w", s.name, err)
+	}
+	return &snapshots[D]{topic: s.StateTopic(), env: env, data: data}, nil
+}
+
+// register registers both schemas, so that the first transaction does not.
+func (c *snapshots[D]) register(ctx context.Context) error {
+	if _, err := c.env.Register(ctx, c.topic); err != nil {
+		return fmt.Errorf("snapshot schema: %w", err)
+	}
+	if _, err := c.data.Register(ctx, c.topic); err != nil {
+		return fmt.Errorf("data schema (saga.New's dataSchema): %w", err)
+	}
+	return nil
+}
+
+// encode returns s's snapshot: a closed marker once it is terminal.
+func (c *snapshots[D]) encode(ctx context.Context, s *sagaRecord[D], closed bool) ([]byte, error) {
+	snap := Snapshot{Version: SnapshotVersion, SagaID: s.id, CorrelationID: s.correlation, State: string(s.state),
+		Closed: closed, Started: s.started, Since: s.since, JournalPartition: s.journal.partition,
+		JournalOffset: s.journal.offset, Completed: []string{}, Seen: slices.Sorted(maps.Keys(s.seen))}
+	if !closed {
+		data, err := c.data.Encode(ctx, c.topic, &s.inst.Data)
+		if err != nil {
+			return nil, fmt.Errorf("encode the data of saga %s: %w", s.id, err)
+		}
+		snap.Data, snap.Attempt = data, int32(s.inst.Attempt)
+		snap.Completed = append(snap.Completed, s.inst.Completed...)
+		if t := s.timer; t != nil {
+			snap.Timer = &SnapshotTimer{Step: t.step, Attempt: int32(t.attempt), Compensation: t.compensation, Deadline: t.deadline}
+		}
+		if s.span.IsValid() {
+			snap.TraceParent = telemetry.TraceParent(trace.ContextWithSpanContext(ctx, s.span))
+		}
+	}
+	return c.env.Encode(ctx, c.topic, &snap)
+}
+
+// decodeEnvelope decodes a snapshot without its data.
+func (c *snapshots[D]) decodeEnvelope(ctx context.Context, value []byte) (Snapshot, error) {
+	snap, err := c.env.Decode(ctx, value)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	if snap.Version > SnapshotVersion {
+		return Snapshot{}, fmt.Errorf("snapshot version %d is newer than this release reads (%d): run the release that wrote it, or a later one",
+			snap.Version, SnapshotVersion)
+	}
+	return snap, nil
+}
+
+// decode turns an open snapshot back into the runtime's record of a saga.
+func (c *snapshots[D]) decode(ctx context.Context, value []byte) (*sagaRecord[D], error) {
+	snap, err := c.decodeEnvelope(ctx, value)
+	if err != nil {
+		return nil, err
+	}
+	s := &sagaRecord[D]{id: snap.SagaID, correlation: snap.CorrelationID, state: statemachine.State(snap.State),
+		started: snap.Started, since: snap.Since, seen: make(map[string]bool, len(snap.Seen)),
+		journal: journalPosition{partition: snap.JournalPartition, offset: snap.JournalOffset},
+		span:    telemetry.ParseTraceParent(snap.TraceParent)}
+	for _, id := range snap.Seen {
+		s.seen[id] = true
+	}
+	if snap.Closed {
+		return s, nil
+	}
+	if s.inst.Data, err = c.data.Decode(ctx, snap.Data); err != nil {
+		return nil, fmt.Errorf("the saga's data: %w", err)
+	}
+	s.inst.Attempt = int(snap.Attempt)
+	if len(snap.Completed) > 0 {
+		s.inst.Completed = snap.Completed
+	}
+	if t := snap.Timer; t != nil {
+		s.timer = &pendingTimer{step: t.Step, attempt: int(t.Attempt), compensation: t.Compensation, deadline: t.Deadline}
+	}
+	return s, nil
+}

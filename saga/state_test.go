@@ -1,0 +1,319 @@
+package saga_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sagapipe/sagapipe/internal/kread"
+	"github.com/sagapipe/sagapipe/saga"
+	"github.com/sagapipe/sagapipe/schema"
+)
+
+// restores records where each partition's state came from.
+type restores struct {
+	mu   sync.Mutex
+	from []saga.RestoredFrom
+	live int
+}
+
+func (r *restores) OnRestored(_ int32, from saga.RestoredFrom, live int, _ time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.from = append(r.from, from)
+	r.live += live
+}
+
+func (r *restores) get() ([]saga.RestoredFrom, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.from), r.live
+}
+
+// waitFor polls cond until it holds or 20 seconds have passed.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stateRecords reads the state topic: per saga ID, its records in order
+// (nil values are tombstones).
+func (e *env) stateRecords() map[string][]*kgo.Record {
+	e.t.Helper()
+	out := map[string][]*kgo.Record{}
+	err := kread.ToEnd(context.Background(), []kgo.Opt{kgo.SeedBrokers(e.stack.KafkaAddrs()...)}, e.saga.StateTopic(), nil, func(r *kgo.Record) error {
+		out[string(r.Key)] = append(out[string(r.Key)], r)
+		return nil
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
+
+// journalOf returns the journal entries of saga id.
+func (e *env) journalOf(id string) []saga.JournalEntry {
+	var out []saga.JournalEntry
+	for _, je := range e.journal() {
+		if je.SagaID == id {
+			out = append(out, je)
+		}
+	}
+	return out
+}
+
+// sendLate produces a reply for a saga as a late participant would.
+func (e *env) sendLate(id, ceID string) {
+	e.t.Helper()
+	ctx := context.Background()
+	value, err := e.codec(paymentCharged).Encode(ctx, e.saga.InboxTopic(), &msg{OrderID: id})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	late := schema.Envelope{ID: ceID, Type: paymentCharged.Type, SagaName: "orders", SagaID: id, SagaStep: "payment"}
+	if err := e.client().ProduceSync(ctx, &kgo.Record{Topic: e.saga.InboxTopic(), Key: []byte(id), Value: value, Headers: late.Apply(nil)}).FirstErr(); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// A finished saga leaves memory: its snapshot becomes a closed marker in
+// the state topic and the local store. After a restart on a fresh machine
+// (an empty store), what comes for it (a late reply, a duplicate start) is
+// journaled as ignored, not dead-lettered and not run again.
+func TestClosedSagasLeaveMemoryAndIgnoreLateEventsAfterRecovery(t *testing.T) {
+	e := newEnv(t, 2)
+	inventory := e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
+	e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{chargePayment.Type: always(paymentCharged)})
+	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
+	done := newFinished()
+	rt, stop := e.startRuntime(saga.Config{Hooks: []any{done}})
+	e.start("o-1")
+	done.wait(t, 1)
+
+	if got := rt.List(saga.StateCompleted); len(got) != 0 {
+		t.Fatalf("List(Completed) = %v: a closed saga stayed in memory", got)
+	}
+	st, ok, err := rt.Status(context.Background(), "o-1")
+	if err != nil || !ok || !st.Closed || st.State != saga.StateCompleted {
+		t.Fatalf("Status(o-1) = %+v, %v, %v; want a closed Completed saga from the store", st, ok, err)
+	}
+	recs := e.stateRecords()["o-1"]
+	if len(recs) == 0 {
+		t.Fatal("no snapshot of o-1 in the state topic")
+	}
+	last := recs[len(recs)-1]
+	if kind := header(last, saga.HeaderSnapshotKind); kind != "closed" {
+		t.Fatalf("o-1's last snapshot is %q, want closed", kind)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	dead := make(chan struct{}, 10)
+	from := &restores{}
+	e.startRuntime(saga.Config{Hooks: []any{from, deadHook(func() { dead <- struct{}{} })}})
+	before := len(e.journalOf("o-1"))
+	e.sendLate("o-1", "late-1")
+	e.start("o-1") // a second start event, with a new ce_id
+	var added []saga.JournalEntry
+	waitFor(t, "the late reply and the duplicate start in the journal", func() bool {
+		added = e.journalOf("o-1")[before:]
+		return len(added) >= 2
+	})
+	if len(added) != 2 || added[0].Outcome != saga.OutcomeIgnored || added[1].Outcome != saga.OutcomeIgnored {
+		t.Fatalf("journal of o-1 grew by %+v, want the late reply and the second start, both ignored", added)
+	}
+	select {
+	case <-dead:
+		t.Fatal("an event for a closed saga was dead-lettered")
+	default:
+	}
+	if n := inventory.count(reserveInventory.Type + " o-1"); n != 1 {
+		t.Fatalf("inventory reserved o-1 %d times: the second start ran the saga again", n)
+	}
+	if got, _ := from.get(); len(got) != 2 || got[0] != saga.RestoredFromState || got[1] != saga.RestoredFromState {
+		t.Fatalf("restored from %v, want the state topic for both partitions", got)
+	}
+}
+
+// After ClosedRetention a closed marker is tombstoned in the state topic and
+// leaves the store; the ID may then start a new saga.
+func TestClosedMarkersAreTombstonedAfterTheRetention(t *testing.T) {
+	e := newEnv(t, 1)
+	inventory := e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
+	e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{chargePayment.Type: always(paymentCharged)})
+	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
+	done := newFinished()
+	clock := &testClock{}
+	rt, _ := e.startRuntime(saga.Config{Hooks: []any{done}, Clock: clock, ClosedRetention: time.Hour})
+	e.start("o-1", "o-2")
+	done.wait(t, 2)
+	clock.Advance(30 * time.Minute)
+	e.start("o-3") // closes within the retention of the others' but after them
+	done.wait(t, 3)
+
+	clock.Advance(31 * time.Minute) // o-1 and o-2 are past the retention, o-3 is not
+	waitFor(t, "tombstones of o-1 and o-2", func() bool {
+		recs := e.stateRecords()
+		return recs["o-1"][len(recs["o-1"])-1].Value == nil && recs["o-2"][len(recs["o-2"])-1].Value == nil
+	})
+	if recs := e.stateRecords()["o-3"]; recs[len(recs)-1].Value == nil {
+		t.Fatal("o-3 was tombstoned within its retention")
+	}
+	waitFor(t, "o-1 to leave the store", func() bool {
+		_, ok, err := rt.Status(context.Background(), "o-1")
+		return err == nil && !ok
+	})
+	if _, ok, err := rt.Status(context.Background(), "o-3"); err != nil || !ok {
+		t.Fatalf("Status(o-3) = %v, %v; want its closed marker", ok, err)
+	}
+
+	// The ID is free again: a new start runs a new saga (from New).
+	e.start("o-1")
+	waitFor(t, "o-1 to start again", func() bool {
+		starts := 0
+		for _, je := range e.journalOf("o-1") {
+			if je.FromState == string(saga.StateNew) && je.Outcome == saga.OutcomeApplied {
+				starts++
+			}
+		}
+		return starts == 2
+	})
+	if n := inventory.count(reserveInventory.Type + " o-1"); n != 1 {
+		// Its commands carry the first run's IDs, so an idempotent
+		// participant drops them: the README's ID-reuse rule.
+		t.Fatalf("inventory applied o-1's reservation %d times", n)
+	}
+}
+
+// A partition whose state topic is empty (a deployment from before the
+// state topic) is rebuilt once from the journal, its snapshots written;
+// the next takeover restores from the state topic, and the sagas in flight
+// go on from there.
+func TestMigrationFromAJournalOnlyDeployment(t *testing.T) {
+	e := newEnv(t, 2)
+	e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
+	payment := e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{chargePayment.Type: always(paymentCharged)})
+	done := newFinished()
+	stop := e.runtime(done)
+	orders := []string{"a", "b", "c", "d", "e", "f"}
+	e.start(orders...)
+	waitFor(t, "every order charged", func() bool {
+		n := 0
+		for _, o := range orders {
+			n += payment.count(chargePayment.Type + " " + o)
+		}
+		return n == len(orders)
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	// The journal-only topic set: an empty state topic.
+	adm := kadm.NewClient(e.client())
+	ctx := context.Background()
+	if _, err := adm.DeleteTopics(ctx, e.saga.StateTopic()); err != nil {
+		t.Fatal(err)
+	}
+	compact := "compact"
+	waitFor(t, "the state topic recreated", func() bool {
+		return saga.EnsureTopic(ctx, adm, e.saga.StateTopic(), 2, 1, map[string]*string{"cleanup.policy": &compact}) == nil &&
+			len(e.stateRecords()) == 0
+	})
+
+	migrated := &restores{}
+	stop = e.runtime(migrated)
+	waitFor(t, "snapshots of every saga", func() bool { return len(e.stateRecords()) == len(orders) })
+	if got, live := migrated.get(); len(got) != 2 || got[0] != saga.RestoredFromJournal || got[1] != saga.RestoredFromJournal || live != len(orders) {
+		t.Fatalf("restored from %v with %d live sagas, want the journal for both partitions and %d live", got, live, len(orders))
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	second := newFinished()
+	again := &restores{}
+	e.runtime(second, again)
+	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
+	outcomes := second.wait(t, len(orders))
+	for _, o := range orders {
+		if outcomes[o] != saga.StateCompleted {
+			t.Fatalf("saga %s ended %s, want Completed", o, outcomes[o])
+		}
+		if n := payment.count(chargePayment.Type + " " + o); n != 1 {
+			t.Fatalf("order %s charged %d times, want once", o, n)
+		}
+	}
+	if got, live := again.get(); len(got) != 2 || got[0] != saga.RestoredFromState || got[1] != saga.RestoredFromState || live != len(orders) {
+		t.Fatalf("second takeover restored from %v with %d live, want the state topic and %d live", got, live, len(orders))
+	}
+	checkJournal(t, e.journal())
+}
+
+// A snapshot that cannot be decoded stops the runtime with an error that
+// names the saga, the record and the fix; the fix (RebuildState) rebuilds
+// the partition from the journal.
+func TestUndecodableSnapshotNamesTheKeyAndTheFix(t *testing.T) {
+	e := newEnv(t, 1)
+	e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
+	done := newFinished()
+	stop := e.runtime(done)
+	e.start("o-1") // waits at payment: no participant
+	waitFor(t, "o-1 at payment", func() bool { return len(e.journalOf("o-1")) == 2 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	garbage := &kgo.Record{Topic: e.saga.StateTopic(), Key: []byte("o-1"), Value: []byte{0, 0, 0, 0, 99, 1, 2},
+		Headers: []kgo.RecordHeader{{Key: saga.HeaderSnapshotKind, Value: []byte("open")}}}
+	if err := e.client().ProduceSync(context.Background(), garbage).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+
+	r, err := saga.NewRuntime(e.saga, saga.Config{Brokers: e.stack.KafkaAddrs(), Registry: e.serde})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = r.Run(ctx)
+	r.Close()
+	if !errors.Is(err, saga.ErrSnapshot) {
+		t.Fatalf("Run: %v, want ErrSnapshot", err)
+	}
+	for _, want := range []string{`"o-1"`, "orders.state/0", "RebuildState", "orders.journal"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Fatalf("Run: %v, want it to name %s", err, want)
+		}
+	}
+
+	rebuilt := &restores{}
+	rt, _ := e.startRuntime(saga.Config{RebuildState: true, Hooks: []any{rebuilt}})
+	waitFor(t, "the rebuilt partition ready", rt.Ready)
+	if got, live := rebuilt.get(); len(got) != 1 || got[0] != saga.RestoredFromJournal || live != 1 {
+		t.Fatalf("restored from %v with %d live, want the journal and o-1 live", got, live)
+	}
+	if st, ok, err := rt.Status(context.Background(), "o-1"); err != nil || !ok || st.Instance.Data.OrderID != "o-1" {
+		t.Fatalf("Status(o-1) = %+v, %v, %v; want it rebuilt with its data", st, ok, err)
+	}
+}
+
+func header(r *kgo.Record, key string) string {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
