@@ -485,7 +485,7 @@ func (r *Runtime[D]) apply(ctx context.Context, b *batch[D], p int32, s *sagaRec
 	span := trace.SpanFromContext(ctx)
 	entry.TraceParent = telemetry.TraceParent(ctx)
 	from, since := s.state, s.since
-	effects, err := r.saga.fold(s, &entry, payload)
+	effects, err := r.saga.apply(s, &entry, payload)
 	if err != nil {
 		return err
 	}

@@ -58,13 +58,13 @@ func newSagaRecord[D any](id, correlation string, t time.Time, at journalPositio
 		started: t, since: t, journal: at}
 }
 
-// fold applies a journal entry to s: the saga's one transition function,
+// apply folds a journal entry into s: the saga's one transition function,
 // used live (the entry is then being written), when rebuilding from the
 // journal, and by Replay. payload is the entry's decoded event (a
 // TimerFired for a timer). It fills in the entry's outcome and states and
 // returns the effects the transition asks for; an entry no transition
 // accepts is ignored and changes nothing but the events seen.
-func (sg *Saga[D]) fold(s *sagaRecord[D], entry *JournalEntry, payload any) ([]Effect, error) {
+func (sg *Saga[D]) apply(s *sagaRecord[D], entry *JournalEntry, payload any) ([]Effect, error) {
 	ev := statemachine.Event{Type: statemachine.EventType(entry.EventType), ID: entry.CEID, Time: entry.Time, Payload: payload}
 	if _, ok := payload.(TimerFired); ok {
 		s.timer = nil // fired, whatever it leads to
@@ -164,30 +164,55 @@ func (sg *Saga[D]) Replay(ctx context.Context, registry *schema.Serde, values []
 	if err != nil {
 		return Status[D]{}, err
 	}
-	var s *sagaRecord[D]
+	entries := make([]JournalEntry, len(values))
 	for i, v := range values {
-		entry, err := c.journal.Decode(ctx, v)
-		if err != nil {
+		if entries[i], err = c.journal.Decode(ctx, v); err != nil {
 			return Status[D]{}, fmt.Errorf("%w: record %d: %w", ErrReplay, i, err)
 		}
+	}
+	return sg.fold(ctx, c, entries)
+}
+
+// Fold is Replay over entries already decoded (as History returns them):
+// the state, data included, of a saga whatever its age or owner.
+func (sg *Saga[D]) Fold(ctx context.Context, registry *schema.Serde, entries []JournalEntry) (Status[D], error) {
+	c, err := sg.newCodecs(registry)
+	if err != nil {
+		return Status[D]{}, err
+	}
+	return sg.fold(ctx, c, entries)
+}
+
+func (sg *Saga[D]) fold(ctx context.Context, c *codecs, entries []JournalEntry) (Status[D], error) {
+	var s *sagaRecord[D]
+	for i, entry := range entries {
 		if s == nil {
 			s = newSagaRecord[D](entry.SagaID, "", entry.Time, journalPosition{})
 		}
-		payload, err := c.payload(ctx, sg.name, entry)
-		if err != nil {
-			return Status[D]{}, fmt.Errorf("%w: record %d: %w", ErrReplay, i, err)
-		}
-		want := entry.Outcome
-		if _, err := sg.fold(s, &entry, payload); err != nil {
-			return Status[D]{}, fmt.Errorf("%w: record %d: %w", ErrReplay, i, err)
-		}
-		if entry.Outcome != want {
-			return Status[D]{}, fmt.Errorf("%w: record %d (%s %s) was %s when journaled but is %s now: the definition no longer folds this journal the same way",
-				ErrReplay, i, entry.EventType, entry.CEID, want, entry.Outcome)
+		if err := sg.refold(ctx, c, s, entry); err != nil {
+			return Status[D]{}, fmt.Errorf("%w: entry %d: %w", ErrReplay, i, err)
 		}
 	}
 	if s == nil {
-		return Status[D]{}, fmt.Errorf("%w: no records", ErrReplay)
+		return Status[D]{}, fmt.Errorf("%w: no entries", ErrReplay)
 	}
-	return Status[D]{State: s.state, Instance: s.inst}, nil
+	return Status[D]{State: s.state, Instance: s.inst, Closed: s.state == StateCompleted || s.state == StateCompensated}, nil
+}
+
+// refold applies a journaled entry again, as recovery and replay do, and
+// checks that it has the outcome it was journaled with.
+func (sg *Saga[D]) refold(ctx context.Context, c *codecs, s *sagaRecord[D], entry JournalEntry) error {
+	payload, err := c.payload(ctx, sg.name, entry)
+	if err != nil {
+		return err
+	}
+	want := entry.Outcome
+	if _, err := sg.apply(s, &entry, payload); err != nil {
+		return err
+	}
+	if entry.Outcome != want {
+		return fmt.Errorf("%s %s of saga %s was %s when journaled but is %s now: the definition no longer folds this journal the same way",
+			entry.EventType, entry.CEID, s.id, want, entry.Outcome)
+	}
+	return nil
 }

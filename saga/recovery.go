@@ -227,12 +227,20 @@ func (r *Runtime[D]) partitionBounds(ctx context.Context, p int32) (stateEnd, jo
 	return s.Offset, j.Offset, st.Offset, nil
 }
 
-// restoreBatch is how many state records a restore writes to the store at
-// once (each batch moves the checkpoint).
-const restoreBatch = 8192
+// Restores write the store this many state records at a time (each write
+// moves the checkpoint): in batches when catching up from a checkpoint,
+// as ingested tables when restoring from the start into an empty store.
+const (
+	restoreBatch  = 8192
+	restoreIngest = 131072
+)
 
 // restoreStore applies state partition p from offset from to its end.
 func (r *Runtime[D]) restoreStore(ctx context.Context, st *store, p int32, from int64) error {
+	write, size := st.write, restoreBatch
+	if from == 0 {
+		write, size = st.ingest, restoreIngest
+	}
 	var changes []change
 	next := from
 	ends, err := kread.From(ctx, r.connOpts, r.saga.StateTopic(), []int32{p}, map[int32]int64{p: from}, func(rec *kgo.Record) error {
@@ -242,8 +250,8 @@ func (r *Runtime[D]) restoreStore(ctx context.Context, st *store, p int32, from 
 		}
 		changes = append(changes, c)
 		next = rec.Offset + 1
-		if len(changes) == restoreBatch {
-			err = st.write(changes, next)
+		if len(changes) == size {
+			err = write(changes, next)
 			changes = changes[:0]
 		}
 		return err
@@ -251,7 +259,10 @@ func (r *Runtime[D]) restoreStore(ctx context.Context, st *store, p int32, from 
 	if err != nil {
 		return fmt.Errorf("restoring from %s: %w", r.saga.StateTopic(), err)
 	}
-	return st.write(changes, max(next, ends[p]))
+	if len(changes) > 0 {
+		return write(changes, max(next, ends[p]))
+	}
+	return st.write(nil, max(next, ends[p]))
 }
 
 // stateChange reads what a state record does to the store from its key
@@ -299,17 +310,8 @@ func (r *Runtime[D]) rebuildFromJournal(ctx context.Context, p int32, got *resto
 			s = newSagaRecord[D](entry.SagaID, env.CorrelationID, entry.Time, journalPosition{partition: p, offset: rec.Offset})
 			sagas[entry.SagaID] = s
 		}
-		payload, err := r.payload(ctx, r.saga.name, entry)
-		if err != nil {
+		if err := r.saga.refold(ctx, r.codecs, s, entry); err != nil {
 			return fmt.Errorf("journal %s/%d@%d: %w", rec.Topic, rec.Partition, rec.Offset, err)
-		}
-		want := entry.Outcome
-		if _, err := r.saga.fold(s, &entry, payload); err != nil {
-			return fmt.Errorf("journal %s/%d@%d of saga %s: %w", rec.Topic, rec.Partition, rec.Offset, s.id, err)
-		}
-		if entry.Outcome != want {
-			return fmt.Errorf("journal %s/%d@%d of saga %s: %s was %s when journaled but is %s now (was the definition changed?)",
-				rec.Topic, rec.Partition, rec.Offset, s.id, entry.EventType, want, entry.Outcome)
 		}
 		return nil
 	})
@@ -350,9 +352,11 @@ func (r *Runtime[D]) closes(s *sagaRecord[D]) bool {
 // maxExpiredPerBatch bounds the tombstones one transaction writes.
 const maxExpiredPerBatch = 10_000
 
-// sweepEvery is how often closed markers are checked for expiry.
+// sweepEvery is how often closed markers are checked for expiry: a
+// hundredth of the retention, between a second and an hour. A check scans
+// the partition's closed markers on disk (about 0.3 s per million).
 func (r *Runtime[D]) sweepEvery() time.Duration {
-	return min(max(r.cfg.ClosedRetention/10, time.Second), time.Minute)
+	return min(max(r.cfg.ClosedRetention/100, time.Second), time.Hour)
 }
 
 // nextSweep returns how long until the next expiry check, or -1 when

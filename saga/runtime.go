@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
@@ -435,7 +437,13 @@ func (r *Runtime[D]) run(ctx context.Context) error {
 		}
 		var fetchErr error
 		fetches.EachError(func(t string, p int32, err error) {
-			if !errors.Is(err, context.Canceled) {
+			switch {
+			case errors.Is(err, context.Canceled):
+			case transient(err):
+				// The client retries these by itself (a lost group session
+				// rejoins, a broker comes back): say so and go on.
+				r.cfg.Logger.Warn("saga: fetch error; the client retries", "saga_name", r.saga.name, "topic", t, "partition", p, "error", err)
+			default:
 				fetchErr = errors.Join(fetchErr, fmt.Errorf("saga %s: fetching %s/%d: %w", r.saga.name, t, p, err))
 			}
 		})
@@ -446,6 +454,18 @@ func (r *Runtime[D]) run(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// transient tells whether a fetch error is one the client recovers from by
+// itself: kgo's informational ErrGroupSession and ErrDataLoss, retriable
+// broker errors, and network errors.
+func transient(err error) bool {
+	var (
+		session *kgo.ErrGroupSession
+		loss    *kgo.ErrDataLoss
+		netErr  net.Error
+	)
+	return errors.As(err, &session) || errors.As(err, &loss) || kerr.IsRetriable(err) || errors.As(err, &netErr)
 }
 
 // wakePoll ends the poll in progress. Callers hold mu.

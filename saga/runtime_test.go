@@ -33,7 +33,13 @@ type env struct {
 
 func newEnv(t *testing.T, inboxPartitions int32) *env {
 	t.Helper()
-	stack, err := devstack.Start(devstack.Config{})
+	return newEnvWith(t, inboxPartitions, devstack.Config{})
+}
+
+// newEnvWith is newEnv on a stack started with cfg.
+func newEnvWith(t *testing.T, inboxPartitions int32, cfg devstack.Config) *env {
+	t.Helper()
+	stack, err := devstack.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

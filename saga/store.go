@@ -1,15 +1,22 @@
 package saga
 
 import (
+	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
+	"github.com/cockroachdb/pebble/v2/sstable"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // store is one inbox partition's local state store, after Kafka Streams'
@@ -25,17 +32,24 @@ import (
 //	m/checkpoint        the state topic offset to read from next (8 bytes)
 //	o/<saga ID>         an open saga's snapshot
 //	c/<saga ID>         a closed marker: its ClosedAt (8 bytes, Unix ms) and snapshot
-//	t/<ClosedAt><ID>    the retention index: closed markers by when they closed
+//
+// There is no index by ClosedAt: a restore writes every closed marker of
+// the partition, and an index would double that; the expiry sweep scans
+// the closed markers instead, rarely.
 type store struct {
-	db  *pebble.DB
-	dir string
+	db   *pebble.DB
+	opts *pebble.Options
+	dir  string
+	// ingested numbers the tables ingest wrote; opened holds the sagas an
+	// ingest set open, for which a later one must delete the open entry.
+	ingested int
+	opened   map[string]bool
 }
 
 var (
 	keyCheckpoint = []byte("m/checkpoint")
 	prefixOpen    = []byte("o/")
 	prefixClosed  = []byte("c/")
-	prefixExpiry  = []byte("t/")
 )
 
 // openStore opens (creating it if need be) the store in dir.
@@ -43,16 +57,22 @@ func openStore(dir string, log *slog.Logger) (*store, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("state store %s: %w", dir, err)
 	}
+	// Snapshots are small Avro records that compress little: a restore on
+	// a fresh machine, which writes every closed marker of the partition,
+	// is faster without.
+	// A restore writes a partition's markers all at once: L0 may grow
+	// further before it is compacted (bloom filters keep lookups cheap).
 	opts := &pebble.Options{Logger: pebbleLogger{log}}
 	for i := range opts.Levels {
 		// Most lookups are of new sagas, which no level holds.
 		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+		opts.Levels[i].Compression = func() *sstable.CompressionProfile { return sstable.NoCompression }
 	}
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("state store %s: %w (each running instance needs a state directory of its own)", dir, err)
 	}
-	return &store{db: db, dir: dir}, nil
+	return &store{db: db, opts: opts, dir: dir}, nil
 }
 
 func (s *store) close() error { return s.db.Close() }
@@ -126,17 +146,20 @@ type expiredMarker struct {
 	closedAt time.Time
 }
 
-// expired returns up to limit closed markers that closed before cutoff,
-// oldest first.
+// expired returns up to limit closed markers that closed before cutoff.
 func (s *store) expired(cutoff time.Time, limit int) ([]expiredMarker, error) {
 	var out []expiredMarker
 	stop := errors.New("enough")
-	err := s.each(prefixExpiry, func(k, _ []byte) error {
-		at := time.UnixMilli(int64(binary.BigEndian.Uint64(k[len(prefixExpiry):])))
-		if !at.Before(cutoff) || len(out) == limit {
+	err := s.each(prefixClosed, func(k, v []byte) error {
+		if len(v) < 8 {
+			return fmt.Errorf("state store %s: closed marker %q is truncated: delete the directory to restore it from the state topic", s.dir, k)
+		}
+		if at := time.UnixMilli(int64(binary.BigEndian.Uint64(v))); at.Before(cutoff) {
+			out = append(out, expiredMarker{id: string(k[len(prefixClosed):]), closedAt: at})
+		}
+		if len(out) == limit {
 			return stop
 		}
-		out = append(out, expiredMarker{id: string(k[len(prefixExpiry)+8:]), closedAt: at})
 		return nil
 	})
 	if err != nil && !errors.Is(err, stop) {
@@ -155,13 +178,14 @@ type change struct {
 
 // write applies changes in order and moves the checkpoint to next, in one
 // atomic batch. It does not sync: the changelog is the truth, and after a
-// crash the store is restored from the checkpoint it kept.
+// crash the store is restored from the checkpoint it kept. It only writes:
+// a restore moves millions of records through it.
 func (s *store) write(changes []change, next int64) error {
-	b := s.db.NewIndexedBatch()
+	b := s.db.NewBatch()
 	defer b.Close()
 	for _, c := range changes {
-		if err := s.stage(b, c); err != nil {
-			return err
+		if err := stage(b, c); err != nil {
+			return fmt.Errorf("state store %s: %w", s.dir, err)
 		}
 	}
 	var cp [8]byte
@@ -175,31 +199,87 @@ func (s *store) write(changes []change, next int64) error {
 	return nil
 }
 
-func (s *store) stage(b *pebble.Batch, c change) error {
-	open, closed := key(prefixOpen, c.id), key(prefixClosed, c.id)
-	// A closed marker that is replaced or removed takes its index entry along.
-	old, closer, err := b.Get(closed)
-	switch {
-	case err == nil:
-		if len(old) >= 8 {
-			at := int64(binary.BigEndian.Uint64(old))
-			if err := b.Delete(expiryKey(time.UnixMilli(at), c.id), nil); err != nil {
-				_ = closer.Close()
-				return err
+// ingest is write for a store restored from the changelog's start: the
+// changes become a sorted table that is added to the LSM as it is, with no
+// write-ahead log, memtable or flush on the way (several times faster for
+// the millions of closed markers of a fresh machine's restore). Later
+// ingests shadow earlier ones, as later writes do. The store must have
+// been empty when the first ingest began.
+func (s *store) ingest(changes []change, next int64) error {
+	if s.opened == nil {
+		s.opened = map[string]bool{}
+	}
+	type op struct {
+		key, value []byte
+		del        bool
+	}
+	ops := make([]op, 0, 2*len(changes))
+	for _, c := range changes {
+		open, closed := key(prefixOpen, c.id), key(prefixClosed, c.id)
+		switch c.kind {
+		case snapshotOpen:
+			ops = append(ops, op{key: open, value: c.value}, op{key: closed, del: true})
+			s.opened[c.id] = true
+		case snapshotClosed:
+			// Most markers are of sagas that closed before the log's
+			// start (compaction kept their last record only): there is no
+			// open entry to delete.
+			if s.opened[c.id] {
+				ops = append(ops, op{key: open, del: true})
+				delete(s.opened, c.id)
 			}
+			ops = append(ops, op{key: closed, value: closedValue(c)})
+		default:
+			ops = append(ops, op{key: open, del: true}, op{key: closed, del: true})
 		}
-		_ = closer.Close()
-	case !errors.Is(err, pebble.ErrNotFound):
+	}
+	// Sorted by key, the last change of a key winning.
+	slices.SortStableFunc(ops, func(a, b op) int { return bytes.Compare(a.key, b.key) })
+	path := filepath.Join(s.dir, fmt.Sprintf("restore-%06d.sst", s.ingested))
+	s.ingested++
+	f, err := vfs.Default.Create(path, vfs.WriteCategoryUnspecified)
+	if err != nil {
 		return fmt.Errorf("state store %s: %w", s.dir, err)
 	}
+	w := sstable.NewWriter(objstorageprovider.NewFileWritable(f), s.opts.MakeWriterOptions(0, s.db.TableFormat()))
+	for i, o := range ops {
+		if i+1 < len(ops) && bytes.Equal(o.key, ops[i+1].key) {
+			continue // shadowed
+		}
+		if o.del {
+			err = w.Delete(o.key)
+		} else {
+			err = w.Set(o.key, o.value)
+		}
+		if err != nil {
+			_ = w.Close()
+			return fmt.Errorf("state store %s: %w", s.dir, err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("state store %s: %w", s.dir, err)
+	}
+	if err := s.db.Ingest(context.Background(), []string{path}); err != nil {
+		return fmt.Errorf("state store %s: %w", s.dir, err)
+	}
+	_ = os.Remove(path) // ingest links it into the store
+	return s.write(nil, next)
+}
+
+func closedValue(c change) []byte {
+	v := make([]byte, 8+len(c.value))
+	binary.BigEndian.PutUint64(v, uint64(c.closedAt.UnixMilli()))
+	copy(v[8:], c.value)
+	return v
+}
+
+func stage(b *pebble.Batch, c change) error {
+	open, closed := key(prefixOpen, c.id), key(prefixClosed, c.id)
 	switch c.kind {
 	case snapshotOpen:
 		return errors.Join(b.Delete(closed, nil), b.Set(open, c.value, nil))
 	case snapshotClosed:
-		v := make([]byte, 8+len(c.value))
-		binary.BigEndian.PutUint64(v, uint64(c.closedAt.UnixMilli()))
-		copy(v[8:], c.value)
-		return errors.Join(b.Delete(open, nil), b.Set(closed, v, nil), b.Set(expiryKey(c.closedAt, c.id), nil, nil))
+		return errors.Join(b.Delete(open, nil), b.Set(closed, closedValue(c), nil))
 	default:
 		return errors.Join(b.Delete(open, nil), b.Delete(closed, nil))
 	}
@@ -207,13 +287,6 @@ func (s *store) stage(b *pebble.Batch, c change) error {
 
 func key(prefix []byte, id string) []byte {
 	return append(append(make([]byte, 0, len(prefix)+len(id)), prefix...), id...)
-}
-
-func expiryKey(at time.Time, id string) []byte {
-	k := make([]byte, len(prefixExpiry)+8, len(prefixExpiry)+8+len(id))
-	copy(k, prefixExpiry)
-	binary.BigEndian.PutUint64(k[len(prefixExpiry):], uint64(at.UnixMilli()))
-	return append(k, id...)
 }
 
 // prefixEnd is the first key after every key that starts with prefix.

@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -42,7 +43,14 @@ type BenchResult struct {
 	// held in flight, the broker and participants in other processes.
 	InFlightBytesPerSaga float64 `json:"in_flight_bytes_per_saga"`
 	InFlightSagas        int     `json:"in_flight_sagas"`
-	Targets              Targets `json:"targets"`
+	// Recovery and RecoveryBaseline are the recovery scenario with a long
+	// history of closed sagas and with a short one.
+	Recovery         *Recovery `json:"recovery,omitempty"`
+	RecoveryBaseline *Recovery `json:"recovery_baseline,omitempty"`
+	// RecoveryHeapRatio is the long history's heap after takeover over the
+	// short one's.
+	RecoveryHeapRatio float64 `json:"recovery_heap_ratio,omitempty"`
+	Targets           Targets `json:"targets"`
 }
 
 // Run is one pass of the orders saga end to end.
@@ -68,10 +76,18 @@ type Ceiling struct {
 
 // Targets are issue 7's, and whether this run met them.
 type Targets struct {
-	SagasPerSecond    bool   `json:"sagas_per_second_at_least_5000"`
-	Ratio             bool   `json:"ratio_at_least_0_3"`
-	HalfRateP99       bool   `json:"p99_at_half_rate_at_most_250ms"`
-	InFlightBytes     bool   `json:"in_flight_at_most_2KiB"`
+	SagasPerSecond bool `json:"sagas_per_second_at_least_5000"`
+	Ratio          bool `json:"ratio_at_least_0_3"`
+	HalfRateP99    bool `json:"p99_at_half_rate_at_most_250ms"`
+	InFlightBytes  bool `json:"in_flight_at_most_2KiB"`
+	// The recovery scenario's (issue 11): heap after takeover within 1.5×
+	// of the short history's, a restart ready within 1 s, a fresh takeover
+	// within 1 s per 100,000 in-flight sagas plus 1 s per 1,000,000 closed
+	// markers, and no partition restored from the journal.
+	RecoveryHeap      bool   `json:"recovery_heap_within_1_5x"`
+	RecoveryRestart   bool   `json:"recovery_restart_at_most_1s"`
+	RecoveryFresh     bool   `json:"recovery_fresh_takeover_in_budget"`
+	RecoveryNoJournal bool   `json:"recovery_reads_no_journal"`
 	AllMet            bool   `json:"all_met"`
 	FailedExplanation string `json:"failed,omitempty"`
 }
@@ -85,10 +101,19 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	out := fs.String("out", "bench-results.json", "where to write the results as JSON (empty: nowhere)")
 	skipMemory := fs.Bool("skip-memory", false, "skip the in-flight memory measurement (it starts the broker and participants as processes)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the throughput run to this file (go tool pprof)")
+	recoveryHistory := fs.Int("recovery-history", 1_000_000, "closed sagas in the recovery scenario's history")
+	recoveryBaseline := fs.Int("recovery-baseline", 10_000, "closed sagas in the recovery scenario's short-history baseline")
+	recoveryInFlight := fs.Int("recovery-in-flight", 10_000, "sagas in flight in the recovery scenario")
+	only := fs.String("only", "", `run one scenario only: "recovery"`)
+	skipRecovery := fs.Bool("skip-recovery", false, "skip the recovery scenario (it starts the broker and participants as processes)")
 	if code := parseFlags(fs, args, stderr); code >= 0 {
 		return code
 	}
-	if problems := atLeastOne(nil, map[string]int{"--sagas": *n, "--concurrency": *concurrency, "--partitions": *partitions, "--in-flight": *inFlight}); len(problems) > 0 {
+	if problems := atLeastOne(nil, map[string]int{"--sagas": *n, "--concurrency": *concurrency, "--partitions": *partitions, "--in-flight": *inFlight,
+		"--recovery-history": *recoveryHistory, "--recovery-baseline": *recoveryBaseline, "--recovery-in-flight": *recoveryInFlight}); len(problems) > 0 || (*only != "" && *only != "recovery") {
+		if *only != "" && *only != "recovery" {
+			problems = append(problems, fmt.Errorf("--only %q: the one scenario it selects is \"recovery\"", *only))
+		}
 		fmt.Fprintf(stderr, "orchestrator bench: %v\n", errors.Join(problems...))
 		return 2
 	}
@@ -98,48 +123,17 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 
-	fmt.Fprintf(stdout, "throughput: %d sagas, %d in flight, participants in process, embedded stack\n", *n, *concurrency)
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			return fail(err)
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return fail(err)
+	if *only == "" {
+		if code := benchSagas(ctx, &res, *n, *concurrency, int32(*partitions), *inFlight, *skipMemory, *cpuProfile, stdout, stderr); code != 0 {
+			return code
 		}
 	}
-	var err error
-	res.Throughput, err = benchRun(ctx, *n, *concurrency, int32(*partitions), 0)
-	if *cpuProfile != "" {
-		pprof.StopCPUProfile()
-	}
-	if err != nil {
-		return fail(err)
-	}
-	printRun(stdout, res.Throughput)
 
-	fmt.Fprintf(stdout, "ceiling: a plain kgo transactional read-process-write loop moving %d records\n", res.Throughput.Records)
-	if res.Ceiling, err = benchCeiling(ctx, res.Throughput.Records, int32(*partitions)); err != nil {
-		return fail(err)
-	}
-	res.Ratio = res.Throughput.RecordsPerSecond / res.Ceiling.RecordsPerSecond
-	fmt.Fprintf(stdout, "  %.0f records/s; the saga run moved %.0f records/s: ratio %.2f\n",
-		res.Ceiling.RecordsPerSecond, res.Throughput.RecordsPerSecond, res.Ratio)
-
-	half := res.Throughput.SagasPerSecond / 2
-	fmt.Fprintf(stdout, "half rate: %d sagas placed at %.0f sagas/s\n", *n/2, half)
-	if res.HalfRate, err = benchRun(ctx, *n/2, *concurrency, int32(*partitions), half); err != nil {
-		return fail(err)
-	}
-	printRun(stdout, res.HalfRate)
-
-	if !*skipMemory {
-		fmt.Fprintf(stdout, "in-flight memory: %d sagas held at shipping; broker and participants in their own processes\n", *inFlight)
-		if res.InFlightBytesPerSaga, err = benchInFlight(ctx, *inFlight, int32(*partitions), stderr); err != nil {
-			return fail(err)
+	var rec Recovery
+	if !*skipRecovery || *only == "recovery" {
+		if code := benchRecoveries(ctx, &res, &rec, *recoveryHistory, *recoveryBaseline, *recoveryInFlight, int32(*partitions), stdout, stderr); code != 0 {
+			return code
 		}
-		res.InFlightSagas = *inFlight
-		fmt.Fprintf(stdout, "  %.0f B of orchestrator heap per in-flight saga\n", res.InFlightBytesPerSaga)
 	}
 
 	t := &res.Targets
@@ -147,20 +141,34 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	t.Ratio = res.Ratio >= 0.3
 	t.HalfRateP99 = res.HalfRate.P99Millis <= 250
 	t.InFlightBytes = !*skipMemory && res.InFlightBytesPerSaga <= 2048
-	t.AllMet = t.SagasPerSecond && t.Ratio && t.HalfRateP99 && t.InFlightBytes
-	var missed []string
-	for _, target := range []struct {
+	if res.Recovery != nil {
+		t.RecoveryHeap = res.RecoveryHeapRatio <= 1.5
+		t.RecoveryRestart = rec.RestartSeconds <= 1
+		t.RecoveryFresh = rec.FreshTakeoverSeconds <= float64(rec.InFlight)/100_000+float64(rec.History)/1_000_000
+		t.RecoveryNoJournal = len(rec.RestoredFrom) > 0 && !slices.Contains(rec.RestoredFrom, saga.RestoredFromJournal)
+	}
+	targets := []struct {
 		name string
 		met  bool
-	}{{"≥ 5,000 sagas/s", t.SagasPerSecond}, {"ratio ≥ 0.3", t.Ratio},
-		{"p99 ≤ 250 ms at half rate", t.HalfRateP99}, {"≤ 2 KiB per in-flight saga", t.InFlightBytes}} {
+	}{{"recovery heap ≤ 1.5× the short history's", t.RecoveryHeap}, {"restart ready ≤ 1 s", t.RecoveryRestart},
+		{"fresh takeover ≤ 1 s per 100k in flight + 1 s per 1M closed", t.RecoveryFresh}, {"no journal read in recovery", t.RecoveryNoJournal}}
+	if *only == "" {
+		targets = append(targets, []struct {
+			name string
+			met  bool
+		}{{"≥ 5,000 sagas/s", t.SagasPerSecond}, {"ratio ≥ 0.3", t.Ratio},
+			{"p99 ≤ 250 ms at half rate", t.HalfRateP99}, {"≤ 2 KiB per in-flight saga", t.InFlightBytes}}...)
+	}
+	var missed []string
+	for _, target := range targets {
 		if !target.met {
 			missed = append(missed, target.name)
 		}
 	}
+	t.AllMet = len(missed) == 0
 	t.FailedExplanation = strings.Join(missed, "; ")
 	if t.AllMet {
-		fmt.Fprintln(stdout, "targets: all met (≥ 5,000 sagas/s, ratio ≥ 0.3, p99 ≤ 250 ms at half rate, ≤ 2 KiB per in-flight saga)")
+		fmt.Fprintf(stdout, "targets: all %d met\n", len(targets))
 	} else {
 		fmt.Fprintf(stdout, "targets missed: %s\n", t.FailedExplanation)
 	}
@@ -172,6 +180,92 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stdout, "results written to %s\n", *out)
 	}
 	return 0
+}
+
+// benchSagas runs the throughput, ceiling, half-rate and in-flight memory
+// scenarios into res.
+func benchSagas(ctx context.Context, res *BenchResult, n, concurrency int, partitions int32, inFlight int, skipMemory bool,
+	cpuProfile string, stdout, stderr io.Writer) int {
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "orchestrator bench: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "throughput: %d sagas, %d in flight, participants in process, embedded stack\n", n, concurrency)
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return fail(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fail(err)
+		}
+	}
+	var err error
+	res.Throughput, err = benchRun(ctx, n, concurrency, partitions, 0)
+	if cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
+	if err != nil {
+		return fail(err)
+	}
+	printRun(stdout, res.Throughput)
+
+	fmt.Fprintf(stdout, "ceiling: a plain kgo transactional read-process-write loop moving %d records\n", res.Throughput.Records)
+	if res.Ceiling, err = benchCeiling(ctx, res.Throughput.Records, partitions); err != nil {
+		return fail(err)
+	}
+	res.Ratio = res.Throughput.RecordsPerSecond / res.Ceiling.RecordsPerSecond
+	fmt.Fprintf(stdout, "  %.0f records/s; the saga run moved %.0f records/s: ratio %.2f\n",
+		res.Ceiling.RecordsPerSecond, res.Throughput.RecordsPerSecond, res.Ratio)
+
+	half := res.Throughput.SagasPerSecond / 2
+	fmt.Fprintf(stdout, "half rate: %d sagas placed at %.0f sagas/s\n", n/2, half)
+	if res.HalfRate, err = benchRun(ctx, n/2, concurrency, partitions, half); err != nil {
+		return fail(err)
+	}
+	printRun(stdout, res.HalfRate)
+
+	if !skipMemory {
+		fmt.Fprintf(stdout, "in-flight memory: %d sagas held at shipping; broker and participants in their own processes\n", inFlight)
+		if res.InFlightBytesPerSaga, err = benchInFlight(ctx, inFlight, partitions, stderr); err != nil {
+			return fail(err)
+		}
+		res.InFlightSagas = inFlight
+		fmt.Fprintf(stdout, "  %.0f B of orchestrator heap per in-flight saga\n", res.InFlightBytesPerSaga)
+	}
+	return 0
+}
+
+// benchRecoveries runs the recovery scenario with a long history and with
+// a short one into res (and the long one's into out).
+func benchRecoveries(ctx context.Context, res *BenchResult, out *Recovery, history, baseline, inFlight int, partitions int32, stdout, stderr io.Writer) int {
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "orchestrator bench: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "recovery: takeover of %d partitions with %d sagas in flight and %d closed within the retention; broker and participants in their own processes\n",
+		partitions, inFlight, history)
+	rec, err := benchRecovery(ctx, history, inFlight, partitions, stderr)
+	if err != nil {
+		return fail(err)
+	}
+	printRecovery(stdout, rec)
+	fmt.Fprintf(stdout, "recovery baseline: the same with %d closed\n", baseline)
+	base, err := benchRecovery(ctx, baseline, inFlight, partitions, stderr)
+	if err != nil {
+		return fail(err)
+	}
+	printRecovery(stdout, base)
+	*out = rec
+	res.Recovery, res.RecoveryBaseline = &rec, &base
+	res.RecoveryHeapRatio = float64(rec.HeapAfterTakeoverBytes) / float64(max(base.HeapAfterTakeoverBytes, 1))
+	fmt.Fprintf(stdout, "  heap after takeover: %.2f× the baseline's\n", res.RecoveryHeapRatio)
+	return 0
+}
+
+func printRecovery(w io.Writer, r Recovery) {
+	fmt.Fprintf(w, "  fresh takeover ready in %.2f s (restored from %v), %.1f MiB of heap after it; restart with the local store ready in %.2f s\n",
+		r.FreshTakeoverSeconds, r.RestoredFrom, float64(r.HeapAfterTakeoverBytes)/(1<<20), r.RestartSeconds)
 }
 
 func printRun(w io.Writer, r Run) {
@@ -311,31 +405,11 @@ func benchInFlight(ctx context.Context, n int, partitions int32, stderr io.Write
 	if err != nil {
 		return 0, err
 	}
-	dev := exec.CommandContext(ctx, self, "dev", "--kafka-port", "0", "--registry-port", "0")
-	devOut, err := dev.StdoutPipe()
+	brokers, registryURL, stopDev, err := startDevProcess(ctx, self, stderr)
 	if err != nil {
 		return 0, err
 	}
-	dev.Stderr = stderr
-	if err := dev.Start(); err != nil {
-		return 0, err
-	}
-	defer func() { _ = dev.Process.Signal(os.Interrupt); _ = dev.Wait() }()
-	addrs := regexp.MustCompile(`kafka:\s+(\S+)\nregistry: (\S+)`)
-	var printed strings.Builder
-	sc := bufio.NewScanner(devOut)
-	var brokers, registryURL string
-	for sc.Scan() {
-		printed.WriteString(sc.Text() + "\n")
-		if m := addrs.FindStringSubmatch(printed.String()); m != nil {
-			brokers, registryURL = m[1], m[2]
-			break
-		}
-	}
-	if brokers == "" {
-		return 0, fmt.Errorf("the dev stack did not start: %s", printed.String())
-	}
-	go func() { _, _ = io.Copy(io.Discard, devOut) }()
+	defer stopDev()
 
 	s, err := orders.Saga(time.Hour)
 	if err != nil {
@@ -426,4 +500,35 @@ func benchInFlight(ctx context.Context, n int, partitions int32, stderr io.Write
 	}
 	after := heap()
 	return float64(int64(after)-int64(before)) / float64(n), nil
+}
+
+// startDevProcess starts the embedded stack as a process of this binary
+// (`orchestrator dev`), so that what is measured here excludes the broker.
+func startDevProcess(ctx context.Context, self string, stderr io.Writer, extra ...string) (brokers, registryURL string, stop func(), err error) {
+	dev := exec.CommandContext(ctx, self, append([]string{"dev", "--kafka-port", "0", "--registry-port", "0"}, extra...)...)
+	devOut, err := dev.StdoutPipe()
+	if err != nil {
+		return "", "", nil, err
+	}
+	dev.Stderr = stderr
+	if err := dev.Start(); err != nil {
+		return "", "", nil, err
+	}
+	stop = func() { _ = dev.Process.Signal(os.Interrupt); _ = dev.Wait() }
+	addrs := regexp.MustCompile(`kafka:\s+(\S+)\nregistry: (\S+)`)
+	var printed strings.Builder
+	sc := bufio.NewScanner(devOut)
+	for sc.Scan() {
+		printed.WriteString(sc.Text() + "\n")
+		if m := addrs.FindStringSubmatch(printed.String()); m != nil {
+			brokers, registryURL = m[1], m[2]
+			break
+		}
+	}
+	if brokers == "" {
+		stop()
+		return "", "", nil, fmt.Errorf("the dev stack did not start: %s", printed.String())
+	}
+	go func() { _, _ = io.Copy(io.Discard, devOut) }()
+	return brokers, registryURL, stop, nil
 }

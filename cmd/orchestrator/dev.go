@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/sagapipe/sagapipe/internal/devstack"
 )
@@ -15,17 +16,23 @@ import (
 type stackFlags struct {
 	kafkaPort, registryPort int
 	dataDir                 string
+	compactionInterval      time.Duration
 }
 
 func (f *stackFlags) register(fs *flag.FlagSet, kafkaPort, registryPort int) {
 	fs.IntVar(&f.kafkaPort, "kafka-port", kafkaPort, "TCP port of the embedded Kafka on 127.0.0.1 (0 picks a free one)")
 	fs.IntVar(&f.registryPort, "registry-port", registryPort, "TCP port of the embedded Schema Registry on 127.0.0.1 (0 picks a free one)")
 	fs.StringVar(&f.dataDir, "data-dir", "", "directory that keeps Kafka's and the registry's data across restarts (empty: in memory)")
+	fs.DurationVar(&f.compactionInterval, "compaction-interval", devstack.DefaultCompactionInterval, "how often the embedded Kafka compacts the state topics")
 }
 
 // start starts the stack; a busy port's error names the flag that moves it.
 func (f *stackFlags) start() (*devstack.Stack, error) {
-	s, err := devstack.Start(devstack.Config{KafkaPort: f.kafkaPort, RegistryPort: f.registryPort, DataDir: f.dataDir})
+	if f.compactionInterval <= 0 {
+		return nil, fmt.Errorf("--compaction-interval %v: want a positive duration", f.compactionInterval)
+	}
+	s, err := devstack.Start(devstack.Config{KafkaPort: f.kafkaPort, RegistryPort: f.registryPort, DataDir: f.dataDir,
+		CompactionInterval: f.compactionInterval})
 	var busy *devstack.PortInUseError
 	if errors.As(err, &busy) {
 		return nil, fmt.Errorf("%w; choose another with --%s-port (0 picks a free one)", err, busy.Service)

@@ -163,7 +163,7 @@ func TestDemoCommand(t *testing.T) {
 func TestBenchWritesResults(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "bench.json")
 	var stdout, stderr syncBuffer
-	code := run(context.Background(), []string{"bench", "--sagas", "300", "--concurrency", "50", "--skip-memory", "--out", out}, &stdout, &stderr)
+	code := run(context.Background(), []string{"bench", "--sagas", "300", "--concurrency", "50", "--skip-memory", "--skip-recovery", "--out", out}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d\n%s\n%s", code, stdout.String(), stderr.String())
 	}

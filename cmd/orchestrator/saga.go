@@ -30,7 +30,7 @@ func runSaga(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stderr, `usage:
   orchestrator saga show  [flags] <saga> <id>   its state and journal
-  orchestrator saga list  [flags] <saga>        every saga in the journal with its state (--state to filter)
+  orchestrator saga list  [flags] <saga>        every saga in the state topic (live, or closed within the retention) with its state (--state to filter)
   orchestrator saga trace [flags] <saga> <id>   its journal with trace/span IDs, and its spans from Jaeger (--jaeger)`)
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
 		return 0
@@ -104,7 +104,7 @@ func lastState(entries []saga.JournalEntry) string {
 	return state
 }
 
-// sagaList prints every saga of the journal with its state.
+// sagaList prints every saga of the state topic with its state.
 func sagaList(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("saga list", flag.ContinueOnError)
 	var jf journalFlags

@@ -9,6 +9,7 @@
 package devstack
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -34,10 +35,16 @@ type Config struct {
 	// DataDir, when set, keeps the broker's and the registry's data so that
 	// they survive a restart. Empty keeps everything in memory.
 	DataDir string
+	// CompactionInterval is how often the broker compacts compacted topics
+	// (the sagas' state topics); default DefaultCompactionInterval.
+	CompactionInterval time.Duration
 	// KafkaOptions are passed to kfake after the stack's own (tests use this
 	// for SASL, TLS or fault injection).
 	KafkaOptions []kfake.Opt
 }
+
+// DefaultCompactionInterval is Config.CompactionInterval's default.
+const DefaultCompactionInterval = 15 * time.Second
 
 // Stack is a running broker and registry. Close stops both.
 type Stack struct {
@@ -85,6 +92,10 @@ func Start(cfg Config) (*Stack, error) {
 		// Sessions as short as tests and the dev loop want, as long as
 		// production clients use.
 		kfake.GroupMinSessionTimeout(100 * time.Millisecond),
+		// Compacted topics (the sagas' state topics) are compacted far more
+		// often than kfake's hourly default, so that what a restore reads
+		// follows the live keys, as on a real cluster.
+		kfake.BrokerConfigs(map[string]string{"log.cleaner.backoff.ms": strconv.FormatInt(cmp.Or(cfg.CompactionInterval, DefaultCompactionInterval).Milliseconds(), 10)}),
 	}
 	if cfg.KafkaPort != 0 {
 		kOpts = append(kOpts, kfake.Ports(cfg.KafkaPort))

@@ -84,9 +84,9 @@ type HistoryEntry struct {
 }
 
 // SagaStatus is GET /api/sagas/{name}/{id}. State and history are the
-// journal's as committed; Data is the saga's data, when this instance owns
-// the saga, and may be a transaction ahead of the journal's last stable
-// offset.
+// journal's as committed; Data is the saga's data: from memory when this
+// instance owns the saga and it is live (it may then be a transaction ahead
+// of the journal's last stable offset), else folded from its history.
 type SagaStatus struct {
 	Saga     string         `json:"saga"`
 	ID       string         `json:"id"`
@@ -115,6 +115,10 @@ func (s *Service) getSaga(w http.ResponseWriter, r *http.Request) {
 			entries, err = saga.HistoryAt(ctx, s.clientOpts, s.serde, name, id, owned.journalPartition, owned.journalOffset)
 		} else {
 			entries, err = saga.History(ctx, s.clientOpts, s.serde, name, id)
+		}
+		if err == nil && owned.data == nil {
+			// Closed, or owned by another instance: its journal has the data.
+			owned.data, err = rt.fold(ctx, entries)
 		}
 		if err == nil {
 			s.writeSaga(w, rt, name, id, entries, owned)

@@ -61,6 +61,8 @@ type runtime interface {
 	// status is the saga's state, data and journal position, if this
 	// instance owns the saga.
 	status(ctx context.Context, id string) (sagaStatus, bool, error)
+	// fold is the data a saga's journal entries lead to.
+	fold(ctx context.Context, entries []saga.JournalEntry) (any, error)
 	isTerminal(state string) bool
 }
 
@@ -81,12 +83,13 @@ func (r registered[D]) newRuntime(cfg saga.Config) (runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	return runtimeOf[D]{rt, r.s}, nil
+	return runtimeOf[D]{rt, r.s, cfg.Registry}, nil
 }
 
 type runtimeOf[D any] struct {
 	*saga.Runtime[D]
-	s *saga.Saga[D]
+	s     *saga.Saga[D]
+	serde *schema.Serde
 }
 
 // sagaStatus is what an owning runtime knows of a saga.
@@ -107,6 +110,11 @@ func (r runtimeOf[D]) status(ctx context.Context, id string) (sagaStatus, bool, 
 		out.data = st.Instance.Data
 	}
 	return out, true, nil
+}
+
+func (r runtimeOf[D]) fold(ctx context.Context, entries []saga.JournalEntry) (any, error) {
+	st, err := r.s.Fold(ctx, r.serde, entries)
+	return st.Instance.Data, err
 }
 
 func (r runtimeOf[D]) isTerminal(state string) bool {
