@@ -416,7 +416,7 @@ type deadHook func()
 
 func (f deadHook) OnDeadLettered(*kgo.Record, dlq.Failure) { f() }
 
-func TestRuntimeRecoversFromTheJournal(t *testing.T) {
+func TestRuntimeRecoversFromSnapshots(t *testing.T) {
 	e := newEnv(t, 2)
 	e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
 	payment := e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{chargePayment.Type: always(paymentCharged)})
@@ -444,8 +444,8 @@ func TestRuntimeRecoversFromTheJournal(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A new orchestrator rebuilds every saga from the journal; shipping
-	// comes up; every saga completes once.
+	// A new orchestrator (an empty local store) restores every saga from
+	// its snapshot; shipping comes up; every saga completes once.
 	second := newFinished()
 	e.runtime(second)
 	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
