@@ -31,5 +31,17 @@
 // them as ignored.
 //
 // The builder and reply functions must be pure: they run again whenever a
-// saga is rebuilt from its journal.
+// saga is rebuilt from its journal or replayed.
+//
+// A Runtime drives a saga over Kafka. Per polled batch, one transaction
+// appends what happened to "<saga>.journal" (the source of truth and the
+// audit log), writes the snapshot of every saga it changed to
+// "<saga>.state" (compacted, keyed by saga ID), pipes the commands and
+// commits the consumed offsets. A new owner of an inbox partition restores
+// it from the snapshots, through a local state store per partition
+// (Config.StateDir), never from the journal: takeover follows the live
+// sagas, not history. A finished saga becomes a closed marker on disk and
+// leaves memory; after Config.ClosedRetention a tombstone removes it.
+// Live processing, the journal rebuild of a deployment without snapshots
+// and Saga.Replay share one transition function.
 package saga

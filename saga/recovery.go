@@ -232,7 +232,7 @@ func (r *Runtime[D]) partitionBounds(ctx context.Context, p int32) (stateEnd, jo
 // as ingested tables when restoring from the start into an empty store.
 const (
 	restoreBatch  = 8192
-	restoreIngest = 131072
+	restoreIngest = 32768
 )
 
 // restoreStore applies state partition p from offset from to its end.

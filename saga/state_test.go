@@ -227,9 +227,8 @@ func TestMigrationFromAJournalOnlyDeployment(t *testing.T) {
 	if _, err := adm.DeleteTopics(ctx, e.saga.StateTopic()); err != nil {
 		t.Fatal(err)
 	}
-	compact := "compact"
 	waitFor(t, "the state topic recreated", func() bool {
-		return saga.EnsureTopic(ctx, adm, e.saga.StateTopic(), 2, 1, map[string]*string{"cleanup.policy": &compact}) == nil &&
+		return saga.EnsureTopic(ctx, adm, e.saga.StateTopic(), 2, 1, saga.StateTopicConfig()) == nil &&
 			len(e.stateRecords()) == 0
 	})
 

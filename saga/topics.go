@@ -23,17 +23,31 @@ func (s *Saga[D]) StateTopic() string { return s.name + ".state" }
 func (s *Saga[D]) EnsureTopics(ctx context.Context, adm *kadm.Client, partitions int32, replication int16) error {
 	forever := "-1"
 	keep := map[string]*string{"retention.ms": &forever, "retention.bytes": &forever}
-	compact := "compact"
 	err := errors.Join(
 		EnsureTopic(ctx, adm, s.InboxTopic(), partitions, replication, nil),
 		EnsureTopic(ctx, adm, s.JournalTopic(), partitions, replication, keep),
-		EnsureTopic(ctx, adm, s.StateTopic(), partitions, replication, map[string]*string{"cleanup.policy": &compact}),
+		EnsureTopic(ctx, adm, s.StateTopic(), partitions, replication, StateTopicConfig()),
 		EnsureTopic(ctx, adm, s.InboxTopic()+dlq.DefaultTopicSuffix, partitions, replication, keep),
 	)
 	if t := s.OutcomeTopic(); t != "" {
 		err = errors.Join(err, EnsureTopic(ctx, adm, t, partitions, replication, nil))
 	}
 	return err
+}
+
+// StateTopicConfig is the configuration EnsureTopics gives a state topic:
+// compacted, in 64 MiB segments and cleaned once 30% of a partition is
+// superseded. A broker never compacts the active segment, and its default
+// (1 GiB) would leave a fresh machine's restore reading that much of old
+// snapshots; smaller segments keep what a restore reads close to the live
+// keys.
+func StateTopicConfig() map[string]*string {
+	v := func(s string) *string { return &s }
+	return map[string]*string{
+		"cleanup.policy":            v("compact"),
+		"segment.bytes":             v("67108864"),
+		"min.cleanable.dirty.ratio": v("0.3"),
+	}
 }
 
 // EnsureTopic creates topic unless it exists.
