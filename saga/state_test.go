@@ -316,3 +316,63 @@ func header(r *kgo.Record, key string) string {
 	}
 	return ""
 }
+
+// A saga waiting on a timer when its owner stops keeps it: the new owner
+// (an empty local store) restores the deadline from the snapshot and the
+// timeout fires there, resending the command.
+func TestPendingTimersSurviveARestoreFromSnapshots(t *testing.T) {
+	e := newEnv(t, 1)
+	e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
+	var mu sync.Mutex
+	charges := 0
+	payment := e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{
+		chargePayment.Type: func(string) *saga.EventDef[msg] {
+			mu.Lock()
+			defer mu.Unlock()
+			if charges++; charges == 1 {
+				return nil // slower than the timeout
+			}
+			return &paymentCharged
+		},
+	})
+	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
+	clock := &testClock{}
+	_, stop := e.startRuntime(saga.Config{Clock: clock})
+	e.start("o-1")
+	waitFor(t, "the first charge", func() bool { return payment.count(chargePayment.Type+" o-1") == 1 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	done := newFinished()
+	from := &restores{}
+	rt, _ := e.startRuntime(saga.Config{Clock: clock, Hooks: []any{done, from}})
+	waitFor(t, "the restore", rt.Ready)
+	st, ok, err := rt.Status(context.Background(), "o-1")
+	if err != nil || !ok || st.State != "payment.Pending" {
+		t.Fatalf("Status(o-1) = %+v, %v, %v; want payment.Pending", st, ok, err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		done.mu.Lock()
+		n := len(done.outcomes)
+		done.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the restored timer never fired")
+		}
+		clock.Advance(11 * time.Second) // payment's timeout is 10s
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := done.wait(t, 1)["o-1"]; got != saga.StateCompleted {
+		t.Fatalf("o-1 ended %s, want Completed", got)
+	}
+	if n := payment.count(chargePayment.Type + " o-1"); n != 2 {
+		t.Fatalf("payment charged o-1 %d times, want the first send and the resend after the restore", n)
+	}
+	if got, _ := from.get(); len(got) != 1 || got[0] != saga.RestoredFromState {
+		t.Fatalf("restored from %v, want the state topic", got)
+	}
+}
