@@ -416,33 +416,32 @@ type deadHook func()
 
 func (f deadHook) OnDeadLettered(*kgo.Record, dlq.Failure) { f() }
 
-func TestRuntimeRecoversFromSnapshots(t *testing.T) {
-	e := newEnv(t, 2)
+// heldAtShipping runs six orders through inventory and payment with no
+// shipping participant, so that every saga waits at shipping, then stops
+// the orchestrator. It returns the payment participant and the orders.
+func (e *env) heldAtShipping() (*participant, []string) {
+	e.t.Helper()
 	e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
 	payment := e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{chargePayment.Type: always(paymentCharged)})
-	first := newFinished()
-	stop := e.runtime(first)
+	stop := e.runtime()
 	orders := []string{"a", "b", "c", "d", "e", "f"}
 	e.start(orders...)
-	// Without a shipping participant every saga waits at shipping; wait
-	// until all have charged, then stop this orchestrator.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	waitFor(e.t, "every order charged", func() bool {
 		n := 0
 		for _, o := range orders {
-			n += payment.count("test.ChargePayment " + o)
+			n += payment.count(chargePayment.Type + " " + o)
 		}
-		if n == len(orders) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d orders charged", n, len(orders))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return n == len(orders)
+	})
 	if err := stop(); err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
+	return payment, orders
+}
+
+func TestRuntimeRecoversFromSnapshots(t *testing.T) {
+	e := newEnv(t, 2)
+	payment, orders := e.heldAtShipping()
 
 	// A new orchestrator (an empty local store) restores every saga from
 	// its snapshot; shipping comes up; every saga completes once.

@@ -205,22 +205,7 @@ func TestClosedMarkersAreTombstonedAfterTheRetention(t *testing.T) {
 // go on from there.
 func TestMigrationFromAJournalOnlyDeployment(t *testing.T) {
 	e := newEnv(t, 2)
-	e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
-	payment := e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{chargePayment.Type: always(paymentCharged)})
-	done := newFinished()
-	stop := e.runtime(done)
-	orders := []string{"a", "b", "c", "d", "e", "f"}
-	e.start(orders...)
-	waitFor(t, "every order charged", func() bool {
-		n := 0
-		for _, o := range orders {
-			n += payment.count(chargePayment.Type + " " + o)
-		}
-		return n == len(orders)
-	})
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
+	payment, orders := e.heldAtShipping()
 	// The journal-only topic set: an empty state topic.
 	adm := kadm.NewClient(e.client())
 	ctx := context.Background()
@@ -233,7 +218,7 @@ func TestMigrationFromAJournalOnlyDeployment(t *testing.T) {
 	})
 
 	migrated := &restores{}
-	stop = e.runtime(migrated)
+	stop := e.runtime(migrated)
 	waitFor(t, "snapshots of every saga", func() bool { return len(e.stateRecords()) == len(orders) })
 	if got, live := migrated.get(); len(got) != 2 || got[0] != saga.RestoredFromJournal || got[1] != saga.RestoredFromJournal || live != len(orders) {
 		t.Fatalf("restored from %v with %d live sagas, want the journal for both partitions and %d live", got, live, len(orders))
