@@ -28,7 +28,7 @@ func (f *stackFlags) register(fs *flag.FlagSet, kafkaPort, registryPort int) {
 
 // start starts the stack; a busy port's error names the flag that moves it.
 func (f *stackFlags) start() (*devstack.Stack, error) {
-	if f.compactionInterval <= 0 {
+	if f.compactionInterval < 0 {
 		return nil, fmt.Errorf("--compaction-interval %v: want a positive duration", f.compactionInterval)
 	}
 	s, err := devstack.Start(devstack.Config{KafkaPort: f.kafkaPort, RegistryPort: f.registryPort, DataDir: f.dataDir,
