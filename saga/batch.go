@@ -44,6 +44,10 @@ type batch[D any] struct {
 	commands map[string][]pipe.Message
 }
 
+// maxUnsavedPerBatch bounds the rebuilt snapshots one transaction writes,
+// so that a large migration stays well within the transaction timeout.
+const maxUnsavedPerBatch = 10_000
+
 type pendingWrites[D any] struct {
 	unsaved []*sagaRecord[D]
 	expired []expiredMarker
@@ -79,6 +83,7 @@ func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches
 
 	b := &batch[D]{changed: map[int32]map[string]*sagaRecord[D]{}, journaled: map[*sagaRecord[D]]bool{},
 		pending: pending, changes: map[int32][]change{}, commands: map[string][]pipe.Message{}}
+	shutdown := ctx
 	ctx = work
 	committed, err := r.piper.Transact(ctx, r.sess, func(ctx context.Context, tx *pipe.Tx) error {
 		var err error
@@ -114,7 +119,7 @@ func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches
 		span.End()
 	}
 	if !committed {
-		if ctx.Err() != nil {
+		if shutdown.Err() != nil {
 			return nil
 		}
 		if errors.Is(err, pipe.ErrAborted) {
@@ -168,7 +173,7 @@ func (r *Runtime[D]) takePending() map[int32]pendingWrites[D] {
 		}
 		ids := slices.Sorted(maps.Keys(ps.unsaved))
 		w := pendingWrites[D]{expired: ps.expired}
-		for _, id := range ids {
+		for _, id := range ids[:min(len(ids), maxUnsavedPerBatch)] {
 			w.unsaved = append(w.unsaved, ps.unsaved[id])
 		}
 		out[p] = w
@@ -188,7 +193,7 @@ func (r *Runtime[D]) committed(b *batch[D]) error {
 			continue // lost meanwhile: the next owner restores what committed
 		}
 		for id, s := range sagas {
-			if r.closes(s) {
+			if s.closed() {
 				delete(ps.sagas, id)
 				continue
 			}
@@ -289,7 +294,7 @@ func (r *Runtime[D]) snapshot(ctx context.Context, b *batch[D]) error {
 	for _, p := range slices.Sorted(maps.Keys(b.pending)) {
 		w := b.pending[p]
 		for _, s := range w.unsaved {
-			if b.changed[p][s.id] != nil {
+			if c := b.changed[p][s.id]; c != nil && b.journaled[c] {
 				continue // changed by this batch too: its newer snapshot is written
 			}
 			if err := r.addSnapshot(ctx, b, p, s); err != nil {
@@ -297,7 +302,7 @@ func (r *Runtime[D]) snapshot(ctx context.Context, b *batch[D]) error {
 			}
 		}
 		for _, e := range w.expired {
-			if s := b.changed[p][e.id]; s != nil && !r.closes(s) {
+			if s := b.changed[p][e.id]; s != nil && !s.closed() {
 				continue // it is live again (cannot happen while IDs are not reused within the retention)
 			}
 			rec := &kgo.Record{Topic: r.saga.StateTopic(), Key: []byte(e.id)}
@@ -310,7 +315,7 @@ func (r *Runtime[D]) snapshot(ctx context.Context, b *batch[D]) error {
 }
 
 func (r *Runtime[D]) addSnapshot(ctx context.Context, b *batch[D], p int32, s *sagaRecord[D]) error {
-	closed := r.closes(s)
+	closed := s.closed()
 	value, err := r.snapshots.encode(ctx, s, closed)
 	if err != nil {
 		return fmt.Errorf("saga %s: snapshot: %w", r.saga.name, err)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -35,22 +36,29 @@ type SagaState struct {
 // CompensationFailed). It reads the compacted topic, so its cost follows the
 // sagas that are live or within their closed retention, not history.
 func States(ctx context.Context, opts []kgo.Opt, registry *schema.Serde, sagaName string) ([]SagaState, error) {
+	return states(ctx, opts, registry, sagaName, nil)
+}
+
+// states reads the snapshots of the state topic's partitions (all of
+// them when partitions is nil).
+func states(ctx context.Context, opts []kgo.Opt, registry *schema.Serde, sagaName string, partitions []int32) ([]SagaState, error) {
 	codec, err := schema.NewCodec[Snapshot](registry, SnapshotSchema)
 	if err != nil {
 		return nil, err
 	}
+	snapshots := &snapshots[struct{}]{env: codec}
 	topic := sagaName + ".state"
-	states := map[string]SagaState{}
-	err = kread.ToEnd(ctx, opts, topic, nil, func(rec *kgo.Record) error {
+	found := map[string]SagaState{}
+	err = kread.ToEnd(ctx, opts, topic, partitions, func(rec *kgo.Record) error {
 		if rec.Value == nil {
-			delete(states, string(rec.Key))
+			delete(found, string(rec.Key))
 			return nil
 		}
-		s, err := codec.Decode(ctx, rec.Value)
+		s, err := snapshots.decodeEnvelope(ctx, rec.Value)
 		if err != nil {
 			return fmt.Errorf("%w: %s/%d@%d (key %q): %w", ErrSnapshot, rec.Topic, rec.Partition, rec.Offset, rec.Key, err)
 		}
-		states[s.SagaID] = SagaState{ID: s.SagaID, State: s.State, Since: s.Since, Closed: s.Closed,
+		found[s.SagaID] = SagaState{ID: s.SagaID, State: s.State, Since: s.Since, Closed: s.Closed,
 			JournalPartition: s.JournalPartition, JournalOffset: s.JournalOffset}
 		return nil
 	})
@@ -60,26 +68,73 @@ func States(ctx context.Context, opts []kgo.Opt, registry *schema.Serde, sagaNam
 	if err != nil {
 		return nil, fmt.Errorf("saga: reading %s: %w", topic, err)
 	}
-	out := slices.Collect(maps.Values(states))
+	out := slices.Collect(maps.Values(found))
 	slices.SortFunc(out, func(a, b SagaState) int { return strings.Compare(a.ID, b.ID) })
 	return out, nil
 }
 
 // History is a saga's journal entries, in order, as committed when the read
 // began. opts reach the cluster (seed brokers, TLS, SASL). It finds where
-// the entries are from the saga's snapshot (see States) and reads that one
-// journal partition from there (HistoryAt); a saga without a snapshot (its
-// closed retention is over) is looked for in the whole journal. Bound it
-// with ctx.
+// the entries are from the saga's snapshot, in the state partition its ID
+// hashes to (as every Kafka client's default partitioner places it) and
+// then in the others, and reads that one journal partition from there
+// (HistoryAt). A saga without a snapshot (unknown, or closed over its
+// retention ago) is ErrNoHistory: HistoryScan reads the whole journal for
+// it. Bound it with ctx.
 func History(ctx context.Context, opts []kgo.Opt, registry *schema.Serde, sagaName, id string) ([]JournalEntry, error) {
-	states, err := States(ctx, opts, registry, sagaName)
+	home, others, err := keyPartition(ctx, opts, sagaName+".state", id)
 	if err != nil {
 		return nil, err
 	}
-	if i, found := slices.BinarySearchFunc(states, id, func(s SagaState, id string) int { return strings.Compare(s.ID, id) }); found {
-		return HistoryAt(ctx, opts, registry, sagaName, id, states[i].JournalPartition, states[i].JournalOffset)
+	for _, ps := range [][]int32{{home}, others} {
+		if len(ps) == 0 {
+			continue
+		}
+		found, err := states(ctx, opts, registry, sagaName, ps)
+		if err != nil {
+			return nil, err
+		}
+		if i, ok := slices.BinarySearchFunc(found, id, func(s SagaState, id string) int { return strings.Compare(s.ID, id) }); ok {
+			return HistoryAt(ctx, opts, registry, sagaName, id, found[i].JournalPartition, found[i].JournalOffset)
+		}
 	}
+	return nil, fmt.Errorf("%w: %s %q has no snapshot in %s.state (unknown, or closed over its retention ago; HistoryScan, or 'orchestrator saga show --scan-journal', reads the whole journal)",
+		ErrNoHistory, sagaName, id, sagaName)
+}
+
+// HistoryScan is History read from every partition of the journal: for a
+// saga whose snapshot is gone. Its cost grows with the journal.
+func HistoryScan(ctx context.Context, opts []kgo.Opt, registry *schema.Serde, sagaName, id string) ([]JournalEntry, error) {
 	return readHistory(ctx, opts, registry, sagaName, id, nil, nil)
+}
+
+// keyPartition returns the partition of topic that key hashes to under the
+// default partitioner, and the topic's other partitions.
+func keyPartition(ctx context.Context, opts []kgo.Opt, topic, key string) (int32, []int32, error) {
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer cl.Close()
+	details, err := kadm.NewClient(cl).ListTopics(ctx, topic)
+	if err == nil {
+		err = details.Error()
+	}
+	if err != nil {
+		return 0, nil, fmt.Errorf("saga: state topic %s: %w", topic, err)
+	}
+	n := len(details[topic].Partitions)
+	if n == 0 {
+		return 0, nil, fmt.Errorf("saga: state topic %s has no partitions", topic)
+	}
+	home := int32(kgo.StickyKeyPartitioner(nil).ForTopic(topic).Partition(&kgo.Record{Key: []byte(key)}, n))
+	var others []int32
+	for p := range int32(n) {
+		if p != home {
+			others = append(others, p)
+		}
+	}
+	return home, others, nil
 }
 
 // HistoryAt is History when the saga's journal partition and an offset at

@@ -47,6 +47,14 @@ type journalPosition struct {
 	offset    int64
 }
 
+// closed tells whether the saga is done: completed or compensated, with
+// nothing left to wait for. Its snapshot becomes a closed marker and it
+// leaves memory. A saga in CompensationFailed stays open: it waits for an
+// operator.
+func (r *sagaRecord[D]) closed() bool {
+	return (r.state == StateCompleted || r.state == StateCompensated) && r.timer == nil
+}
+
 func (r *sagaRecord[D]) clone() *sagaRecord[D] {
 	c := *r
 	c.seen = maps.Clone(r.seen)
@@ -196,7 +204,7 @@ func (sg *Saga[D]) fold(ctx context.Context, c *codecs, entries []JournalEntry) 
 	if s == nil {
 		return Status[D]{}, fmt.Errorf("%w: no entries", ErrReplay)
 	}
-	return Status[D]{State: s.state, Instance: s.inst, Closed: s.state == StateCompleted || s.state == StateCompensated}, nil
+	return Status[D]{State: s.state, Instance: s.inst, Closed: s.closed()}, nil
 }
 
 // refold applies a journaled entry again, as recovery and replay do, and

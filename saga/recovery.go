@@ -43,8 +43,7 @@ func (r *Runtime[D]) assigned(ctx context.Context, cl *kgo.Client, assigned map[
 		go func() {
 			defer r.background.Done()
 			began := time.Now()
-			got := &restored[D]{sagas: map[string]*sagaRecord[D]{}, unsaved: map[string]*sagaRecord[D]{}}
-			err := r.restore(rctx, p, ps.store, got)
+			got, err := r.restoreRetrying(rctx, p, ps.store)
 			if live, ok := r.finishRestore(cl, p, ps, got, err); ok {
 				for _, h := range r.cfg.Hooks {
 					if h, ok := h.(HookRestored); ok {
@@ -129,6 +128,26 @@ func (r *Runtime[D]) awaitRestore(ctx context.Context, p int32) error {
 	return r.restoreFailure()
 }
 
+// restoreRetrying restores partition p, again and again while it fails on
+// what passes (a broker away, a previous owner's transaction still open),
+// with a backoff from a second up to half a minute.
+func (r *Runtime[D]) restoreRetrying(ctx context.Context, p int32, pst *partitionStore) (*restored[D], error) {
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		got := &restored[D]{sagas: map[string]*sagaRecord[D]{}, unsaved: map[string]*sagaRecord[D]{}}
+		err := r.restore(ctx, p, pst, got)
+		if err == nil || ctx.Err() != nil || !(transient(err) || errors.Is(err, context.DeadlineExceeded)) {
+			return got, err
+		}
+		r.cfg.Logger.Warn("saga: restoring a partition failed; retrying", "saga_name", r.saga.name, "partition", p,
+			"retry_in", wait, "error", err)
+		select {
+		case <-ctx.Done():
+			return got, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
 // restore brings partition p's store up to the state topic and loads the
 // open sagas into got.
 func (r *Runtime[D]) restore(ctx context.Context, p int32, pst *partitionStore, got *restored[D]) error {
@@ -145,15 +164,16 @@ func (r *Runtime[D]) restore(ctx context.Context, p int32, pst *partitionStore, 
 	// The previous owner's last transaction may still be completing: wait
 	// for it, or the restore would miss what it wrote while its offsets,
 	// committed with it, skip the events that led there. The broker aborts
-	// a transaction open longer than the transaction timeout.
-	wctx, cancel := context.WithTimeout(ctx, r.cfg.TransactionTimeout+5*time.Second)
+	// a transaction open longer than the transaction timeout
+	// (it checks every 10 s by default): wait that long, then again.
+	wctx, cancel := context.WithTimeout(ctx, r.cfg.TransactionTimeout+15*time.Second)
 	defer cancel()
 	for _, topic := range []string{r.saga.StateTopic(), r.saga.JournalTopic()} {
 		if err := kread.WaitStable(wctx, r.connOpts, topic, []int32{p}); err != nil {
-			return err
+			return fmt.Errorf("%w (a previous owner's transaction stays open past transaction_timeout %v: is an instance with another transaction timeout still running?)", err, r.cfg.TransactionTimeout)
 		}
 	}
-	stateEnd, journalEnd, stateStart, err := r.partitionBounds(ctx, p)
+	stateEnd, journalEnd, stateStart, deleteRetention, err := r.partitionBounds(ctx, p)
 	if err != nil {
 		return err
 	}
@@ -165,13 +185,15 @@ func (r *Runtime[D]) restore(ctx context.Context, p int32, pst *partitionStore, 
 		got.from = RestoredFromJournal
 		return r.rebuildFromJournal(ctx, p, got)
 	}
-	from, err := st.checkpoint()
+	from, written, err := st.checkpoint()
 	if err != nil {
 		return err
 	}
-	if from > stateEnd || from < stateStart {
+	if from > stateEnd || from < stateStart || (!written.IsZero() && time.Since(written) > deleteRetention) {
 		// The topic was recreated, or records the store never saw were
-		// deleted: start over from the topic.
+		// deleted, or the store is older than the broker keeps tombstones
+		// (a saga removed meanwhile would come back): start over from the
+		// topic.
 		if err := st.wipe(); err != nil {
 			return err
 		}
@@ -194,16 +216,17 @@ func (r *Runtime[D]) restore(ctx context.Context, p int32, pst *partitionStore, 
 // snapshotError is the error of a snapshot that cannot be used: it names
 // the saga and the fix.
 func (r *Runtime[D]) snapshotError(p int32, id string, err error) error {
-	return fmt.Errorf("%w: saga %s %q in %s/%d: %w; the journal is the truth: restart with RebuildState (service: --rebuild-state, state_rebuild: true) to rebuild the snapshots of %s from %s",
+	return fmt.Errorf("%w: saga %s %q in %s/%d: %w; the journal is the truth: restart once with RebuildState (service: --rebuild-state or state_rebuild: true), which rebuilds the snapshots of %s from %s (all of it must still be there), then turn it off again",
 		ErrSnapshot, r.saga.name, id, r.saga.StateTopic(), p, err, r.saga.StateTopic(), r.saga.JournalTopic())
 }
 
 // partitionBounds returns the last stable offsets of state and journal
-// partition p, and the state partition's log start.
-func (r *Runtime[D]) partitionBounds(ctx context.Context, p int32) (stateEnd, journalEnd, stateStart int64, err error) {
+// partition p, the state partition's log start, and how long the broker
+// keeps the state topic's tombstones (delete.retention.ms).
+func (r *Runtime[D]) partitionBounds(ctx context.Context, p int32) (stateEnd, journalEnd, stateStart int64, deleteRetention time.Duration, err error) {
 	cl, err := kgo.NewClient(r.connOpts...)
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, 0, err
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
@@ -212,19 +235,33 @@ func (r *Runtime[D]) partitionBounds(ctx context.Context, p int32) (stateEnd, jo
 		err = ends.Error()
 	}
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("listing the ends of %s and %s: %w", r.saga.StateTopic(), r.saga.JournalTopic(), err)
+		return 0, 0, 0, 0, fmt.Errorf("listing the ends of %s and %s: %w", r.saga.StateTopic(), r.saga.JournalTopic(), err)
 	}
 	starts, err := adm.ListStartOffsets(ctx, r.saga.StateTopic())
 	if err == nil {
 		err = starts.Error()
 	}
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("listing the start of %s: %w", r.saga.StateTopic(), err)
+		return 0, 0, 0, 0, fmt.Errorf("listing the start of %s: %w", r.saga.StateTopic(), err)
+	}
+	deleteRetention = 24 * time.Hour // the broker's default
+	configs, err := adm.DescribeTopicConfigs(ctx, r.saga.StateTopic())
+	if err != nil {
+		return 0, 0, 0, 0, fmt.Errorf("describing %s: %w", r.saga.StateTopic(), err)
+	}
+	if c, err := configs.On(r.saga.StateTopic(), nil); err == nil && c.Err == nil {
+		for _, kv := range c.Configs {
+			if kv.Key == "delete.retention.ms" && kv.Value != nil {
+				if ms, err := strconv.ParseInt(*kv.Value, 10, 64); err == nil {
+					deleteRetention = time.Duration(ms) * time.Millisecond
+				}
+			}
+		}
 	}
 	s, _ := ends.Lookup(r.saga.StateTopic(), p)
 	j, _ := ends.Lookup(r.saga.JournalTopic(), p)
 	st, _ := starts.Lookup(r.saga.StateTopic(), p)
-	return s.Offset, j.Offset, st.Offset, nil
+	return s.Offset, j.Offset, st.Offset, deleteRetention, nil
 }
 
 // Restores write the store this many state records at a time (each write
@@ -256,6 +293,7 @@ func (r *Runtime[D]) restoreStore(ctx context.Context, st *store, p int32, from 
 		}
 		return err
 	})
+	st.opened = nil
 	if err != nil {
 		return fmt.Errorf("restoring from %s: %w", r.saga.StateTopic(), err)
 	}
@@ -320,7 +358,7 @@ func (r *Runtime[D]) rebuildFromJournal(ctx context.Context, p int32, got *resto
 	}
 	cutoff := r.retentionCutoff()
 	for id, s := range sagas {
-		if !r.closes(s) {
+		if !s.closed() {
 			got.sagas[id] = s
 		} else if !cutoff.IsZero() && s.since.Before(cutoff) {
 			continue // its retention is over: nothing to keep
@@ -339,14 +377,6 @@ func (r *Runtime[D]) retentionCutoff() time.Time {
 		return time.Time{}
 	}
 	return r.cfg.Clock.Now().Add(-r.cfg.ClosedRetention)
-}
-
-// closes tells whether s is done: completed or compensated, with nothing
-// left to wait for. Its snapshot becomes a closed marker and it leaves
-// memory. A saga in CompensationFailed stays open: it waits for an
-// operator.
-func (r *Runtime[D]) closes(s *sagaRecord[D]) bool {
-	return (s.state == StateCompleted || s.state == StateCompensated) && s.timer == nil
 }
 
 // maxExpiredPerBatch bounds the tombstones one transaction writes.
@@ -369,27 +399,38 @@ func (r *Runtime[D]) nextSweep() time.Duration {
 }
 
 // sweepExpired collects, when due, the closed markers past their retention
-// in every restored partition, for the next transaction to tombstone.
+// in every restored partition, for the next transaction to tombstone. A
+// partition with more than a transaction's worth is swept again as soon
+// as that transaction committed.
 func (r *Runtime[D]) sweepExpired() error {
 	if r.nextSweep() != 0 {
 		return nil
 	}
-	now := r.cfg.Clock.Now()
-	r.lastSweep = now
-	cutoff := now.Add(-r.cfg.ClosedRetention)
+	r.lastSweep = r.cfg.Clock.Now()
+	cutoff := r.retentionCutoff()
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	due := map[int32]*partitionState[D]{}
 	for p, ps := range r.parts {
-		if !ps.restored() || len(ps.expired) > 0 {
-			continue
+		if ps.restored() && len(ps.expired) == 0 {
+			due[p] = ps
 		}
+	}
+	r.mu.Unlock()
+	for p, ps := range due {
 		ps.store.mu.Lock()
 		expired, err := ps.store.st.expired(cutoff, maxExpiredPerBatch)
 		ps.store.mu.Unlock()
 		if err != nil {
 			return fmt.Errorf("saga %s: partition %d: %w", r.saga.name, p, err)
 		}
-		ps.expired = expired
+		if len(expired) == maxExpiredPerBatch {
+			r.lastSweep = time.Time{}
+		}
+		r.mu.Lock()
+		if r.parts[p] == ps {
+			ps.expired = expired
+		}
+		r.mu.Unlock()
 	}
 	return nil
 }

@@ -32,8 +32,9 @@ var ErrSnapshot = errors.New("saga: unusable snapshot")
 //
 // A finished saga's snapshot is a closed marker: Closed is set and Data,
 // Completed and Timer are empty; Seen is kept, so that a copy of an event
-// it applied is still dropped as a duplicate. It stays until ClosedRetention after
-// ClosedAt, when a tombstone removes it.
+// it applied is still dropped as a duplicate. It stays until
+// ClosedRetention after Since (when the saga closed), when a tombstone
+// removes it.
 type Snapshot struct {
 	Version       int32  `avro:"version"`
 	SagaID        string `avro:"saga_id"`
@@ -99,7 +100,8 @@ const SnapshotSchema = `{"type":"record","name":"SagaSnapshot","namespace":"saga
 const (
 	// HeaderSnapshotKind is "open" or "closed".
 	HeaderSnapshotKind = "sagapipe_snapshot"
-	// HeaderClosedAt is a closed marker's ClosedAt, in Unix milliseconds.
+	// HeaderClosedAt is when a closed marker's saga closed, in Unix
+	// milliseconds.
 	HeaderClosedAt = "sagapipe_closed_at"
 )
 

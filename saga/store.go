@@ -29,7 +29,7 @@ import (
 //
 // Keys:
 //
-//	m/checkpoint        the state topic offset to read from next (8 bytes)
+//	m/checkpoint        the state topic offset to read from next and when it was written (8 + 8 bytes)
 //	o/<saga ID>         an open saga's snapshot
 //	c/<saga ID>         a closed marker: its ClosedAt (8 bytes, Unix ms) and snapshot
 //
@@ -60,8 +60,6 @@ func openStore(dir string, log *slog.Logger) (*store, error) {
 	// Snapshots are small Avro records that compress little: a restore on
 	// a fresh machine, which writes every closed marker of the partition,
 	// is faster without.
-	// A restore writes a partition's markers all at once: L0 may grow
-	// further before it is compacted (bloom filters keep lookups cheap).
 	opts := &pebble.Options{Logger: pebbleLogger{log}}
 	for i := range opts.Levels {
 		// Most lookups are of new sagas, which no level holds.
@@ -78,20 +76,20 @@ func openStore(dir string, log *slog.Logger) (*store, error) {
 func (s *store) close() error { return s.db.Close() }
 
 // checkpoint returns the state topic offset the store has applied up to
-// (0 for a new store).
-func (s *store) checkpoint() (int64, error) {
+// (0 for a new store) and when that was written.
+func (s *store) checkpoint() (int64, time.Time, error) {
 	v, closer, err := s.db.Get(keyCheckpoint)
 	if errors.Is(err, pebble.ErrNotFound) {
-		return 0, nil
+		return 0, time.Time{}, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("state store %s: %w", s.dir, err)
+		return 0, time.Time{}, fmt.Errorf("state store %s: %w", s.dir, err)
 	}
 	defer closer.Close()
-	if len(v) != 8 {
-		return 0, fmt.Errorf("state store %s: checkpoint is %d bytes, not 8: delete the directory to restore it from the state topic", s.dir, len(v))
+	if len(v) != 16 {
+		return 0, time.Time{}, fmt.Errorf("state store %s: checkpoint is %d bytes, not 16: delete the directory to restore it from the state topic", s.dir, len(v))
 	}
-	return int64(binary.BigEndian.Uint64(v)), nil
+	return int64(binary.BigEndian.Uint64(v)), time.UnixMilli(int64(binary.BigEndian.Uint64(v[8:]))), nil
 }
 
 // wipe empties the store, for a restore from the changelog's start.
@@ -188,8 +186,9 @@ func (s *store) write(changes []change, next int64) error {
 			return fmt.Errorf("state store %s: %w", s.dir, err)
 		}
 	}
-	var cp [8]byte
+	var cp [16]byte
 	binary.BigEndian.PutUint64(cp[:], uint64(next))
+	binary.BigEndian.PutUint64(cp[8:], uint64(time.Now().UnixMilli()))
 	if err := b.Set(keyCheckpoint, cp[:], nil); err != nil {
 		return err
 	}

@@ -88,7 +88,7 @@ func (r *Runtime[D]) CheckTopics(ctx context.Context) error {
 	var errs []error
 	for _, t := range []string{journal, state} {
 		if a, b := len(details[inbox].Partitions), len(details[t].Partitions); a != b {
-			errs = append(errs, fmt.Errorf("saga %s: %s has %d partitions but %s has %d: it must be co-partitioned with the inbox", r.saga.name, inbox, a, t, b))
+			errs = append(errs, fmt.Errorf("saga %s: %s has %d partitions but %s has %d: it must be co-partitioned with the inbox (recreate %s with %d partitions; 'orchestrator topics ensure' creates missing topics only)", r.saga.name, inbox, a, t, b, t, a))
 		}
 	}
 	configs, err := adm.DescribeTopicConfigs(ctx, state)
@@ -102,8 +102,8 @@ func (r *Runtime[D]) CheckTopics(ctx context.Context) error {
 				policy = *kv.Value
 			}
 		}
-		if policy != "compact" && policy != "compact,delete" && policy != "delete,compact" {
-			errs = append(errs, fmt.Errorf("saga %s: %s has cleanup.policy=%q: it must be compacted (kafka-configs --alter --entity-type topics --entity-name %s --add-config cleanup.policy=compact), or every snapshot ever written is kept and restores grow with history",
+		if policy != "compact" {
+			errs = append(errs, fmt.Errorf("saga %s: %s has cleanup.policy=%q: it must be compact alone (kafka-configs --alter --entity-type topics --entity-name %s --add-config cleanup.policy=compact): with delete, retention removes the snapshots of long-running sagas; without compact, restores grow with history",
 				r.saga.name, state, policy, state))
 		}
 	}

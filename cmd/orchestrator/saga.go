@@ -74,6 +74,7 @@ func sagaShow(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs := flag.NewFlagSet("saga show", flag.ContinueOnError)
 	var jf journalFlags
 	jf.register(fs)
+	scan := fs.Bool("scan-journal", false, "read the whole journal (for a saga closed over its retention ago, whose snapshot is gone)")
 	pos, code := parseInterspersed(fs, args, 2, stderr)
 	if code >= 0 {
 		return code
@@ -84,7 +85,11 @@ func sagaShow(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	defer done()
-	entries, err := saga.History(ctx, []kgo.Opt{kgo.SeedBrokers(brokers...)}, serde, pos[0], pos[1])
+	history := saga.History
+	if *scan {
+		history = saga.HistoryScan
+	}
+	entries, err := history(ctx, []kgo.Opt{kgo.SeedBrokers(brokers...)}, serde, pos[0], pos[1])
 	if err != nil {
 		fmt.Fprintf(stderr, "orchestrator saga show: %v\n", err)
 		return 1

@@ -1,6 +1,6 @@
-// Package kread reads Kafka topics from their start to their end as it was
-// when the read began: what rebuilding state from a journal and listing a
-// dead-letter topic both need.
+// Package kread reads Kafka topics to their end as it was when the read
+// began: what restoring state from a state topic or a journal, reading a
+// saga's history and listing a dead-letter topic all need.
 package kread
 
 import (
@@ -112,7 +112,7 @@ func (e Ends) Next(r *kgo.Record) bool {
 // WaitStable waits until no transaction is open on topic's partitions (the
 // last stable offset has caught up with the high watermark), so that a read
 // to the end sees everything a previous owner committed. A new owner of a
-// partition must wait like this before rebuilding from it: the old owner's
+// partition must wait like this before restoring from it: the old owner's
 // last transaction may still be completing, and reading past it would miss
 // what it wrote. It gives up when ctx ends (bound it by the transaction
 // timeout: by then the broker aborts what was left open).

@@ -33,7 +33,7 @@ func (s *Service) routes() http.Handler {
 			sagas[name] = rt.Ready()
 		}
 		if !s.Ready() {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready: partitions not assigned or not rebuilt yet", "sagas": sagas})
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready: partitions not assigned or not restored yet", "sagas": sagas})
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "sagas": sagas})

@@ -210,7 +210,7 @@ func (s *Service) closeRuntimes() {
 func (s *Service) Handler() http.Handler { return s.handler }
 
 // Ready reports whether every saga's runtime owns partitions and has
-// rebuilt them.
+// restored them.
 func (s *Service) Ready() bool {
 	for _, rt := range s.runtimes {
 		if !rt.Ready() {
