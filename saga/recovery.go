@@ -272,12 +272,32 @@ const (
 	restoreIngest = 32768
 )
 
-// restoreStore applies state partition p from offset from to its end.
+// restoreStore applies state partition p from offset from to its end. One
+// goroutine writes the store while the records that follow are fetched.
 func (r *Runtime[D]) restoreStore(ctx context.Context, st *store, p int32, from int64) error {
 	write, size := st.write, restoreBatch
 	if from == 0 {
 		write, size = st.ingest, restoreIngest
 	}
+	type chunk struct {
+		changes []change
+		next    int64
+	}
+	chunks := make(chan chunk, 1)
+	written := make(chan error, 1)
+	go func() {
+		var err error
+		for c := range chunks {
+			switch {
+			case err != nil:
+			case len(c.changes) == 0:
+				err = st.write(nil, c.next) // the checkpoint alone
+			default:
+				err = write(c.changes, c.next)
+			}
+		}
+		written <- err
+	}()
 	var changes []change
 	next := from
 	ends, err := kread.From(ctx, r.connOpts, r.saga.StateTopic(), []int32{p}, map[int32]int64{p: from}, func(rec *kgo.Record) error {
@@ -288,19 +308,21 @@ func (r *Runtime[D]) restoreStore(ctx context.Context, st *store, p int32, from 
 		changes = append(changes, c)
 		next = rec.Offset + 1
 		if len(changes) == size {
-			err = write(changes, next)
-			changes = changes[:0]
+			chunks <- chunk{changes, next}
+			changes = make([]change, 0, size)
 		}
-		return err
+		return nil
 	})
+	if err == nil {
+		chunks <- chunk{changes, max(next, ends[p])}
+	}
+	close(chunks)
+	werr := <-written
 	st.opened = nil
 	if err != nil {
 		return fmt.Errorf("restoring from %s: %w", r.saga.StateTopic(), err)
 	}
-	if len(changes) > 0 {
-		return write(changes, max(next, ends[p]))
-	}
-	return st.write(nil, max(next, ends[p]))
+	return werr
 }
 
 // stateChange reads what a state record does to the store from its key

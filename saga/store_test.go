@@ -1,0 +1,89 @@
+package saga
+
+import (
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+// storeContents returns every key and value but the checkpoint.
+func storeContents(t *testing.T, s *store) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, prefix := range [][]byte{prefixOpen, prefixClosed} {
+		err := s.each(prefix, func(k, v []byte) error {
+			out[string(k)] = string(v)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// Ingesting a changelog in sorted tables leaves the store exactly as
+// writing it change by change does, and as a model map says: the last
+// change of a saga wins across chunks, opens become closed markers, and
+// tombstones remove both.
+func TestStoreIngestEqualsWrite(t *testing.T) {
+	for seed := range uint64(20) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 1))
+			var changes []change
+			model := map[string]string{}
+			for i := range 2000 {
+				id := fmt.Sprintf("saga-%03d", rng.IntN(300))
+				c := change{id: id}
+				switch rng.IntN(3) {
+				case 0:
+					c.kind, c.value = snapshotOpen, []byte(fmt.Sprintf("open %d", i))
+					delete(model, "c/"+id)
+					model["o/"+id] = string(c.value)
+				case 1:
+					c.kind, c.value, c.closedAt = snapshotClosed, []byte(fmt.Sprintf("closed %d", i)), time.UnixMilli(int64(i))
+					delete(model, "o/"+id)
+					model["c/"+id] = string(closedValue(c))
+				default:
+					delete(model, "o/"+id)
+					delete(model, "c/"+id)
+				}
+				changes = append(changes, c)
+			}
+			log := slog.New(slog.DiscardHandler)
+			written, err := openStore(t.TempDir(), log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer written.close()
+			ingested, err := openStore(t.TempDir(), log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ingested.close()
+			for from := 0; from < len(changes); {
+				to := min(from+1+rng.IntN(300), len(changes))
+				if err := written.write(changes[from:to], int64(to)); err != nil {
+					t.Fatal(err)
+				}
+				if err := ingested.ingest(changes[from:to], int64(to)); err != nil {
+					t.Fatal(err)
+				}
+				from = to
+			}
+			a, b := storeContents(t, written), storeContents(t, ingested)
+			if !maps.Equal(a, model) {
+				t.Fatalf("written store has %d keys, the model %d", len(a), len(model))
+			}
+			if !maps.Equal(b, model) {
+				t.Fatalf("ingested store has %d keys, the model %d", len(b), len(model))
+			}
+			if cp, _, err := ingested.checkpoint(); err != nil || cp != int64(len(changes)) {
+				t.Fatalf("checkpoint %d, %v; want %d", cp, err, len(changes))
+			}
+		})
+	}
+}
