@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // storeContents returns every key and value but the checkpoint.
@@ -86,4 +88,24 @@ func TestStoreIngestEqualsWrite(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A state record from the topic (written by anyone) is read without a
+// panic: a change with a known kind, a tombstone, or an error.
+func FuzzStateChange(f *testing.F) {
+	f.Add([]byte("o-1"), []byte{0, 0, 0, 0, 1}, "closed", "1764547200000")
+	f.Add([]byte("o-1"), []byte(nil), "", "")
+	f.Add([]byte(""), []byte("x"), "open", "")
+	f.Add([]byte("o-2"), []byte("x"), "closed", "not a number")
+	f.Fuzz(func(t *testing.T, key, value []byte, kind, closedAt string) {
+		rec := &kgo.Record{Key: key, Value: value, Headers: []kgo.RecordHeader{
+			{Key: HeaderSnapshotKind, Value: []byte(kind)}, {Key: HeaderClosedAt, Value: []byte(closedAt)}}}
+		c, err := stateChange(rec)
+		if err != nil {
+			return
+		}
+		if c.id != string(key) || (value != nil && c.kind != snapshotOpen && c.kind != snapshotClosed) || (value == nil && c.kind != "") {
+			t.Fatalf("stateChange(%q, %q, %q) = %+v", key, kind, closedAt, c)
+		}
+	})
 }
