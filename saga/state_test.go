@@ -3,6 +3,7 @@ package saga_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -360,4 +361,45 @@ func TestPendingTimersSurviveARestoreFromSnapshots(t *testing.T) {
 	if got, _ := from.get(); len(got) != 1 || got[0] != saga.RestoredFromState {
 		t.Fatalf("restored from %v, want the state topic", got)
 	}
+}
+
+// A partition whose restore waits (here on a transaction a previous owner
+// left open on its state partition) does not hold up the others: they are
+// processed meanwhile, and it joins them once the transaction ends.
+func TestARestoreDoesNotHoldUpTheOtherPartitions(t *testing.T) {
+	e := newEnv(t, 2)
+	inventory := e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
+	ctx := context.Background()
+	// An order ID for each inbox partition, as the default partitioner
+	// places it.
+	on := map[int32]string{}
+	for i := 0; len(on) < 2; i++ {
+		id := fmt.Sprintf("o-%d", i)
+		p := int32(kgo.StickyKeyPartitioner(nil).ForTopic(e.saga.InboxTopic()).Partition(&kgo.Record{Key: []byte(id)}, 2))
+		if _, ok := on[p]; !ok {
+			on[p] = id
+		}
+	}
+	stuck := e.client(kgo.TransactionalID("previous-owner"), kgo.TransactionTimeout(time.Minute),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err := stuck.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	open := &kgo.Record{Topic: e.saga.StateTopic(), Partition: 1, Key: []byte("in-doubt"), Value: []byte("never committed")}
+	if err := stuck.ProduceSync(ctx, open).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+
+	rt, _ := e.startRuntime(saga.Config{})
+	e.start(on[0])
+	waitFor(t, "partition 0's saga at inventory", func() bool { return inventory.count(reserveInventory.Type+" "+on[0]) == 1 })
+	if rt.Ready() {
+		t.Fatal("ready while partition 1 still waits for the open transaction")
+	}
+	if err := stuck.EndTransaction(ctx, kgo.TryAbort); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "partition 1 restored", rt.Ready)
+	e.start(on[1])
+	waitFor(t, "partition 1's saga at inventory", func() bool { return inventory.count(reserveInventory.Type+" "+on[1]) == 1 })
 }
