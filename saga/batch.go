@@ -456,7 +456,10 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 
 func (r *Runtime[D]) handleTimer(ctx context.Context, b *batch[D], d dueTimer) error {
 	s, err := r.lookup(ctx, b, d.partition, d.id)
-	if err != nil || s == nil || s.timer == nil {
+	if err != nil || s == nil || s.timer == nil || !s.timer.deadline.Equal(d.deadline) {
+		// Gone, or replaced by a record of this batch (a reply that came
+		// with its timer due): the timer that fires must be the one that
+		// came due, not the one the reply set.
 		return err
 	}
 	tm := *s.timer
