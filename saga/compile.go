@@ -213,13 +213,26 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 					return fails(in)
 				}})
 		}
-		ts = append(ts, timeoutTransitions(step, false, pending, failTo, func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
-			return fails(in)
+		// A step given up after its timeouts may have been applied all the
+		// same (its participant was only slow): it is uncertain, and is
+		// compensated first, like a completed step. Compensating a command
+		// that was never applied is a no-op for the participant.
+		uncertainTo, uncertain := failTo, fails
+		if step.compensate != nil {
+			uncertainTo = CompensatingState(step.name)
+			uncertain = func(in Instance[D]) (Instance[D], []Effect) {
+				in.Attempt = 1
+				return in, send(step, in, true)
+			}
+		}
+		ts = append(ts, timeoutTransitions(step, false, pending, uncertainTo, func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
+			return uncertain(in)
 		})...)
 
-		// The last step's compensation can never run: no step after it
-		// can fail.
-		if step.compensate != nil && i < len(s.steps)-1 {
+		// Every step with a compensation can be compensated: a completed
+		// one when a later step fails, and any one, the last included,
+		// when it is given up as uncertain.
+		if step.compensate != nil {
 			canFailCompensation = true
 			compensating := CompensatingState(step.name)
 			before := s.compensationBefore(i)

@@ -195,7 +195,10 @@ func TestShippingFailureCompensatesInReverse(t *testing.T) {
 	}
 }
 
-func TestTimeoutsRetryThenCompensate(t *testing.T) {
+// A step whose resends all time out is given up as uncertain: its
+// participant may have applied it, only slowly. It is compensated first
+// (the refund), then the completed steps in reverse (the release).
+func TestTimeoutsRetryThenCompensateTheUncertainStepFirst(t *testing.T) {
 	r := newRunner(t)
 	r.must(r.s.StartEventType(), msg{OrderID: "o-1"})
 	r.must(reply("inventory", inventoryReserved, ""))
@@ -211,14 +214,52 @@ func TestTimeoutsRetryThenCompensate(t *testing.T) {
 	r.must(timeout("payment", 2, false))
 	want := []string{
 		"send payment.commands test.ChargePayment#2 charge", "timer payment#2 20s", // backed off
-		"send inventory.commands test.ReleaseInventory#1 release", "timer inventory#1 5s",
+		"send payment.commands test.RefundPayment#1 refund", "timer payment#1 10s", // the uncertain charge undone
 	}
-	if fmt.Sprint(r.log) != fmt.Sprint(want) || r.state != saga.CompensatingState("inventory") {
-		t.Fatalf("effects %v state %s", r.log, r.state)
+	if fmt.Sprint(r.log) != fmt.Sprint(want) || r.state != saga.CompensatingState("payment") {
+		t.Fatalf("effects %v state %s; want the charge resent, then refunded", r.log, r.state)
 	}
-	// A reply that comes after the step was given up on is not accepted.
+	// The charge's late success changes nothing: its refund is on its way.
 	if err := r.apply(reply("payment", paymentCharged, "late")); !errors.Is(err, statemachine.ErrNoTransition) {
 		t.Fatalf("late reply: %v, want ErrNoTransition", err)
+	}
+	r.log = nil
+	r.must(reply("payment", paymentRefunded, ""))
+	r.must(reply("inventory", inventoryReleased, ""))
+	want = []string{
+		"send inventory.commands test.ReleaseInventory#1 release", "timer inventory#1 5s",
+		"send orders.outcomes test.OrderRejected#1 ", "finish Compensated",
+	}
+	if fmt.Sprint(r.log) != fmt.Sprint(want) || r.state != saga.StateCompensated {
+		t.Fatalf("effects %v state %s; want the release, then Compensated", r.log, r.state)
+	}
+}
+
+// The last step has no step after it to fail, but given up as uncertain
+// it is compensated too when it has a compensation.
+func TestTheLastStepIsCompensatedWhenUncertain(t *testing.T) {
+	b := saga.New[orderData]("orders", orderDataSchema).
+		StartOn(saga.Reply(orderPlaced, func(d *orderData, e msg) { d.OrderID = e.OrderID }))
+	b.Step("inventory").Command("inventory.commands", saga.Cmd(reserveInventory, command(msg{Detail: "reserve"}))).
+		OnSuccess(saga.Reply[orderData](inventoryReserved, nil)).Pivot()
+	last := b.Step("payment").Command("payment.commands", saga.Cmd(chargePayment, command(msg{Detail: "charge"}))).
+		OnSuccess(saga.Reply[orderData](paymentCharged, nil)).Retries(-1)
+	saga.Compensate(last, saga.Cmd(refundPayment, command(msg{Detail: "refund"})), paymentRefunded)
+	s, err := b.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &runner{t: t, s: s, state: saga.StateNew}
+	r.must(s.StartEventType(), msg{OrderID: "o-1"})
+	r.must(reply("inventory", inventoryReserved, ""))
+	r.log = nil
+	r.must(timeout("payment", 1, false))
+	if r.state != saga.CompensatingState("payment") || fmt.Sprint(r.log) != fmt.Sprint([]string{"send payment.commands test.RefundPayment#1 refund", "timer payment#1 30s"}) {
+		t.Fatalf("effects %v state %s; want the uncertain charge refunded", r.log, r.state)
+	}
+	r.must(reply("payment", paymentRefunded, ""))
+	if r.state != saga.StateCompensated {
+		t.Fatalf("state %s, want Compensated (the pivot is not compensated)", r.state)
 	}
 }
 

@@ -33,7 +33,7 @@ func Example() {
 	//     New --> payment_Pending : start/test.OrderPlaced
 	//     payment_Pending --> shipping_Pending : payment/test.PaymentCharged
 	//     payment_Pending --> Compensated : payment/test.PaymentDeclined
-	//     payment_Pending --> Compensated : payment/timeout [current send]
+	//     payment_Pending --> payment_Compensating : payment/timeout [current send]
 	//     payment_Compensating --> Compensated : payment/test.PaymentRefunded
 	//     payment_Compensating --> CompensationFailed : payment/compensation-timeout [current send]
 	//     shipping_Pending --> Completed : shipping/test.ShipmentScheduled

@@ -3,6 +3,7 @@ package saga_test
 import (
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -213,3 +214,49 @@ func TestCompensationFailedIsLoggedAndListed(t *testing.T) {
 
 // syncBuffer is written by a command or logger and read by the test at once.
 type syncBuffer = testkit.SyncBuffer
+
+// A participant slower than the step's timeout: the charge is resent, then
+// given up as uncertain, and the saga refunds it before it releases the
+// stock. Without that refund, money charged slowly would be kept.
+func TestAnUncertainStepIsCompensatedEndToEnd(t *testing.T) {
+	e := newEnv(t, 1)
+	inventory := e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{
+		reserveInventory.Type: always(inventoryReserved), releaseInventory.Type: always(inventoryReleased)})
+	silent := func(string) *saga.EventDef[msg] { return nil } // charges, but answers too late to count
+	payment := e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{
+		chargePayment.Type: silent, refundPayment.Type: always(paymentRefunded)})
+	clock := &testClock{}
+	done := newFinished()
+	e.runtimeWithClock(clock, done)
+	e.start("slow")
+	waitFor(t, "the first charge", func() bool { return payment.count(chargePayment.Type+" slow") == 1 })
+	// Time moves until the refund is sent; then the replies finish the
+	// saga in real time, before any later timer.
+	for sends := 1; payment.count(refundPayment.Type+" slow") == 0; sends++ {
+		if sends > 20 {
+			t.Fatal("the uncertain charge was never refunded")
+		}
+		clock.Advance(21 * time.Second) // past payment's backed-off wait (2 × 10s)
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := done.wait(t, 1)["slow"]; got != saga.StateCompensated {
+		t.Fatalf("outcome %s, want Compensated", got)
+	}
+	if n := payment.count(chargePayment.Type + " slow"); n != 2 {
+		t.Fatalf("payment got %d charges, want the first and one resend", n)
+	}
+	if payment.count(refundPayment.Type+" slow") != 1 || inventory.count(releaseInventory.Type+" slow") != 1 {
+		t.Fatalf("refunds %d, releases %d: want the uncertain charge refunded and the stock released, once each",
+			payment.count(refundPayment.Type+" slow"), inventory.count(releaseInventory.Type+" slow"))
+	}
+	var order []string
+	for _, je := range e.journalOf("slow") {
+		if je.Outcome == saga.OutcomeApplied {
+			order = append(order, je.ToState)
+		}
+	}
+	if !slices.Contains(order, "payment.Compensating") || slices.Index(order, "payment.Compensating") > slices.Index(order, "inventory.Compensating") {
+		t.Fatalf("states %v: want payment compensated before inventory", order)
+	}
+	checkJournal(t, e.journal())
+}

@@ -39,6 +39,11 @@ func hit(orderID, salt string, rate float64) bool {
 // Ledger records what the participants did, per order. Effects are
 // idempotent by order ID: a command that comes again (a resend, a
 // redelivery) is answered from the ledger and applied only once.
+//
+// It keeps the participant contract of an orchestrator that compensates
+// uncertain steps: compensating an effect that was never applied is a
+// no-op, and bars the effect, so that its command, should it still
+// arrive, is refused instead of applied.
 type Ledger struct {
 	mu       sync.Mutex
 	Reserved map[string]int32 // stock reserved
@@ -48,6 +53,9 @@ type Ledger struct {
 	Refunded map[string]int64 // money refunded
 	// Applied counts applications per "<effect> <order>"; more than one is a bug.
 	Applied map[string]int
+	// Barred holds the "<effect> <order>" compensated before they were
+	// applied: they are never applied.
+	Barred map[string]bool
 }
 
 // Snapshot returns a copy of the ledger, safe to read while the
@@ -56,27 +64,44 @@ func (l *Ledger) Snapshot() *Ledger {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return &Ledger{Reserved: maps.Clone(l.Reserved), Released: maps.Clone(l.Released), Shipped: maps.Clone(l.Shipped),
-		Charged: maps.Clone(l.Charged), Refunded: maps.Clone(l.Refunded), Applied: maps.Clone(l.Applied)}
+		Charged: maps.Clone(l.Charged), Refunded: maps.Clone(l.Refunded), Applied: maps.Clone(l.Applied), Barred: maps.Clone(l.Barred)}
 }
 
 // NewLedger returns an empty ledger.
 func NewLedger() *Ledger {
 	return &Ledger{Reserved: map[string]int32{}, Released: map[string]int32{}, Shipped: map[string]int32{},
-		Charged: map[string]int64{}, Refunded: map[string]int64{}, Applied: map[string]int{}}
+		Charged: map[string]int64{}, Refunded: map[string]int64{}, Applied: map[string]int{}, Barred: map[string]bool{}}
 }
 
-// once applies effect for order unless it was applied before; it reports
-// whether it applied it now.
+// once applies effect for order unless it was applied before or is
+// barred; it reports whether the effect stands (applied now or before).
 func (l *Ledger) once(effect, order string, apply func()) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	key := effect + " " + order
-	if l.Applied[key] > 0 {
+	if l.Barred[key] {
 		return false
 	}
-	l.Applied[key]++
-	apply()
+	if l.Applied[key] == 0 {
+		l.Applied[key]++
+		apply()
+	}
 	return true
+}
+
+// undo applies compensation, once, if effect was applied for order;
+// otherwise it bars effect and applies nothing (the contract's no-op).
+func (l *Ledger) undo(effect, compensation, order string, apply func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.Applied[effect+" "+order] == 0 {
+		l.Barred[effect+" "+order] = true
+		return
+	}
+	if key := compensation + " " + order; l.Applied[key] == 0 {
+		l.Applied[key]++
+		apply()
+	}
 }
 
 // participantCommand is how a participant reads both of its commands: Avro
@@ -166,10 +191,12 @@ func (p *Participants) handle(ctx context.Context, cmd participantCommand, env s
 		if r, ok := p.poison(o, "inventory", EvInventoryReserved.Type); ok {
 			return r, nil
 		}
-		l.once("reserve", o, func() { l.Reserved[o] = cmd.Quantity })
+		if !l.once("reserve", o, func() { l.Reserved[o] = cmd.Quantity }) {
+			return reply(p, EvInventoryRejected, InventoryRejected{OrderID: o, Reason: "released before it was reserved"})
+		}
 		return reply(p, EvInventoryReserved, InventoryReserved{OrderID: o, SKU: cmd.SKU, Quantity: cmd.Quantity})
 	case EvReleaseInventory.Type:
-		l.once("release", o, func() { l.Released[o] = cmd.Quantity })
+		l.undo("reserve", "release", o, func() { l.Released[o] = l.Reserved[o] })
 		return reply(p, EvInventoryReleased, InventoryReleased{OrderID: o})
 	case EvChargePayment.Type:
 		if hit(o, "decline", p.faults.DeclineRate) {
@@ -178,10 +205,12 @@ func (p *Participants) handle(ctx context.Context, cmd participantCommand, env s
 		if r, ok := p.poison(o, "payment", EvPaymentCharged.Type); ok {
 			return r, nil
 		}
-		l.once("charge", o, func() { l.Charged[o] = cmd.AmountCents })
+		if !l.once("charge", o, func() { l.Charged[o] = cmd.AmountCents }) {
+			return reply(p, EvPaymentDeclined, PaymentDeclined{OrderID: o, Reason: "refunded before it was charged"})
+		}
 		return reply(p, EvPaymentCharged, PaymentCharged{OrderID: o, PaymentID: "pay-" + o, AmountCents: cmd.AmountCents})
 	case EvRefundPayment.Type:
-		l.once("refund", o, func() { l.Refunded[o] = cmd.AmountCents })
+		l.undo("charge", "refund", o, func() { l.Refunded[o] = l.Charged[o] })
 		return reply(p, EvPaymentRefunded, PaymentRefunded{OrderID: o, AmountCents: cmd.AmountCents})
 	case EvScheduleShipment.Type:
 		if p.faults.ShippingSilent {
