@@ -415,13 +415,17 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 	if env.SagaStep == "" {
 		on = statemachine.EventType("start/" + env.Type)
 	}
-	c, known := r.decoders[on]
-	if !known {
-		return r.deadLetter(ctx, b, rec, env, fmt.Errorf("%w: %s %q (step %q)", ErrUnknownEvent, r.saga.name, env.Type, env.SagaStep))
-	}
-	payload, err := c.decode(ctx, rec.Value)
-	if err != nil {
-		return r.deadLetter(ctx, b, rec, env, err)
+	var payload any
+	if env.Type == CancelType {
+		on = CancelEventType
+	} else {
+		c, known := r.decoders[on]
+		if !known {
+			return r.deadLetter(ctx, b, rec, env, fmt.Errorf("%w: %s %q (step %q)", ErrUnknownEvent, r.saga.name, env.Type, env.SagaStep))
+		}
+		if payload, err = c.decode(ctx, rec.Value); err != nil {
+			return r.deadLetter(ctx, b, rec, env, err)
+		}
 	}
 	// The orchestrator's own clock, journaled: deadlines then do not depend
 	// on the sender's clock, and a replay sees the same time.

@@ -130,6 +130,14 @@ func (s *Saga[D]) StartEventType() statemachine.EventType {
 	return statemachine.EventType("start/" + s.start.event.eventType)
 }
 
+// Cancelling a saga from outside: a record of ce_type CancelType on the
+// inbox, with the saga's ID and no value (see CancelRecord), is the
+// state-machine event CancelEventType.
+const (
+	CancelType                             = "sagapipe.Cancel"
+	CancelEventType statemachine.EventType = "cancel"
+)
+
 // ReplyEventType is the state-machine event type of a reply of ceType to
 // step: replies are told apart by the step they answer, so two steps may
 // share a reply type.
@@ -228,6 +236,10 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 		ts = append(ts, timeoutTransitions(step, false, pending, uncertainTo, func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
 			return uncertain(in)
 		})...)
+		// A cancel while the step waits leaves it uncertain too. Once
+		// compensating, or finished, a saga ignores a cancel.
+		ts = append(ts, T{From: pending, On: CancelEventType, To: uncertainTo,
+			Action: func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) { return uncertain(in) }})
 
 		// Every step with a compensation can be compensated: a completed
 		// one when a later step fails, and any one, the last included,

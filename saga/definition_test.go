@@ -339,3 +339,28 @@ func TestMermaid(t *testing.T) {
 		}
 	}
 }
+
+// A cancel while a step waits compensates that step (its command may have
+// been applied) and then the completed ones; a finished saga ignores it.
+func TestCancelCompensatesThePendingStepFirst(t *testing.T) {
+	r := newRunner(t)
+	r.must(r.s.StartEventType(), msg{OrderID: "o-1"})
+	r.must(reply("inventory", inventoryReserved, ""))
+	r.log = nil
+	r.must(saga.CancelEventType, nil)
+	want := []string{"send payment.commands test.RefundPayment#1 refund", "timer payment#1 10s"}
+	if fmt.Sprint(r.log) != fmt.Sprint(want) || r.state != saga.CompensatingState("payment") {
+		t.Fatalf("effects %v state %s; want the pending charge refunded", r.log, r.state)
+	}
+	if err := r.apply(saga.CancelEventType, nil); !errors.Is(err, statemachine.ErrNoTransition) {
+		t.Fatalf("a second cancel: %v, want ErrNoTransition", err)
+	}
+	r.must(reply("payment", paymentRefunded, ""))
+	r.must(reply("inventory", inventoryReleased, ""))
+	if r.state != saga.StateCompensated {
+		t.Fatalf("state %s, want Compensated", r.state)
+	}
+	if err := r.apply(saga.CancelEventType, nil); !errors.Is(err, statemachine.ErrNoTransition) {
+		t.Fatalf("cancel of a finished saga: %v, want ErrNoTransition", err)
+	}
+}

@@ -34,10 +34,12 @@ func Example() {
 	//     payment_Pending --> shipping_Pending : payment/test.PaymentCharged
 	//     payment_Pending --> Compensated : payment/test.PaymentDeclined
 	//     payment_Pending --> payment_Compensating : payment/timeout [current send]
+	//     payment_Pending --> payment_Compensating : cancel
 	//     payment_Compensating --> Compensated : payment/test.PaymentRefunded
 	//     payment_Compensating --> CompensationFailed : payment/compensation-timeout [current send]
 	//     shipping_Pending --> Completed : shipping/test.ShipmentScheduled
 	//     shipping_Pending --> payment_Compensating : shipping/timeout [current send]
+	//     shipping_Pending --> payment_Compensating : cancel
 	//     Completed --> [*]
 	//     Compensated --> [*]
 	//     CompensationFailed --> [*]

@@ -152,6 +152,9 @@ func (c *codecs) payload(ctx context.Context, sagaName string, entry JournalEntr
 	if entry.TimerStep != "" {
 		return TimerFired{Step: entry.TimerStep, Attempt: int(entry.TimerAttempt)}, nil
 	}
+	if entry.EventType == string(CancelEventType) {
+		return nil, nil
+	}
 	d, ok := c.decoders[statemachine.EventType(entry.EventType)]
 	if !ok {
 		return nil, fmt.Errorf("event type %q is not part of saga %s (was the definition changed?)", entry.EventType, sagaName)

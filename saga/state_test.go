@@ -403,3 +403,44 @@ func TestARestoreDoesNotHoldUpTheOtherPartitions(t *testing.T) {
 	e.start(on[1])
 	waitFor(t, "partition 1's saga at inventory", func() bool { return inventory.count(reserveInventory.Type+" "+on[1]) == 1 })
 }
+
+// A cancel from outside compensates a saga that waits on a silent step,
+// that step first; a cancel for an unknown saga is dead-lettered; a cancel
+// for a finished one is journaled as ignored.
+func TestCancelRecordCompensatesAWaitingSaga(t *testing.T) {
+	e := newEnv(t, 1)
+	inventory := e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{
+		reserveInventory.Type: always(inventoryReserved), releaseInventory.Type: always(inventoryReleased)})
+	silent := func(string) *saga.EventDef[msg] { return nil }
+	payment := e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{
+		chargePayment.Type: silent, refundPayment.Type: always(paymentRefunded)})
+	done := newFinished()
+	dead := make(chan struct{}, 10)
+	e.runtime(done, deadHook(func() { dead <- struct{}{} }))
+	e.start("o-1")
+	waitFor(t, "the charge", func() bool { return payment.count(chargePayment.Type+" o-1") == 1 })
+	ctx := context.Background()
+	if err := e.client().ProduceSync(ctx, saga.CancelRecord("orders", "o-1", "test")).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	if got := done.wait(t, 1)["o-1"]; got != saga.StateCompensated {
+		t.Fatalf("o-1 ended %s, want Compensated", got)
+	}
+	if payment.count(refundPayment.Type+" o-1") != 1 || inventory.count(releaseInventory.Type+" o-1") != 1 {
+		t.Fatalf("refunds %d, releases %d: want one each", payment.count(refundPayment.Type+" o-1"), inventory.count(releaseInventory.Type+" o-1"))
+	}
+	before := len(e.journalOf("o-1"))
+	if err := e.client().ProduceSync(ctx, saga.CancelRecord("orders", "o-1", "test"), saga.CancelRecord("orders", "nobody", "test")).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-dead:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the cancel of an unknown saga was not dead-lettered")
+	}
+	waitFor(t, "the second cancel journaled", func() bool { return len(e.journalOf("o-1")) > before })
+	if late := e.journalOf("o-1")[before]; late.EventType != string(saga.CancelEventType) || late.Outcome != saga.OutcomeIgnored {
+		t.Fatalf("journaled %+v, want the cancel ignored", late)
+	}
+	checkJournal(t, e.journal())
+}

@@ -41,6 +41,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if code := parseFlags(fs, args, stderr); code >= 0 {
 		return code
 	}
+	if code := sf.parsed("demo", stderr); code >= 0 {
+		return code
+	}
 	problems := atLeastOne(nil, map[string]int{"--orders": *n, "--concurrency": *concurrency, "--partitions": *partitions})
 	if *stepTimeout <= 0 {
 		problems = append(problems, fmt.Errorf("--step-timeout %v: must be positive", *stepTimeout))

@@ -26,11 +26,18 @@ func (f *stackFlags) register(fs *flag.FlagSet, kafkaPort, registryPort int) {
 	fs.DurationVar(&f.compactionInterval, "compaction-interval", devstack.DefaultCompactionInterval, "how often the embedded Kafka compacts the state topics")
 }
 
+// parsed checks the flags' values once fs has parsed them: 2 (usage) when
+// one is refused, -1 when all are fine.
+func (f *stackFlags) parsed(name string, stderr io.Writer) int {
+	if f.compactionInterval < 0 {
+		fmt.Fprintf(stderr, "orchestrator %s: --compaction-interval %v: want a positive duration\n", name, f.compactionInterval)
+		return 2
+	}
+	return -1
+}
+
 // start starts the stack; a busy port's error names the flag that moves it.
 func (f *stackFlags) start() (*devstack.Stack, error) {
-	if f.compactionInterval < 0 {
-		return nil, fmt.Errorf("--compaction-interval %v: want a positive duration", f.compactionInterval)
-	}
 	s, err := devstack.Start(devstack.Config{KafkaPort: f.kafkaPort, RegistryPort: f.registryPort, DataDir: f.dataDir,
 		CompactionInterval: f.compactionInterval})
 	var busy *devstack.PortInUseError
@@ -57,6 +64,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var sf stackFlags
 	sf.register(fs, 9092, 8081)
 	if code := parseFlags(fs, args, stderr); code >= 0 {
+		return code
+	}
+	if code := sf.parsed("dev", stderr); code >= 0 {
 		return code
 	}
 	stack, err := sf.start()

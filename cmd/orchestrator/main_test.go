@@ -112,6 +112,8 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown command", []string{"nope"}, `unknown command "nope"`},
 		{"bad flag values", []string{"smoke", "--count", "0", "--partitions", "0"}, "--partitions"},
 		{"stray argument", []string{"dev", "extra"}, "unexpected arguments"},
+		{"cancel without an ID", []string{"saga", "cancel", "orders"}, "want 2 argument(s)"},
+		{"negative compaction interval", []string{"dev", "--compaction-interval", "-1s"}, "--compaction-interval"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -26,12 +26,15 @@ func runSaga(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return sagaShow(ctx, args[1:], stdout, stderr)
 		case "list":
 			return sagaList(ctx, args[1:], stdout, stderr)
+		case "cancel":
+			return sagaCancel(ctx, args[1:], stdout, stderr)
 		}
 	}
 	fmt.Fprintln(stderr, `usage:
   orchestrator saga show  [flags] <saga> <id>   its state and journal
   orchestrator saga list  [flags] <saga>        every saga in the state topic (live, or closed within the retention) with its state (--state to filter)
-  orchestrator saga trace [flags] <saga> <id>   its journal with trace/span IDs, and its spans from Jaeger (--jaeger)`)
+  orchestrator saga trace [flags] <saga> <id>   its journal with trace/span IDs, and its spans from Jaeger (--jaeger)
+  orchestrator saga cancel [flags] <saga> <id>  cancel it: a saga waiting on a step is compensated, that step first`)
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
 		return 0
 	}
@@ -209,4 +212,29 @@ func writeTimeline(w io.Writer, name, id string, entries []saga.JournalEntry) []
 	}
 	tw.Flush()
 	return traces
+}
+
+// sagaCancel produces a cancel for a saga to its inbox.
+func sagaCancel(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("saga cancel", flag.ContinueOnError)
+	var cf clusterFlags
+	cf.register(fs)
+	pos, code := parseInterspersed(fs, args, 2, stderr)
+	if code >= 0 {
+		return code
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cf.brokerList()...))
+	if err != nil {
+		fmt.Fprintf(stderr, "orchestrator saga cancel: %v\n", err)
+		return 1
+	}
+	defer cl.Close()
+	rec := saga.CancelRecord(pos[0], pos[1], "sagapipe/cli")
+	if err := cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
+		fmt.Fprintf(stderr, "orchestrator saga cancel: producing to %s: %v\n", rec.Topic, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "cancel of %s %q sent to %s/%d; 'orchestrator saga show %s %s' shows what it did\n",
+		pos[0], pos[1], rec.Topic, rec.Partition, pos[0], pos[1])
+	return 0
 }

@@ -41,6 +41,7 @@ func (s *Service) routes() http.Handler {
 	mux.Handle("GET /metrics", s.tel.MetricsHandler())
 	mux.HandleFunc("GET /api/sagas/{name}/{id}", s.getSaga)
 	mux.Handle("POST /api/sagas/{name}", s.authorized(http.HandlerFunc(s.startSaga)))
+	mux.Handle("POST /api/sagas/{name}/{id}/cancel", s.authorized(http.HandlerFunc(s.cancelSaga)))
 	return mux
 }
 
@@ -213,4 +214,35 @@ func (s *Service) startSaga(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.InfoContext(pctx, "saga start requested", "saga_name", name, "saga_id", id, "correlation_id", id)
 	writeJSON(w, http.StatusAccepted, Started{Saga: name, ID: id, EventID: env.ID, Status: "/api/sagas/" + name + "/" + id})
+}
+
+// Cancelled is the answer to POST /api/sagas/{name}/{id}/cancel.
+type Cancelled struct {
+	Saga    string `json:"saga"`
+	ID      string `json:"id"`
+	EventID string `json:"event_id"`
+	Status  string `json:"status_url"`
+}
+
+// cancelSaga produces a cancel for the saga to its inbox: a saga waiting on
+// a step is compensated, a finished one ignores it (see saga.CancelRecord).
+func (s *Service) cancelSaga(w http.ResponseWriter, r *http.Request) {
+	name, id := r.PathValue("name"), r.PathValue("id")
+	if _, ok := s.sagas[name]; !ok {
+		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no saga named %q is registered", name)})
+		return
+	}
+	rec := saga.CancelRecord(name, id, "sagapipe/api")
+	ctx := r.Context()
+	tracer := telemetry.Tracer(s.tel.TracerProvider())
+	pctx, span := telemetry.StartPublish(trace.ContextWithSpanContext(ctx, trace.SpanContext{}), tracer, s.tel.Propagator(), rec)
+	err := s.producer.ProduceSync(pctx, rec).FirstErr()
+	telemetry.EndPublish(span, rec, err)
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "producing the cancel: " + err.Error()})
+		return
+	}
+	eventID, _ := schema.Header(rec.Headers, schema.HeaderID)
+	s.log.InfoContext(pctx, "saga cancel requested", "saga_name", name, "saga_id", id, "correlation_id", id)
+	writeJSON(w, http.StatusAccepted, Cancelled{Saga: name, ID: id, EventID: eventID, Status: "/api/sagas/" + name + "/" + id})
 }

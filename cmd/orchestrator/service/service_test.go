@@ -224,6 +224,33 @@ func TestServiceAPIEndToEnd(t *testing.T) {
 		t.Fatalf("/metrics: %d %v", code, body)
 	}
 
+	// A cancel needs the token; o-1 has finished, so it is journaled as
+	// ignored.
+	if code, body := do(t, "POST", base+"/api/sagas/orders/o-1/cancel", "", ""); code != 401 {
+		t.Fatalf("cancel without the token: %d %v", code, body)
+	}
+	if code, body := do(t, "POST", base+"/api/sagas/refunds/o-1/cancel", token, ""); code != 404 {
+		t.Fatalf("cancel of an unknown saga: %d %v", code, body)
+	}
+	if code, body := do(t, "POST", base+"/api/sagas/orders/o-1/cancel", token, ""); code != 202 || body["event_id"] == "" {
+		t.Fatalf("cancel: %d %v", code, body)
+	}
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		_, status = do(t, "GET", base+"/api/sagas/orders/o-1", "", "")
+		history, _ := status["history"].([]any)
+		if len(history) == 5 {
+			if last := history[4].(map[string]any); last["event"] != "cancel" || last["outcome"] != "ignored" || status["state"] != "Completed" {
+				t.Fatalf("after the cancel: %v", status)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the cancel was not journaled: %v", status)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
 	err, took := svc.stop()
 	if err != nil {
 		t.Fatalf("Run after shutdown: %v", err)
