@@ -75,11 +75,14 @@ func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches
 		return err
 	}
 	r.observeLag(fetches)
+	r.batchMu.Lock()
+	defer r.batchMu.Unlock()
 	due := r.dueTimers()
 	pending := r.takePending()
 	if fetches.NumRecords() == 0 && len(due) == 0 && len(pending) == 0 {
 		return nil
 	}
+	owned := r.owned()
 
 	b := &batch[D]{changed: map[int32]map[string]*sagaRecord[D]{}, journaled: map[*sagaRecord[D]]bool{},
 		pending: pending, changes: map[int32][]change{}, commands: map[string][]pipe.Message{}}
@@ -99,6 +102,9 @@ func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches
 		}
 		if err == nil {
 			err = r.snapshot(ctx, b)
+		}
+		if err == nil {
+			err = r.stillOwned(owned)
 		}
 		if err != nil {
 			return err
@@ -153,6 +159,31 @@ func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches
 			for _, d := range b.dead {
 				h.OnDeadLettered(d.rec, d.f)
 			}
+		}
+	}
+	return nil
+}
+
+// errPartitionMoved aborts a batch during which a partition it holds work
+// of was lost (and perhaps assigned again, to be restored anew): the batch
+// comes again once the partition is restored.
+var errPartitionMoved = fmt.Errorf("%w: a partition was lost during the batch", pipe.ErrAborted)
+
+// owned returns the partitions owned now, as the batch starts.
+func (r *Runtime[D]) owned() map[int32]*partitionState[D] {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.parts)
+}
+
+// stillOwned reports errPartitionMoved if a partition owned when the
+// batch started is no longer owned as it was.
+func (r *Runtime[D]) stillOwned(owned map[int32]*partitionState[D]) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for p, ps := range owned {
+		if r.parts[p] != ps {
+			return errPartitionMoved
 		}
 	}
 	return nil

@@ -151,6 +151,10 @@ func (r *Runtime[D]) restoreRetrying(ctx context.Context, p int32, pst *partitio
 // restore brings partition p's store up to the state topic and loads the
 // open sagas into got.
 func (r *Runtime[D]) restore(ctx context.Context, p int32, pst *partitionStore, got *restored[D]) error {
+	// A batch in flight may hold work of p from before it was lost: let
+	// it end (commit or abort) before reading what it may have written.
+	r.batchMu.Lock()
+	r.batchMu.Unlock() // a barrier: nothing to guard, only a batch to wait for
 	pst.mu.Lock()
 	defer pst.mu.Unlock()
 	if pst.st == nil {

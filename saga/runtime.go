@@ -153,6 +153,11 @@ type Runtime[D any] struct {
 	stopBackground context.CancelFunc
 	closeOnce      sync.Once
 
+	// batchMu is held by a batch from taking its timers until what it
+	// committed is installed: a restore starts only after the batch in
+	// flight has ended, so that it reads what that batch wrote.
+	batchMu sync.Mutex
+
 	mu    sync.Mutex // guards what follows against the rebalance callbacks and restores
 	parts map[int32]*partitionState[D]
 	// stores stay open once opened, owned or not: a partition assigned
