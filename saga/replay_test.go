@@ -70,16 +70,8 @@ func TestRecordedJournalsReplayToTheLiveState(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(data, "registry", "registry.journal"), registryLog, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	stack, err := devstack.Start(devstack.Config{DataDir: data})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stack.Close()
-	serde, err := schema.NewSerde(stack.RegistryURL(), schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := ordersSaga(t)
+	e := newEnvWith(t, 1, devstack.Config{DataDir: data})
+	s, serde := e.saga, e.serde
 	for name, want := range replayWants {
 		t.Run(name, func(t *testing.T) {
 			raw, err := os.ReadFile(filepath.Join(dir, name+".json"))

@@ -477,13 +477,6 @@ func benchInFlight(ctx context.Context, n int, partitions int32, stderr io.Write
 		}
 		return nil
 	}
-	heap := func() uint64 {
-		runtime.GC()
-		runtime.GC()
-		var m runtime.MemStats
-		runtime.ReadMemStats(&m)
-		return m.HeapAlloc
-	}
 	const warm = 500 // clients, codecs, caches and maps warmed up before measuring
 	if err := place(0, warm); err != nil {
 		return 0, err
@@ -491,14 +484,14 @@ func benchInFlight(ctx context.Context, n int, partitions int32, stderr io.Write
 	if err := waitHeld(warm); err != nil {
 		return 0, err
 	}
-	before := heap()
+	before := liveHeap()
 	if err := place(warm, warm+n); err != nil {
 		return 0, err
 	}
 	if err := waitHeld(warm + n); err != nil {
 		return 0, err
 	}
-	after := heap()
+	after := liveHeap()
 	return float64(int64(after)-int64(before)) / float64(n), nil
 }
 

@@ -204,10 +204,7 @@ func (s *Service) startSaga(w http.ResponseWriter, r *http.Request) {
 	env := schema.NewEnvelope(ceType, "sagapipe/api", time.Now())
 	env.SagaID, env.CorrelationID = id, id
 	rec := &kgo.Record{Topic: inbox, Key: []byte(id), Value: value, Headers: env.Apply(nil)}
-	tracer := telemetry.Tracer(s.tel.TracerProvider())
-	pctx, span := telemetry.StartPublish(trace.ContextWithSpanContext(ctx, trace.SpanContext{}), tracer, s.tel.Propagator(), rec)
-	err = s.producer.ProduceSync(pctx, rec).FirstErr()
-	telemetry.EndPublish(span, rec, err)
+	pctx, err := s.publish(ctx, rec)
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "producing the start event: " + err.Error()})
 		return
@@ -233,11 +230,7 @@ func (s *Service) cancelSaga(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec := saga.CancelRecord(name, id, "sagapipe/api")
-	ctx := r.Context()
-	tracer := telemetry.Tracer(s.tel.TracerProvider())
-	pctx, span := telemetry.StartPublish(trace.ContextWithSpanContext(ctx, trace.SpanContext{}), tracer, s.tel.Propagator(), rec)
-	err := s.producer.ProduceSync(pctx, rec).FirstErr()
-	telemetry.EndPublish(span, rec, err)
+	pctx, err := s.publish(r.Context(), rec)
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "producing the cancel: " + err.Error()})
 		return
@@ -245,4 +238,14 @@ func (s *Service) cancelSaga(w http.ResponseWriter, r *http.Request) {
 	eventID, _ := schema.Header(rec.Headers, schema.HeaderID)
 	s.log.InfoContext(pctx, "saga cancel requested", "saga_name", name, "saga_id", id, "correlation_id", id)
 	writeJSON(w, http.StatusAccepted, Cancelled{Saga: name, ID: id, EventID: eventID, Status: "/api/sagas/" + name + "/" + id})
+}
+
+// publish produces rec in a publish span of its own, the root of a new
+// trace (a request is no saga's message), and returns the span's context.
+func (s *Service) publish(ctx context.Context, rec *kgo.Record) (context.Context, error) {
+	tracer := telemetry.Tracer(s.tel.TracerProvider())
+	pctx, span := telemetry.StartPublish(trace.ContextWithSpanContext(ctx, trace.SpanContext{}), tracer, s.tel.Propagator(), rec)
+	err := s.producer.ProduceSync(pctx, rec).FirstErr()
+	telemetry.EndPublish(span, rec, err)
+	return pctx, err
 }
