@@ -11,7 +11,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -106,6 +108,9 @@ func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches
 		if err == nil {
 			err = r.stillOwned(owned)
 		}
+		if err == nil && fetches.NumRecords() == 0 {
+			err = r.stillMember(ctx, owned)
+		}
 		if err != nil {
 			return err
 		}
@@ -127,6 +132,14 @@ func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches
 	if !committed {
 		if shutdown.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, errNotMember) {
+			// The group is settling who owns what: let it, briefly,
+			// rather than retry the timers at once.
+			select {
+			case <-shutdown.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
 		}
 		if errors.Is(err, pipe.ErrAborted) {
 			return nil // rewound: the batch comes again
@@ -187,6 +200,53 @@ func (r *Runtime[D]) stillOwned(owned map[int32]*partitionState[D]) error {
 		}
 	}
 	return nil
+}
+
+// errNotMember aborts a batch of timers or snapshots alone when this
+// instance may no longer own the partitions it writes.
+var errNotMember = fmt.Errorf("%w: not (or no longer) a stable member owning the partitions", pipe.ErrAborted)
+
+// stillMember checks with the group's coordinator that this instance is a
+// member of the stable group and is assigned every partition it holds work
+// of. A batch that consumed records needs no such check: committing their
+// offsets in the transaction fences a member that lost its partitions
+// (KIP-447). A batch of timers or snapshots alone commits no offsets, and
+// kgo ends it unfenced, so a member that lost its partitions without
+// knowing it yet would write over their new owner's restore.
+func (r *Runtime[D]) stillMember(ctx context.Context, owned map[int32]*partitionState[D]) error {
+	memberID, _ := r.sess.Client().GroupMetadata()
+	groups, err := kadm.NewClient(r.sess.Client()).DescribeGroups(ctx, r.cfg.Group)
+	if err != nil {
+		return fmt.Errorf("%w (%w)", errNotMember, err)
+	}
+	g, ok := groups[r.cfg.Group]
+	if !ok || g.Err != nil || g.State != "Stable" {
+		return errNotMember
+	}
+	for _, m := range g.Members {
+		if m.MemberID != memberID {
+			continue
+		}
+		c, ok := m.Assigned.AsConsumer()
+		if !ok {
+			return errNotMember
+		}
+		assigned := map[int32]bool{}
+		for _, t := range c.Topics {
+			if t.Topic == r.saga.InboxTopic() {
+				for _, p := range t.Partitions {
+					assigned[p] = true
+				}
+			}
+		}
+		for p := range owned {
+			if !assigned[p] {
+				return errNotMember
+			}
+		}
+		return nil
+	}
+	return errNotMember
 }
 
 // takePending returns the restored partitions' snapshots to write and
