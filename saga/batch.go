@@ -538,7 +538,7 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 		s = newSagaRecord[D](id, env.CorrelationID, t, at)
 		r.keep(b, rec.Partition, s)
 	}
-	if s.seen[env.ID] {
+	if s.saw(env.ID) {
 		if recording {
 			span.SetAttributes(attribute.Bool("sagapipe.duplicate", true))
 		}

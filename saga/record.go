@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"maps"
+	"slices"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -23,6 +25,11 @@ type sagaRecord[D any] struct {
 	state       statemachine.State
 	inst        Instance[D]
 	seen        map[string]bool // ce_ids already journaled
+	// seenDigests are the digests of the ce_ids a closed marker's saga
+	// journaled (its snapshot keeps no ce_ids, to stay small): a copy of
+	// one is dropped. A false match could only drop an event the closed
+	// saga would ignore anyway.
+	seenDigests []uint64
 	timer       *pendingTimer
 	// span is the span that last changed the saga: the parent of its
 	// timers' spans, so that a timeout stays in the saga's trace.
@@ -58,7 +65,38 @@ func (r *sagaRecord[D]) closed() bool {
 func (r *sagaRecord[D]) clone() *sagaRecord[D] {
 	c := *r
 	c.seen = maps.Clone(r.seen)
+	c.seenDigests = slices.Clone(r.seenDigests)
 	return &c
+}
+
+// saw tells whether the saga journaled the event with ce_id id.
+func (r *sagaRecord[D]) saw(id string) bool {
+	if r.seen[id] {
+		return true
+	}
+	if len(r.seenDigests) == 0 {
+		return false
+	}
+	_, found := slices.BinarySearch(r.seenDigests, seenDigest(id))
+	return found
+}
+
+// allSeenDigests returns the sorted digests of every ce_id the saga
+// journaled: a closed marker's Seen.
+func (r *sagaRecord[D]) allSeenDigests() []uint64 {
+	d := slices.Clone(r.seenDigests)
+	for id := range r.seen {
+		d = append(d, seenDigest(id))
+	}
+	slices.Sort(d)
+	return slices.Compact(d)
+}
+
+// seenDigest is the 64-bit FNV-1a hash of a ce_id.
+func seenDigest(id string) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(id))
+	return h.Sum64()
 }
 
 func newSagaRecord[D any](id, correlation string, t time.Time, at journalPosition) *sagaRecord[D] {

@@ -31,8 +31,10 @@ var ErrSnapshot = errors.New("saga: unusable snapshot")
 // live sagas instead of their journals.
 //
 // A finished saga's snapshot is a closed marker: Closed is set and Data,
-// Completed and Timer are empty; Seen is kept, so that a copy of an event
-// it applied is still dropped as a duplicate. It stays until
+// Completed, Timer and Seen are empty; SeenDigests holds 64-bit digests of
+// the ce_ids it journaled, so that a copy of one is still dropped while a
+// marker costs the restore of a fresh machine about 150 bytes (a false
+// match could only drop an event a closed saga ignores). It stays until
 // ClosedRetention after Since (when the saga closed), when a tombstone
 // removes it.
 type Snapshot struct {
@@ -61,6 +63,9 @@ type Snapshot struct {
 	// entries are: that partition, at or after that offset.
 	JournalPartition int32 `avro:"journal_partition"`
 	JournalOffset    int64 `avro:"journal_offset"`
+	// SeenDigests are a closed marker's digests of Seen (64-bit FNV-1a of
+	// each ce_id, sorted).
+	SeenDigests []int64 `avro:"seen_digests"`
 }
 
 // SnapshotTimer is a saga's pending deadline.
@@ -92,7 +97,8 @@ const SnapshotSchema = `{"type":"record","name":"SagaSnapshot","namespace":"saga
  {"name":"since","type":{"type":"long","logicalType":"timestamp-micros"}},
  {"name":"traceparent","type":"string","default":""},
  {"name":"journal_partition","type":"int"},
- {"name":"journal_offset","type":"long"}
+ {"name":"journal_offset","type":"long"},
+ {"name":"seen_digests","type":{"type":"array","items":"long"},"default":[]}
 ]}`
 
 // Headers of a state record: what a restore needs to index a snapshot
@@ -146,8 +152,13 @@ func (c *snapshots[D]) register(ctx context.Context) error {
 func (c *snapshots[D]) encode(ctx context.Context, s *sagaRecord[D], closed bool) ([]byte, error) {
 	snap := Snapshot{Version: SnapshotVersion, SagaID: s.id, CorrelationID: s.correlation, State: string(s.state),
 		Closed: closed, Started: s.started, Since: s.since, JournalPartition: s.journal.partition,
-		JournalOffset: s.journal.offset, Completed: []string{}, Seen: slices.Sorted(maps.Keys(s.seen))}
-	if !closed {
+		JournalOffset: s.journal.offset, Completed: []string{}, Seen: []string{}, SeenDigests: []int64{}}
+	if closed {
+		for _, d := range s.allSeenDigests() {
+			snap.SeenDigests = append(snap.SeenDigests, int64(d))
+		}
+	} else {
+		snap.Seen = slices.Sorted(maps.Keys(s.seen))
 		data, err := c.data.Encode(ctx, c.topic, &s.inst.Data)
 		if err != nil {
 			return nil, fmt.Errorf("encode the data of saga %s: %w", s.id, err)
@@ -190,6 +201,10 @@ func (c *snapshots[D]) decode(ctx context.Context, value []byte) (*sagaRecord[D]
 	for _, id := range snap.Seen {
 		s.seen[id] = true
 	}
+	for _, d := range snap.SeenDigests {
+		s.seenDigests = append(s.seenDigests, uint64(d))
+	}
+	slices.Sort(s.seenDigests) // sorted when written; a reader relies on nothing
 	if snap.Closed {
 		return s, nil
 	}
