@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+	"unsafe"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -288,6 +289,7 @@ func (r *Runtime[D]) restoreStore(ctx context.Context, st *store, p int32, from 
 		next    int64
 	}
 	chunks := make(chan chunk, 1)
+	free := make(chan []change, 2) // written chunks' slices, for the next ones
 	written := make(chan error, 1)
 	go func() {
 		var err error
@@ -298,6 +300,11 @@ func (r *Runtime[D]) restoreStore(ctx context.Context, st *store, p int32, from 
 				err = st.write(nil, c.next) // the checkpoint alone
 			default:
 				err = write(c.changes, c.next)
+			}
+			clear(c.changes)
+			select {
+			case free <- c.changes[:0]:
+			default:
 			}
 		}
 		written <- err
@@ -313,7 +320,11 @@ func (r *Runtime[D]) restoreStore(ctx context.Context, st *store, p int32, from 
 		next = rec.Offset + 1
 		if len(changes) == size {
 			chunks <- chunk{changes, next}
-			changes = make([]change, 0, size)
+			select {
+			case changes = <-free:
+			default:
+				changes = make([]change, 0, size)
+			}
 		}
 		return nil
 	})
@@ -322,7 +333,7 @@ func (r *Runtime[D]) restoreStore(ctx context.Context, st *store, p int32, from 
 	}
 	close(chunks)
 	werr := <-written
-	st.opened = nil
+	st.endRestore()
 	if err != nil {
 		return fmt.Errorf("restoring from %s: %w", r.saga.StateTopic(), err)
 	}
@@ -330,9 +341,12 @@ func (r *Runtime[D]) restoreStore(ctx context.Context, st *store, p int32, from 
 }
 
 // stateChange reads what a state record does to the store from its key
-// and headers; the snapshot itself is decoded when it is needed.
+// and headers; the snapshot itself is decoded when it is needed. It
+// allocates nothing: a fresh machine's restore reads millions of records.
+// The change's ID and value share the fetched record's memory, which
+// nothing writes to once it is fetched.
 func stateChange(rec *kgo.Record) (change, error) {
-	c := change{id: string(rec.Key), value: rec.Value}
+	c := change{id: unsafe.String(unsafe.SliceData(rec.Key), len(rec.Key)), value: rec.Value}
 	if c.id == "" {
 		return c, errors.New("a state record without a key (was something else written to the state topic?)")
 	}
@@ -342,19 +356,41 @@ func stateChange(rec *kgo.Record) (change, error) {
 	for _, h := range rec.Headers {
 		switch h.Key {
 		case HeaderSnapshotKind:
-			c.kind = string(h.Value)
+			switch string(h.Value) {
+			case snapshotOpen:
+				c.kind = snapshotOpen
+			case snapshotClosed:
+				c.kind = snapshotClosed
+			default:
+				return c, fmt.Errorf("snapshot of %q: header %s is %q, not %q or %q", c.id, HeaderSnapshotKind, h.Value, snapshotOpen, snapshotClosed)
+			}
 		case HeaderClosedAt:
-			ms, err := strconv.ParseInt(string(h.Value), 10, 64)
-			if err != nil {
+			ms, ok := unixMillis(h.Value)
+			if !ok {
 				return c, fmt.Errorf("snapshot of %q: header %s=%q is not Unix milliseconds", c.id, HeaderClosedAt, h.Value)
 			}
 			c.closedAt = time.UnixMilli(ms)
 		}
 	}
-	if c.kind != snapshotOpen && c.kind != snapshotClosed {
-		return c, fmt.Errorf("snapshot of %q: header %s is %q, not %q or %q", c.id, HeaderSnapshotKind, c.kind, snapshotOpen, snapshotClosed)
+	if c.kind == "" {
+		return c, fmt.Errorf("snapshot of %q: no header %s (was something else written to the state topic?)", c.id, HeaderSnapshotKind)
 	}
 	return c, nil
+}
+
+// unixMillis parses a header's decimal Unix milliseconds.
+func unixMillis(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 18 {
+		return 0, false
+	}
+	var ms int64
+	for _, d := range b {
+		if d < '0' || d > '9' {
+			return 0, false
+		}
+		ms = ms*10 + int64(d-'0')
+	}
+	return ms, true
 }
 
 // rebuildFromJournal folds journal partition p into its sagas, for a

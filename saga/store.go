@@ -1,6 +1,7 @@
 package saga
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -14,7 +15,6 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
-	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
 	"github.com/cockroachdb/pebble/v2/sstable"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
@@ -41,10 +41,23 @@ type store struct {
 	opts *pebble.Options
 	dir  string
 	// ingested numbers the tables ingest wrote; opened holds the sagas an
-	// ingest set open, for which a later one must delete the open entry.
+	// ingest set open, for which a later one must delete the open entry;
+	// arena and ops are ingest's buffers, kept from one call to the next
+	// of a restore (endRestore drops them).
 	ingested int
 	opened   map[string]bool
+	arena    []byte
+	ops      []op
 }
+
+// op is one key of a table ingest writes.
+type op struct {
+	key, value []byte
+	del        bool
+}
+
+// endRestore drops what ingest kept between its calls.
+func (s *store) endRestore() { s.opened, s.arena, s.ops = nil, nil, nil }
 
 var (
 	keyCheckpoint = []byte("m/checkpoint")
@@ -208,39 +221,60 @@ func (s *store) ingest(changes []change, next int64) error {
 	if s.opened == nil {
 		s.opened = map[string]bool{}
 	}
-	type op struct {
-		key, value []byte
-		del        bool
-	}
-	ops := make([]op, 0, 2*len(changes))
+	ops := s.ops[:0]
+	// Keys and values are carved from one buffer per call: a restore
+	// stages millions of them, and small allocations cost it more than
+	// the table it writes.
+	size := 0
 	for _, c := range changes {
-		open, closed := key(prefixOpen, c.id), key(prefixClosed, c.id)
+		size += 2*(len(prefixOpen)+len(c.id)) + 8 + len(c.value)
+	}
+	if cap(s.arena) < size {
+		s.arena = make([]byte, 0, size)
+	}
+	arena := s.arena[:0]
+	carve := func(parts ...[]byte) []byte {
+		start := len(arena)
+		for _, b := range parts {
+			arena = append(arena, b...)
+		}
+		return arena[start:len(arena):len(arena)]
+	}
+	keyOf := func(prefix []byte, id string) []byte {
+		start := len(arena)
+		arena = append(append(arena, prefix...), id...)
+		return arena[start:len(arena):len(arena)]
+	}
+	var at [8]byte
+	for _, c := range changes {
 		switch c.kind {
 		case snapshotOpen:
-			ops = append(ops, op{key: open, value: c.value}, op{key: closed, del: true})
+			ops = append(ops, op{key: keyOf(prefixOpen, c.id), value: c.value}, op{key: keyOf(prefixClosed, c.id), del: true})
 			s.opened[c.id] = true
 		case snapshotClosed:
 			// Most markers are of sagas that closed before the log's
 			// start (compaction kept their last record only): there is no
 			// open entry to delete.
 			if s.opened[c.id] {
-				ops = append(ops, op{key: open, del: true})
+				ops = append(ops, op{key: keyOf(prefixOpen, c.id), del: true})
 				delete(s.opened, c.id)
 			}
-			ops = append(ops, op{key: closed, value: closedValue(c)})
+			binary.BigEndian.PutUint64(at[:], uint64(c.closedAt.UnixMilli()))
+			ops = append(ops, op{key: keyOf(prefixClosed, c.id), value: carve(at[:], c.value)})
 		default:
-			ops = append(ops, op{key: open, del: true}, op{key: closed, del: true})
+			ops = append(ops, op{key: keyOf(prefixOpen, c.id), del: true}, op{key: keyOf(prefixClosed, c.id), del: true})
 		}
 	}
 	// Sorted by key, the last change of a key winning.
 	slices.SortStableFunc(ops, func(a, b op) int { return bytes.Compare(a.key, b.key) })
+	s.ops, s.arena = ops[:0], arena[:0]
 	path := filepath.Join(s.dir, fmt.Sprintf("restore-%06d.sst", s.ingested))
 	s.ingested++
 	f, err := vfs.Default.Create(path, vfs.WriteCategoryUnspecified)
 	if err != nil {
 		return fmt.Errorf("state store %s: %w", s.dir, err)
 	}
-	w := sstable.NewWriter(objstorageprovider.NewFileWritable(f), s.opts.MakeWriterOptions(0, s.db.TableFormat()))
+	w := sstable.NewWriter(newTableFile(f), s.opts.MakeWriterOptions(0, s.db.TableFormat()))
 	for i, o := range ops {
 		if i+1 < len(ops) && bytes.Equal(o.key, ops[i+1].key) {
 			continue // shadowed
@@ -264,6 +298,30 @@ func (s *store) ingest(changes []change, next int64) error {
 	_ = os.Remove(path) // ingest links it into the store
 	return s.write(nil, next)
 }
+
+// tableFile is where ingest writes a table: pebble's own file writer
+// buffers 4 KiB (a system call per block); a restore writes tens of MiB.
+type tableFile struct {
+	f  vfs.File
+	bw *bufio.Writer
+}
+
+func newTableFile(f vfs.File) *tableFile { return &tableFile{f: f, bw: bufio.NewWriterSize(f, 1<<20)} }
+
+func (t *tableFile) Write(p []byte) error {
+	_, err := t.bw.Write(p)
+	return err
+}
+
+func (t *tableFile) Finish() error {
+	err := t.bw.Flush()
+	if err == nil {
+		err = t.f.Sync()
+	}
+	return errors.Join(err, t.f.Close())
+}
+
+func (t *tableFile) Abort() { _ = t.f.Close() }
 
 func closedValue(c change) []byte {
 	v := make([]byte, 8+len(c.value))

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"strconv"
 	"testing"
 	"time"
 
@@ -106,6 +107,9 @@ func FuzzStateChange(f *testing.F) {
 		}
 		if c.id != string(key) || (value != nil && c.kind != snapshotOpen && c.kind != snapshotClosed) || (value == nil && c.kind != "") {
 			t.Fatalf("stateChange(%q, %q, %q) = %+v", key, kind, closedAt, c)
+		}
+		if ms, perr := strconv.ParseInt(closedAt, 10, 64); c.kind == snapshotClosed && (perr != nil || c.closedAt.UnixMilli() != ms) {
+			t.Fatalf("stateChange(%q, %q, %q) closed at %v, want %q", key, kind, closedAt, c.closedAt, closedAt)
 		}
 	})
 }

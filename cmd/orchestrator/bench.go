@@ -100,7 +100,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	inFlight := fs.Int("in-flight", 10000, "sagas held in flight for the memory measurement")
 	out := fs.String("out", "bench-results.json", "where to write the results as JSON (empty: nowhere)")
 	skipMemory := fs.Bool("skip-memory", false, "skip the in-flight memory measurement (it starts the broker and participants as processes)")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the throughput run to this file (go tool pprof)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the throughput run to this file (go tool pprof); with --only recovery, of the fresh takeover")
 	recoveryHistory := fs.Int("recovery-history", 1_000_000, "closed sagas in the recovery scenario's history")
 	recoveryBaseline := fs.Int("recovery-baseline", 10_000, "closed sagas in the recovery scenario's short-history baseline")
 	recoveryInFlight := fs.Int("recovery-in-flight", 10_000, "sagas in flight in the recovery scenario")
@@ -130,8 +130,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 
 	var rec Recovery
+	recoveryProfile := ""
+	if *only == "recovery" {
+		recoveryProfile = *cpuProfile
+	}
 	if !*skipRecovery || *only == "recovery" {
-		if code := benchRecoveries(ctx, &res, &rec, *recoveryHistory, *recoveryBaseline, *recoveryInFlight, int32(*partitions), stdout, stderr); code != 0 {
+		if code := benchRecoveries(ctx, &res, &rec, *recoveryHistory, *recoveryBaseline, *recoveryInFlight, int32(*partitions), recoveryProfile, stdout, stderr); code != 0 {
 			return code
 		}
 	}
@@ -238,20 +242,20 @@ func benchSagas(ctx context.Context, res *BenchResult, n, concurrency int, parti
 
 // benchRecoveries runs the recovery scenario with a long history and with
 // a short one into res (and the long one's into out).
-func benchRecoveries(ctx context.Context, res *BenchResult, out *Recovery, history, baseline, inFlight int, partitions int32, stdout, stderr io.Writer) int {
+func benchRecoveries(ctx context.Context, res *BenchResult, out *Recovery, history, baseline, inFlight int, partitions int32, cpuProfile string, stdout, stderr io.Writer) int {
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "orchestrator bench: %v\n", err)
 		return 1
 	}
 	fmt.Fprintf(stdout, "recovery: takeover of %d partitions with %d sagas in flight and %d closed within the retention; broker and participants in their own processes\n",
 		partitions, inFlight, history)
-	rec, err := benchRecovery(ctx, history, inFlight, partitions, stderr)
+	rec, err := benchRecovery(ctx, history, inFlight, partitions, cpuProfile, stderr)
 	if err != nil {
 		return fail(err)
 	}
 	printRecovery(stdout, rec)
 	fmt.Fprintf(stdout, "recovery baseline: the same with %d closed\n", baseline)
-	base, err := benchRecovery(ctx, baseline, inFlight, partitions, stderr)
+	base, err := benchRecovery(ctx, baseline, inFlight, partitions, "", stderr)
 	if err != nil {
 		return fail(err)
 	}

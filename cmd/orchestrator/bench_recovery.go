@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -56,7 +59,8 @@ func (l *restoreLog) OnRestored(_ int32, from saga.RestoredFrom, _ int, _ time.D
 
 // benchRecovery builds a history of closed markers and a set of sagas in
 // flight, then measures a takeover on a fresh machine and a restart.
-func benchRecovery(ctx context.Context, history, inFlight int, partitions int32, stderr io.Writer) (Recovery, error) {
+// With cpuProfile set, the fresh takeover's CPU profile is written there.
+func benchRecovery(ctx context.Context, history, inFlight int, partitions int32, cpuProfile string, stderr io.Writer) (Recovery, error) {
 	res := Recovery{History: history, InFlight: inFlight}
 	self, err := os.Executable()
 	if err != nil {
@@ -164,6 +168,17 @@ func benchRecovery(ctx context.Context, history, inFlight int, partitions int32,
 	defer os.RemoveAll(stateDir)
 	before := liveHeap()
 	log := &restoreLog{}
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return res, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return res, err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	fresh, stopFresh, err := start(stateDir, log)
 	if err != nil {
 		return res, err
@@ -174,6 +189,7 @@ func benchRecovery(ctx context.Context, history, inFlight int, partitions int32,
 		return res, err
 	}
 	res.FreshTakeoverSeconds = took.Seconds()
+	pprof.StopCPUProfile() // the takeover's alone (a second stop does nothing)
 	// The stores' background compactions allocate for a while after a
 	// takeover: the least of a few samples is the heap that stays.
 	settled := liveHeap()
@@ -205,8 +221,9 @@ func benchRecovery(ctx context.Context, history, inFlight int, partitions int32,
 }
 
 // writeClosedMarkers writes n closed markers to the state topic, shaped as
-// the runtime writes them: a finished saga's state and the IDs of the five
-// events it saw.
+// the runtime writes them: a finished saga's ID, correlation ID (a UUID),
+// state, times, journal position and the digests of the five events it
+// journaled.
 func writeClosedMarkers(ctx context.Context, cl *kgo.Client, serde *schema.Serde, topic string, n int) error {
 	codec, err := schema.NewCodec[saga.Snapshot](serde, saga.SnapshotSchema)
 	if err != nil {
@@ -220,11 +237,12 @@ func writeClosedMarkers(ctx context.Context, cl *kgo.Client, serde *schema.Serde
 	)
 	for i := range n {
 		id := fmt.Sprintf("closed-%08d", i)
-		snap := saga.Snapshot{Version: saga.SnapshotVersion, SagaID: id, CorrelationID: id, State: string(saga.StateCompleted),
-			Closed: true, Completed: []string{}, Started: now, Since: now}
-		for range 5 {
-			snap.Seen = append(snap.Seen, uuid.NewString())
+		snap := saga.Snapshot{Version: saga.SnapshotVersion, SagaID: id, CorrelationID: uuid.NewString(), State: string(saga.StateCompleted),
+			Closed: true, Completed: []string{}, Seen: []string{}, Started: now, Since: now, JournalOffset: int64(i)}
+		for range 5 { // the digests of the five events an orders saga journals
+			snap.SeenDigests = append(snap.SeenDigests, rand.Int64())
 		}
+		slices.Sort(snap.SeenDigests)
 		value, err := codec.Encode(ctx, topic, &snap)
 		if err != nil {
 			return err
