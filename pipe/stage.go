@@ -209,6 +209,10 @@ type answer struct {
 	span  trace.Span // "<topic> process", ended once the command is finished
 }
 
+// replyGrace bounds how long a stopping worker still spends sending the
+// replies of the commands it handled.
+const replyGrace = 30 * time.Second
+
 // handleBatch handles a polled batch: every command is decoded and handled
 // in order, then all replies are piped together (one round trip, not one per
 // command). It returns the records that are finished, in order up to the
@@ -222,6 +226,13 @@ func (w *StageWorker[C]) handleBatch(ctx context.Context, recs []*kgo.Record) ([
 			break
 		}
 		a := w.prepare(ctx, rec, inBatch)
+		if a.err != nil && ctx.Err() != nil {
+			// Stopping: the handler gave up on the command; it is left
+			// uncommitted, for whoever handles the partition next.
+			telemetry.Fail(a.span, a.err)
+			a.span.End()
+			break
+		}
 		if a.err != nil {
 			telemetry.Fail(a.span, a.err)
 			// In order, before later commands are handled.
@@ -234,6 +245,11 @@ func (w *StageWorker[C]) handleBatch(ctx context.Context, recs []*kgo.Record) ([
 		}
 		answers = append(answers, a)
 	}
+	// The commands handled are applied: their replies go out, and they are
+	// committed, even when the worker is stopping meanwhile (a reply lost
+	// here would leave the saga to give the step up as uncertain).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), replyGrace)
+	defer cancel()
 	byTopic := map[string][]int{}
 	for i, a := range answers {
 		if a.err == nil && a.topic != "" {

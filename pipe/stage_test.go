@@ -280,3 +280,72 @@ func TestStageWorkerTraces(t *testing.T) {
 		t.Errorf("command 2 (malformed traceparent) processed with parent %v, want a new root", process[1].Parent())
 	}
 }
+
+// A worker stopped while a handler is busy returns nil; the commands it
+// handled before are answered and committed (their effects are applied:
+// losing their replies would leave the saga to give the step up), and the
+// command whose handler gave up is left for the next owner.
+func TestStageWorkerStopsCleanlyMidBatch(t *testing.T) {
+	ctx := context.Background()
+	s := startStack(t)
+	createTopic(t, s, 1, "inventory.commands", "orders.inbox")
+	cmdCodec, replyCodec := codecs(t, s)
+	var commands []*kgo.Record
+	for _, order := range []string{"order-1", "order-2", "order-3"} {
+		env := schema.NewEnvelope("test.ReserveInventory", "orchestrator", time.Now())
+		env.ID, env.ReplyTo = "cmd-"+order, "orders.inbox"
+		value, err := cmdCodec.Encode(ctx, "inventory.commands", &reserveInventory{OrderID: order})
+		if err != nil {
+			t.Fatal(err)
+		}
+		commands = append(commands, &kgo.Record{Topic: "inventory.commands", Key: []byte(order), Value: value, Headers: env.Apply(nil)})
+	}
+	if err := newClient(t, s).ProduceSync(ctx, commands...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	busy := make(chan struct{})
+	var handled []string
+	handler := func(ctx context.Context, cmd reserveInventory, _ schema.Envelope) (pipe.Reply, error) {
+		if cmd.OrderID == "order-3" {
+			close(busy)
+			<-ctx.Done() // a slow participant, stopped
+			return pipe.Reply{}, ctx.Err()
+		}
+		handled = append(handled, cmd.OrderID)
+		return pipe.NewReply(replyCodec, "test.InventoryReserved", inventoryReserved{OrderID: cmd.OrderID}), nil
+	}
+	client := newClient(t, s, kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
+		kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	w, err := pipe.NewStageWorker(client, cmdCodec, handler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(runCtx) }()
+	select {
+	case <-busy:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the third command never reached the handler")
+	}
+	stop()
+	if err := <-ran; err != nil {
+		t.Fatalf("Run returned %v when stopped, want nil", err)
+	}
+	if len(handled) != 2 {
+		t.Fatalf("handled %v, want order-1 and order-2", handled)
+	}
+	replies := consume(t, s, "orders.inbox", 2)
+	for i, r := range replies {
+		if got := header(r, schema.HeaderCausationID); got != "cmd-order-"+string(rune('1'+i)) {
+			t.Errorf("reply %d answers %q", i, got)
+		}
+	}
+	offsets, err := kadm.NewClient(newClient(t, s)).FetchOffsets(ctx, "inventory")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o, _ := offsets.Lookup("inventory.commands", 0); o.At != 2 {
+		t.Fatalf("committed offset %d, want 2 (the two answered commands; the third comes again)", o.At)
+	}
+}
