@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"sync"
 	"time"
 
@@ -77,10 +78,25 @@ type stageOptFunc func(*stageConfig)
 func (f stageOptFunc) applyStage(c *stageConfig) { f(c) }
 
 type stageConfig struct {
-	replyTopic string
-	onFailure  FailurePolicy
-	store      IdempotencyStore
-	pipeOpts   []Opt
+	replyTopic  string
+	onFailure   FailurePolicy
+	store       IdempotencyStore
+	pipeOpts    []Opt
+	concurrency int
+}
+
+// WithConcurrency lets the handler run for up to n commands of a polled
+// batch at once (default 1: one after the other). Commands with the same
+// key (one saga's) are still handled one at a time, in order; replies are
+// piped and offsets committed as with 1. For participants whose handling
+// waits on something slow (a remote API): with 1, a batch of commands
+// waits for each in turn, and the saga's step timeouts fire while its
+// command waits in the queue. The handler and the idempotency store must
+// be safe for concurrent use. When the failure policy stops the worker at
+// a command, later commands of the batch may have been handled already;
+// they are not committed and come again.
+func WithConcurrency(n int) StageOpt {
+	return stageOptFunc(func(c *stageConfig) { c.concurrency = n })
 }
 
 // WithReplyTopic sets where replies go when a command carries no reply_to header.
@@ -129,7 +145,7 @@ type StageWorker[C any] struct {
 // A saga waits for each reply, so kgo.ProducerLinger(0) is the setting
 // for the client: kgo's default 10ms linger adds 10ms to every step.
 func NewStageWorker[C any](client *kgo.Client, codec *schema.Codec[C], handler Handler[C], opts ...StageOpt) (*StageWorker[C], error) {
-	cfg := stageConfig{onFailure: StopOnFailure}
+	cfg := stageConfig{onFailure: StopOnFailure, concurrency: 1}
 	for _, o := range opts {
 		o.applyStage(&cfg)
 	}
@@ -155,6 +171,9 @@ func NewStageWorker[C any](client *kgo.Client, codec *schema.Codec[C], handler H
 	}
 	if cfg.onFailure == nil {
 		errs = append(errs, errors.New("pipe: WithFailurePolicy: policy is nil"))
+	}
+	if cfg.concurrency < 1 {
+		errs = append(errs, fmt.Errorf("pipe: WithConcurrency(%d): want 1 or more", cfg.concurrency))
 	}
 	if cfg.store == nil {
 		cfg.store, _ = NewMemoryStore(0) // the default capacity is valid
@@ -219,31 +238,47 @@ const replyGrace = 30 * time.Second
 // first failure the policy would not move past, and that failure.
 func (w *StageWorker[C]) handleBatch(ctx context.Context, recs []*kgo.Record) ([]*kgo.Record, error) {
 	answers := make([]answer, 0, len(recs))
-	inBatch := map[string]bool{} // not marked in the store until answered
 	var stopErr error
-	for _, rec := range recs {
-		if ctx.Err() != nil {
-			break
-		}
-		a := w.prepare(ctx, rec, inBatch)
-		if a.err != nil && ctx.Err() != nil {
+	// settle takes a prepared command in order: it tells whether the batch
+	// stops there.
+	settle := func(a answer) bool {
+		switch {
+		case a.span == nil: // not handled: the worker is stopping
+			return true
+		case a.err != nil && ctx.Err() != nil:
 			// Stopping: the handler gave up on the command; it is left
 			// uncommitted, for whoever handles the partition next.
 			telemetry.Fail(a.span, a.err)
 			a.span.End()
-			break
-		}
-		if a.err != nil {
+			return true
+		case a.err != nil:
 			telemetry.Fail(a.span, a.err)
-			// In order, before later commands are handled.
-			stopErr = w.cfg.onFailure(trace.ContextWithSpan(ctx, a.span), rec, a.err)
+			// In order, before later commands are answered.
+			stopErr = w.cfg.onFailure(trace.ContextWithSpan(ctx, a.span), a.rec, a.err)
 			a.span.End()
 			if stopErr != nil {
-				break
+				return true
 			}
 			a.err, a.id, a.topic, a.span = nil, "", "", nil
 		}
 		answers = append(answers, a)
+		return false
+	}
+	inBatch := &claims{ids: map[string]bool{}} // not marked in the store until answered
+	if lanes := min(w.cfg.concurrency, len(recs)); lanes <= 1 {
+		for _, rec := range recs {
+			if ctx.Err() != nil || settle(w.prepare(ctx, rec, inBatch)) {
+				break
+			}
+		}
+	} else {
+		prepared := w.prepareConcurrently(ctx, recs, lanes, inBatch)
+		for i, a := range prepared {
+			if settle(a) {
+				w.endSpans(prepared[i+1:])
+				break
+			}
+		}
 	}
 	// The commands handled are applied: their replies go out, and they are
 	// committed, even when the worker is stopping meanwhile (a reply lost
@@ -281,6 +316,60 @@ func (w *StageWorker[C]) handleBatch(ctx context.Context, recs []*kgo.Record) ([
 	return finished, stopErr
 }
 
+// claims are the command IDs of a batch being handled: a copy of one in
+// the same batch is a duplicate.
+type claims struct {
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+// claim reports whether id was not claimed before, and claims it.
+func (c *claims) claim(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ids[id] {
+		return false
+	}
+	c.ids[id] = true
+	return true
+}
+
+// prepareConcurrently prepares recs in lanes goroutines, a key's commands
+// in one of them, in order. An answer left without a span was not
+// handled: the worker was stopping.
+func (w *StageWorker[C]) prepareConcurrently(ctx context.Context, recs []*kgo.Record, lanes int, inBatch *claims) []answer {
+	answers := make([]answer, len(recs))
+	byLane := make([][]int, lanes)
+	for i, rec := range recs {
+		h := fnv.New32a()
+		_, _ = h.Write(rec.Key)
+		l := int(h.Sum32() % uint32(lanes))
+		byLane[l] = append(byLane[l], i)
+	}
+	var wg sync.WaitGroup
+	for _, idx := range byLane {
+		wg.Go(func() {
+			for _, i := range idx {
+				if ctx.Err() != nil {
+					return
+				}
+				answers[i] = w.prepare(ctx, recs[i], inBatch)
+			}
+		})
+	}
+	wg.Wait()
+	return answers
+}
+
+// endSpans ends the spans of answers that will not be finished.
+func (w *StageWorker[C]) endSpans(answers []answer) {
+	for _, a := range answers {
+		if a.span != nil {
+			a.span.End()
+		}
+	}
+}
+
 // finish settles a command whose reply was piped (or failed to be) and ends
 // its span.
 func (w *StageWorker[C]) finish(ctx context.Context, a answer) error {
@@ -316,7 +405,7 @@ func (w *StageWorker[C]) commit(ctx context.Context, recs []*kgo.Record) error {
 
 // prepare decodes and handles one command and builds its reply; an error
 // goes to the failure policy. A command already answered gets nothing to do.
-func (w *StageWorker[C]) prepare(ctx context.Context, rec *kgo.Record, inBatch map[string]bool) answer {
+func (w *StageWorker[C]) prepare(ctx context.Context, rec *kgo.Record, inBatch *claims) answer {
 	ctx, span := telemetry.StartProcess(ctx, w.piper.tracer, w.piper.cfg.propagator, rec, w.piper.cfg.group)
 	a := answer{rec: rec, span: span}
 	env, err := schema.ReadEnvelope(rec.Headers)
@@ -333,11 +422,10 @@ func (w *StageWorker[C]) prepare(ctx context.Context, rec *kgo.Record, inBatch m
 		a.err = fmt.Errorf("pipe: idempotency store: %w", err)
 		return a
 	}
-	if seen || inBatch[env.ID] {
+	if seen || !inBatch.claim(env.ID) {
 		span.SetAttributes(attribute.Bool("sagapipe.duplicate", true))
 		return a
 	}
-	inBatch[env.ID] = true
 	a.id = env.ID
 	cmd, err := w.codec.Decode(ctx, rec.Value)
 	if err != nil {

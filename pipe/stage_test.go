@@ -3,6 +3,8 @@ package pipe_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -347,5 +349,93 @@ func TestStageWorkerStopsCleanlyMidBatch(t *testing.T) {
 	}
 	if o, _ := offsets.Lookup("inventory.commands", 0); o.At != 2 {
 		t.Fatalf("committed offset %d, want 2 (the two answered commands; the third comes again)", o.At)
+	}
+}
+
+// With WithConcurrency, commands of different keys are handled at the
+// same time, while one key's commands are handled one at a time, in order;
+// replies keep the commands' order and everything is committed.
+func TestStageWorkerConcurrency(t *testing.T) {
+	ctx := context.Background()
+	s := startStack(t)
+	createTopic(t, s, 1, "inventory.commands", "orders.inbox")
+	cmdCodec, replyCodec := codecs(t, s)
+	var commands []*kgo.Record
+	for i := range 12 {
+		order := fmt.Sprintf("order-%d", i%4) // three commands per key
+		env := schema.NewEnvelope("test.ReserveInventory", "orchestrator", time.Now())
+		env.ID, env.ReplyTo = fmt.Sprintf("cmd-%02d", i), "orders.inbox"
+		value, err := cmdCodec.Encode(ctx, "inventory.commands", &reserveInventory{OrderID: order, Quantity: int32(i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		commands = append(commands, &kgo.Record{Topic: "inventory.commands", Key: []byte(order), Value: value, Headers: env.Apply(nil)})
+	}
+	if err := newClient(t, s).ProduceSync(ctx, commands...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu             sync.Mutex
+		running, peak  int
+		busyKey        = map[string]bool{}
+		order          = map[string][]int32{}
+		sameKeyOverlap bool
+	)
+	handler := func(_ context.Context, cmd reserveInventory, _ schema.Envelope) (pipe.Reply, error) {
+		mu.Lock()
+		running++
+		peak = max(peak, running)
+		sameKeyOverlap = sameKeyOverlap || busyKey[cmd.OrderID]
+		busyKey[cmd.OrderID] = true
+		order[cmd.OrderID] = append(order[cmd.OrderID], cmd.Quantity)
+		mu.Unlock()
+		time.Sleep(50 * time.Millisecond)
+		mu.Lock()
+		running--
+		busyKey[cmd.OrderID] = false
+		mu.Unlock()
+		return pipe.NewReply(replyCodec, "test.InventoryReserved", inventoryReserved{OrderID: cmd.OrderID}), nil
+	}
+	client := newClient(t, s, kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
+		kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	w, err := pipe.NewStageWorker(client, cmdCodec, handler, pipe.WithConcurrency(8))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(runCtx) }()
+	replies := consume(t, s, "orders.inbox", len(commands))
+	stop()
+	if err := <-ran; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if peak < 2 {
+		t.Errorf("at most %d command handled at once, want several", peak)
+	}
+	if sameKeyOverlap {
+		t.Error("two commands of one key were handled at the same time")
+	}
+	for key, qs := range order {
+		if !slices.IsSorted(qs) {
+			t.Errorf("%s handled out of order: %v", key, qs)
+		}
+	}
+	for i, r := range replies {
+		if got, want := header(r, schema.HeaderCausationID), fmt.Sprintf("cmd-%02d", i); got != want {
+			t.Fatalf("reply %d answers %s, want %s: replies out of order", i, got, want)
+		}
+	}
+	offsets, err := kadm.NewClient(newClient(t, s)).FetchOffsets(ctx, "inventory")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o, _ := offsets.Lookup("inventory.commands", 0); o.At != int64(len(commands)) {
+		t.Fatalf("committed offset %d, want %d", o.At, len(commands))
+	}
+	if _, err := pipe.NewStageWorker(client, cmdCodec, handler, pipe.WithConcurrency(0)); err == nil || !strings.Contains(err.Error(), "WithConcurrency(0)") {
+		t.Fatalf("WithConcurrency(0): %v, want an error naming it", err)
 	}
 }
