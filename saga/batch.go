@@ -621,6 +621,11 @@ func (r *Runtime[D]) apply(ctx context.Context, b *batch[D], p int32, s *sagaRec
 			if e.Attempt > 1 {
 				b.resent = append(b.resent, e.Step)
 			}
+			if e.LongRetry {
+				b.longRetries = append(b.longRetries, e.Step)
+				r.cfg.Logger.WarnContext(ctx, "step still unanswered past its retries: it cannot be given up (no compensation, or after the pivot), so it is resent until its participant answers",
+					"saga_name", r.saga.name, "saga_id", s.id, "correlation_id", s.correlation, "step", e.Step, "attempt", e.Attempt, "topic", e.Topic)
+			}
 		case Finish:
 			b.finished = append(b.finished, finishedSaga{id: s.id, correlation: s.correlation, outcome: e.Outcome,
 				took: entry.Time.Sub(s.started), ctx: trace.ContextWithSpanContext(context.Background(), s.span)})

@@ -59,6 +59,9 @@ type Effect struct {
 	Command   any
 	// SetTimer: when, from the event's time.
 	After time.Duration
+	// LongRetry marks the Send of a step that cannot be given up, resent
+	// past its retries.
+	LongRetry bool
 	// Finish: the terminal state.
 	Outcome statemachine.State
 }
@@ -161,14 +164,11 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 		if c.timeout == 0 {
 			c.timeout = DefaultTimeout
 		}
-		switch {
-		case c.retries == 0:
-			c.retries = DefaultRetries
-		case c.retries < 0:
-			c.retries = 0
-		}
+		c.retries = retriesOr(c.retries, DefaultRetries)
+		c.compRetries = retriesOr(c.compRetries, DefaultCompensationRetries)
 		s.steps = append(s.steps, c)
 	}
+	pivot := slices.IndexFunc(s.steps, func(st StepBuilder[D]) bool { return st.pivot })
 
 	type T = statemachine.Transition[Instance[D], Effect]
 	var ts []T
@@ -184,6 +184,10 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 	for i := range s.steps {
 		step := s.steps[i]
 		pending := PendingState(step.name)
+		afterPivot := pivot >= 0 && i > pivot
+		// A step that cannot be compensated is never given up: given up,
+		// it could still be applied, with nothing to undo it.
+		mustFinish := step.compensate == nil || afterPivot
 		// Where a failure of this step goes: the nearest earlier step that
 		// can be compensated, or straight to Compensated.
 		compensateFrom := s.compensationBefore(i)
@@ -214,7 +218,17 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 		if compensateFrom >= 0 {
 			failTo = CompensatingState(s.steps[compensateFrom].name)
 		}
-		if step.failure != nil {
+		switch {
+		case step.failure != nil && afterPivot:
+			// Past the pivot, a failure goes forward, where declared.
+			fwd := s.steps[slices.IndexFunc(s.steps, func(st StepBuilder[D]) bool { return st.name == step.forward })]
+			ts = append(ts, T{From: pending, On: ReplyEventType(step.name, step.failure.event.eventType), To: PendingState(fwd.name),
+				Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
+					step.failure.apply(&in.Data, ev.Payload)
+					in.Attempt = 1
+					return in, send(fwd, in, false)
+				}})
+		case step.failure != nil:
 			ts = append(ts, T{From: pending, On: ReplyEventType(step.name, step.failure.event.eventType), To: failTo,
 				Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
 					step.failure.apply(&in.Data, ev.Payload)
@@ -233,18 +247,23 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 				return in, send(step, in, true)
 			}
 		}
-		ts = append(ts, timeoutTransitions(step, false, pending, uncertainTo, func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
-			return uncertain(in)
-		})...)
-		// A cancel while the step waits leaves it uncertain too. Once
-		// compensating, or finished, a saga ignores a cancel.
-		ts = append(ts, T{From: pending, On: CancelEventType, To: uncertainTo,
-			Action: func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) { return uncertain(in) }})
+		if mustFinish {
+			ts = append(ts, resendTransitions(step, pending)...)
+		} else {
+			ts = append(ts, timeoutTransitions(step, false, step.retries, pending, uncertainTo, func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
+				return uncertain(in)
+			})...)
+			// A cancel while the step waits leaves it uncertain too. Once
+			// compensating, or finished, or waiting on a step that cannot
+			// be compensated, a saga ignores a cancel.
+			ts = append(ts, T{From: pending, On: CancelEventType, To: uncertainTo,
+				Action: func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) { return uncertain(in) }})
+		}
 
 		// Every step with a compensation can be compensated: a completed
 		// one when a later step fails, and any one, the last included,
 		// when it is given up as uncertain.
-		if step.compensate != nil {
+		if step.compensate != nil && !afterPivot {
 			canFailCompensation = true
 			compensating := CompensatingState(step.name)
 			before := s.compensationBefore(i)
@@ -260,7 +279,7 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 					}
 					return in, send(s.steps[before], in, true)
 				}})
-			ts = append(ts, timeoutTransitions(step, true, compensating, StateCompensationFailed,
+			ts = append(ts, timeoutTransitions(step, true, step.compRetries, compensating, StateCompensationFailed,
 				func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
 					return in, s.finish(StateCompensationFailed, in)
 				})...)
@@ -321,31 +340,60 @@ func resendWait(timeout time.Duration, attempt int) time.Duration {
 	return timeout * min(factor, maxBackoffFactor)
 }
 
+// retriesOr is a configured retry count: 0 is the default, a negative
+// number none.
+func retriesOr(n, def int) int {
+	switch {
+	case n == 0:
+		return def
+	case n < 0:
+		return 0
+	}
+	return n
+}
+
 // timeoutTransitions handle the timer of a step's command or compensation:
 // a timer of an earlier send is stale and accepted by no transition; the
 // current one resends while retries remain, then gives up with giveUp.
-func timeoutTransitions[D any](step StepBuilder[D], compensation bool, waiting, giveUpTo statemachine.State,
+func timeoutTransitions[D any](step StepBuilder[D], compensation bool, retries int, waiting, giveUpTo statemachine.State,
 	giveUp statemachine.Action[Instance[D], Effect]) []statemachine.Transition[Instance[D], Effect] {
-	current := func(in Instance[D], ev statemachine.Event) bool {
-		t, ok := ev.Payload.(TimerFired)
-		return ok && t.Step == step.name && t.Attempt == in.Attempt
-	}
 	on := TimeoutEventType(step.name, compensation)
 	exhausted := statemachine.Transition[Instance[D], Effect]{From: waiting, On: on, To: giveUpTo,
-		GuardName: "current send, retries exhausted", Guard: current, Action: giveUp}
-	if step.retries == 0 {
+		GuardName: "current send, retries exhausted", Guard: currentSend(step), Action: giveUp}
+	if retries == 0 {
 		exhausted.GuardName = "current send"
 		return []statemachine.Transition[Instance[D], Effect]{exhausted}
 	}
 	return []statemachine.Transition[Instance[D], Effect]{
 		{From: waiting, On: on, To: waiting, GuardName: "current send, retries left",
 			Guard: func(in Instance[D], ev statemachine.Event) bool {
-				return current(in, ev) && in.Attempt <= step.retries
+				return currentSend(step)(in, ev) && in.Attempt <= retries
 			},
 			Action: func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
 				in.Attempt++
 				return in, send(step, in, compensation)
 			}},
 		exhausted,
+	}
+}
+
+// resendTransitions handle the timer of a step that cannot be given up:
+// the current send's timer resends it, past its retries as a long retry.
+func resendTransitions[D any](step StepBuilder[D], waiting statemachine.State) []statemachine.Transition[Instance[D], Effect] {
+	return []statemachine.Transition[Instance[D], Effect]{{From: waiting, On: TimeoutEventType(step.name, false), To: waiting,
+		GuardName: "current send (never given up)", Guard: currentSend(step),
+		Action: func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
+			in.Attempt++
+			effects := send(step, in, false)
+			effects[0].LongRetry = in.Attempt > step.retries+1
+			return in, effects
+		}}}
+}
+
+// currentSend tells whether a timer event is the one of the send now out.
+func currentSend[D any](step StepBuilder[D]) statemachine.Guard[Instance[D]] {
+	return func(in Instance[D], ev statemachine.Event) bool {
+		t, ok := ev.Payload.(TimerFired)
+		return ok && t.Step == step.name && t.Attempt == in.Attempt
 	}
 }

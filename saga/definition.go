@@ -91,21 +91,29 @@ func Reply[D, R any](def EventDef[R], apply func(data *D, reply R)) ReplySpec[D]
 const DefaultTimeout = 30 * time.Second
 
 // DefaultRetries is how often a timed-out command is resent before the
-// step fails (or, for a compensation, the saga ends in CompensationFailed).
+// step is given up (as uncertain: it is compensated first).
 const DefaultRetries = 3
+
+// DefaultCompensationRetries is how often a timed-out compensation is
+// resent before the saga ends in CompensationFailed. The waits double up
+// to 8 times the step's timeout: with the default timeout, ten resends
+// take about 35 minutes.
+const DefaultCompensationRetries = 10
 
 // StepBuilder defines one step; see Builder.Step.
 type StepBuilder[D any] struct {
-	name       string
-	topic      string
-	command    *CommandSpec[D]
-	success    *ReplySpec[D]
-	failure    *ReplySpec[D]
-	compensate *CommandSpec[D]
-	compAck    *eventSpec
-	timeout    time.Duration
-	retries    int
-	pivot      bool
+	name        string
+	topic       string
+	command     *CommandSpec[D]
+	success     *ReplySpec[D]
+	failure     *ReplySpec[D]
+	compensate  *CommandSpec[D]
+	compAck     *eventSpec
+	timeout     time.Duration
+	retries     int
+	compRetries int
+	pivot       bool
+	forward     string
 }
 
 // Command sets the topic the step's command is piped to and how it is built.
@@ -134,13 +142,31 @@ func Compensate[D, A any](s *StepBuilder[D], cmd CommandSpec[D], done EventDef[A
 // one before, up to 8 times the timeout.
 func (s *StepBuilder[D]) Timeout(d time.Duration) *StepBuilder[D] { s.timeout = d; return s }
 
-// Retries sets how often a timed-out command or compensation is resent
-// (default DefaultRetries; 0 keeps the default, a negative number means none).
+// Retries sets how often a timed-out command is resent before the step is
+// given up (default DefaultRetries; 0 keeps the default, a negative number
+// means none). A step that cannot be compensated (it has no compensation,
+// or it comes after the pivot) is never given up: past its retries it is
+// resent at the longest wait until it answers, with a log line and the
+// metric sagapipe.saga.step.long_retries for each resend.
 func (s *StepBuilder[D]) Retries(n int) *StepBuilder[D] { s.retries = n; return s }
 
+// CompensationRetries sets how often a timed-out compensation is resent
+// before the saga ends in CompensationFailed (default
+// DefaultCompensationRetries; 0 keeps the default, a negative number means
+// none).
+func (s *StepBuilder[D]) CompensationRetries(n int) *StepBuilder[D] { s.compRetries = n; return s }
+
 // Pivot marks the step as the saga's point of no return: it needs no
-// compensation (the steps after it should be ones that cannot fail for good).
+// compensation, a failure before it compensates the steps before it, and
+// the steps after it only go forward: they are resent until they answer,
+// never compensated, and a failure reply of one continues where its
+// Forward says.
 func (s *StepBuilder[D]) Pivot() *StepBuilder[D] { s.pivot = true; return s }
+
+// Forward declares, for a step after the pivot, where the saga goes on
+// when the step's failure reply (OnFailure) comes: the named step, a step
+// after the pivot (the step itself resends its command, from attempt 1).
+func (s *StepBuilder[D]) Forward(step string) *StepBuilder[D] { s.forward = step; return s }
 
 // Builder defines a saga over data D; Build validates it.
 type Builder[D any] struct {
@@ -223,7 +249,21 @@ func (b *Builder[D]) Build() (*Saga[D], error) {
 		checkEvent("the failed outcome", o.failed.event)
 	}
 	seen := map[string]bool{}
+	pivot := -1
 	for i, s := range b.steps {
+		if s.pivot {
+			if pivot >= 0 {
+				fail("steps %q and %q are both the pivot: a saga has one point of no return", b.steps[pivot].name, s.name)
+			}
+			pivot = i
+		}
+	}
+	index := map[string]int{}
+	for i, s := range b.steps {
+		index[s.name] = i
+	}
+	for i, s := range b.steps {
+		afterPivot := pivot >= 0 && i > pivot
 		where := fmt.Sprintf("step %d %q", i, s.name)
 		switch {
 		case s.name == "":
@@ -248,8 +288,27 @@ func (b *Builder[D]) Build() (*Saga[D], error) {
 				fail("%s: success and failure replies are both %q", where, s.success.event.eventType)
 			}
 		}
-		if s.compensate == nil && !s.pivot && i < len(b.steps)-1 {
+		if s.compensate == nil && !s.pivot && !afterPivot && i < len(b.steps)-1 {
 			fail("%s has side effects but no compensation: add Compensate, or mark it Pivot()", where)
+		}
+		if afterPivot && s.compensate != nil {
+			fail("%s comes after the pivot %q, so it is never compensated: drop its Compensate", where, b.steps[pivot].name)
+		}
+		if afterPivot && s.failure != nil && s.forward == "" {
+			fail("%s comes after the pivot %q and has a failure reply: declare where the saga goes on with Forward(step)", where, b.steps[pivot].name)
+		}
+		if s.forward != "" {
+			j, ok := index[s.forward]
+			switch {
+			case !afterPivot:
+				fail("%s: Forward is for steps after the pivot (mark one step Pivot())", where)
+			case s.failure == nil:
+				fail("%s: Forward without a failure reply (OnFailure) to follow it", where)
+			case !ok:
+				fail("%s: Forward(%q) names no step", where, s.forward)
+			case j <= pivot:
+				fail("%s: Forward(%q) goes back to or before the pivot %q", where, s.forward, b.steps[pivot].name)
+			}
 		}
 		if s.compensate != nil {
 			checkEvent(where+" compensation", s.compensate.event)

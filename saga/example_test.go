@@ -15,7 +15,7 @@ func Example() {
 		OnSuccess(saga.Reply[orderData](paymentCharged, nil)).
 		OnFailure(saga.Reply[orderData](paymentDeclined, nil)).
 		Retries(-1)
-	saga.Compensate(pay, saga.Cmd(refundPayment, command(msg{})), paymentRefunded).Retries(-1)
+	saga.Compensate(pay, saga.Cmd(refundPayment, command(msg{})), paymentRefunded).CompensationRetries(-1)
 	b.Step("shipping").
 		Command("shipping.commands", saga.Cmd(scheduleShipment, command(msg{}))).
 		OnSuccess(saga.Reply[orderData](shipmentScheduled, nil)).
@@ -38,8 +38,7 @@ func Example() {
 	//     payment_Compensating --> Compensated : payment/test.PaymentRefunded
 	//     payment_Compensating --> CompensationFailed : payment/compensation-timeout [current send]
 	//     shipping_Pending --> Completed : shipping/test.ShipmentScheduled
-	//     shipping_Pending --> payment_Compensating : shipping/timeout [current send]
-	//     shipping_Pending --> payment_Compensating : cancel
+	//     shipping_Pending --> shipping_Pending : shipping/timeout [current send (never given up)]
 	//     Completed --> [*]
 	//     Compensated --> [*]
 	//     CompensationFailed --> [*]

@@ -23,6 +23,7 @@ type runtimeMetrics struct {
 	duration     metric.Float64Histogram
 	stepDuration metric.Float64Histogram
 	resends      metric.Int64Counter
+	longRetries  metric.Int64Counter
 	deadLetters  metric.Int64Counter
 	registration metric.Registration
 }
@@ -30,7 +31,7 @@ type runtimeMetrics struct {
 func newRuntimeMetrics[D any](r *Runtime[D], mp metric.MeterProvider) (*runtimeMetrics, error) {
 	m := telemetry.Meter(mp)
 	rm := &runtimeMetrics{name: telemetry.SagaName.String(r.saga.name)}
-	var errs [9]error
+	var errs [10]error
 	rm.started, errs[0] = m.Int64Counter("sagapipe.saga.started", metric.WithUnit("{saga}"),
 		metric.WithDescription("Sagas started (their start event committed)."))
 	rm.finished, errs[1] = m.Int64Counter("sagapipe.saga.finished", metric.WithUnit("{saga}"),
@@ -43,6 +44,8 @@ func newRuntimeMetrics[D any](r *Runtime[D], mp metric.MeterProvider) (*runtimeM
 		metric.WithExplicitBucketBoundaries(telemetry.LatencyBuckets...))
 	rm.resends, errs[4] = m.Int64Counter("sagapipe.saga.step.retries", metric.WithUnit("{command}"),
 		metric.WithDescription("Commands resent after a step timed out, by saga.step."))
+	rm.longRetries, errs[9] = m.Int64Counter("sagapipe.saga.step.long_retries", metric.WithUnit("{command}"),
+		metric.WithDescription("Commands of steps that cannot be given up (no compensation, or after the pivot) resent past their retries, by saga.step: a participant that does not answer."))
 	rm.deadLetters, errs[5] = m.Int64Counter("sagapipe.dlq.records", metric.WithUnit("{record}"),
 		metric.WithDescription("Records sent to a dead-letter topic, by source topic and error class."))
 	inFlight, err := m.Int64ObservableGauge("sagapipe.saga.in_flight", metric.WithUnit("{saga}"),
@@ -108,6 +111,9 @@ func (rm *runtimeMetrics) record(ctx context.Context, b *batchStats) {
 	for _, step := range b.resent {
 		rm.resends.Add(ctx, 1, metric.WithAttributes(rm.name, telemetry.SagaStep.String(step)))
 	}
+	for _, step := range b.longRetries {
+		rm.longRetries.Add(ctx, 1, metric.WithAttributes(rm.name, telemetry.SagaStep.String(step)))
+	}
 	for _, d := range b.dead {
 		rm.deadLetters.Add(ctx, 1, metric.WithAttributes(telemetry.SourceTopic.String(d.rec.Topic),
 			telemetry.ErrorClass.String(string(d.f.Class))))
@@ -120,7 +126,9 @@ type batchStats struct {
 	finished []finishedSaga
 	steps    []stepTook
 	resent   []string // the step of each resent command
-	dead     []deadLetter
+	// longRetries holds the step of each long retry (see Effect.LongRetry).
+	longRetries []string
+	dead        []deadLetter
 }
 
 type stepTook struct {

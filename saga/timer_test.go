@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -85,17 +86,29 @@ func (e *env) runtimeWithClock(clock *testClock, hooks ...any) (stop func() erro
 	return stop
 }
 
-func TestStepTimeoutRetriesThenCompensates(t *testing.T) {
+// The last step has no compensation: given up, it could be applied all
+// the same (a shipment scheduled late) with nothing to undo it. So it is
+// never given up: past its retries it is resent at the longest wait, with
+// a warning each time, until its participant answers; nothing is
+// compensated.
+func TestAStepWithoutCompensationIsResentUntilItAnswers(t *testing.T) {
 	e := newEnv(t, 1)
 	inventory := e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{
 		reserveInventory.Type: always(inventoryReserved), releaseInventory.Type: always(inventoryReleased)})
 	payment := e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{
 		chargePayment.Type: always(paymentCharged), refundPayment.Type: always(paymentRefunded)})
-	silent := func(string) *saga.EventDef[msg] { return nil } // shipping never answers
-	shipping := e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: silent})
+	var answer atomic.Bool
+	slow := func(string) *saga.EventDef[msg] { // shipping answers only at last
+		if answer.Load() {
+			return &shipmentScheduled
+		}
+		return nil
+	}
+	shipping := e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: slow})
+	var logs syncBuffer
 	clock := &testClock{}
 	done := newFinished()
-	e.runtimeWithClock(clock, done)
+	e.startRuntime(saga.Config{Clock: clock, Hooks: []any{done}, Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
 	e.start("lost")
 	// Time moves only once the saga waits at shipping, so that the earlier
 	// steps, whose participants are still joining their groups, do not time out.
@@ -105,25 +118,32 @@ func TestStepTimeoutRetriesThenCompensates(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	// One timeout at a time: each resend must arrive before the next.
-	for sends := 1; sends <= saga.DefaultRetries; sends++ {
+	// One timeout at a time: each resend must arrive before the next; two
+	// past the retries.
+	sends := 1 + saga.DefaultRetries + 2
+	for n := 1; n < sends; n++ {
+		if n == sends-1 {
+			answer.Store(true) // the last resend is answered
+		}
 		clock.Advance(241 * time.Second) // past the longest backed-off wait (8 × 30s)
-		for deadline := time.Now().Add(30 * time.Second); shipping.count("test.ScheduleShipment lost") <= sends; {
+		for deadline := time.Now().Add(30 * time.Second); shipping.count("test.ScheduleShipment lost") <= n; {
 			if time.Now().After(deadline) {
-				t.Fatalf("resend %d never arrived", sends)
+				t.Fatalf("resend %d never arrived", n)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	clock.Advance(241 * time.Second) // the last send times out: compensate, in real time from here
-	if got := done.wait(t, 1)["lost"]; got != saga.StateCompensated {
-		t.Fatalf("outcome %s, want Compensated after shipping's retries timed out", got)
+	if got := done.wait(t, 1)["lost"]; got != saga.StateCompleted {
+		t.Fatalf("outcome %s, want Completed once shipping answered", got)
 	}
-	if n := shipping.count("test.ScheduleShipment lost"); n != 1+saga.DefaultRetries {
-		t.Fatalf("shipping got %d commands, want %d (1 + DefaultRetries resends)", n, 1+saga.DefaultRetries)
+	if n := shipping.count("test.ScheduleShipment lost"); n != sends {
+		t.Fatalf("shipping got %d commands, want %d", n, sends)
 	}
-	if payment.count("test.RefundPayment lost") != 1 || inventory.count("test.ReleaseInventory lost") != 1 {
-		t.Fatalf("refunds %d, releases %d: want exactly one each", payment.count("test.RefundPayment lost"), inventory.count("test.ReleaseInventory lost"))
+	if payment.count("test.RefundPayment lost") != 0 || inventory.count("test.ReleaseInventory lost") != 0 {
+		t.Fatalf("refunds %d, releases %d: want none", payment.count("test.RefundPayment lost"), inventory.count("test.ReleaseInventory lost"))
+	}
+	if n := strings.Count(logs.String(), "still unanswered past its retries"); n != 2 {
+		t.Fatalf("%d warnings of long retries, want 2 (one per resend past the retries): %s", n, logs.String())
 	}
 	checkJournal(t, e.journal())
 }
