@@ -20,6 +20,7 @@ import (
 	"github.com/sagapipe/sagapipe/internal/kread"
 	"github.com/sagapipe/sagapipe/saga"
 	"github.com/sagapipe/sagapipe/schema"
+	"github.com/sagapipe/sagapipe/statemachine"
 )
 
 // The crash tests run every part in its own OS process, as in production:
@@ -295,23 +296,14 @@ func (w *world) verify() {
 	if err := json.Unmarshal(raw, &l); err != nil {
 		t.Fatal(err)
 	}
-	for k, n := range l.Applied {
-		if n != 1 {
-			t.Errorf("participants: %s applied %d times", k, n)
+	outcomes := map[string]statemachine.State{}
+	for id, states := range terminal {
+		if len(states) == 1 {
+			outcomes[id] = statemachine.State(states[0])
 		}
 	}
-	for _, id := range w.placed {
-		completed := len(terminal[id]) == 1 && terminal[id][0] == string(saga.StateCompleted)
-		shipped, captured := int32(0), int64(0)
-		if completed {
-			shipped, captured = l.Reserved[id], l.Charged[id]
-		}
-		if l.Reserved[id] != l.Released[id]+l.Shipped[id] || l.Shipped[id] != shipped {
-			t.Errorf("%s (%v): reserved %d, released %d, shipped %d", id, terminal[id], l.Reserved[id], l.Released[id], l.Shipped[id])
-		}
-		if l.Charged[id] != l.Refunded[id]+captured {
-			t.Errorf("%s (%v): charged %d, refunded %d", id, terminal[id], l.Charged[id], l.Refunded[id])
-		}
+	for _, v := range l.Check(w.placed, outcomes) {
+		t.Errorf("participants: %s", v)
 	}
 	compensated := 0
 	for _, states := range terminal {

@@ -34,7 +34,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	decline := fs.Float64("decline-rate", 0.05, "share of payments declined (0..1)")
 	shipFail := fs.Float64("shipping-failure-rate", 0.03, "share of shipments that fail (0..1)")
 	poison := fs.Float64("poison-rate", 0.01, "share of first replies sent as undecodable bytes (0..1)")
-	latency := fs.Duration("latency", 0, "added to every participant's command handling")
+	latency := fs.Duration("latency", 0, "added to every participant's command handling (it may exceed --step-timeout: the step is resent, or given up and compensated)")
+	lost := fs.Float64("lost-reply-rate", 0.02, "share of orders whose first command to each participant is applied and its reply lost (0..1)")
 	metricsAddr := fs.String("metrics-addr", "", "serve the orchestrator's Prometheus metrics at http://<addr>/metrics while the demo runs (e.g. 127.0.0.1:9464)")
 	logLevel := fs.String("log-level", "error", "level of the JSON logs on stderr: debug, info, warn (adds a line per dead letter) or error")
 	jaegerURL := fs.String("jaeger", "", "Jaeger query URL (e.g. http://127.0.0.1:16686): at the end, print example sagas' traces from it (export with OTEL_EXPORTER_OTLP_ENDPOINT)")
@@ -94,15 +95,15 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer stack.Close()
-	fmt.Fprintf(stdout, "placing %d orders (%d in flight at most; declines %.0f%%, shipping failures %.0f%%, poison replies %.0f%%)\n",
-		*n, *concurrency, *decline*100, *shipFail*100, *poison*100)
+	fmt.Fprintf(stdout, "placing %d orders (%d in flight at most; declines %.0f%%, shipping failures %.0f%%, poison replies %.0f%%, lost replies %.0f%%, participant latency %v, step timeout %v)\n",
+		*n, *concurrency, *decline*100, *shipFail*100, *poison*100, *lost*100, *latency, *stepTimeout)
 
 	last := time.Time{}
 	sum, err := orders.RunDemo(ctx, orders.DemoConfig{
 		Telemetry: tel.forService,
 		Brokers:   stack.KafkaAddrs(), RegistryURL: stack.RegistryURL(),
 		Orders: *n, Concurrency: *concurrency, Partitions: int32(*partitions), StepTimeout: *stepTimeout,
-		Faults: orders.Faults{DeclineRate: *decline, ShippingFailureRate: *shipFail, PoisonRate: *poison, Latency: *latency},
+		Faults: orders.Faults{DeclineRate: *decline, ShippingFailureRate: *shipFail, PoisonRate: *poison, Latency: *latency, LostReplyRate: *lost},
 		Progress: func(done, total int) {
 			if time.Since(last) < 100*time.Millisecond && done < total {
 				return

@@ -160,6 +160,27 @@ func TestDemoCommand(t *testing.T) {
 	}
 }
 
+// Participants slower than the step timeout (resends pile up, steps are
+// given up as uncertain and compensated, replies come late) and many
+// sagas at once on slightly slow ones: both runs drain the participants
+// and end with the invariants holding, lost replies included.
+func TestDemoWithSlowParticipants(t *testing.T) {
+	for _, args := range [][]string{
+		{"--orders", "100", "--latency", "1200ms", "--step-timeout", "400ms"},
+		{"--orders", "300", "--concurrency", "100", "--latency", "50ms", "--step-timeout", "1s"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			var stdout, stderr syncBuffer
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			code := run(ctx, append([]string{"demo", "--lost-reply-rate", "0.05"}, args...), &stdout, &stderr)
+			if code != 0 || !strings.Contains(stdout.String(), "invariants hold") {
+				t.Fatalf("exit %d; stdout %s stderr %s", code, stdout.String(), stderr.String())
+			}
+		})
+	}
+}
+
 // The harness runs end to end and writes its JSON; the figures themselves
 // are for `make bench`, not for a test on a shared machine.
 func TestBenchWritesResults(t *testing.T) {

@@ -23,6 +23,7 @@ func runParticipants(ctx context.Context, args []string, stdout, stderr io.Write
 	ledgerOut := fs.String("ledger-out", "", "write the participants' ledger (effects per order) to this JSON file on exit")
 	decline := fs.Float64("decline-rate", 0, "share of payments declined (0..1)")
 	latency := fs.Duration("latency", 0, "added to every command's handling")
+	lost := fs.Float64("lost-reply-rate", 0, "share of orders whose first command to each participant is applied and its reply lost (0..1)")
 	silentShipping := fs.Bool("shipping-silent", false, "shipping never answers: sagas wait at their last step (for measuring in-flight memory)")
 	if code := parseFlags(fs, args, stderr); code >= 0 {
 		return code
@@ -36,7 +37,7 @@ func runParticipants(ctx context.Context, args []string, stdout, stderr io.Write
 		fmt.Fprintf(stderr, "orchestrator participants: %v\n", err)
 		return 2
 	}
-	p := orders.NewParticipants(serde, orders.Faults{DeclineRate: *decline, Latency: *latency, ShippingSilent: *silentShipping})
+	p := orders.NewParticipants(serde, orders.Faults{DeclineRate: *decline, Latency: *latency, LostReplyRate: *lost, ShippingSilent: *silentShipping})
 	fmt.Fprintln(stdout, "participants running")
 	runErr := p.Run(ctx, cf.brokerList())
 	if *ledgerOut != "" {

@@ -14,7 +14,8 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // The demo end to end with every fault on: declines, shipping failures,
-// poison replies (dead-lettered, then resent after the step timeout).
+// poison replies (dead-lettered, then resent after the step timeout), lost
+// replies (applied, then resent: not applied twice).
 func TestDemoKeepsItsInvariants(t *testing.T) {
 	stack, err := devstack.Start(devstack.Config{})
 	if err != nil {
@@ -24,7 +25,7 @@ func TestDemoKeepsItsInvariants(t *testing.T) {
 	sum, err := orders.RunDemo(context.Background(), orders.DemoConfig{
 		Brokers: stack.KafkaAddrs(), RegistryURL: stack.RegistryURL(),
 		Orders: 200, Concurrency: 50, Partitions: 3, StepTimeout: time.Second,
-		Faults: orders.Faults{DeclineRate: 0.1, ShippingFailureRate: 0.1, PoisonRate: 0.05},
+		Faults: orders.Faults{DeclineRate: 0.1, ShippingFailureRate: 0.1, PoisonRate: 0.05, LostReplyRate: 0.05},
 	})
 	if err != nil {
 		t.Fatal(err)

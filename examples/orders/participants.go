@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/saga"
 	"github.com/sagapipe/sagapipe/schema"
+	"github.com/sagapipe/sagapipe/statemachine"
 )
 
 // Faults injects failures into the participants. Which orders are hit is
@@ -23,8 +25,12 @@ type Faults struct {
 	DeclineRate         float64       // payments declined
 	ShippingFailureRate float64       // shipments that cannot be made
 	PoisonRate          float64       // first replies sent as bytes that do not decode
-	Latency             time.Duration // added to every command
-	ShippingSilent      bool          // shipping never answers: sagas wait at shipping
+	Latency             time.Duration // added to the first command of each type for an order (a resend is answered at once)
+	// LostReplyRate is the share of orders whose first command to each
+	// participant is applied and then not answered (a crash between the
+	// effect and the reply): the resend must not apply it again.
+	LostReplyRate  float64
+	ShippingSilent bool // shipping never answers: sagas wait at shipping
 }
 
 func hit(orderID, salt string, rate float64) bool {
@@ -36,14 +42,20 @@ func hit(orderID, salt string, rate float64) bool {
 	return float64(h.Sum32()%10_000) < rate*10_000
 }
 
-// Ledger records what the participants did, per order. Effects are
-// idempotent by order ID: a command that comes again (a resend, a
-// redelivery) is answered from the ledger and applied only once.
+// Ledger records what the participants did, per order. Each participant
+// is idempotent by order ID, its business key (a resend carries a new
+// command ID): a command whose effect is in the ledger already is answered
+// from it and not applied again.
 //
 // It keeps the participant contract of an orchestrator that compensates
 // uncertain steps: compensating an effect that was never applied is a
 // no-op, and bars the effect, so that its command, should it still
 // arrive, is refused instead of applied.
+//
+// Applications and ByCommand count every application the participants
+// make, apart from the state that makes them idempotent: they are what the
+// demo's invariants check, and a participant that applies an effect twice
+// shows there.
 type Ledger struct {
 	mu       sync.Mutex
 	Reserved map[string]int32 // stock reserved
@@ -51,11 +63,15 @@ type Ledger struct {
 	Shipped  map[string]int32 // stock shipped
 	Charged  map[string]int64 // money charged
 	Refunded map[string]int64 // money refunded
-	// Applied counts applications per "<effect> <order>"; more than one is a bug.
-	Applied map[string]int
 	// Barred holds the "<effect> <order>" compensated before they were
 	// applied: they are never applied.
 	Barred map[string]bool
+	// Applications counts applications per "<effect> <order>"; more than
+	// one is a bug.
+	Applications map[string]int
+	// ByCommand counts applications per command ID (ce_id); more than one
+	// is a redelivered command applied again.
+	ByCommand map[string]int
 }
 
 // Snapshot returns a copy of the ledger, safe to read while the
@@ -64,43 +80,85 @@ func (l *Ledger) Snapshot() *Ledger {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return &Ledger{Reserved: maps.Clone(l.Reserved), Released: maps.Clone(l.Released), Shipped: maps.Clone(l.Shipped),
-		Charged: maps.Clone(l.Charged), Refunded: maps.Clone(l.Refunded), Applied: maps.Clone(l.Applied), Barred: maps.Clone(l.Barred)}
+		Charged: maps.Clone(l.Charged), Refunded: maps.Clone(l.Refunded), Barred: maps.Clone(l.Barred),
+		Applications: maps.Clone(l.Applications), ByCommand: maps.Clone(l.ByCommand)}
 }
 
 // NewLedger returns an empty ledger.
 func NewLedger() *Ledger {
 	return &Ledger{Reserved: map[string]int32{}, Released: map[string]int32{}, Shipped: map[string]int32{},
-		Charged: map[string]int64{}, Refunded: map[string]int64{}, Applied: map[string]int{}, Barred: map[string]bool{}}
+		Charged: map[string]int64{}, Refunded: map[string]int64{}, Barred: map[string]bool{},
+		Applications: map[string]int{}, ByCommand: map[string]int{}}
 }
 
-// once applies effect for order unless it was applied before or is
-// barred; it reports whether the effect stands (applied now or before).
-func (l *Ledger) once(effect, order string, apply func()) bool {
+// Check returns every invariant the ledger breaks for orders, given how
+// each saga ended (outcomes; a missing one counts as not completed): stock
+// reserved = released + shipped, shipped only when completed; money
+// charged = refunded + captured, captured only when completed; no effect
+// applied twice for an order, no command applied twice.
+func (l *Ledger) Check(orders []string, outcomes map[string]statemachine.State) []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	key := effect + " " + order
-	if l.Barred[key] {
+	var violations []string
+	violate := func(format string, a ...any) { violations = append(violations, fmt.Sprintf(format, a...)) }
+	for _, o := range orders {
+		outcome := outcomes[o]
+		shipped, captured := int32(0), int64(0)
+		if outcome == saga.StateCompleted {
+			shipped, captured = l.Reserved[o], l.Charged[o]
+		}
+		if l.Reserved[o] != l.Released[o]+l.Shipped[o] || l.Shipped[o] != shipped {
+			violate("%s (%s): stock reserved %d != released %d + shipped %d", o, outcome, l.Reserved[o], l.Released[o], l.Shipped[o])
+		}
+		if l.Charged[o] != l.Refunded[o]+captured {
+			violate("%s (%s): money charged %d != refunded %d + captured %d", o, outcome, l.Charged[o], l.Refunded[o], captured)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(l.Applications)) {
+		if n := l.Applications[k]; n > 1 {
+			violate("%s applied %d times", k, n)
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(l.ByCommand)) {
+		if n := l.ByCommand[id]; n > 1 {
+			violate("command %s applied %d times", id, n)
+		}
+	}
+	return violations
+}
+
+// applied counts one application of effect for order by command id.
+func (l *Ledger) applied(effect, order, id string) {
+	l.Applications[effect+" "+order]++
+	l.ByCommand[id]++
+}
+
+// do applies effect for order (by command id) unless done says it was
+// applied before, or it is barred; it reports whether the effect stands.
+// The caller holds mu.
+func (l *Ledger) do(effect, order, id string, done bool, apply func()) bool {
+	if l.Barred[effect+" "+order] {
 		return false
 	}
-	if l.Applied[key] == 0 {
-		l.Applied[key]++
+	if !done {
 		apply()
+		l.applied(effect, order, id)
 	}
 	return true
 }
 
-// undo applies compensation, once, if effect was applied for order;
-// otherwise it bars effect and applies nothing (the contract's no-op).
-func (l *Ledger) undo(effect, compensation, order string, apply func()) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.Applied[effect+" "+order] == 0 {
+// undo applies compensation for order (by command id) unless undone says
+// it was applied before; when effect was never applied (applied false), it
+// bars effect and applies nothing: the contract's no-op. The caller holds
+// mu.
+func (l *Ledger) undo(effect, compensation, order, id string, applied, undone bool, apply func()) {
+	if !applied {
 		l.Barred[effect+" "+order] = true
 		return
 	}
-	if key := compensation + " " + order; l.Applied[key] == 0 {
-		l.Applied[key]++
+	if !undone {
 		apply()
+		l.applied(compensation, order, id)
 	}
 }
 
@@ -144,6 +202,10 @@ type Participants struct {
 	// poisoned remembers orders whose first reply was sent as poison, so
 	// that the resend is answered properly.
 	poisoned sync.Map
+	// lost remembers the orders whose first reply was lost.
+	lost sync.Map
+	// worked remembers the commands (type and order) worked on once.
+	worked sync.Map
 	// codecs holds one reply codec per event type, built on first use:
 	// building one parses the schema and compiles its encoders.
 	codecs sync.Map // event type → *schema.Codec[T]
@@ -166,6 +228,16 @@ func reply[T any](p *Participants, def saga.EventDef[T], v T) (pipe.Reply, error
 	return pipe.NewReply(c.(*schema.Codec[T]), def.Type, v), nil
 }
 
+// loseReply tells whether the reply to order's first command at step is
+// lost after its effect was applied.
+func (p *Participants) loseReply(order, step string) bool {
+	if !hit(order, "lost-"+step, p.faults.LostReplyRate) {
+		return false
+	}
+	_, again := p.lost.LoadOrStore(step+" "+order, true)
+	return !again
+}
+
 // poison answers an order's first reply with bytes that do not decode.
 func (p *Participants) poison(order, step, replyType string) (pipe.Reply, bool) {
 	if !hit(order, "poison-"+step, p.faults.PoisonRate) {
@@ -178,25 +250,35 @@ func (p *Participants) poison(order, step, replyType string) (pipe.Reply, bool) 
 }
 
 func (p *Participants) handle(ctx context.Context, cmd participantCommand, env schema.Envelope) (pipe.Reply, error) {
-	if p.faults.Latency > 0 {
+	// The latency is the work of applying a command the first time (a
+	// call to a payment provider, say); a resend of one already worked on
+	// is answered from the ledger at once.
+	if _, again := p.worked.LoadOrStore(env.Type+" "+cmd.OrderID, true); p.faults.Latency > 0 && !again {
 		select {
 		case <-time.After(p.faults.Latency):
 		case <-ctx.Done():
 			return pipe.Reply{}, ctx.Err()
 		}
 	}
-	l, o := p.Ledger, cmd.OrderID
+	l, o, id := p.Ledger, cmd.OrderID, env.ID
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	has := func(m map[string]int32) bool { _, ok := m[o]; return ok }
+	hasMoney := func(m map[string]int64) bool { _, ok := m[o]; return ok }
 	switch env.Type {
 	case EvReserveInventory.Type:
 		if r, ok := p.poison(o, "inventory", EvInventoryReserved.Type); ok {
 			return r, nil
 		}
-		if !l.once("reserve", o, func() { l.Reserved[o] = cmd.Quantity }) {
+		if !l.do("reserve", o, id, has(l.Reserved), func() { l.Reserved[o] = cmd.Quantity }) {
 			return reply(p, EvInventoryRejected, InventoryRejected{OrderID: o, Reason: "released before it was reserved"})
+		}
+		if p.loseReply(o, "inventory") {
+			return pipe.NoReply, nil
 		}
 		return reply(p, EvInventoryReserved, InventoryReserved{OrderID: o, SKU: cmd.SKU, Quantity: cmd.Quantity})
 	case EvReleaseInventory.Type:
-		l.undo("reserve", "release", o, func() { l.Released[o] = l.Reserved[o] })
+		l.undo("reserve", "release", o, id, has(l.Reserved), has(l.Released), func() { l.Released[o] = l.Reserved[o] })
 		return reply(p, EvInventoryReleased, InventoryReleased{OrderID: o})
 	case EvChargePayment.Type:
 		if hit(o, "decline", p.faults.DeclineRate) {
@@ -205,12 +287,15 @@ func (p *Participants) handle(ctx context.Context, cmd participantCommand, env s
 		if r, ok := p.poison(o, "payment", EvPaymentCharged.Type); ok {
 			return r, nil
 		}
-		if !l.once("charge", o, func() { l.Charged[o] = cmd.AmountCents }) {
+		if !l.do("charge", o, id, hasMoney(l.Charged), func() { l.Charged[o] = cmd.AmountCents }) {
 			return reply(p, EvPaymentDeclined, PaymentDeclined{OrderID: o, Reason: "refunded before it was charged"})
+		}
+		if p.loseReply(o, "payment") {
+			return pipe.NoReply, nil
 		}
 		return reply(p, EvPaymentCharged, PaymentCharged{OrderID: o, PaymentID: "pay-" + o, AmountCents: cmd.AmountCents})
 	case EvRefundPayment.Type:
-		l.undo("charge", "refund", o, func() { l.Refunded[o] = l.Charged[o] })
+		l.undo("charge", "refund", o, id, hasMoney(l.Charged), hasMoney(l.Refunded), func() { l.Refunded[o] = l.Charged[o] })
 		return reply(p, EvPaymentRefunded, PaymentRefunded{OrderID: o, AmountCents: cmd.AmountCents})
 	case EvScheduleShipment.Type:
 		if p.faults.ShippingSilent {
@@ -219,11 +304,19 @@ func (p *Participants) handle(ctx context.Context, cmd participantCommand, env s
 		if hit(o, "ship", p.faults.ShippingFailureRate) {
 			return reply(p, EvShipmentFailed, ShipmentFailed{OrderID: o, Reason: "no courier"})
 		}
-		l.once("ship", o, func() { l.Shipped[o] = cmd.Quantity })
+		l.do("ship", o, id, has(l.Shipped), func() { l.Shipped[o] = cmd.Quantity })
+		if p.loseReply(o, "shipping") {
+			return pipe.NoReply, nil
+		}
 		return reply(p, EvShipmentScheduled, ShipmentScheduled{OrderID: o, TrackingID: "track-" + o})
 	}
 	return pipe.Reply{}, fmt.Errorf("orders: unexpected command %s", env.Type)
 }
+
+// Concurrency is how many commands each participant handles at once (one
+// saga's commands one at a time): a service calling something slow, like
+// a payment provider, answers commands side by side.
+const Concurrency = 64
 
 // Run runs the three services, each a stage worker in its own consumer
 // group, until ctx ends; it returns the first worker's error.
@@ -236,6 +329,9 @@ func (p *Participants) Run(ctx context.Context, brokers []string, clientOpts ...
 		{ServicePayment, PaymentTopic, "PaymentCommand", []string{"sagapipe.examples.orders.ChargePayment", "sagapipe.examples.orders.RefundPayment"}},
 		{ServiceShipping, ShippingTopic, "ShippingCommand", []string{"sagapipe.examples.orders.ScheduleShipment"}},
 	}
+	// One service failing stops the others: Run then returns its error.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	errs := make(chan error, len(services))
 	var wg sync.WaitGroup
 	for _, s := range services {
@@ -254,7 +350,7 @@ func (p *Participants) Run(ctx context.Context, brokers []string, clientOpts ...
 		if p.Tracing != nil {
 			tp = p.Tracing(s.service)
 		}
-		w, err := pipe.NewStageWorker(cl, codec, p.handle,
+		w, err := pipe.NewStageWorker(cl, codec, p.handle, pipe.WithConcurrency(Concurrency),
 			pipe.WithPiperOptions(pipe.WithSource(s.topic+".service"), pipe.WithTracerProvider(tp)))
 		if err != nil {
 			cl.Close()
@@ -266,6 +362,7 @@ func (p *Participants) Run(ctx context.Context, brokers []string, clientOpts ...
 			defer cl.Close()
 			if err := w.Run(ctx); err != nil {
 				errs <- fmt.Errorf("%s service: %w", s.topic, err)
+				cancel()
 			}
 		}()
 	}
