@@ -507,9 +507,12 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 		on = statemachine.EventType("start/" + env.Type)
 	}
 	var payload any
-	if env.Type == CancelType {
+	switch env.Type {
+	case CancelType:
 		on = CancelEventType
-	} else {
+	case ResumeType:
+		on = ResumeEventType
+	default:
 		c, known := r.decoders[on]
 		if !known {
 			return r.deadLetter(ctx, b, rec, env, fmt.Errorf("%w: %s %q (step %q)", ErrUnknownEvent, r.saga.name, env.Type, env.SagaStep))
@@ -546,6 +549,9 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 	}
 	entry := JournalEntry{SagaID: id, EventType: string(on), CEID: env.ID, CEType: env.Type, Time: t,
 		Payload: rec.Value}
+	if on == CancelEventType || on == ResumeEventType {
+		entry.RequestedBy = env.Source
+	}
 	return r.apply(ctx, b, rec.Partition, s, entry, payload, rec)
 }
 
@@ -565,6 +571,9 @@ func (r *Runtime[D]) handleTimer(ctx context.Context, b *batch[D], d dueTimer) e
 	// Handled now, not at the deadline: after a delay (a restart, a long
 	// batch) the next wait starts from now instead of being due at once.
 	now := r.cfg.Clock.Now().UTC()
+	if tm.compensation && s.inst.Resumes > 0 {
+		kind += fmt.Sprintf("-resume%d", s.inst.Resumes)
+	}
 	entry := JournalEntry{SagaID: s.id, EventType: string(TimeoutEventType(tm.step, tm.compensation)),
 		CEID: fmt.Sprintf("%s/%s/%s/%d", s.id, tm.step, kind, tm.attempt), CEType: "sagapipe.Timeout", Time: now,
 		TimerStep: tm.step, TimerAttempt: int32(tm.attempt)}
@@ -669,6 +678,11 @@ func (r *Runtime[D]) command(ctx context.Context, s *sagaRecord[D], e Effect, sr
 	kind := "do"
 	if e.Compensation {
 		kind = "undo"
+	}
+	if e.Resume > 0 {
+		// A resumed compensation starts again at attempt 1: its IDs must
+		// not be the ones its participant saw (and may drop) before.
+		kind += fmt.Sprintf("-resume%d", e.Resume)
 	}
 	h := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
 	return pipe.Message{Source: src, Value: value, Type: e.EventType, Context: ctx,

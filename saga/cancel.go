@@ -20,3 +20,15 @@ func CancelRecord(sagaName, id, source string) *kgo.Record {
 	env.SagaName, env.SagaID, env.CorrelationID = sagaName, id, id
 	return &kgo.Record{Topic: sagaName + ".inbox", Key: []byte(id), Headers: env.Apply(nil)}
 }
+
+// ResumeRecord is the record that resumes saga id of the saga named
+// sagaName from CompensationFailed: produce it to the saga's inbox. The
+// compensation that was given up is sent again from attempt 1, then the
+// steps before it are compensated as usual; a saga in any other state
+// journals it as ignored. source is its ce_source: who asked, journaled
+// as the entry's RequestedBy.
+func ResumeRecord(sagaName, id, source string) *kgo.Record {
+	env := schema.NewEnvelope(ResumeType, source, time.Now())
+	env.SagaName, env.SagaID, env.CorrelationID = sagaName, id, id
+	return &kgo.Record{Topic: sagaName + ".inbox", Key: []byte(id), Headers: env.Apply(nil)}
+}

@@ -33,6 +33,14 @@ type Instance[D any] struct {
 	// Attempt counts the sends of the command or compensation now out
 	// (1 for the first send).
 	Attempt int
+	// Deadline is when the saga must have finished its steps (zero: no
+	// deadline; see Builder.Deadline).
+	Deadline time.Time
+	// Stuck is, in CompensationFailed, the step whose compensation was
+	// given up: a resume sends it again.
+	Stuck string
+	// Resumes counts the operator's resumes.
+	Resumes int
 }
 
 // EffectKind says what an Effect asks the runtime to do.
@@ -62,6 +70,9 @@ type Effect struct {
 	// LongRetry marks the Send of a step that cannot be given up, resent
 	// past its retries.
 	LongRetry bool
+	// Resume is, for a compensation sent after an operator's resume, how
+	// many resumes there were (its command IDs differ from earlier ones).
+	Resume int
 	// Finish: the terminal state.
 	Outcome statemachine.State
 }
@@ -80,6 +91,7 @@ type Saga[D any] struct {
 	start      ReplySpec[D]
 	steps      []StepBuilder[D]
 	outcome    *outcomeSpec[D]
+	deadline   time.Duration
 	machine    *statemachine.Machine[Instance[D], Effect]
 }
 
@@ -99,7 +111,9 @@ func (s *Saga[D]) OutcomeTopic() string {
 // the saga announces one, and Finish.
 func (s *Saga[D]) finish(outcome statemachine.State, in Instance[D]) []Effect {
 	done := Effect{Kind: Finish, Outcome: outcome}
-	if s.outcome == nil {
+	if s.outcome == nil || in.Resumes > 0 {
+		// A resumed saga announced its failure when it first ended in
+		// CompensationFailed.
 		return []Effect{done}
 	}
 	spec := s.outcome.failed
@@ -141,6 +155,13 @@ const (
 	CancelEventType statemachine.EventType = "cancel"
 )
 
+// Resuming a CompensationFailed saga: a record of ce_type ResumeType on
+// the inbox (see ResumeRecord) is the state-machine event ResumeEventType.
+const (
+	ResumeType                             = "sagapipe.Resume"
+	ResumeEventType statemachine.EventType = "resume"
+)
+
 // ReplyEventType is the state-machine event type of a reply of ceType to
 // step: replies are told apart by the step they answer, so two steps may
 // share a reply type.
@@ -169,25 +190,31 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 		s.steps = append(s.steps, c)
 	}
 	pivot := slices.IndexFunc(s.steps, func(st StepBuilder[D]) bool { return st.pivot })
+	for i := range s.steps {
+		// A step that cannot be compensated (no compensation, or after
+		// the pivot) is never given up: given up, it could still be
+		// applied, with nothing to undo it.
+		s.steps[i].givesUp = s.steps[i].compensate != nil && (pivot < 0 || i <= pivot)
+	}
+	s.deadline = b.deadline
 
 	type T = statemachine.Transition[Instance[D], Effect]
 	var ts []T
-	canFailCompensation := false
 	first := s.steps[0]
 	ts = append(ts, T{From: StateNew, On: s.StartEventType(), To: PendingState(first.name),
 		Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
 			s.start.apply(&in.Data, ev.Payload)
 			in.Attempt = 1
-			return in, send(first, in, false)
+			if s.deadline > 0 {
+				in.Deadline = ev.Time.Add(s.deadline)
+			}
+			return in, send(first, in, false, ev.Time)
 		}})
 
 	for i := range s.steps {
 		step := s.steps[i]
 		pending := PendingState(step.name)
 		afterPivot := pivot >= 0 && i > pivot
-		// A step that cannot be compensated is never given up: given up,
-		// it could still be applied, with nothing to undo it.
-		mustFinish := step.compensate == nil || afterPivot
 		// Where a failure of this step goes: the nearest earlier step that
 		// can be compensated, or straight to Compensated.
 		compensateFrom := s.compensationBefore(i)
@@ -202,17 +229,17 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 				in.Completed = append(slices.Clip(in.Completed), step.name)
 				in.Attempt = 1
 				if i+1 < len(s.steps) {
-					return in, send(s.steps[i+1], in, false)
+					return in, send(s.steps[i+1], in, false, ev.Time)
 				}
 				return in, s.finish(StateCompleted, in)
 			}})
 
-		fails := func(in Instance[D]) (Instance[D], []Effect) {
+		fails := func(in Instance[D], now time.Time) (Instance[D], []Effect) {
 			in.Attempt = 1
 			if compensateFrom < 0 {
 				return in, s.finish(StateCompensated, in)
 			}
-			return in, send(s.steps[compensateFrom], in, true)
+			return in, send(s.steps[compensateFrom], in, true, now)
 		}
 		failTo := StateCompensated
 		if compensateFrom >= 0 {
@@ -226,13 +253,13 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 				Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
 					step.failure.apply(&in.Data, ev.Payload)
 					in.Attempt = 1
-					return in, send(fwd, in, false)
+					return in, send(fwd, in, false, ev.Time)
 				}})
 		case step.failure != nil:
 			ts = append(ts, T{From: pending, On: ReplyEventType(step.name, step.failure.event.eventType), To: failTo,
 				Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
 					step.failure.apply(&in.Data, ev.Payload)
-					return fails(in)
+					return fails(in, ev.Time)
 				}})
 		}
 		// A step given up after its timeouts may have been applied all the
@@ -242,29 +269,36 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 		uncertainTo, uncertain := failTo, fails
 		if step.compensate != nil {
 			uncertainTo = CompensatingState(step.name)
-			uncertain = func(in Instance[D]) (Instance[D], []Effect) {
+			uncertain = func(in Instance[D], now time.Time) (Instance[D], []Effect) {
 				in.Attempt = 1
-				return in, send(step, in, true)
+				return in, send(step, in, true, now)
 			}
 		}
-		if mustFinish {
+		giveUp := func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) { return uncertain(in, ev.Time) }
+		if !step.givesUp {
 			ts = append(ts, resendTransitions(step, pending)...)
 		} else {
-			ts = append(ts, timeoutTransitions(step, false, step.retries, pending, uncertainTo, func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
-				return uncertain(in)
-			})...)
+			// The saga's deadline gives the step up like its last timeout:
+			// its timers are set to fire by the deadline.
+			if s.deadline > 0 {
+				ts = append(ts, T{From: pending, On: TimeoutEventType(step.name, false), To: uncertainTo,
+					GuardName: "saga deadline passed",
+					Guard: func(in Instance[D], ev statemachine.Event) bool {
+						return currentSend(step)(in, ev) && !in.Deadline.IsZero() && !ev.Time.Before(in.Deadline)
+					},
+					Action: giveUp})
+			}
+			ts = append(ts, timeoutTransitions(step, false, step.retries, pending, uncertainTo, giveUp)...)
 			// A cancel while the step waits leaves it uncertain too. Once
 			// compensating, or finished, or waiting on a step that cannot
 			// be compensated, a saga ignores a cancel.
-			ts = append(ts, T{From: pending, On: CancelEventType, To: uncertainTo,
-				Action: func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) { return uncertain(in) }})
+			ts = append(ts, T{From: pending, On: CancelEventType, To: uncertainTo, Action: giveUp})
 		}
 
 		// Every step with a compensation can be compensated: a completed
 		// one when a later step fails, and any one, the last included,
 		// when it is given up as uncertain.
 		if step.compensate != nil && !afterPivot {
-			canFailCompensation = true
 			compensating := CompensatingState(step.name)
 			before := s.compensationBefore(i)
 			var doneTo statemachine.State = StateCompensated
@@ -272,24 +306,33 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 				doneTo = CompensatingState(s.steps[before].name)
 			}
 			ts = append(ts, T{From: compensating, On: ReplyEventType(step.name, step.compAck.eventType), To: doneTo,
-				Action: func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
+				Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
 					in.Attempt = 1
 					if before < 0 {
 						return in, s.finish(StateCompensated, in)
 					}
-					return in, send(s.steps[before], in, true)
+					return in, send(s.steps[before], in, true, ev.Time)
 				}})
 			ts = append(ts, timeoutTransitions(step, true, step.compRetries, compensating, StateCompensationFailed,
 				func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
+					in.Stuck = step.name
 					return in, s.finish(StateCompensationFailed, in)
 				})...)
+			// An operator's resume sends the compensation that was given
+			// up again, from attempt 1; the steps before it follow.
+			ts = append(ts, T{From: StateCompensationFailed, On: ResumeEventType, To: compensating,
+				GuardName: "compensation of " + step.name + " given up",
+				Guard:     func(in Instance[D], _ statemachine.Event) bool { return in.Stuck == step.name },
+				Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
+					in.Stuck, in.Attempt = "", 1
+					in.Resumes++
+					return in, send(step, in, true, ev.Time)
+				}})
 		}
 	}
 
+	// CompensationFailed is not terminal: an operator can resume it.
 	terminal := []statemachine.State{StateCompleted, StateCompensated}
-	if canFailCompensation {
-		terminal = append(terminal, StateCompensationFailed)
-	}
 	m, err := statemachine.Build(statemachine.Definition[Instance[D], Effect]{
 		Name:        s.name,
 		Initial:     StateNew,
@@ -316,16 +359,30 @@ func (s *Saga[D]) compensationBefore(i int) int {
 
 // send returns the effects of sending step's command (or compensation) at
 // in.Attempt: the command and its timer.
-func send[D any](step StepBuilder[D], in Instance[D], compensation bool) []Effect {
+// at in.Attempt: the command and its timer. A command that can be given up
+// waits no longer than the saga's deadline (now is the event's time).
+func send[D any](step StepBuilder[D], in Instance[D], compensation bool, now time.Time) []Effect {
 	cmd := step.command
 	if compensation {
 		cmd = step.compensate
 	}
+	wait := resendWait(step.timeout, in.Attempt)
+	if !compensation && step.givesUp && !in.Deadline.IsZero() {
+		wait = max(min(wait, in.Deadline.Sub(now)), 0)
+	}
 	return []Effect{
 		{Kind: Send, Step: step.name, Compensation: compensation, Attempt: in.Attempt, Topic: step.topic,
-			EventType: cmd.event.eventType, Command: cmd.build(in.Data)},
-		{Kind: SetTimer, Step: step.name, Compensation: compensation, Attempt: in.Attempt, After: resendWait(step.timeout, in.Attempt)},
+			EventType: cmd.event.eventType, Command: cmd.build(in.Data), Resume: resumeOf(in, compensation)},
+		{Kind: SetTimer, Step: step.name, Compensation: compensation, Attempt: in.Attempt, After: wait},
 	}
+}
+
+// resumeOf is a compensation's Effect.Resume.
+func resumeOf[D any](in Instance[D], compensation bool) int {
+	if compensation {
+		return in.Resumes
+	}
+	return 0
 }
 
 // maxBackoffFactor caps how much longer than its timeout a resend waits.
@@ -369,9 +426,9 @@ func timeoutTransitions[D any](step StepBuilder[D], compensation bool, retries i
 			Guard: func(in Instance[D], ev statemachine.Event) bool {
 				return currentSend(step)(in, ev) && in.Attempt <= retries
 			},
-			Action: func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
+			Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
 				in.Attempt++
-				return in, send(step, in, compensation)
+				return in, send(step, in, compensation, ev.Time)
 			}},
 		exhausted,
 	}
@@ -382,9 +439,9 @@ func timeoutTransitions[D any](step StepBuilder[D], compensation bool, retries i
 func resendTransitions[D any](step StepBuilder[D], waiting statemachine.State) []statemachine.Transition[Instance[D], Effect] {
 	return []statemachine.Transition[Instance[D], Effect]{{From: waiting, On: TimeoutEventType(step.name, false), To: waiting,
 		GuardName: "current send (never given up)", Guard: currentSend(step),
-		Action: func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
+		Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
 			in.Attempt++
-			effects := send(step, in, false)
+			effects := send(step, in, false, ev.Time)
 			effects[0].LongRetry = in.Attempt > step.retries+1
 			return in, effects
 		}}}

@@ -114,6 +114,7 @@ type StepBuilder[D any] struct {
 	compRetries int
 	pivot       bool
 	forward     string
+	givesUp     bool // compiled: whether the step can be given up (see compile)
 }
 
 // Command sets the topic the step's command is piped to and how it is built.
@@ -175,6 +176,7 @@ type Builder[D any] struct {
 	start      *ReplySpec[D]
 	steps      []*StepBuilder[D]
 	outcome    *outcomeSpec[D]
+	deadline   time.Duration
 }
 
 type outcomeSpec[D any] struct {
@@ -199,6 +201,14 @@ func (b *Builder[D]) Outcome(topic string, completed, failed CommandSpec[D]) *Bu
 	b.outcome = &outcomeSpec[D]{topic: topic, completed: completed, failed: failed}
 	return b
 }
+
+// Deadline gives every saga d from its start event to finish its steps:
+// when it passes while the saga waits on a step that can be given up
+// (before or at the pivot, with a compensation), that step is given up as
+// uncertain and the saga compensates, as on a cancel. It is durable like
+// the step timers (the start event's journaled time plus d). After the
+// pivot, or once compensating, a saga is past it: it goes on.
+func (b *Builder[D]) Deadline(d time.Duration) *Builder[D] { b.deadline = d; return b }
 
 // Step adds a step; steps run in the order they are added.
 func (b *Builder[D]) Step(name string) *StepBuilder[D] {
@@ -240,6 +250,9 @@ func (b *Builder[D]) Build() (*Saga[D], error) {
 	}
 	if len(b.steps) == 0 {
 		fail("no steps")
+	}
+	if b.deadline < 0 {
+		fail("deadline %v is negative", b.deadline)
 	}
 	if o := b.outcome; o != nil {
 		if o.topic == "" {

@@ -482,3 +482,79 @@ func TestBuildChecksThePivot(t *testing.T) {
 		}
 	}
 }
+
+// A resume sends the compensation that was given up again and the saga
+// compensates on; it announces no second outcome. In any other state a
+// resume is refused (journaled as ignored).
+func TestResumeACompensationFailedSaga(t *testing.T) {
+	r := newRunner(t)
+	r.must(r.s.StartEventType(), msg{OrderID: "o-1"})
+	r.must(reply("inventory", inventoryReserved, ""))
+	if _, err := r.s.Machine().Apply(r.state, r.in, statemachine.Event{Type: saga.ResumeEventType, Time: at}); !errors.Is(err, statemachine.ErrNoTransition) {
+		t.Fatalf("a resume while pending: %v, want no transition", err)
+	}
+	r.must(reply("payment", paymentCharged, "pay-9"))
+	r.must(reply("shipping", shipmentFailed, ""))
+	r.must(timeout("payment", 1, true))
+	r.must(timeout("payment", 2, true))
+	if r.state != saga.StateCompensationFailed || r.in.Stuck != "payment" || r.s.Machine().IsTerminal(r.state) {
+		t.Fatalf("state %s, stuck %q, terminal %v; want CompensationFailed at payment, waiting for an operator",
+			r.state, r.in.Stuck, r.s.Machine().IsTerminal(r.state))
+	}
+	r.log = nil
+	r.must(saga.ResumeEventType, nil)
+	if r.state != saga.CompensatingState("payment") || r.in.Resumes != 1 || r.in.Stuck != "" ||
+		fmt.Sprint(r.log) != "[send payment.commands test.RefundPayment#1 refund timer payment#1 10s]" {
+		t.Fatalf("after the resume: %s, %+v, effects %v; want the refund again from attempt 1", r.state, r.in, r.log)
+	}
+	r.must(reply("payment", paymentRefunded, ""))
+	r.must(reply("inventory", inventoryReleased, ""))
+	want := "[send payment.commands test.RefundPayment#1 refund timer payment#1 10s send inventory.commands test.ReleaseInventory#1 release timer inventory#1 5s finish Compensated]"
+	if r.state != saga.StateCompensated || fmt.Sprint(r.log) != want {
+		t.Fatalf("state %s, effects %v; want Compensated without a second outcome: %s", r.state, r.log, want)
+	}
+}
+
+// A saga's deadline caps its step timers; when it passes, the step it
+// waits on is given up as uncertain and compensated first. Compensating,
+// the saga is past its deadline: its timers are its own.
+func TestSagaDeadline(t *testing.T) {
+	b := saga.New[orderData]("orders", orderDataSchema).
+		StartOn(saga.Reply(orderPlaced, func(d *orderData, e msg) { d.OrderID = e.OrderID })).Deadline(time.Minute)
+	inv := b.Step("inventory").Command("inventory.commands", saga.Cmd(reserveInventory, command(msg{Detail: "reserve"}))).
+		OnSuccess(saga.Reply[orderData](inventoryReserved, nil)).Timeout(20 * time.Second)
+	saga.Compensate(inv, saga.Cmd(releaseInventory, command(msg{Detail: "release"})), inventoryReleased)
+	pay := b.Step("payment").Command("payment.commands", saga.Cmd(chargePayment, command(msg{Detail: "charge"}))).
+		OnSuccess(saga.Reply[orderData](paymentCharged, nil)).Timeout(20 * time.Second)
+	saga.Compensate(pay, saga.Cmd(refundPayment, command(msg{Detail: "refund"})), paymentRefunded)
+	b.Step("shipping").Command("shipping.commands", saga.Cmd(scheduleShipment, command(msg{Detail: "ship"}))).
+		OnSuccess(saga.Reply[orderData](shipmentScheduled, nil))
+	s, err := b.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, in := saga.StateNew, saga.Instance[orderData]{}
+	apply := func(on statemachine.EventType, payload any, after time.Duration) []saga.Effect {
+		t.Helper()
+		res, err := s.Machine().Apply(state, in, statemachine.Event{Type: on, Time: at.Add(after), Payload: payload})
+		if err != nil {
+			t.Fatalf("%s at +%v: %v", on, after, err)
+		}
+		state, in = res.To, res.Data
+		return res.Effects
+	}
+	apply(s.StartEventType(), msg{OrderID: "o-1"}, 0)
+	if !in.Deadline.Equal(at.Add(time.Minute)) {
+		t.Fatalf("deadline %v, want the start's time + 1m", in.Deadline)
+	}
+	if effects := apply(saga.ReplyEventType("inventory", inventoryReserved.Type), msg{}, 50*time.Second); effects[1].After != 10*time.Second {
+		t.Fatalf("the charge sent at +50s waits %v, want 10s: its timer fires by the deadline", effects[1].After)
+	}
+	effects := apply(saga.TimeoutEventType("payment", false), saga.TimerFired{Step: "payment", Attempt: 1}, 60*time.Second)
+	if state != saga.CompensatingState("payment") || effects[0].EventType != refundPayment.Type {
+		t.Fatalf("at the deadline: %s, effects %+v; want the charge given up and refunded first", state, effects)
+	}
+	if effects[1].After != 20*time.Second {
+		t.Fatalf("the refund waits %v, want its own timeout (past the deadline, compensations go on)", effects[1].After)
+	}
+}

@@ -37,9 +37,9 @@ func Example() {
 	//     payment_Pending --> payment_Compensating : cancel
 	//     payment_Compensating --> Compensated : payment/test.PaymentRefunded
 	//     payment_Compensating --> CompensationFailed : payment/compensation-timeout [current send]
+	//     CompensationFailed --> payment_Compensating : resume [compensation of payment given up]
 	//     shipping_Pending --> Completed : shipping/test.ShipmentScheduled
 	//     shipping_Pending --> shipping_Pending : shipping/timeout [current send (never given up)]
 	//     Completed --> [*]
 	//     Compensated --> [*]
-	//     CompensationFailed --> [*]
 }

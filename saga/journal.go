@@ -24,6 +24,9 @@ type JournalEntry struct {
 	FromState   string `avro:"from_state"`
 	ToState     string `avro:"to_state"`
 	TraceParent string `avro:"traceparent"`
+	// RequestedBy is, for an operator's event (a cancel, a resume), who
+	// asked: the record's ce_source.
+	RequestedBy string `avro:"requested_by"`
 }
 
 // Journal outcomes.
@@ -45,5 +48,6 @@ const JournalEntrySchema = `{"type":"record","name":"JournalEntry","namespace":"
  {"name":"outcome","type":"string"},
  {"name":"from_state","type":"string"},
  {"name":"to_state","type":"string"},
- {"name":"traceparent","type":"string","default":""}
+ {"name":"traceparent","type":"string","default":""},
+ {"name":"requested_by","type":"string","default":""}
 ]}`

@@ -190,7 +190,7 @@ func (c *codecs) payload(ctx context.Context, sagaName string, entry JournalEntr
 	if entry.TimerStep != "" {
 		return TimerFired{Step: entry.TimerStep, Attempt: int(entry.TimerAttempt)}, nil
 	}
-	if entry.EventType == string(CancelEventType) {
+	if entry.EventType == string(CancelEventType) || entry.EventType == string(ResumeEventType) {
 		return nil, nil
 	}
 	d, ok := c.decoders[statemachine.EventType(entry.EventType)]

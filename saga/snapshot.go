@@ -66,6 +66,11 @@ type Snapshot struct {
 	// SeenDigests are a closed marker's digests of Seen (64-bit FNV-1a of
 	// each ce_id, sorted).
 	SeenDigests []int64 `avro:"seen_digests"`
+	// DeadlineMicros is the saga's deadline in Unix microseconds (0:
+	// none); Stuck and Resumes are Instance's.
+	DeadlineMicros int64  `avro:"deadline_micros"`
+	Stuck          string `avro:"stuck"`
+	Resumes        int32  `avro:"resumes"`
 }
 
 // SnapshotTimer is a saga's pending deadline.
@@ -98,7 +103,10 @@ const SnapshotSchema = `{"type":"record","name":"SagaSnapshot","namespace":"saga
  {"name":"traceparent","type":"string","default":""},
  {"name":"journal_partition","type":"int"},
  {"name":"journal_offset","type":"long"},
- {"name":"seen_digests","type":{"type":"array","items":"long"},"default":[]}
+ {"name":"seen_digests","type":{"type":"array","items":"long"},"default":[]},
+ {"name":"deadline_micros","type":"long","default":0},
+ {"name":"stuck","type":"string","default":""},
+ {"name":"resumes","type":"int","default":0}
 ]}`
 
 // Headers of a state record: what a restore needs to index a snapshot
@@ -164,6 +172,10 @@ func (c *snapshots[D]) encode(ctx context.Context, s *sagaRecord[D], closed bool
 			return nil, fmt.Errorf("encode the data of saga %s: %w", s.id, err)
 		}
 		snap.Data, snap.Attempt = data, int32(s.inst.Attempt)
+		snap.Stuck, snap.Resumes = s.inst.Stuck, int32(s.inst.Resumes)
+		if !s.inst.Deadline.IsZero() {
+			snap.DeadlineMicros = s.inst.Deadline.UnixMicro()
+		}
 		snap.Completed = append(snap.Completed, s.inst.Completed...)
 		if t := s.timer; t != nil {
 			snap.Timer = &SnapshotTimer{Step: t.step, Attempt: int32(t.attempt), Compensation: t.compensation, Deadline: t.deadline}
@@ -212,6 +224,10 @@ func (c *snapshots[D]) decode(ctx context.Context, value []byte) (*sagaRecord[D]
 		return nil, fmt.Errorf("the saga's data: %w", err)
 	}
 	s.inst.Attempt = int(snap.Attempt)
+	s.inst.Stuck, s.inst.Resumes = snap.Stuck, int(snap.Resumes)
+	if snap.DeadlineMicros != 0 {
+		s.inst.Deadline = time.UnixMicro(snap.DeadlineMicros).UTC()
+	}
 	if len(snap.Completed) > 0 {
 		s.inst.Completed = snap.Completed
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sagapipe/sagapipe/internal/testkit"
 	"github.com/sagapipe/sagapipe/saga"
+	"github.com/sagapipe/sagapipe/statemachine"
 )
 
 // testClock is real time plus an offset the test moves forward; waiters
@@ -280,6 +281,76 @@ func TestAnUncertainStepIsCompensatedEndToEnd(t *testing.T) {
 	}
 	if !slices.Contains(order, "payment.Compensating") || slices.Index(order, "payment.Compensating") > slices.Index(order, "inventory.Compensating") {
 		t.Fatalf("states %v: want payment compensated before inventory", order)
+	}
+	checkJournal(t, e.journal())
+}
+
+// every records each OnFinished, a resumed saga's second one included.
+type every struct {
+	mu       sync.Mutex
+	outcomes []string
+}
+
+func (e *every) OnFinished(id string, outcome statemachine.State) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.outcomes = append(e.outcomes, id+" "+string(outcome))
+}
+
+func (e *every) list() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.outcomes)
+}
+
+// An operator resumes a CompensationFailed saga once its participant is
+// back: the refund is sent again, then the release, and the saga ends
+// Compensated; the journal names who asked.
+func TestResumeEndToEnd(t *testing.T) {
+	e := newEnv(t, 1)
+	var back atomic.Bool
+	e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{
+		reserveInventory.Type: always(inventoryReserved), releaseInventory.Type: always(inventoryReleased)})
+	payment := e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{
+		chargePayment.Type: always(paymentCharged),
+		refundPayment.Type: func(string) *saga.EventDef[msg] { // down until it is back
+			if back.Load() {
+				return &paymentRefunded
+			}
+			return nil
+		},
+	})
+	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentFailed)})
+	clock := &testClock{}
+	hooks := &every{}
+	e.startRuntime(saga.Config{Clock: clock, Hooks: []any{hooks}})
+	e.start("stuck")
+	for sends := 1; sends <= 2; sends++ {
+		for deadline := time.Now().Add(30 * time.Second); payment.count("test.RefundPayment stuck") < sends; {
+			if time.Now().After(deadline) {
+				t.Fatalf("refund %d never sent", sends)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		clock.Advance(81 * time.Second)
+	}
+	waitFor(t, "the saga to end in CompensationFailed", func() bool { return len(hooks.list()) == 1 })
+	back.Store(true)
+	if err := e.client().ProduceSync(context.Background(), saga.ResumeRecord("orders", "stuck", "operator:alice")).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the resumed saga to end", func() bool { return len(hooks.list()) == 2 })
+	if got := fmt.Sprint(hooks.list()); got != "[stuck CompensationFailed stuck Compensated]" {
+		t.Fatalf("outcomes %s, want CompensationFailed, then Compensated", got)
+	}
+	var resumes []saga.JournalEntry
+	for _, je := range e.journal() {
+		if je.EventType == string(saga.ResumeEventType) {
+			resumes = append(resumes, je)
+		}
+	}
+	if len(resumes) != 1 || resumes[0].RequestedBy != "operator:alice" || resumes[0].ToState != string(saga.CompensatingState("payment")) {
+		t.Fatalf("resume entries %+v, want one by operator:alice into payment.Compensating", resumes)
 	}
 	checkJournal(t, e.journal())
 }
