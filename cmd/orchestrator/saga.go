@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
+	"os"
 	"slices"
 	"text/tabwriter"
 	"time"
@@ -28,13 +30,16 @@ func runSaga(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return sagaList(ctx, args[1:], stdout, stderr)
 		case "cancel":
 			return sagaCancel(ctx, args[1:], stdout, stderr)
+		case "resume":
+			return sagaResume(ctx, args[1:], stdout, stderr)
 		}
 	}
 	fmt.Fprintln(stderr, `usage:
   orchestrator saga show  [flags] <saga> <id>   its state and journal
   orchestrator saga list  [flags] <saga>        every saga in the state topic (live, or closed within the retention) with its state (--state to filter)
   orchestrator saga trace [flags] <saga> <id>   its journal with trace/span IDs, and its spans from Jaeger (--jaeger)
-  orchestrator saga cancel [flags] <saga> <id>  cancel it: a saga waiting on a step is compensated, that step first`)
+  orchestrator saga cancel [flags] <saga> <id>  cancel it: a saga waiting on a step is compensated, that step first
+  orchestrator saga resume [flags] <saga> <id>  resume a CompensationFailed saga: the compensation it gave up is sent again`)
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
 		return 0
 	}
@@ -216,25 +221,41 @@ func writeTimeline(w io.Writer, name, id string, entries []saga.JournalEntry) []
 
 // sagaCancel produces a cancel for a saga to its inbox.
 func sagaCancel(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("saga cancel", flag.ContinueOnError)
+	return sagaOperatorEvent(ctx, "cancel", saga.CancelRecord, args, stdout, stderr)
+}
+
+// sagaResume produces a resume for a CompensationFailed saga to its inbox.
+func sagaResume(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return sagaOperatorEvent(ctx, "resume", saga.ResumeRecord, args, stdout, stderr)
+}
+
+// sagaOperatorEvent produces an operator's event (what: cancel or resume)
+// for a saga to its inbox; --by names who asked (default: the user).
+func sagaOperatorEvent(ctx context.Context, what string, record func(name, id, source string) *kgo.Record, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("saga "+what, flag.ContinueOnError)
 	var cf clusterFlags
 	cf.register(fs)
+	by := fs.String("by", os.Getenv("USER"), "who asks: journaled with the event as its ce_source sagapipe/cli/<by>")
 	pos, code := parseInterspersed(fs, args, 2, stderr)
 	if code >= 0 {
 		return code
 	}
 	cl, err := kgo.NewClient(kgo.SeedBrokers(cf.brokerList()...))
 	if err != nil {
-		fmt.Fprintf(stderr, "orchestrator saga cancel: %v\n", err)
+		fmt.Fprintf(stderr, "orchestrator saga %s: %v\n", what, err)
 		return 1
 	}
 	defer cl.Close()
-	rec := saga.CancelRecord(pos[0], pos[1], "sagapipe/cli")
+	source := "sagapipe/cli"
+	if *by != "" {
+		source += "/" + url.PathEscape(*by)
+	}
+	rec := record(pos[0], pos[1], source)
 	if err := cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
-		fmt.Fprintf(stderr, "orchestrator saga cancel: producing to %s: %v\n", rec.Topic, err)
+		fmt.Fprintf(stderr, "orchestrator saga %s: producing to %s: %v\n", what, rec.Topic, err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "cancel of %s %q sent to %s/%d; 'orchestrator saga show %s %s' shows what it did\n",
-		pos[0], pos[1], rec.Topic, rec.Partition, pos[0], pos[1])
+	fmt.Fprintf(stdout, "%s of %s %q (by %s) sent to %s/%d; 'orchestrator saga show %s %s' shows what it did\n",
+		what, pos[0], pos[1], source, rec.Topic, rec.Partition, pos[0], pos[1])
 	return 0
 }

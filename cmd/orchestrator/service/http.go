@@ -1,6 +1,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -42,6 +44,7 @@ func (s *Service) routes() http.Handler {
 	mux.HandleFunc("GET /api/sagas/{name}/{id}", s.getSaga)
 	mux.Handle("POST /api/sagas/{name}", s.authorized(http.HandlerFunc(s.startSaga)))
 	mux.Handle("POST /api/sagas/{name}/{id}/cancel", s.authorized(http.HandlerFunc(s.cancelSaga)))
+	mux.Handle("POST /api/sagas/{name}/{id}/resume", s.authorized(http.HandlerFunc(s.resumeSaga)))
 	return mux
 }
 
@@ -80,8 +83,10 @@ type HistoryEntry struct {
 	From    string    `json:"from"`
 	To      string    `json:"to"`
 	Outcome string    `json:"outcome"`
-	TraceID string    `json:"trace_id,omitempty"`
-	SpanID  string    `json:"span_id,omitempty"`
+	// RequestedBy is who asked for an operator's event (cancel, resume).
+	RequestedBy string `json:"requested_by,omitempty"`
+	TraceID     string `json:"trace_id,omitempty"`
+	SpanID      string `json:"span_id,omitempty"`
 }
 
 // SagaStatus is GET /api/sagas/{name}/{id}. State and history are the
@@ -142,7 +147,8 @@ const historyTimeout = 10 * time.Second
 func (s *Service) writeSaga(w http.ResponseWriter, rt runtime, name, id string, entries []saga.JournalEntry, owned sagaStatus) {
 	st := SagaStatus{Saga: name, ID: id, History: make([]HistoryEntry, 0, len(entries))}
 	for _, e := range entries {
-		h := HistoryEntry{Time: e.Time, Event: e.EventType, EventID: e.CEID, From: e.FromState, To: e.ToState, Outcome: e.Outcome}
+		h := HistoryEntry{Time: e.Time, Event: e.EventType, EventID: e.CEID, From: e.FromState, To: e.ToState, Outcome: e.Outcome,
+			RequestedBy: e.RequestedBy}
 		if sc := telemetry.ParseTraceParent(e.TraceParent); sc.IsValid() {
 			h.TraceID, h.SpanID = sc.TraceID().String(), sc.SpanID().String()
 		}
@@ -213,31 +219,52 @@ func (s *Service) startSaga(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, Started{Saga: name, ID: id, EventID: env.ID, Status: "/api/sagas/" + name + "/" + id})
 }
 
-// Cancelled is the answer to POST /api/sagas/{name}/{id}/cancel.
+// Cancelled is the answer to POST /api/sagas/{name}/{id}/cancel and
+// /resume.
 type Cancelled struct {
 	Saga    string `json:"saga"`
 	ID      string `json:"id"`
 	EventID string `json:"event_id"`
-	Status  string `json:"status_url"`
+	// RequestedBy is the event's ce_source, journaled with it.
+	RequestedBy string `json:"requested_by"`
+	Status      string `json:"status_url"`
 }
 
 // cancelSaga produces a cancel for the saga to its inbox: a saga waiting on
 // a step is compensated, a finished one ignores it (see saga.CancelRecord).
 func (s *Service) cancelSaga(w http.ResponseWriter, r *http.Request) {
+	s.operatorEvent(w, r, "cancel", saga.CancelRecord)
+}
+
+// resumeSaga produces a resume for the saga to its inbox: a saga in
+// CompensationFailed sends the compensation it gave up again, any other
+// ignores it (see saga.ResumeRecord).
+func (s *Service) resumeSaga(w http.ResponseWriter, r *http.Request) {
+	s.operatorEvent(w, r, "resume", saga.ResumeRecord)
+}
+
+// operatorEvent produces an operator's event for a saga. Who asked (the
+// by query parameter, else the X-Requested-By header) goes into its
+// ce_source: "sagapipe/api/<who>".
+func (s *Service) operatorEvent(w http.ResponseWriter, r *http.Request, what string, record func(name, id, source string) *kgo.Record) {
 	name, id := r.PathValue("name"), r.PathValue("id")
 	if _, ok := s.sagas[name]; !ok {
 		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no saga named %q is registered", name)})
 		return
 	}
-	rec := saga.CancelRecord(name, id, "sagapipe/api")
+	source := "sagapipe/api"
+	if by := cmp.Or(r.URL.Query().Get("by"), r.Header.Get("X-Requested-By")); by != "" {
+		source += "/" + url.PathEscape(by)
+	}
+	rec := record(name, id, source)
 	pctx, err := s.publish(r.Context(), rec)
 	if err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "producing the cancel: " + err.Error()})
+		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "producing the " + what + ": " + err.Error()})
 		return
 	}
 	eventID, _ := schema.Header(rec.Headers, schema.HeaderID)
-	s.log.InfoContext(pctx, "saga cancel requested", "saga_name", name, "saga_id", id, "correlation_id", id)
-	writeJSON(w, http.StatusAccepted, Cancelled{Saga: name, ID: id, EventID: eventID, Status: "/api/sagas/" + name + "/" + id})
+	s.log.InfoContext(pctx, "saga "+what+" requested", "saga_name", name, "saga_id", id, "correlation_id", id, "requested_by", source)
+	writeJSON(w, http.StatusAccepted, Cancelled{Saga: name, ID: id, EventID: eventID, RequestedBy: source, Status: "/api/sagas/" + name + "/" + id})
 }
 
 // publish produces rec in a publish span of its own, the root of a new

@@ -250,6 +250,25 @@ func TestServiceAPIEndToEnd(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// A resume names who asked; o-1 is not in CompensationFailed, so it is
+	// journaled as ignored, with who asked.
+	if code, body := do(t, "POST", base+"/api/sagas/orders/o-1/resume?by=alice", token, ""); code != 202 || body["requested_by"] != "sagapipe/api/alice" {
+		t.Fatalf("resume: %d %v", code, body)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		_, status = do(t, "GET", base+"/api/sagas/orders/o-1", "", "")
+		history, _ := status["history"].([]any)
+		if len(history) == 6 {
+			if last := history[5].(map[string]any); last["event"] != "resume" || last["outcome"] != "ignored" || last["requested_by"] != "sagapipe/api/alice" {
+				t.Fatalf("after the resume: %v", last)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the resume was not journaled: %v", status)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 
 	err, took := svc.stop()
 	if err != nil {
