@@ -538,7 +538,7 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 			at.offset = ps.journalNext
 		}
 		r.mu.Unlock()
-		s = newSagaRecord[D](id, env.CorrelationID, t, at)
+		s = newSagaRecord[D](id, env.CorrelationID, t, at, r.saga.version)
 		r.keep(b, rec.Partition, s)
 	}
 	if s.saw(env.ID) {
@@ -597,7 +597,8 @@ func (r *Runtime[D]) apply(ctx context.Context, b *batch[D], p int32, s *sagaRec
 	span := trace.SpanFromContext(ctx)
 	entry.TraceParent = telemetry.TraceParent(ctx)
 	from, since := s.state, s.since
-	effects, err := r.saga.apply(s, &entry, payload)
+	entry.Version = int32(s.version)
+	effects, err := r.def(s).apply(s, &entry, payload)
 	if err != nil {
 		return err
 	}

@@ -92,8 +92,12 @@ type Saga[D any] struct {
 	steps      []StepBuilder[D]
 	outcome    *outcomeSpec[D]
 	deadline   time.Duration
+	version    int
 	machine    *statemachine.Machine[Instance[D], Effect]
 }
+
+// Version returns the definition's version (see Builder.Version).
+func (s *Saga[D]) Version() int { return s.version }
 
 // OutcomeStep is the saga_step of outcome events.
 const OutcomeStep = "outcome"
@@ -197,6 +201,7 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 		s.steps[i].givesUp = s.steps[i].compensate != nil && (pivot < 0 || i <= pivot)
 	}
 	s.deadline = b.deadline
+	s.version = max(b.version, 1)
 
 	type T = statemachine.Transition[Instance[D], Effect]
 	var ts []T

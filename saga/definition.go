@@ -177,6 +177,7 @@ type Builder[D any] struct {
 	steps      []*StepBuilder[D]
 	outcome    *outcomeSpec[D]
 	deadline   time.Duration
+	version    int
 }
 
 type outcomeSpec[D any] struct {
@@ -209,6 +210,12 @@ func (b *Builder[D]) Outcome(topic string, completed, failed CommandSpec[D]) *Bu
 // the step timers (the start event's journaled time plus d). After the
 // pivot, or once compensating, a saga is past it: it goes on.
 func (b *Builder[D]) Deadline(d time.Duration) *Builder[D] { b.deadline = d; return b }
+
+// Version numbers the definition (default 1). Each saga runs to its end on
+// the version it started on: a deployment that changes a definition gives
+// it the next version and registers the previous ones with the runtime
+// (NewRuntime's older) until their sagas have finished.
+func (b *Builder[D]) Version(n int) *Builder[D] { b.version = n; return b }
 
 // Step adds a step; steps run in the order they are added.
 func (b *Builder[D]) Step(name string) *StepBuilder[D] {
@@ -253,6 +260,9 @@ func (b *Builder[D]) Build() (*Saga[D], error) {
 	}
 	if b.deadline < 0 {
 		fail("deadline %v is negative", b.deadline)
+	}
+	if b.version < 0 {
+		fail("version %d: want 1 or more", b.version)
 	}
 	if o := b.outcome; o != nil {
 		if o.topic == "" {

@@ -27,6 +27,9 @@ type JournalEntry struct {
 	// RequestedBy is, for an operator's event (a cancel, a resume), who
 	// asked: the record's ce_source.
 	RequestedBy string `avro:"requested_by"`
+	// Version is the definition version the saga runs on (0: 1, from
+	// before versions were journaled).
+	Version int32 `avro:"version"`
 }
 
 // Journal outcomes.
@@ -49,5 +52,6 @@ const JournalEntrySchema = `{"type":"record","name":"JournalEntry","namespace":"
  {"name":"from_state","type":"string"},
  {"name":"to_state","type":"string"},
  {"name":"traceparent","type":"string","default":""},
- {"name":"requested_by","type":"string","default":""}
+ {"name":"requested_by","type":"string","default":""},
+ {"name":"version","type":"int","default":0}
 ]}`

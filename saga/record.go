@@ -38,6 +38,8 @@ type sagaRecord[D any] struct {
 	started, since time.Time
 	// journal is where its journal entries are.
 	journal journalPosition
+	// version is the version of the definition it runs on.
+	version int
 }
 
 type pendingTimer struct {
@@ -99,9 +101,9 @@ func seenDigest(id string) uint64 {
 	return h.Sum64()
 }
 
-func newSagaRecord[D any](id, correlation string, t time.Time, at journalPosition) *sagaRecord[D] {
+func newSagaRecord[D any](id, correlation string, t time.Time, at journalPosition, version int) *sagaRecord[D] {
 	return &sagaRecord[D]{id: id, correlation: cmp.Or(correlation, id), state: StateNew, seen: map[string]bool{},
-		started: t, since: t, journal: at}
+		started: t, since: t, journal: at, version: max(version, 1)}
 }
 
 // apply folds a journal entry into s: the saga's one transition function,
@@ -185,6 +187,20 @@ func (sg *Saga[D]) newCodecs(registry *schema.Serde) (*codecs, error) {
 	return c, errors.Join(append(errs, err)...)
 }
 
+// merge adds o's codecs that c lacks.
+func (c *codecs) merge(o *codecs) {
+	for on, d := range o.decoders {
+		if _, ok := c.decoders[on]; !ok {
+			c.decoders[on], c.ceTypes[on] = d, o.ceTypes[on]
+		}
+	}
+	for t, e := range o.encoders {
+		if _, ok := c.encoders[t]; !ok {
+			c.encoders[t] = e
+		}
+	}
+}
+
 // payload decodes the event a journal entry recorded.
 func (c *codecs) payload(ctx context.Context, sagaName string, entry JournalEntry) (any, error) {
 	if entry.TimerStep != "" {
@@ -236,7 +252,7 @@ func (sg *Saga[D]) fold(ctx context.Context, c *codecs, entries []JournalEntry) 
 	var s *sagaRecord[D]
 	for i, entry := range entries {
 		if s == nil {
-			s = newSagaRecord[D](entry.SagaID, "", entry.Time, journalPosition{})
+			s = newSagaRecord[D](entry.SagaID, "", entry.Time, journalPosition{}, int(entry.Version))
 		}
 		if err := sg.refold(ctx, c, s, entry); err != nil {
 			return Status[D]{}, fmt.Errorf("%w: entry %d: %w", ErrReplay, i, err)

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -13,6 +16,7 @@ import (
 
 	"github.com/sagapipe/sagapipe/internal/kread"
 	"github.com/sagapipe/sagapipe/schema"
+	"github.com/sagapipe/sagapipe/statemachine"
 )
 
 // Recovery. A newly assigned inbox partition is paused while its state is
@@ -208,14 +212,44 @@ func (r *Runtime[D]) restore(ctx context.Context, p int32, pst *partitionStore, 
 		return err
 	}
 	got.from = RestoredFromState
-	return st.eachOpen(func(id string, value []byte) error {
+	unknown := map[int]int{}
+	err = st.eachOpen(func(id string, value []byte) error {
 		s, err := r.snapshots.decode(ctx, value)
 		if err != nil {
 			return r.snapshotError(p, id, err)
 		}
+		if r.versions[s.version] == nil {
+			unknown[s.version]++
+		}
 		got.sagas[id] = s
 		return nil
 	})
+	if err != nil || len(unknown) == 0 {
+		return err
+	}
+	return r.versionError(p, unknown)
+}
+
+// versionError is the error of partition p holding sagas in flight on
+// versions not registered: unknown counts them by version.
+func (r *Runtime[D]) versionError(p int32, unknown map[int]int) error {
+	var counts []string
+	for _, v := range slices.Sorted(maps.Keys(unknown)) {
+		counts = append(counts, fmt.Sprintf("%d on version %d", unknown[v], v))
+	}
+	return fmt.Errorf("%w: partition %d of %s has sagas in flight on versions this runtime does not run (%s; registered: %v): pass those definitions to NewRuntime as older versions until their sagas have finished",
+		ErrVersion, p, r.saga.name, strings.Join(counts, ", "), r.versionList())
+}
+
+// versionList returns the registered versions, in order.
+func (r *Runtime[D]) versionList() []int { return slices.Sorted(maps.Keys(r.versions)) }
+
+// def returns the definition saga s runs on.
+func (r *Runtime[D]) def(s *sagaRecord[D]) *Saga[D] {
+	if d := r.versions[s.version]; d != nil {
+		return d
+	}
+	return r.saga // not reached: a restore refuses unregistered versions
 }
 
 // snapshotError is the error of a snapshot that cannot be used: it names
@@ -399,6 +433,7 @@ func unixMillis(b []byte) (int64, bool) {
 // is written by the next transaction.
 func (r *Runtime[D]) rebuildFromJournal(ctx context.Context, p int32, got *restored[D]) error {
 	sagas := map[string]*sagaRecord[D]{}
+	unregistered := map[string]*sagaRecord[D]{} // on versions not registered
 	err := kread.ToEnd(ctx, r.connOpts, r.saga.JournalTopic(), []int32{p}, func(rec *kgo.Record) error {
 		entry, err := r.journal.Decode(ctx, rec.Value)
 		if err != nil {
@@ -407,16 +442,34 @@ func (r *Runtime[D]) rebuildFromJournal(ctx context.Context, p int32, got *resto
 		s := sagas[entry.SagaID]
 		if s == nil {
 			env, _ := schema.ReadEnvelope(rec.Headers)
-			s = newSagaRecord[D](entry.SagaID, env.CorrelationID, entry.Time, journalPosition{partition: p, offset: rec.Offset})
+			s = newSagaRecord[D](entry.SagaID, env.CorrelationID, entry.Time, journalPosition{partition: p, offset: rec.Offset}, int(entry.Version))
 			sagas[entry.SagaID] = s
 		}
-		if err := r.saga.refold(ctx, r.codecs, s, entry); err != nil {
+		def := r.versions[s.version]
+		if def == nil {
+			// A definition no longer registered: what its journal says is
+			// enough for a saga it closed (a marker); one it left open
+			// refuses the rebuild below.
+			s.state, s.since, s.seen[entry.CEID] = statemachine.State(entry.ToState), entry.Time, true
+			unregistered[s.id] = s
+			return nil
+		}
+		if err := def.refold(ctx, r.codecs, s, entry); err != nil {
 			return fmt.Errorf("journal %s/%d@%d: %w", rec.Topic, rec.Partition, rec.Offset, err)
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("rebuilding from %s: %w", r.saga.JournalTopic(), err)
+	}
+	unknown := map[int]int{}
+	for _, s := range unregistered {
+		if !s.closed() {
+			unknown[s.version]++
+		}
+	}
+	if len(unknown) > 0 {
+		return r.versionError(p, unknown)
 	}
 	cutoff := r.retentionCutoff()
 	for id, s := range sagas {

@@ -30,6 +30,9 @@ import (
 var (
 	ErrUnknownSaga  = errors.New("saga: reply for a saga this orchestrator does not know")
 	ErrUnknownEvent = errors.New("saga: event is not part of this saga")
+	// ErrVersion: sagas in flight run on a definition version that is not
+	// registered (see NewRuntime's older).
+	ErrVersion = errors.New("saga: definition version not registered")
 	ErrNoSagaID     = errors.New("saga: record has neither a saga_id header nor a key")
 )
 
@@ -136,7 +139,10 @@ const (
 // offsets.
 type Runtime[D any] struct {
 	saga *Saga[D]
-	cfg  Config
+	// versions holds every registered definition by version, saga's
+	// included.
+	versions map[int]*Saga[D]
+	cfg      Config
 	*codecs
 	snapshots *snapshots[D]
 	sess      *kgo.GroupTransactSession
@@ -212,10 +218,30 @@ type partitionStore struct {
 }
 
 // NewRuntime validates cfg and prepares a runtime for s; Run starts it.
-func NewRuntime[D any](s *Saga[D], cfg Config) (*Runtime[D], error) {
+//
+// older are earlier versions of the same saga (Builder.Version) whose
+// sagas are still in flight: each saga finishes on the version it started
+// on, new ones start on s. Run refuses to start when a partition holds
+// sagas on a version that is not registered, and lists them.
+func NewRuntime[D any](s *Saga[D], cfg Config, older ...*Saga[D]) (*Runtime[D], error) {
 	var errs []error
 	if s == nil {
 		return nil, errors.New("saga: NewRuntime: saga is nil")
+	}
+	versions := map[int]*Saga[D]{s.version: s}
+	for _, o := range older {
+		switch {
+		case o == nil:
+			errs = append(errs, errors.New("saga: NewRuntime: an older version is nil"))
+		case o.name != s.name:
+			errs = append(errs, fmt.Errorf("saga: NewRuntime: older version %d is of saga %q, not %q", o.version, o.name, s.name))
+		case o.version >= s.version:
+			errs = append(errs, fmt.Errorf("saga: NewRuntime: older version %d of %s is not older than %d: the first definition is the newest", o.version, s.name, s.version))
+		case versions[o.version] != nil:
+			errs = append(errs, fmt.Errorf("saga: NewRuntime: version %d of %s is registered twice", o.version, s.name))
+		default:
+			versions[o.version] = o
+		}
 	}
 	if cfg.Registry == nil {
 		errs = append(errs, errors.New("saga: Config.Registry is required"))
@@ -250,12 +276,19 @@ func NewRuntime[D any](s *Saga[D], cfg Config) (*Runtime[D], error) {
 		cfg.Propagator = telemetry.Propagator()
 	}
 
-	r := &Runtime[D]{saga: s, cfg: cfg, parts: map[int32]*partitionState[D]{}, stores: map[int32]*partitionStore{},
+	r := &Runtime[D]{saga: s, versions: versions, cfg: cfg, parts: map[int32]*partitionState[D]{}, stores: map[int32]*partitionStore{},
 		lag: map[int32]int64{}, tracer: telemetry.Tracer(cfg.TracerProvider)}
 	r.connOpts = append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOptions...)
 	var err error
 	if r.codecs, err = s.newCodecs(cfg.Registry); err != nil {
 		return nil, err
+	}
+	for _, o := range older { // their events and commands too; the newest's schemas win
+		c, err := o.newCodecs(cfg.Registry)
+		if err != nil {
+			return nil, fmt.Errorf("saga %s version %d: %w", o.name, o.version, err)
+		}
+		r.codecs.merge(c)
 	}
 	if r.snapshots, err = newSnapshots(s, cfg.Registry); err != nil {
 		return nil, err

@@ -203,8 +203,14 @@ func (f *finished) wait(t *testing.T, n int) map[string]statemachine.State {
 // stop ends it and returns Run's error.
 func (e *env) startRuntime(cfg saga.Config) (*saga.Runtime[orderData], func() error) {
 	e.t.Helper()
+	return e.startVersions(cfg, e.saga)
+}
+
+// startVersions is startRuntime running definition s and older versions.
+func (e *env) startVersions(cfg saga.Config, s *saga.Saga[orderData], older ...*saga.Saga[orderData]) (*saga.Runtime[orderData], func() error) {
+	e.t.Helper()
 	cfg.Brokers, cfg.Registry = e.stack.KafkaAddrs(), e.serde
-	r, err := saga.NewRuntime(e.saga, cfg)
+	r, err := saga.NewRuntime(s, cfg, older...)
 	if err != nil {
 		e.t.Fatal(err)
 	}

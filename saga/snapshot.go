@@ -71,6 +71,9 @@ type Snapshot struct {
 	DeadlineMicros int64  `avro:"deadline_micros"`
 	Stuck          string `avro:"stuck"`
 	Resumes        int32  `avro:"resumes"`
+	// DefinitionVersion is the version of the definition the saga runs
+	// on (0: 1).
+	DefinitionVersion int32 `avro:"definition_version"`
 }
 
 // SnapshotTimer is a saga's pending deadline.
@@ -106,7 +109,8 @@ const SnapshotSchema = `{"type":"record","name":"SagaSnapshot","namespace":"saga
  {"name":"seen_digests","type":{"type":"array","items":"long"},"default":[]},
  {"name":"deadline_micros","type":"long","default":0},
  {"name":"stuck","type":"string","default":""},
- {"name":"resumes","type":"int","default":0}
+ {"name":"resumes","type":"int","default":0},
+ {"name":"definition_version","type":"int","default":0}
 ]}`
 
 // Headers of a state record: what a restore needs to index a snapshot
@@ -159,7 +163,7 @@ func (c *snapshots[D]) register(ctx context.Context) error {
 // encode returns s's snapshot: a closed marker once it is terminal.
 func (c *snapshots[D]) encode(ctx context.Context, s *sagaRecord[D], closed bool) ([]byte, error) {
 	snap := Snapshot{Version: SnapshotVersion, SagaID: s.id, CorrelationID: s.correlation, State: string(s.state),
-		Closed: closed, Started: s.started, Since: s.since, JournalPartition: s.journal.partition,
+		Closed: closed, Started: s.started, Since: s.since, JournalPartition: s.journal.partition, DefinitionVersion: int32(s.version),
 		JournalOffset: s.journal.offset, Completed: []string{}, Seen: []string{}, SeenDigests: []int64{}}
 	if closed {
 		for _, d := range s.allSeenDigests() {
@@ -208,7 +212,7 @@ func (c *snapshots[D]) decode(ctx context.Context, value []byte) (*sagaRecord[D]
 	}
 	s := &sagaRecord[D]{id: snap.SagaID, correlation: snap.CorrelationID, state: statemachine.State(snap.State),
 		started: snap.Started, since: snap.Since, seen: make(map[string]bool, len(snap.Seen)),
-		journal: journalPosition{partition: snap.JournalPartition, offset: snap.JournalOffset},
+		journal: journalPosition{partition: snap.JournalPartition, offset: snap.JournalOffset}, version: max(int(snap.DefinitionVersion), 1),
 		span:    telemetry.ParseTraceParent(snap.TraceParent)}
 	for _, id := range snap.Seen {
 		s.seen[id] = true

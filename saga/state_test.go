@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -437,4 +438,90 @@ func TestCancelRecordCompensatesAWaitingSaga(t *testing.T) {
 		t.Fatalf("journaled %+v, want the cancel ignored", late)
 	}
 	checkJournal(t, e.journal())
+}
+
+// twoStepOrders is version 2 of the orders saga: inventory and payment,
+// no shipping.
+func twoStepOrders(t *testing.T) *saga.Saga[orderData] {
+	t.Helper()
+	b := saga.New[orderData]("orders", orderDataSchema).Version(2).
+		StartOn(saga.Reply(orderPlaced, func(d *orderData, e msg) { d.OrderID = e.OrderID; d.Amount = 200 }))
+	inv := b.Step("inventory").
+		Command("inventory.commands", saga.Cmd(reserveInventory, command(msg{Detail: "reserve"}))).
+		OnSuccess(saga.Reply(inventoryReserved, func(d *orderData, _ msg) { d.Reserved = true }))
+	saga.Compensate(inv, saga.Cmd(releaseInventory, command(msg{Detail: "release"})), inventoryReleased)
+	b.Step("payment").
+		Command("payment.commands", saga.Cmd(chargePayment, command(msg{Detail: "charge"}))).
+		OnSuccess(saga.Reply(paymentCharged, func(d *orderData, e msg) { d.PaymentID = e.Detail }))
+	s, err := b.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// A saga runs to its end on the version it started on: with version 1
+// in flight, a runtime of version 2 alone refuses to start and says what
+// is in flight; with both registered, the old saga finishes on version 1
+// (its shipping step) while a new one runs on version 2 (no shipping).
+func TestVersionsInFlightFinishOnTheirOwn(t *testing.T) {
+	e := newEnv(t, 1)
+	var shipAnswers atomic.Bool
+	e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
+	e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{chargePayment.Type: always(paymentCharged)})
+	shipping := e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: func(string) *saga.EventDef[msg] {
+		if shipAnswers.Load() {
+			return &shipmentScheduled
+		}
+		return nil
+	}})
+	v1 := e.saga // ordersSaga: version 1
+	if v1.Version() != 1 {
+		t.Fatalf("default version %d, want 1", v1.Version())
+	}
+	_, stop := e.startVersions(saga.Config{}, v1)
+	e.start("old")
+	waitFor(t, "the old saga to wait at shipping", func() bool { return shipping.count("test.ScheduleShipment old") > 0 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	v2 := twoStepOrders(t)
+	alone, err := saga.NewRuntime(v2, saga.Config{Brokers: e.stack.KafkaAddrs(), Registry: e.serde})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	err = alone.Run(ctx)
+	cancel()
+	alone.Close()
+	if !errors.Is(err, saga.ErrVersion) || !strings.Contains(err.Error(), "1 on version 1") || !strings.Contains(err.Error(), "registered: [2]") {
+		t.Fatalf("version 2 alone: Run = %v, want ErrVersion listing 1 saga on version 1", err)
+	}
+
+	shipAnswers.Store(true)
+	done := newFinished()
+	clock := &testClock{}
+	e.startVersions(saga.Config{Hooks: []any{done}, Clock: clock}, v2, v1)
+	e.start("new")
+	if got := done.wait(t, 1); got["new"] != saga.StateCompleted {
+		t.Fatalf("outcomes %v, want new Completed first", got)
+	}
+	clock.Advance(31 * time.Second) // the old saga's shipping timer resends; shipping answers now
+	got := done.wait(t, 2)
+	if got["old"] != saga.StateCompleted || got["new"] != saga.StateCompleted {
+		t.Fatalf("outcomes %v, want both Completed", got)
+	}
+	if n := shipping.count("test.ScheduleShipment new"); n != 0 {
+		t.Fatalf("the new saga sent %d shipping commands: it ran on version 1", n)
+	}
+	for _, je := range e.journal() {
+		if want := map[string]int32{"old": 1, "new": 2}[je.SagaID]; je.Version != want {
+			t.Fatalf("%s's %s journaled on version %d, want %d", je.SagaID, je.EventType, je.Version, want)
+		}
+	}
+	if _, err := saga.NewRuntime(v1, saga.Config{Brokers: e.stack.KafkaAddrs(), Registry: e.serde}, v2); err == nil ||
+		!strings.Contains(err.Error(), "not older than 1") {
+		t.Fatalf("NewRuntime(v1, v2): %v, want the order refused", err)
+	}
 }

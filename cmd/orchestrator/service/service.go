@@ -66,10 +66,14 @@ type runtime interface {
 	isTerminal(state string) bool
 }
 
-// Register makes a saga definition servable.
-func Register[D any](s *saga.Saga[D]) Saga { return registered[D]{s} }
+// Register makes a saga definition servable; older are its earlier
+// versions still in flight (see saga.NewRuntime).
+func Register[D any](s *saga.Saga[D], older ...*saga.Saga[D]) Saga { return registered[D]{s, older} }
 
-type registered[D any] struct{ s *saga.Saga[D] }
+type registered[D any] struct {
+	s     *saga.Saga[D]
+	older []*saga.Saga[D]
+}
 
 func (r registered[D]) Name() string { return r.s.Name() }
 
@@ -79,7 +83,7 @@ func (r registered[D]) startEvent() (string, string, string) {
 }
 
 func (r registered[D]) newRuntime(cfg saga.Config) (runtime, error) {
-	rt, err := saga.NewRuntime(r.s, cfg)
+	rt, err := saga.NewRuntime(r.s, cfg, r.older...)
 	if err != nil {
 		return nil, err
 	}
