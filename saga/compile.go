@@ -202,31 +202,41 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 	}
 	s.deadline = b.deadline
 	s.version = max(b.version, 1)
+	groups := s.groups()
 
 	type T = statemachine.Transition[Instance[D], Effect]
 	var ts []T
-	first := s.steps[0]
-	ts = append(ts, T{From: StateNew, On: s.StartEventType(), To: PendingState(first.name),
+	ts = append(ts, T{From: StateNew, On: s.StartEventType(), To: groups.state(0),
 		Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
 			s.start.apply(&in.Data, ev.Payload)
 			in.Attempt = 1
 			if s.deadline > 0 {
 				in.Deadline = ev.Time.Add(s.deadline)
 			}
-			return in, send(first, in, false, ev.Time)
+			return in, s.enter(groups, 0, in, ev.Time)
 		}})
+	for _, g := range groups {
+		if g.to > g.from {
+			ts = append(ts, s.parallelTransitions(groups, g)...)
+		}
+	}
 
 	for i := range s.steps {
 		step := s.steps[i]
 		pending := PendingState(step.name)
 		afterPivot := pivot >= 0 && i > pivot
+		if g := groups[groups.of(i)]; g.to > g.from {
+			// A branch of a parallel group: only its compensation below.
+			ts = append(ts, s.compensationTransitions(i, pivot)...)
+			continue
+		}
 		// Where a failure of this step goes: the nearest earlier step that
 		// can be compensated, or straight to Compensated.
 		compensateFrom := s.compensationBefore(i)
 
 		var next statemachine.State = StateCompleted
 		if i+1 < len(s.steps) {
-			next = PendingState(s.steps[i+1].name)
+			next = groups.state(i + 1)
 		}
 		ts = append(ts, T{From: pending, On: ReplyEventType(step.name, step.success.event.eventType), To: next,
 			Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
@@ -234,7 +244,7 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 				in.Completed = append(slices.Clip(in.Completed), step.name)
 				in.Attempt = 1
 				if i+1 < len(s.steps) {
-					return in, send(s.steps[i+1], in, false, ev.Time)
+					return in, s.enter(groups, i+1, in, ev.Time)
 				}
 				return in, s.finish(StateCompleted, in)
 			}})
@@ -300,40 +310,7 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 			ts = append(ts, T{From: pending, On: CancelEventType, To: uncertainTo, Action: giveUp})
 		}
 
-		// Every step with a compensation can be compensated: a completed
-		// one when a later step fails, and any one, the last included,
-		// when it is given up as uncertain.
-		if step.compensate != nil && !afterPivot {
-			compensating := CompensatingState(step.name)
-			before := s.compensationBefore(i)
-			var doneTo statemachine.State = StateCompensated
-			if before >= 0 {
-				doneTo = CompensatingState(s.steps[before].name)
-			}
-			ts = append(ts, T{From: compensating, On: ReplyEventType(step.name, step.compAck.eventType), To: doneTo,
-				Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
-					in.Attempt = 1
-					if before < 0 {
-						return in, s.finish(StateCompensated, in)
-					}
-					return in, send(s.steps[before], in, true, ev.Time)
-				}})
-			ts = append(ts, timeoutTransitions(step, true, step.compRetries, compensating, StateCompensationFailed,
-				func(in Instance[D], _ statemachine.Event) (Instance[D], []Effect) {
-					in.Stuck = step.name
-					return in, s.finish(StateCompensationFailed, in)
-				})...)
-			// An operator's resume sends the compensation that was given
-			// up again, from attempt 1; the steps before it follow.
-			ts = append(ts, T{From: StateCompensationFailed, On: ResumeEventType, To: compensating,
-				GuardName: "compensation of " + step.name + " given up",
-				Guard:     func(in Instance[D], _ statemachine.Event) bool { return in.Stuck == step.name },
-				Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
-					in.Stuck, in.Attempt = "", 1
-					in.Resumes++
-					return in, send(step, in, true, ev.Time)
-				}})
-		}
+		ts = append(ts, s.compensationTransitions(i, pivot)...)
 	}
 
 	// CompensationFailed is not terminal: an operator can resume it.

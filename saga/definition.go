@@ -114,6 +114,7 @@ type StepBuilder[D any] struct {
 	compRetries int
 	pivot       bool
 	forward     string
+	parallel    bool
 	givesUp     bool // compiled: whether the step can be given up (see compile)
 }
 
@@ -163,6 +164,18 @@ func (s *StepBuilder[D]) CompensationRetries(n int) *StepBuilder[D] { s.compRetr
 // never compensated, and a failure reply of one continues where its
 // Forward says.
 func (s *StepBuilder[D]) Pivot() *StepBuilder[D] { s.pivot = true; return s }
+
+// Parallel runs the step alongside the step before it: their commands are
+// sent together, and the saga moves on when every branch has succeeded
+// (its state meanwhile is "<a>+<b>.Pending"). The group has one timer,
+// the longest of its branches' timeouts; a timeout resends the branches
+// that have not answered. A branch's failure, the group given up after
+// its retries, the saga's deadline or a cancel compensate every branch in
+// reverse order (a branch that never applied its command answers its
+// compensation as a no-op, by the participant contract), then the steps
+// before. Every branch needs a compensation; a group cannot hold the
+// pivot or come after it.
+func (s *StepBuilder[D]) Parallel() *StepBuilder[D] { s.parallel = true; return s }
 
 // Forward declares, for a step after the pivot, where the saga goes on
 // when the step's failure reply (OnFailure) comes: the named step, a step
@@ -313,6 +326,16 @@ func (b *Builder[D]) Build() (*Saga[D], error) {
 		}
 		if s.compensate == nil && !s.pivot && !afterPivot && i < len(b.steps)-1 {
 			fail("%s has side effects but no compensation: add Compensate, or mark it Pivot()", where)
+		}
+		if s.parallel {
+			switch {
+			case i == 0:
+				fail("%s: Parallel on the first step: there is no step before it to run alongside", where)
+			case s.compensate == nil || b.steps[i-1].compensate == nil:
+				fail("%s: a parallel group's steps all need a compensation (a failed branch compensates the others)", where)
+			case s.pivot || b.steps[i-1].pivot || afterPivot:
+				fail("%s: a parallel group cannot hold the pivot or come after it", where)
+			}
 		}
 		if afterPivot && s.compensate != nil {
 			fail("%s comes after the pivot %q, so it is never compensated: drop its Compensate", where, b.steps[pivot].name)

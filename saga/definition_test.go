@@ -558,3 +558,95 @@ func TestSagaDeadline(t *testing.T) {
 		t.Fatalf("the refund waits %v, want its own timeout (past the deadline, compensations go on)", effects[1].After)
 	}
 }
+
+// parallelSaga reserves inventory and charges payment together, then
+// ships.
+func parallelSaga(t *testing.T) *saga.Saga[orderData] {
+	t.Helper()
+	b := saga.New[orderData]("orders", orderDataSchema).
+		StartOn(saga.Reply(orderPlaced, func(d *orderData, e msg) { d.OrderID = e.OrderID }))
+	inv := b.Step("inventory").Command("inventory.commands", saga.Cmd(reserveInventory, command(msg{Detail: "reserve"}))).
+		OnSuccess(saga.Reply(inventoryReserved, func(d *orderData, _ msg) { d.Reserved = true })).Timeout(5 * time.Second)
+	saga.Compensate(inv, saga.Cmd(releaseInventory, command(msg{Detail: "release"})), inventoryReleased)
+	pay := b.Step("payment").Command("payment.commands", saga.Cmd(chargePayment, command(msg{Detail: "charge"}))).
+		OnSuccess(saga.Reply(paymentCharged, func(d *orderData, e msg) { d.PaymentID = e.Detail })).
+		OnFailure(saga.Reply[orderData](paymentDeclined, nil)).Timeout(10 * time.Second).Retries(1).Parallel()
+	saga.Compensate(pay, saga.Cmd(refundPayment, command(msg{Detail: "refund"})), paymentRefunded)
+	b.Step("shipping").Command("shipping.commands", saga.Cmd(scheduleShipment, command(msg{Detail: "ship"}))).
+		OnSuccess(saga.Reply[orderData](shipmentScheduled, nil))
+	s, err := b.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// Parallel branches are sent together and joined in any order; a timeout
+// resends only the branches that have not answered; a branch's failure
+// compensates every branch in reverse, then the steps before.
+func TestParallelSteps(t *testing.T) {
+	s := parallelSaga(t)
+	group := saga.PendingState("inventory+payment")
+	r := &runner{t: t, s: s, state: saga.StateNew}
+	r.must(s.StartEventType(), msg{OrderID: "o-1"})
+	if r.state != group || fmt.Sprint(r.log) != "[send inventory.commands test.ReserveInventory#1 reserve send payment.commands test.ChargePayment#1 charge timer inventory+payment#1 10s]" {
+		t.Fatalf("start: %s, effects %v; want both commands and one timer (the longest wait)", r.state, r.log)
+	}
+	r.log = nil
+	r.must(reply("payment", paymentCharged, "pay-1"))
+	if r.state != group || len(r.log) != 0 {
+		t.Fatalf("after payment: %s %v; want still waiting for inventory", r.state, r.log)
+	}
+	if _, err := s.Machine().Apply(r.state, r.in, statemachine.Event{Type: saga.ReplyEventType("payment", paymentCharged.Type), Time: at}); !errors.Is(err, statemachine.ErrNoTransition) {
+		t.Fatalf("a second payment reply: %v, want it ignored", err)
+	}
+	r.must(timeout("inventory+payment", 1, false))
+	if fmt.Sprint(r.log) != "[send inventory.commands test.ReserveInventory#2 reserve timer inventory+payment#2 10s]" {
+		t.Fatalf("the group's timeout: %v; want inventory resent alone", r.log)
+	}
+	r.must(reply("inventory", inventoryReserved, ""))
+	if r.state != saga.PendingState("shipping") || fmt.Sprint(r.in.Completed) != "[payment inventory]" {
+		t.Fatalf("after both: %s, completed %v; want shipping", r.state, r.in.Completed)
+	}
+
+	// A failure of one branch: every branch compensated, the last first.
+	r = &runner{t: t, s: s, state: saga.StateNew}
+	r.must(s.StartEventType(), msg{OrderID: "o-2"})
+	r.must(reply("inventory", inventoryReserved, ""))
+	r.log = nil
+	r.must(reply("payment", paymentDeclined, ""))
+	r.must(reply("payment", paymentRefunded, ""))
+	r.must(reply("inventory", inventoryReleased, ""))
+	want := "[send payment.commands test.RefundPayment#1 refund timer payment#1 10s send inventory.commands test.ReleaseInventory#1 release timer inventory#1 5s finish Compensated]"
+	if r.state != saga.StateCompensated || fmt.Sprint(r.log) != want {
+		t.Fatalf("after the decline: %s, %v; want %s", r.state, r.log, want)
+	}
+
+	// Given up after the group's retries: the branch that never answered
+	// is uncertain, and compensated with the other.
+	r = &runner{t: t, s: s, state: saga.StateNew}
+	r.must(s.StartEventType(), msg{OrderID: "o-3"})
+	r.must(reply("payment", paymentCharged, ""))
+	r.must(timeout("inventory+payment", 1, false))
+	r.must(timeout("inventory+payment", 2, false))
+	r.must(timeout("inventory+payment", 3, false))
+	r.must(timeout("inventory+payment", 4, false))
+	if r.state != saga.CompensatingState("payment") {
+		t.Fatalf("after the group's retries: %s, want payment.Compensating", r.state)
+	}
+}
+
+func TestBuildChecksParallelGroups(t *testing.T) {
+	b := saga.New[orderData]("orders", orderDataSchema).
+		StartOn(saga.Reply(orderPlaced, func(d *orderData, e msg) { d.OrderID = e.OrderID }))
+	b.Step("inventory").Command("inventory.commands", saga.Cmd(reserveInventory, command(msg{}))).
+		OnSuccess(saga.Reply[orderData](inventoryReserved, nil)).Parallel()
+	b.Step("payment").Command("payment.commands", saga.Cmd(chargePayment, command(msg{}))).
+		OnSuccess(saga.Reply[orderData](paymentCharged, nil)).Parallel()
+	_, err := b.Build()
+	for _, want := range []string{`step 0 "inventory": Parallel on the first step`, `step 1 "payment": a parallel group's steps all need a compensation`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Build() = %v, want %q", err, want)
+		}
+	}
+}

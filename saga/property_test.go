@@ -14,8 +14,9 @@ import (
 	"github.com/sagapipe/sagapipe/statemachine"
 )
 
-// propertySaga is ordersSaga, with a deadline when d > 0.
-func propertySaga(t *testing.T, d time.Duration) *saga.Saga[orderData] {
+// propertySaga is ordersSaga, with a deadline when d > 0, inventory and
+// payment in parallel when parallel.
+func propertySaga(t *testing.T, d time.Duration, parallel bool) *saga.Saga[orderData] {
 	t.Helper()
 	b := saga.New[orderData]("orders", orderDataSchema).
 		StartOn(saga.Reply(orderPlaced, func(o *orderData, e msg) { o.OrderID = e.OrderID })).
@@ -33,6 +34,9 @@ func propertySaga(t *testing.T, d time.Duration) *saga.Saga[orderData] {
 		OnSuccess(saga.Reply[orderData](paymentCharged, nil)).
 		OnFailure(saga.Reply[orderData](paymentDeclined, nil)).
 		Timeout(10 * time.Second).Retries(1)
+	if parallel {
+		pay.Parallel()
+	}
 	saga.Compensate(pay, saga.Cmd(refundPayment, command(msg{})), paymentRefunded).CompensationRetries(1)
 	b.Step("shipping").
 		Command("shipping.commands", saga.Cmd(scheduleShipment, command(msg{}))).
@@ -213,7 +217,8 @@ func (w *world) fireTimer() {
 // command ID, stock and money conserved, compensations in reverse order,
 // and one outcome announced.
 func TestPropertySagaSchedules(t *testing.T) {
-	sagas := map[bool]*saga.Saga[orderData]{false: propertySaga(t, 0), true: propertySaga(t, 45*time.Second)}
+	sagas := []*saga.Saga[orderData]{propertySaga(t, 0, false), propertySaga(t, 45*time.Second, false),
+		propertySaga(t, 0, true), propertySaga(t, 45*time.Second, true)}
 	for range 30 { // 3,000 schedules (rapid.Check runs 100 unless -rapid.checks says otherwise)
 		rapid.Check(t, property(sagas))
 	}
@@ -228,9 +233,9 @@ func TestPropertySagaSchedules(t *testing.T) {
 	}
 }
 
-func property(sagas map[bool]*saga.Saga[orderData]) func(*rapid.T) {
+func property(sagas []*saga.Saga[orderData]) func(*rapid.T) {
 	return func(rt *rapid.T) {
-		w := &world{t: rt, s: sagas[rapid.Bool().Draw(rt, "deadline")], state: saga.StateNew, now: at, seen: map[string]bool{},
+		w := &world{t: rt, s: sagas[rapid.IntRange(0, len(sagas)-1).Draw(rt, "saga (0 sequential, 1 with a deadline, 2 parallel, 3 both)")], state: saga.StateNew, now: at, seen: map[string]bool{},
 			declines: rapid.Float64Range(0, 1).Draw(rt, "decline") < 0.2, shipFails: rapid.Float64Range(0, 1).Draw(rt, "shipFail") < 0.2,
 			done: map[string]bool{}, barred: map[string]bool{}, applied: map[string]int{}, byCommand: map[string]int{}}
 		w.apply(w.s.StartEventType(), msg{OrderID: "o-1"})

@@ -32,8 +32,8 @@ var (
 	ErrUnknownEvent = errors.New("saga: event is not part of this saga")
 	// ErrVersion: sagas in flight run on a definition version that is not
 	// registered (see NewRuntime's older).
-	ErrVersion = errors.New("saga: definition version not registered")
-	ErrNoSagaID     = errors.New("saga: record has neither a saga_id header nor a key")
+	ErrVersion  = errors.New("saga: definition version not registered")
+	ErrNoSagaID = errors.New("saga: record has neither a saga_id header nor a key")
 )
 
 // Config configures a Runtime. Registry is required; the rest defaults.

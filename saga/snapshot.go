@@ -213,7 +213,7 @@ func (c *snapshots[D]) decode(ctx context.Context, value []byte) (*sagaRecord[D]
 	s := &sagaRecord[D]{id: snap.SagaID, correlation: snap.CorrelationID, state: statemachine.State(snap.State),
 		started: snap.Started, since: snap.Since, seen: make(map[string]bool, len(snap.Seen)),
 		journal: journalPosition{partition: snap.JournalPartition, offset: snap.JournalOffset}, version: max(int(snap.DefinitionVersion), 1),
-		span:    telemetry.ParseTraceParent(snap.TraceParent)}
+		span: telemetry.ParseTraceParent(snap.TraceParent)}
 	for _, id := range snap.Seen {
 		s.seen[id] = true
 	}

@@ -525,3 +525,39 @@ func TestVersionsInFlightFinishOnTheirOwn(t *testing.T) {
 		t.Fatalf("NewRuntime(v1, v2): %v, want the order refused", err)
 	}
 }
+
+// Parallel branches end to end: both commands go out at once, the saga
+// joins them and ships; with a declined payment both are compensated.
+func TestParallelStepsEndToEnd(t *testing.T) {
+	e := newEnv(t, 1)
+	inventory := e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{
+		reserveInventory.Type: always(inventoryReserved), releaseInventory.Type: always(inventoryReleased)})
+	payment := e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{
+		chargePayment.Type: func(order string) *saga.EventDef[msg] {
+			if order == "declined" {
+				return &paymentDeclined
+			}
+			return &paymentCharged
+		},
+		refundPayment.Type: always(paymentRefunded)})
+	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
+	done := newFinished()
+	e.startVersions(saga.Config{Hooks: []any{done}}, parallelSaga(t))
+	e.start("ok", "declined")
+	got := done.wait(t, 2)
+	if got["ok"] != saga.StateCompleted || got["declined"] != saga.StateCompensated {
+		t.Fatalf("outcomes %v", got)
+	}
+	if payment.count("test.RefundPayment declined") != 1 || inventory.count("test.ReleaseInventory declined") != 1 ||
+		payment.count("test.RefundPayment ok") != 0 || inventory.count("test.ReleaseInventory ok") != 0 {
+		t.Fatal("want the declined order's branches compensated once each, the other's not at all")
+	}
+	sawGroup := false
+	for _, je := range e.journal() {
+		sawGroup = sawGroup || je.ToState == string(saga.PendingState("inventory+payment"))
+	}
+	if !sawGroup {
+		t.Fatal("no journal entry in the group's state")
+	}
+	checkJournal(t, e.journal())
+}
