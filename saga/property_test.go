@@ -15,8 +15,9 @@ import (
 )
 
 // propertySaga is ordersSaga, with a deadline when d > 0, inventory and
-// payment in parallel when parallel.
-func propertySaga(t *testing.T, d time.Duration, parallel bool) *saga.Saga[orderData] {
+// payment in parallel when parallel; with pivot, the payment is the pivot
+// and a failed shipment is tried again (forward recovery).
+func propertySaga(t *testing.T, d time.Duration, parallel, pivot bool) *saga.Saga[orderData] {
 	t.Helper()
 	b := saga.New[orderData]("orders", orderDataSchema).
 		StartOn(saga.Reply(orderPlaced, func(o *orderData, e msg) { o.OrderID = e.OrderID })).
@@ -37,12 +38,18 @@ func propertySaga(t *testing.T, d time.Duration, parallel bool) *saga.Saga[order
 	if parallel {
 		pay.Parallel()
 	}
+	if pivot {
+		pay.Pivot()
+	}
 	saga.Compensate(pay, saga.Cmd(refundPayment, command(msg{})), paymentRefunded).CompensationRetries(1)
-	b.Step("shipping").
+	ship := b.Step("shipping").
 		Command("shipping.commands", saga.Cmd(scheduleShipment, command(msg{}))).
 		OnSuccess(saga.Reply[orderData](shipmentScheduled, nil)).
 		OnFailure(saga.Reply[orderData](shipmentFailed, nil)).
 		Timeout(5 * time.Second)
+	if pivot {
+		ship.Forward("shipping")
+	}
 	s, err := b.Build()
 	if err != nil {
 		t.Fatal(err)
@@ -81,13 +88,15 @@ type world struct {
 	replyN   int
 
 	declines, shipFails bool
-	done                map[string]bool // effects applied: reserve, release, charge, refund, ship
-	barred              map[string]bool
-	applied             map[string]int // per effect
-	byCommand           map[string]int // per command ID
-	sequence            []string       // effects in the order applied
-	announced           []string
-	finished            []statemachine.State
+	// pivot: the payment is the pivot, and shipping fails once at most.
+	pivot, shipFailed bool
+	done              map[string]bool // effects applied: reserve, release, charge, refund, ship
+	barred            map[string]bool
+	applied           map[string]int // per effect
+	byCommand         map[string]int // per command ID
+	sequence          []string       // effects in the order applied
+	announced         []string
+	finished          []statemachine.State
 }
 
 func (w *world) apply(on statemachine.EventType, payload any) {
@@ -168,7 +177,8 @@ func (w *world) handle(c simCommand) string {
 		w.undo("charge", "refund", c.id)
 		return paymentRefunded.Type
 	case scheduleShipment.Type:
-		if w.shipFails {
+		if w.shipFails && !(w.pivot && w.shipFailed) {
+			w.shipFailed = true
 			return shipmentFailed.Type
 		}
 		w.effect("ship", c.id)
@@ -217,8 +227,9 @@ func (w *world) fireTimer() {
 // command ID, stock and money conserved, compensations in reverse order,
 // and one outcome announced.
 func TestPropertySagaSchedules(t *testing.T) {
-	sagas := []*saga.Saga[orderData]{propertySaga(t, 0, false), propertySaga(t, 45*time.Second, false),
-		propertySaga(t, 0, true), propertySaga(t, 45*time.Second, true)}
+	sagas := []*saga.Saga[orderData]{propertySaga(t, 0, false, false), propertySaga(t, 45*time.Second, false, false),
+		propertySaga(t, 0, true, false), propertySaga(t, 45*time.Second, true, false),
+		propertySaga(t, 0, false, true), propertySaga(t, 45*time.Second, false, true)}
 	for range 30 { // 3,000 schedules (rapid.Check runs 100 unless -rapid.checks says otherwise)
 		rapid.Check(t, property(sagas))
 	}
@@ -235,7 +246,8 @@ func TestPropertySagaSchedules(t *testing.T) {
 
 func property(sagas []*saga.Saga[orderData]) func(*rapid.T) {
 	return func(rt *rapid.T) {
-		w := &world{t: rt, s: sagas[rapid.IntRange(0, len(sagas)-1).Draw(rt, "saga (0 sequential, 1 with a deadline, 2 parallel, 3 both)")], state: saga.StateNew, now: at, seen: map[string]bool{},
+		variant := rapid.IntRange(0, len(sagas)-1).Draw(rt, "saga (0 sequential, 1 with a deadline, 2 parallel, 3 both, 4 pivot, 5 pivot and deadline)")
+		w := &world{t: rt, s: sagas[variant], pivot: variant >= 4, state: saga.StateNew, now: at, seen: map[string]bool{},
 			declines: rapid.Float64Range(0, 1).Draw(rt, "decline") < 0.2, shipFails: rapid.Float64Range(0, 1).Draw(rt, "shipFail") < 0.2,
 			done: map[string]bool{}, barred: map[string]bool{}, applied: map[string]int{}, byCommand: map[string]int{}}
 		w.apply(w.s.StartEventType(), msg{OrderID: "o-1"})
@@ -344,6 +356,9 @@ func (w *world) check() {
 		if d["ship"] || d["reserve"] != d["release"] || d["charge"] != d["refund"] {
 			t.Fatalf("compensated with effects %v: stock or money not conserved", w.sequence)
 		}
+	}
+	if w.pivot && w.state == saga.StateCompensated && slices.Contains(w.in.Completed, "payment") {
+		t.Fatalf("compensated after the pivot (payment) succeeded: %v", w.sequence)
 	}
 	if refund, release := slices.Index(w.sequence, "refund"), slices.Index(w.sequence, "release"); refund >= 0 && release >= 0 && release < refund {
 		t.Fatalf("compensations out of reverse order: %v", w.sequence)
