@@ -40,7 +40,7 @@ type batch[D any] struct {
 	// What the transaction produces, sent together at its end: one round
 	// trip per batch instead of one per event.
 	journal  []*kgo.Record
-	outbox   []*kgo.Record // dead letters
+	outbox   []*kgo.Record // dead letters, and records forwarded to their saga's partition
 	state    []*kgo.Record // snapshots and tombstones
 	changes  map[int32][]change
 	commands map[string][]pipe.Message
@@ -529,6 +529,9 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 		return err
 	}
 	if s == nil {
+		if home, ok := r.home(id); ok && home != rec.Partition && !forwarded(rec) {
+			return r.forward(ctx, b, rec, id, home)
+		}
 		if on != r.saga.StartEventType() {
 			return r.deadLetter(ctx, b, rec, env, fmt.Errorf("%w: %s %q", ErrUnknownSaga, r.saga.name, id))
 		}
@@ -719,5 +722,58 @@ func (r *Runtime[D]) deadLetter(ctx context.Context, b *batch[D], rec *kgo.Recor
 	b.outbox = append(b.outbox, dlq.NewRecord(ctx, rec, f, r.cfg.DeadLetterTopic, r.cfg.Group, r.cfg.Propagator))
 	b.dead = append(b.dead, deadLetter{rec: rec, f: f, sagaID: cmp.Or(env.SagaID, string(rec.Key)),
 		correlation: env.CorrelationID, ctx: ctx})
+	return nil
+}
+
+// HeaderForwardedFrom marks an inbox record forwarded to its saga's home
+// partition: "<partition>@<offset>-><home partition>".
+const HeaderForwardedFrom = "sagapipe_forwarded_from"
+
+// home is the inbox partition that owns saga id: the one the Java default
+// partitioner (murmur2, as kgo's default) picks for the key id. Starts
+// land there (or are forwarded there), so a saga lives on its home
+// partition, whatever partitioner its participants use.
+func (r *Runtime[D]) home(id string) (int32, bool) {
+	n := r.inboxPartitions.Load()
+	if n <= 0 {
+		return 0, false
+	}
+	return int32(homePartitioner.ForTopic(r.saga.InboxTopic()).Partition(&kgo.Record{Key: []byte(id)}, int(n))), true
+}
+
+var homePartitioner = kgo.StickyKeyPartitioner(nil)
+
+// forwarded tells whether rec was forwarded to the partition it is on: it
+// is not forwarded again (were two instances to disagree on the partition
+// count). Commands and their replies carry the header on, so only its
+// destination counts.
+func forwarded(rec *kgo.Record) bool {
+	to := "->" + strconv.Itoa(int(rec.Partition))
+	for _, h := range rec.Headers {
+		if h.Key == HeaderForwardedFrom && strings.HasSuffix(string(h.Value), to) {
+			return true
+		}
+	}
+	return false
+}
+
+// forward sends rec, an event for saga id that this partition does not
+// hold, to the saga's home partition, inside the batch's transaction: it
+// is consumed there exactly once, whatever partitioner its producer used
+// (librdkafka's default hashes keys with CRC32, not murmur2).
+func (r *Runtime[D]) forward(ctx context.Context, b *batch[D], rec *kgo.Record, id string, home int32) error {
+	from := fmt.Sprintf("%d@%d->%d", rec.Partition, rec.Offset, home)
+	headers := append(slices.Clip(rec.Headers), kgo.RecordHeader{Key: HeaderForwardedFrom, Value: []byte(from)})
+	fwd := &kgo.Record{Topic: rec.Topic, Key: rec.Key, Value: rec.Value, Headers: headers, Timestamp: rec.Timestamp}
+	pipe.ToPartition(fwd, home)
+	b.outbox = append(b.outbox, fwd)
+	b.forwarded++
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		span.SetAttributes(attribute.Int("sagapipe.forwarded_to_partition", int(home)))
+	}
+	if r.cfg.Logger.Enabled(ctx, slog.LevelDebug) {
+		r.cfg.Logger.DebugContext(ctx, "inbox record forwarded to its saga's partition", "saga_name", r.saga.name, "saga_id", id,
+			"partition", rec.Partition, "offset", rec.Offset, "home_partition", home)
+	}
 	return nil
 }

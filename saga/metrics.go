@@ -24,6 +24,7 @@ type runtimeMetrics struct {
 	stepDuration metric.Float64Histogram
 	resends      metric.Int64Counter
 	longRetries  metric.Int64Counter
+	forwarded    metric.Int64Counter
 	deadLetters  metric.Int64Counter
 	registration metric.Registration
 }
@@ -31,7 +32,7 @@ type runtimeMetrics struct {
 func newRuntimeMetrics[D any](r *Runtime[D], mp metric.MeterProvider) (*runtimeMetrics, error) {
 	m := telemetry.Meter(mp)
 	rm := &runtimeMetrics{name: telemetry.SagaName.String(r.saga.name)}
-	var errs [10]error
+	var errs [11]error
 	rm.started, errs[0] = m.Int64Counter("sagapipe.saga.started", metric.WithUnit("{saga}"),
 		metric.WithDescription("Sagas started (their start event committed)."))
 	rm.finished, errs[1] = m.Int64Counter("sagapipe.saga.finished", metric.WithUnit("{saga}"),
@@ -46,6 +47,8 @@ func newRuntimeMetrics[D any](r *Runtime[D], mp metric.MeterProvider) (*runtimeM
 		metric.WithDescription("Commands resent after a step timed out, by saga.step."))
 	rm.longRetries, errs[9] = m.Int64Counter("sagapipe.saga.step.long_retries", metric.WithUnit("{command}"),
 		metric.WithDescription("Commands of steps that cannot be given up (no compensation, or after the pivot) resent past their retries, by saga.step: a participant that does not answer."))
+	rm.forwarded, errs[10] = m.Int64Counter("sagapipe.saga.forwarded", metric.WithUnit("{record}"),
+		metric.WithDescription("Inbox records that arrived on a partition other than their saga's and were forwarded to it (a producer with another partitioner than murmur2)."))
 	rm.deadLetters, errs[5] = m.Int64Counter("sagapipe.dlq.records", metric.WithUnit("{record}"),
 		metric.WithDescription("Records sent to a dead-letter topic, by source topic and error class."))
 	inFlight, err := m.Int64ObservableGauge("sagapipe.saga.in_flight", metric.WithUnit("{saga}"),
@@ -111,6 +114,9 @@ func (rm *runtimeMetrics) record(ctx context.Context, b *batchStats) {
 	for _, step := range b.resent {
 		rm.resends.Add(ctx, 1, metric.WithAttributes(rm.name, telemetry.SagaStep.String(step)))
 	}
+	if b.forwarded > 0 {
+		rm.forwarded.Add(ctx, int64(b.forwarded), name)
+	}
 	for _, step := range b.longRetries {
 		rm.longRetries.Add(ctx, 1, metric.WithAttributes(rm.name, telemetry.SagaStep.String(step)))
 	}
@@ -128,7 +134,10 @@ type batchStats struct {
 	resent   []string // the step of each resent command
 	// longRetries holds the step of each long retry (see Effect.LongRetry).
 	longRetries []string
-	dead        []deadLetter
+	// forwarded counts the inbox records forwarded to their saga's home
+	// partition.
+	forwarded int
+	dead      []deadLetter
 }
 
 type stepTook struct {

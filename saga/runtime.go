@@ -142,7 +142,9 @@ type Runtime[D any] struct {
 	// versions holds every registered definition by version, saga's
 	// included.
 	versions map[int]*Saga[D]
-	cfg      Config
+	// inboxPartitions is the inbox's partition count, from CheckTopics.
+	inboxPartitions atomic.Int32
+	cfg             Config
 	*codecs
 	snapshots *snapshots[D]
 	sess      *kgo.GroupTransactSession

@@ -88,7 +88,7 @@ type participant struct {
 	byID    map[string]int // command ce_id → times
 }
 
-func (e *env) participant(topic string, replies map[string]func(order string) *saga.EventDef[msg]) *participant {
+func (e *env) participant(topic string, replies map[string]func(order string) *saga.EventDef[msg], opts ...kgo.Opt) *participant {
 	e.t.Helper()
 	var aliases []string
 	for typ := range replies {
@@ -113,8 +113,8 @@ func (e *env) participant(topic string, replies map[string]func(order string) *s
 		}
 		return pipe.NewReply(e.codec(*reply), reply.Type, msg{OrderID: cmd.OrderID, Detail: "by " + topic}), nil
 	}
-	cl := e.client(kgo.ConsumerGroup(topic+".worker"), kgo.ConsumeTopics(topic), kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	cl := e.client(append([]kgo.Opt{kgo.ConsumerGroup(topic + ".worker"), kgo.ConsumeTopics(topic), kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}, opts...)...)
 	w, err := pipe.NewStageWorker(cl, cmdCodec, handler)
 	if err != nil {
 		e.t.Fatal(err)

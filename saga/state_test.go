@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"slices"
 	"strings"
 	"sync"
@@ -558,6 +559,82 @@ func TestParallelStepsEndToEnd(t *testing.T) {
 	}
 	if !sawGroup {
 		t.Fatal("no journal entry in the group's state")
+	}
+	checkJournal(t, e.journal())
+}
+
+// librdkafkaPartitioner places keyed records as librdkafka's default
+// (consistent_random) does: CRC32 of the key modulo the partitions, not
+// the Java client's murmur2.
+func librdkafkaPartitioner() kgo.Partitioner {
+	return kgo.BasicConsistentPartitioner(func(string) func(*kgo.Record, int) int {
+		return func(r *kgo.Record, n int) int { return int(crc32.ChecksumIEEE(r.Key) % uint32(n)) }
+	})
+}
+
+// Participants whose client hashes keys differently (librdkafka's CRC32)
+// reply to partitions that do not hold their sagas, and starts come in on
+// any partition: each is forwarded, in the transaction, to the saga's home
+// partition, and every saga completes, none dead-lettered, nothing applied
+// twice.
+func TestRepliesOnAnyPartitionAreForwarded(t *testing.T) {
+	e := newEnv(t, 4)
+	crc := kgo.RecordPartitioner(librdkafkaPartitioner())
+	inventory := e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)}, crc)
+	payment := e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{chargePayment.Type: always(paymentCharged)}, crc)
+	shipping := e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)}, crc)
+	done := newFinished()
+	dead := 0
+	var deadMu sync.Mutex
+	e.runtime(done, deadHook(func() { deadMu.Lock(); dead++; deadMu.Unlock() }))
+	var orders []string
+	for i := range 30 {
+		orders = append(orders, fmt.Sprintf("trip-%02d", i))
+	}
+	ctx := context.Background()
+	c := e.codec(orderPlaced)
+	var recs []*kgo.Record
+	moved := 0
+	for _, o := range orders {
+		v, err := c.Encode(ctx, e.saga.InboxTopic(), &msg{OrderID: o})
+		if err != nil {
+			t.Fatal(err)
+		}
+		env := schema.NewEnvelope(orderPlaced.Type, "test", time.Now())
+		env.SagaID, env.CorrelationID = o, o
+		recs = append(recs, &kgo.Record{Topic: e.saga.InboxTopic(), Key: []byte(o), Value: v, Headers: env.Apply(nil)})
+		if crc32.ChecksumIEEE([]byte(o))%4 != uint32(kgo.StickyKeyPartitioner(nil).ForTopic("x").Partition(&kgo.Record{Key: []byte(o)}, 4)) {
+			moved++
+		}
+	}
+	if moved < 10 {
+		t.Fatalf("only %d of 30 keys land elsewhere under CRC32: the test would prove little", moved)
+	}
+	// Half the starts from the Java-compatible partitioner (as the API's),
+	// half from a CRC32 one.
+	if err := e.client().ProduceSync(ctx, recs[:15]...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.client(crc).ProduceSync(ctx, recs[15:]...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	got := done.wait(t, len(orders))
+	for _, o := range orders {
+		if got[o] != saga.StateCompleted {
+			t.Fatalf("%s ended %s, want Completed", o, got[o])
+		}
+		for _, p := range []*participant{inventory, payment, shipping} {
+			for k, n := range p.applied {
+				if n > 1 {
+					t.Fatalf("%s applied %d times", k, n)
+				}
+			}
+		}
+	}
+	deadMu.Lock()
+	defer deadMu.Unlock()
+	if dead != 0 {
+		t.Fatalf("%d records dead-lettered, want none", dead)
 	}
 	checkJournal(t, e.journal())
 }

@@ -85,6 +85,7 @@ func (r *Runtime[D]) CheckTopics(ctx context.Context) error {
 	if len(missing) > 0 {
 		return fmt.Errorf("saga %s: topics missing: %v (create them with 'orchestrator topics ensure'; they are not auto-created)", r.saga.name, missing)
 	}
+	r.inboxPartitions.Store(int32(len(details[inbox].Partitions)))
 	var errs []error
 	for _, t := range []string{journal, state} {
 		if a, b := len(details[inbox].Partitions), len(details[t].Partitions); a != b {
