@@ -40,8 +40,12 @@ func RawReply(eventType string, value []byte) Reply {
 // NoReply is the Reply of a command that is answered with nothing.
 var NoReply = Reply{}
 
-// Handler handles one decoded command of a stage. Delivery is at-least-once:
-// make the effect idempotent, keyed by env.ID.
+// Handler handles one decoded command of a stage. Delivery is at-least-once
+// and a saga resends a command that is not answered in time, each resend
+// with a new env.ID: make the effect idempotent, keyed by
+// env.IdempotencyKey ("<saga id>/<step>/do", the same on every resend of
+// one command; "/undo" for its compensation), and answer a command whose
+// effect was applied before with the same reply.
 type Handler[C any] func(ctx context.Context, cmd C, env schema.Envelope) (Reply, error)
 
 // FailurePolicy decides what becomes of a command that could not be handled:
@@ -452,7 +456,7 @@ func (w *StageWorker[C]) prepare(ctx context.Context, rec *kgo.Record, inBatch *
 	}
 	// The reply answers the command; it asks nothing back.
 	source := *rec
-	source.Headers = withoutHeader(rec.Headers, schema.HeaderReplyTo)
+	source.Headers = withoutHeader(withoutHeader(rec.Headers, schema.HeaderReplyTo), schema.HeaderIdempotencyKey)
 	a.msg = Message{Source: &source, Value: value, Type: reply.Type, Context: ctx}
 	return a
 }

@@ -672,6 +672,14 @@ func isCompensation(state statemachine.State) bool {
 	return state == StateCompensated || state == StateCompensationFailed || strings.HasSuffix(string(state), ".Compensating")
 }
 
+// effectKind is "do" for a step's command, "undo" for its compensation.
+func effectKind(e Effect) string {
+	if e.Compensation {
+		return "undo"
+	}
+	return "do"
+}
+
 // command builds the message that pipes a Send effect's command.
 func (r *Runtime[D]) command(ctx context.Context, s *sagaRecord[D], e Effect, src *kgo.Record) (pipe.Message, error) {
 	c := r.encoders[e.EventType]
@@ -694,6 +702,7 @@ func (r *Runtime[D]) command(ctx context.Context, s *sagaRecord[D], e Effect, sr
 		Headers: []kgo.RecordHeader{
 			h(schema.HeaderSagaName, r.saga.name), h(schema.HeaderSagaID, s.id), h(schema.HeaderSagaStep, e.Step),
 			h(schema.HeaderReplyTo, r.saga.InboxTopic()), h(schema.HeaderCorrelationID, s.correlation),
+			h(schema.HeaderIdempotencyKey, fmt.Sprintf("%s/%s/%s", s.id, e.Step, effectKind(e))),
 			h(schema.HeaderContentType, schema.ContentTypeAvro),
 		}}, nil
 }

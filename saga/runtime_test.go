@@ -86,6 +86,7 @@ type participant struct {
 	mu      sync.Mutex
 	applied map[string]int // "<command type> <order>" → times
 	byID    map[string]int // command ce_id → times
+	byKey   map[string]int // idempotency key → times
 }
 
 func (e *env) participant(topic string, replies map[string]func(order string) *saga.EventDef[msg], opts ...kgo.Opt) *participant {
@@ -101,11 +102,12 @@ func (e *env) participant(topic string, replies map[string]func(order string) *s
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	p := &participant{applied: map[string]int{}, byID: map[string]int{}}
+	p := &participant{applied: map[string]int{}, byID: map[string]int{}, byKey: map[string]int{}}
 	handler := func(_ context.Context, cmd msg, env schema.Envelope) (pipe.Reply, error) {
 		p.mu.Lock()
 		p.applied[env.Type+" "+cmd.OrderID]++
 		p.byID[env.ID]++
+		p.byKey[env.IdempotencyKey]++
 		p.mu.Unlock()
 		reply := replies[env.Type](cmd.OrderID)
 		if reply == nil {

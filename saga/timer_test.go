@@ -140,6 +140,12 @@ func TestAStepWithoutCompensationIsResentUntilItAnswers(t *testing.T) {
 	if n := shipping.count("test.ScheduleShipment lost"); n != sends {
 		t.Fatalf("shipping got %d commands, want %d", n, sends)
 	}
+	shipping.mu.Lock()
+	keys, ids := fmt.Sprint(shipping.byKey), len(shipping.byID)
+	shipping.mu.Unlock()
+	if keys != fmt.Sprintf("map[lost/shipping/do:%d]", sends) || ids != sends {
+		t.Fatalf("idempotency keys %s over %d command IDs; want one key for all %d sends, each with its own ID", keys, ids, sends)
+	}
 	if payment.count("test.RefundPayment lost") != 0 || inventory.count("test.ReleaseInventory lost") != 0 {
 		t.Fatalf("refunds %d, releases %d: want none", payment.count("test.RefundPayment lost"), inventory.count("test.ReleaseInventory lost"))
 	}

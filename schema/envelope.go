@@ -23,8 +23,12 @@ const (
 	HeaderSagaID        = "saga_id"
 	HeaderSagaStep      = "saga_step"
 	HeaderReplyTo       = "reply_to" // topic a participant pipes its reply to
-	HeaderTraceParent   = "traceparent"
-	HeaderTraceState    = "tracestate"
+	// HeaderIdempotencyKey names a command's effect, the same on every
+	// resend of it ("<saga id>/<step>/do" or ".../undo"), where ce_id is
+	// new on each: participants key their effects by it.
+	HeaderIdempotencyKey = "idempotency_key"
+	HeaderTraceParent    = "traceparent"
+	HeaderTraceState     = "tracestate"
 )
 
 // SpecVersion is the CloudEvents version the envelope follows.
@@ -35,7 +39,7 @@ const ContentTypeAvro = "application/avro"
 
 // Envelope is the metadata every sagapipe record carries in its headers.
 type Envelope struct {
-	ID            string    // ce_id, unique per event; participants' idempotency key
+	ID            string    // ce_id, unique per event (a resent command has a new one; see IdempotencyKey)
 	Type          string    // ce_type, e.g. "orders.OrderPlaced"
 	Source        string    // ce_source, who emitted it
 	Time          time.Time // ce_time; zero when absent
@@ -46,8 +50,11 @@ type Envelope struct {
 	SagaID        string
 	SagaStep      string
 	ReplyTo       string
-	TraceParent   string
-	TraceState    string
+	// IdempotencyKey is a command's effect's key, the same across its
+	// resends (see HeaderIdempotencyKey); empty on other events.
+	IdempotencyKey string
+	TraceParent    string
+	TraceState     string
 }
 
 // NewID returns a new event ID: a UUIDv7, so IDs sort by creation time.
@@ -68,11 +75,11 @@ func NewEnvelope(typ, source string, now time.Time) Envelope {
 }
 
 // fields pairs each header with its field, in the order they are written.
-func (e *Envelope) fields() [13]struct {
+func (e *Envelope) fields() [14]struct {
 	name string
 	val  *string
 } {
-	return [13]struct {
+	return [14]struct {
 		name string
 		val  *string
 	}{
@@ -80,6 +87,7 @@ func (e *Envelope) fields() [13]struct {
 		{HeaderContentType, &e.ContentType}, {HeaderCorrelationID, &e.CorrelationID},
 		{HeaderCausationID, &e.CausationID}, {HeaderSagaName, &e.SagaName},
 		{HeaderSagaID, &e.SagaID}, {HeaderSagaStep, &e.SagaStep}, {HeaderReplyTo, &e.ReplyTo},
+		{HeaderIdempotencyKey, &e.IdempotencyKey},
 		{HeaderTraceParent, &e.TraceParent}, {HeaderTraceState, &e.TraceState},
 		{HeaderSpecVersion, nil},
 	}
