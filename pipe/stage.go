@@ -133,7 +133,7 @@ func WithPiperOptions(opts ...Opt) StageOpt {
 // skipped.
 type StageWorker[C any] struct {
 	client  *kgo.Client
-	codec   *schema.Codec[C]
+	decode  func(ctx context.Context, value []byte) (C, error)
 	handler Handler[C]
 	cfg     stageConfig
 	piper   *Piper
@@ -149,11 +149,19 @@ type StageWorker[C any] struct {
 // A saga waits for each reply, so kgo.ProducerLinger(0) is the setting
 // for the client: kgo's default 10ms linger adds 10ms to every step.
 func NewStageWorker[C any](client *kgo.Client, codec *schema.Codec[C], handler Handler[C], opts ...StageOpt) (*StageWorker[C], error) {
+	if codec == nil {
+		return newStageWorker[C](client, nil, handler, []error{errors.New("pipe: NewStageWorker: codec is nil")}, opts...)
+	}
+	return newStageWorker(client, codec.Decode, handler, nil, opts...)
+}
+
+// newStageWorker is NewStageWorker decoding with decode; errs are problems
+// found already, reported with the others.
+func newStageWorker[C any](client *kgo.Client, decode func(context.Context, []byte) (C, error), handler Handler[C], errs []error, opts ...StageOpt) (*StageWorker[C], error) {
 	cfg := stageConfig{onFailure: StopOnFailure, concurrency: 1}
 	for _, o := range opts {
 		o.applyStage(&cfg)
 	}
-	var errs []error
 	if client == nil {
 		errs = append(errs, errors.New("pipe: NewStageWorker: client is nil"))
 	} else {
@@ -166,9 +174,6 @@ func NewStageWorker[C any](client *kgo.Client, codec *schema.Codec[C], handler H
 		if client.OptValue(kgo.FetchIsolationLevel) != readCommitted() {
 			errs = append(errs, errors.New("pipe: NewStageWorker: the client reads uncommitted records, so it could act on a command whose transaction is aborted; add kgo.FetchIsolationLevel(kgo.ReadCommitted())"))
 		}
-	}
-	if codec == nil {
-		errs = append(errs, errors.New("pipe: NewStageWorker: codec is nil"))
 	}
 	if handler == nil {
 		errs = append(errs, errors.New("pipe: NewStageWorker: handler is nil"))
@@ -189,7 +194,7 @@ func NewStageWorker[C any](client *kgo.Client, codec *schema.Codec[C], handler H
 	if err != nil {
 		return nil, err
 	}
-	return &StageWorker[C]{client: client, codec: codec, handler: handler, cfg: cfg, piper: piper}, nil
+	return &StageWorker[C]{client: client, decode: decode, handler: handler, cfg: cfg, piper: piper}, nil
 }
 
 // Run consumes and handles commands until ctx is cancelled (it then commits
@@ -431,7 +436,7 @@ func (w *StageWorker[C]) prepare(ctx context.Context, rec *kgo.Record, inBatch *
 		return a
 	}
 	a.id = env.ID
-	cmd, err := w.codec.Decode(ctx, rec.Value)
+	cmd, err := w.decode(ctx, rec.Value)
 	if err != nil {
 		a.err = err
 		return a

@@ -439,3 +439,106 @@ func TestStageWorkerConcurrency(t *testing.T) {
 		t.Fatalf("WithConcurrency(0): %v, want an error naming it", err)
 	}
 }
+
+type releaseInventory struct {
+	OrderID string `avro:"order_id"`
+	Reason  string `avro:"reason"`
+}
+
+const releaseInventorySchema = `{"type":"record","name":"ReleaseInventory","namespace":"test","fields":[
+ {"name":"order_id","type":"string"},{"name":"reason","type":"string"}]}`
+
+// A command and its compensation come on one topic with their own
+// schemas: a Mux decodes each into its own type; a type without a route
+// goes to the failure policy as ErrNoRoute.
+func TestMuxWorkerRoutesByType(t *testing.T) {
+	ctx := context.Background()
+	s := startStack(t)
+	createTopic(t, s, 1, "inventory.commands", "orders.inbox")
+	// Two record types on one topic: subjects by record name.
+	serde, err := schema.NewSerde(s.RegistryURL(), schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reserveCodec, err := schema.NewCodec[reserveInventory](serde, reserveInventorySchema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replyCodec, err := schema.NewCodec[inventoryReserved](serde, inventoryReservedSchema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	releaseCodec, err := schema.NewCodec[releaseInventory](serde, releaseInventorySchema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	record := func(typ string, value []byte) *kgo.Record {
+		env := schema.NewEnvelope(typ, "orchestrator", time.Now())
+		env.ReplyTo = "orders.inbox"
+		return &kgo.Record{Topic: "inventory.commands", Key: []byte("o-1"), Value: value, Headers: env.Apply(nil)}
+	}
+	reserve, err := reserveCodec.Encode(ctx, "inventory.commands", &reserveInventory{OrderID: "o-1", SKU: "sku-1", Quantity: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, err := releaseCodec.Encode(ctx, "inventory.commands", &releaseInventory{OrderID: "o-1", Reason: "payment declined"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := newClient(t, s).ProduceSync(ctx, record("test.ReserveInventory", reserve), record("test.Audit", reserve),
+		record("test.ReleaseInventory", release)).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu  sync.Mutex
+		got []string
+	)
+	m := pipe.NewMux()
+	pipe.Route(m, "test.ReserveInventory", reserveCodec, func(_ context.Context, c reserveInventory, _ schema.Envelope) (pipe.Reply, error) {
+		mu.Lock()
+		got = append(got, fmt.Sprintf("reserve %s %d", c.SKU, c.Quantity))
+		mu.Unlock()
+		return pipe.NewReply(replyCodec, "test.InventoryReserved", inventoryReserved{OrderID: c.OrderID}), nil
+	})
+	pipe.Route(m, "test.ReleaseInventory", releaseCodec, func(_ context.Context, c releaseInventory, _ schema.Envelope) (pipe.Reply, error) {
+		mu.Lock()
+		got = append(got, "release: "+c.Reason)
+		mu.Unlock()
+		return pipe.NewReply(replyCodec, "test.InventoryReleased", inventoryReserved{OrderID: c.OrderID}), nil
+	})
+	var failures []error
+	policy := func(_ context.Context, _ *kgo.Record, err error) error {
+		mu.Lock()
+		failures = append(failures, err)
+		mu.Unlock()
+		return nil
+	}
+	client := newClient(t, s, kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
+		kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	w, err := pipe.NewMuxWorker(client, m, pipe.WithFailurePolicy(policy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(runCtx) }()
+	replies := consume(t, s, "orders.inbox", 2)
+	stop()
+	if err := <-ran; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(got) != "[reserve sku-1 2 release: payment declined]" {
+		t.Fatalf("handled %v", got)
+	}
+	if len(failures) != 1 || !errors.Is(failures[0], pipe.ErrNoRoute) || !strings.Contains(failures[0].Error(), `"test.Audit"`) {
+		t.Fatalf("failures %v, want one ErrNoRoute naming test.Audit", failures)
+	}
+	if header(replies[0], schema.HeaderType) != "test.InventoryReserved" || header(replies[1], schema.HeaderType) != "test.InventoryReleased" {
+		t.Fatal("replies out of order or of the wrong types")
+	}
+	if _, err := pipe.NewMuxWorker(client, pipe.NewMux()); err == nil || !strings.Contains(err.Error(), "pipe.Route") {
+		t.Fatalf("a Mux without routes: %v", err)
+	}
+}

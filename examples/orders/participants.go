@@ -2,11 +2,11 @@ package orders
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -162,32 +162,41 @@ func (l *Ledger) undo(effect, compensation, order, id string, applied, undone bo
 	}
 }
 
-// participantCommand is how a participant reads both of its commands: Avro
-// aliases make one reader schema for the command and its compensation,
-// whose fields it holds (defaults cover the fields one of them lacks).
-type participantCommand struct {
-	OrderID     string `avro:"order_id"`
-	SKU         string `avro:"sku"`
-	Quantity    int32  `avro:"quantity"`
-	CustomerID  string `avro:"customer_id"`
-	PaymentID   string `avro:"payment_id"`
-	AmountCents int64  `avro:"amount_cents"`
-	Express     bool   `avro:"express"`
+// command is what the participants need of any of their commands.
+type command struct {
+	OrderID     string
+	Quantity    int32
+	SKU         string
+	AmountCents int64
 }
 
-func participantSchema(name string, commands ...string) string {
-	aliases := make([]string, len(commands))
-	for i, c := range commands {
-		aliases[i] = fmt.Sprintf("%q", c)
+// routes are a service's commands, each decoded into its own type by the
+// saga's declaration of it.
+func (p *Participants) routes(topic string) (*pipe.Mux, error) {
+	m := pipe.NewMux()
+	var errs []error
+	route := func(err error) { errs = append(errs, err) }
+	switch topic {
+	case InventoryTopic:
+		route(saga.Route(m, p.serde, EvReserveInventory, func(ctx context.Context, c ReserveInventory, env schema.Envelope) (pipe.Reply, error) {
+			return p.handle(ctx, command{OrderID: c.OrderID, SKU: c.SKU, Quantity: c.Quantity}, env)
+		}))
+		route(saga.Route(m, p.serde, EvReleaseInventory, func(ctx context.Context, c ReleaseInventory, env schema.Envelope) (pipe.Reply, error) {
+			return p.handle(ctx, command{OrderID: c.OrderID, SKU: c.SKU, Quantity: c.Quantity}, env)
+		}))
+	case PaymentTopic:
+		route(saga.Route(m, p.serde, EvChargePayment, func(ctx context.Context, c ChargePayment, env schema.Envelope) (pipe.Reply, error) {
+			return p.handle(ctx, command{OrderID: c.OrderID, AmountCents: c.AmountCents}, env)
+		}))
+		route(saga.Route(m, p.serde, EvRefundPayment, func(ctx context.Context, c RefundPayment, env schema.Envelope) (pipe.Reply, error) {
+			return p.handle(ctx, command{OrderID: c.OrderID, AmountCents: c.AmountCents}, env)
+		}))
+	case ShippingTopic:
+		route(saga.Route(m, p.serde, EvScheduleShipment, func(ctx context.Context, c ScheduleShipment, env schema.Envelope) (pipe.Reply, error) {
+			return p.handle(ctx, command{OrderID: c.OrderID, SKU: c.SKU, Quantity: c.Quantity}, env)
+		}))
 	}
-	return fmt.Sprintf(`{"type":"record","name":%q,"namespace":"sagapipe.examples.orders.participants","aliases":[%s],"fields":[
- {"name":"order_id","type":"string"},
- {"name":"sku","type":"string","default":""},
- {"name":"quantity","type":"int","default":0},
- {"name":"customer_id","type":"string","default":""},
- {"name":"payment_id","type":"string","default":""},
- {"name":"amount_cents","type":"long","default":0},
- {"name":"express","type":"boolean","default":false}]}`, name, strings.Join(aliases, ","))
+	return m, errors.Join(errs...)
 }
 
 // Participants are the inventory, payment and shipping services.
@@ -249,7 +258,7 @@ func (p *Participants) poison(order, step, replyType string) (pipe.Reply, bool) 
 	return pipe.RawReply(replyType, []byte("this is not avro")), true
 }
 
-func (p *Participants) handle(ctx context.Context, cmd participantCommand, env schema.Envelope) (pipe.Reply, error) {
+func (p *Participants) handle(ctx context.Context, cmd command, env schema.Envelope) (pipe.Reply, error) {
 	// The latency is the work of applying a command the first time (a
 	// call to a payment provider, say); a resend of one already worked on
 	// is answered from the ledger at once.
@@ -321,13 +330,8 @@ const Concurrency = 64
 // Run runs the three services, each a stage worker in its own consumer
 // group, until ctx ends; it returns the first worker's error.
 func (p *Participants) Run(ctx context.Context, brokers []string, clientOpts ...kgo.Opt) error {
-	services := []struct {
-		service, topic, name string
-		commands             []string
-	}{
-		{ServiceInventory, InventoryTopic, "InventoryCommand", []string{"sagapipe.examples.orders.ReserveInventory", "sagapipe.examples.orders.ReleaseInventory"}},
-		{ServicePayment, PaymentTopic, "PaymentCommand", []string{"sagapipe.examples.orders.ChargePayment", "sagapipe.examples.orders.RefundPayment"}},
-		{ServiceShipping, ShippingTopic, "ShippingCommand", []string{"sagapipe.examples.orders.ScheduleShipment"}},
+	services := []struct{ service, topic string }{
+		{ServiceInventory, InventoryTopic}, {ServicePayment, PaymentTopic}, {ServiceShipping, ShippingTopic},
 	}
 	// One service failing stops the others: Run then returns its error.
 	ctx, cancel := context.WithCancel(ctx)
@@ -335,7 +339,7 @@ func (p *Participants) Run(ctx context.Context, brokers []string, clientOpts ...
 	errs := make(chan error, len(services))
 	var wg sync.WaitGroup
 	for _, s := range services {
-		codec, err := schema.NewCodec[participantCommand](p.serde, participantSchema(s.name, s.commands...))
+		mux, err := p.routes(s.topic)
 		if err != nil {
 			return err
 		}
@@ -350,7 +354,7 @@ func (p *Participants) Run(ctx context.Context, brokers []string, clientOpts ...
 		if p.Tracing != nil {
 			tp = p.Tracing(s.service)
 		}
-		w, err := pipe.NewStageWorker(cl, codec, p.handle, pipe.WithConcurrency(Concurrency),
+		w, err := pipe.NewMuxWorker(cl, mux, pipe.WithConcurrency(Concurrency),
 			pipe.WithPiperOptions(pipe.WithSource(s.topic+".service"), pipe.WithTracerProvider(tp)))
 		if err != nil {
 			cl.Close()
