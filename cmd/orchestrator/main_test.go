@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"github.com/sagapipe/sagapipe/internal/kread"
+	"github.com/sagapipe/sagapipe/schema"
 	"net"
 	"os"
 	"path/filepath"
@@ -125,6 +128,38 @@ func TestUsageErrors(t *testing.T) {
 				t.Fatalf("stderr %q does not contain %q", stderr.String(), tt.want)
 			}
 		})
+	}
+}
+
+// saga cancel and saga resume produce the operator's event to the saga's
+// inbox, keyed by the ID, naming who asked in ce_source.
+func TestSagaCancelAndResumeCommands(t *testing.T) {
+	s, err := devstack.Start(devstack.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	brokers := s.KafkaAddrs()[0]
+	var stdout, stderr syncBuffer
+	if code := run(context.Background(), []string{"topics", "ensure", "--brokers", brokers}, &stdout, &stderr); code != 0 {
+		t.Fatalf("topics ensure: exit %d: %s", code, stderr.String())
+	}
+	for _, what := range []string{"cancel", "resume"} {
+		if code := run(context.Background(), []string{"saga", what, "--brokers", brokers, "--by", "alice", "orders", "o-1"}, &stdout, &stderr); code != 0 {
+			t.Fatalf("saga %s: exit %d: %s", what, code, stderr.String())
+		}
+	}
+	var got []string
+	err = kread.ToEnd(context.Background(), []kgo.Opt{kgo.SeedBrokers(brokers)}, "orders.inbox", nil, func(r *kgo.Record) error {
+		env, err := schema.ReadEnvelope(r.Headers)
+		got = append(got, fmt.Sprintf("%s %s %s %s", r.Key, env.Type, env.SagaID, env.Source))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "[o-1 sagapipe.Cancel o-1 sagapipe/cli/alice o-1 sagapipe.Resume o-1 sagapipe/cli/alice]"; fmt.Sprint(got) != want {
+		t.Fatalf("inbox %v, want %s", got, want)
 	}
 }
 
