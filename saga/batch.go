@@ -697,6 +697,14 @@ func (r *Runtime[D]) command(ctx context.Context, s *sagaRecord[D], e Effect, sr
 		kind += fmt.Sprintf("-resume%d", e.Resume)
 	}
 	h := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
+	if slices.ContainsFunc(src.Headers, func(h kgo.RecordHeader) bool { return h.Key == HeaderForwardedFrom }) {
+		// Where the event was forwarded from is the inbox's business: a
+		// command (and the reply, or another saga's start, piped from it)
+		// must not carry it on.
+		copied := *src
+		copied.Headers = slices.DeleteFunc(slices.Clone(src.Headers), func(h kgo.RecordHeader) bool { return h.Key == HeaderForwardedFrom })
+		src = &copied
+	}
 	return pipe.Message{Source: src, Value: value, Type: e.EventType, Context: ctx,
 		ID: fmt.Sprintf("%s/%s/%s/%d", s.id, e.Step, kind, e.Attempt),
 		Headers: []kgo.RecordHeader{

@@ -238,6 +238,34 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 		if i+1 < len(s.steps) {
 			next = groups.state(i + 1)
 		}
+		fails := func(in Instance[D], now time.Time) (Instance[D], []Effect) {
+			in.Attempt = 1
+			if compensateFrom < 0 {
+				return in, s.finish(StateCompensated, in)
+			}
+			return in, send(s.steps[compensateFrom], in, true, now)
+		}
+		// A success after the saga's deadline does not start a step that
+		// could still be given up: the saga compensates, this step first.
+		if s.deadline > 0 && i+1 < len(s.steps) && s.steps[i+1].givesUp {
+			lateTo, late := StateCompensated, func(in Instance[D], now time.Time) (Instance[D], []Effect) { return fails(in, now) }
+			if step.compensate != nil {
+				lateTo = CompensatingState(step.name)
+				late = func(in Instance[D], now time.Time) (Instance[D], []Effect) {
+					in.Attempt = 1
+					return in, send(step, in, true, now)
+				}
+			} else if compensateFrom >= 0 {
+				lateTo = CompensatingState(s.steps[compensateFrom].name)
+			}
+			ts = append(ts, T{From: pending, On: ReplyEventType(step.name, step.success.event.eventType), To: lateTo,
+				GuardName: "saga deadline passed", Guard: deadlinePassed[D],
+				Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
+					step.success.apply(&in.Data, ev.Payload)
+					in.Completed = append(slices.Clip(in.Completed), step.name)
+					return late(in, ev.Time)
+				}})
+		}
 		ts = append(ts, T{From: pending, On: ReplyEventType(step.name, step.success.event.eventType), To: next,
 			Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
 				step.success.apply(&in.Data, ev.Payload)
@@ -248,14 +276,6 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 				}
 				return in, s.finish(StateCompleted, in)
 			}})
-
-		fails := func(in Instance[D], now time.Time) (Instance[D], []Effect) {
-			in.Attempt = 1
-			if compensateFrom < 0 {
-				return in, s.finish(StateCompensated, in)
-			}
-			return in, send(s.steps[compensateFrom], in, true, now)
-		}
 		failTo := StateCompensated
 		if compensateFrom >= 0 {
 			failTo = CompensatingState(s.steps[compensateFrom].name)
@@ -427,6 +447,12 @@ func resendTransitions[D any](step StepBuilder[D], waiting statemachine.State) [
 			effects[0].LongRetry = in.Attempt > step.retries+1
 			return in, effects
 		}}}
+}
+
+// deadlinePassed tells whether the saga's deadline has passed at the
+// event's time.
+func deadlinePassed[D any](in Instance[D], ev statemachine.Event) bool {
+	return !in.Deadline.IsZero() && !ev.Time.Before(in.Deadline)
 }
 
 // currentSend tells whether a timer event is the one of the send now out.

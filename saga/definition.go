@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
+	"strings"
 	"time"
 
 	"github.com/sagapipe/sagapipe/schema"
@@ -46,11 +48,12 @@ func (t typedCodec[T]) decode(ctx context.Context, data []byte) (any, error) {
 type eventSpec struct {
 	eventType string
 	schema    string
+	goType    reflect.Type
 	newCodec  func(*schema.Serde) (codec, error)
 }
 
 func specOf[T any](def EventDef[T]) eventSpec {
-	return eventSpec{eventType: def.Type, schema: def.Schema, newCodec: func(s *schema.Serde) (codec, error) {
+	return eventSpec{eventType: def.Type, schema: def.Schema, goType: reflect.TypeFor[T](), newCodec: func(s *schema.Serde) (codec, error) {
 		c, err := schema.NewCodec[T](s, def.Schema)
 		return typedCodec[T]{c}, err
 	}}
@@ -169,7 +172,7 @@ func (s *StepBuilder[D]) Pivot() *StepBuilder[D] { s.pivot = true; return s }
 // sent together, and the saga moves on when every branch has succeeded
 // (its state meanwhile is "<a>+<b>.Pending"). The group has one timer,
 // the longest of its branches' timeouts; a timeout resends the branches
-// that have not answered. A branch's failure, the group given up after
+// that have not answered, as often as the fewest Retries of its branches. A branch's failure, the group given up after
 // its retries, the saga's deadline or a cancel compensate every branch in
 // reverse order (a branch that never applied its command answers its
 // compensation as a no-op, by the participant contract), then the steps
@@ -178,8 +181,8 @@ func (s *StepBuilder[D]) Pivot() *StepBuilder[D] { s.pivot = true; return s }
 func (s *StepBuilder[D]) Parallel() *StepBuilder[D] { s.parallel = true; return s }
 
 // Forward declares, for a step after the pivot, where the saga goes on
-// when the step's failure reply (OnFailure) comes: the named step, a step
-// after the pivot (the step itself resends its command, from attempt 1).
+// when the step's failure reply (OnFailure) comes: the named step, a later
+// one (an alternative: another carrier, a manual-handling queue).
 func (s *StepBuilder[D]) Forward(step string) *StepBuilder[D] { s.forward = step; return s }
 
 // Builder defines a saga over data D; Build validates it.
@@ -304,6 +307,8 @@ func (b *Builder[D]) Build() (*Saga[D], error) {
 		switch {
 		case s.name == "":
 			fail("step %d has no name", i)
+		case strings.ContainsAny(s.name, "+/ "):
+			fail("step %d %q: a step name must not hold '+', '/' or spaces (they join parallel groups and IDs)", i, s.name)
 		case seen[s.name]:
 			fail("two steps are named %q", s.name)
 		}
@@ -354,6 +359,10 @@ func (b *Builder[D]) Build() (*Saga[D], error) {
 				fail("%s: Forward(%q) names no step", where, s.forward)
 			case j <= pivot:
 				fail("%s: Forward(%q) goes back to or before the pivot %q", where, s.forward, b.steps[pivot].name)
+			case j <= i:
+				// Its commands would carry the IDs and idempotency key the
+				// participant answered (with the failure) before.
+				fail("%s: Forward(%q) must name a step after it (an alternative), not itself or an earlier one", where, s.forward)
 			}
 		}
 		if s.compensate != nil {

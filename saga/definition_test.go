@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sagapipe/sagapipe/saga"
+	"github.com/sagapipe/sagapipe/schema"
 	"github.com/sagapipe/sagapipe/statemachine"
 )
 
@@ -465,6 +466,13 @@ func TestBuildChecksThePivot(t *testing.T) {
 			step(b, "a").Pivot()
 			step(b, "b").OnFailure(saga.Reply[orderData](paymentDeclined, nil)).Forward("a")
 		}},
+		{"forward to itself", `Forward("b") must name a step after it`, func(b *saga.Builder[orderData]) {
+			step(b, "a").Pivot()
+			step(b, "b").OnFailure(saga.Reply[orderData](paymentDeclined, nil)).Forward("b")
+		}},
+		{"a plus in a name", `a step name must not hold '+'`, func(b *saga.Builder[orderData]) {
+			step(b, "a+b")
+		}},
 		{"forward to nothing", `Forward("c") names no step`, func(b *saga.Builder[orderData]) {
 			step(b, "a").Pivot()
 			step(b, "b").OnFailure(saga.Reply[orderData](paymentDeclined, nil)).Forward("c")
@@ -557,6 +565,15 @@ func TestSagaDeadline(t *testing.T) {
 	if effects[1].After != 20*time.Second {
 		t.Fatalf("the refund waits %v, want its own timeout (past the deadline, compensations go on)", effects[1].After)
 	}
+
+	// A success that comes after the deadline starts no further step: the
+	// saga compensates, the step that just succeeded first.
+	state, in = saga.StateNew, saga.Instance[orderData]{}
+	apply(s.StartEventType(), msg{OrderID: "o-2"}, 0)
+	effects = apply(saga.ReplyEventType("inventory", inventoryReserved.Type), msg{}, 61*time.Second)
+	if state != saga.CompensatingState("inventory") || effects[0].EventType != releaseInventory.Type {
+		t.Fatalf("a late success: %s, effects %+v; want the reservation released", state, effects)
+	}
 }
 
 // parallelSaga reserves inventory and charges payment together, then
@@ -627,10 +644,9 @@ func TestParallelSteps(t *testing.T) {
 	r = &runner{t: t, s: s, state: saga.StateNew}
 	r.must(s.StartEventType(), msg{OrderID: "o-3"})
 	r.must(reply("payment", paymentCharged, ""))
+	// The group's retries are its branches' fewest: payment's Retries(1).
 	r.must(timeout("inventory+payment", 1, false))
 	r.must(timeout("inventory+payment", 2, false))
-	r.must(timeout("inventory+payment", 3, false))
-	r.must(timeout("inventory+payment", 4, false))
 	if r.state != saga.CompensatingState("payment") {
 		t.Fatalf("after the group's retries: %s, want payment.Compensating", r.state)
 	}
@@ -648,5 +664,33 @@ func TestBuildChecksParallelGroups(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Build() = %v, want %q", err, want)
 		}
+	}
+}
+
+// Versions share codecs by ce_type: an event type whose Go type changed
+// between versions is refused when the runtime is built, not at the first
+// reply of an old saga.
+func TestVersionsMustAgreeOnEventTypes(t *testing.T) {
+	type placedV2 struct {
+		OrderID string `avro:"order_id"`
+		Channel string `avro:"channel"`
+	}
+	placed := saga.Event[placedV2](orderPlaced.Type, `{"type":"record","name":"OrderPlaced","namespace":"test","fields":[
+ {"name":"order_id","type":"string"},{"name":"channel","type":"string","default":""}]}`)
+	b := saga.New[orderData]("orders", orderDataSchema).Version(2).
+		StartOn(saga.Reply(placed, func(d *orderData, e placedV2) { d.OrderID = e.OrderID }))
+	b.Step("payment").Command("payment.commands", saga.Cmd(chargePayment, command(msg{}))).
+		OnSuccess(saga.Reply[orderData](paymentCharged, nil)).OnFailure(saga.Reply[orderData](paymentDeclined, nil))
+	v2, err := b.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	serde, err := schema.NewSerde("http://127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = saga.NewRuntime(v2, saga.Config{Brokers: []string{"127.0.0.1:1"}, Registry: serde}, ordersSaga(t))
+	if err == nil || !strings.Contains(err.Error(), "test.OrderPlaced is saga_test.msg in version 1 of orders but saga_test.placedV2 in version 2") {
+		t.Fatalf("NewRuntime = %v, want the changed Go type of test.OrderPlaced named", err)
 	}
 }

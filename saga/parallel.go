@@ -101,6 +101,17 @@ func (s *Saga[D]) parallelTransitions(gs stepGroups, g stepGroup) []statemachine
 			return in
 		}
 		on := ReplyEventType(st.name, st.success.event.eventType)
+		if s.deadline > 0 && g.to+1 < len(s.steps) && s.steps[g.to+1].givesUp {
+			// The last branch's success after the deadline: no step that
+			// could be given up starts; every branch is compensated.
+			ts = append(ts, T{From: pending, On: on, To: compensating, GuardName: "the other branches succeeded, saga deadline passed",
+				Guard: func(in Instance[D], ev statemachine.Event) bool {
+					return fresh(in) && others(in) && deadlinePassed(in, ev)
+				},
+				Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
+					return compensate(join(in, ev), ev)
+				}})
+		}
 		ts = append(ts,
 			T{From: pending, On: on, To: next, GuardName: "the other branches succeeded",
 				Guard: func(in Instance[D], _ statemachine.Event) bool { return fresh(in) && others(in) },
@@ -127,9 +138,11 @@ func (s *Saga[D]) parallelTransitions(gs stepGroups, g stepGroup) []statemachine
 		t, ok := ev.Payload.(TimerFired)
 		return ok && t.Step == g.name && t.Attempt == in.Attempt
 	}
-	retries := 0
+	// The fewest retries of its branches: a branch that asked for none
+	// (its participant is not idempotent, say) is not resent for another.
+	retries := s.steps[g.from].retries
 	for j := g.from; j <= g.to; j++ {
-		retries = max(retries, s.steps[j].retries)
+		retries = min(retries, s.steps[j].retries)
 	}
 	timeout := TimeoutEventType(g.name, false)
 	if s.deadline > 0 {

@@ -16,7 +16,7 @@ import (
 
 // propertySaga is ordersSaga, with a deadline when d > 0, inventory and
 // payment in parallel when parallel; with pivot, the payment is the pivot
-// and a failed shipment is tried again (forward recovery).
+// and a failed shipment goes forward to a courier step.
 func propertySaga(t *testing.T, d time.Duration, parallel, pivot bool) *saga.Saga[orderData] {
 	t.Helper()
 	b := saga.New[orderData]("orders", orderDataSchema).
@@ -48,7 +48,12 @@ func propertySaga(t *testing.T, d time.Duration, parallel, pivot bool) *saga.Sag
 		OnFailure(saga.Reply[orderData](shipmentFailed, nil)).
 		Timeout(5 * time.Second)
 	if pivot {
-		ship.Forward("shipping")
+		// A failed shipment goes forward to a courier (then done).
+		ship.Forward("courier")
+		b.Step("courier").
+			Command("shipping.commands", saga.Cmd(scheduleShipment, command(msg{}))).
+			OnSuccess(saga.Reply[orderData](shipmentScheduled, nil)).
+			Timeout(5 * time.Second)
 	}
 	s, err := b.Build()
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"maps"
+	"reflect"
 	"slices"
 	"time"
 
@@ -185,6 +186,29 @@ func (sg *Saga[D]) newCodecs(registry *schema.Serde) (*codecs, error) {
 	j, err := schema.NewCodec[JournalEntry](registry, JournalEntrySchema)
 	c.journal = j
 	return c, errors.Join(append(errs, err)...)
+}
+
+// events returns every event and command type the definition declares,
+// with its Go type.
+func (sg *Saga[D]) events() map[string]reflect.Type {
+	out := map[string]reflect.Type{sg.start.event.eventType: sg.start.event.goType}
+	add := func(e eventSpec) { out[e.eventType] = e.goType }
+	if sg.outcome != nil {
+		add(sg.outcome.completed.event)
+		add(sg.outcome.failed.event)
+	}
+	for _, st := range sg.steps {
+		add(st.command.event)
+		add(st.success.event)
+		if st.failure != nil {
+			add(st.failure.event)
+		}
+		if st.compensate != nil {
+			add(st.compensate.event)
+			add(*st.compAck)
+		}
+	}
+	return out
 }
 
 // merge adds o's codecs that c lacks.

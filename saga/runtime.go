@@ -243,6 +243,15 @@ func NewRuntime[D any](s *Saga[D], cfg Config, older ...*Saga[D]) (*Runtime[D], 
 			errs = append(errs, fmt.Errorf("saga: NewRuntime: version %d of %s is registered twice", o.version, s.name))
 		default:
 			versions[o.version] = o
+			// The versions share decoders and encoders by ce_type: one
+			// type must mean one Go type in all of them.
+			newest := s.events()
+			for typ, t := range o.events() {
+				if n, ok := newest[typ]; ok && n != t {
+					errs = append(errs, fmt.Errorf("saga: NewRuntime: %s is %v in version %d of %s but %v in version %d: an event whose type changes needs a new ce_type",
+						typ, t, o.version, s.name, n, s.version))
+				}
+			}
 		}
 	}
 	if cfg.Registry == nil {
