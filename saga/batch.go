@@ -141,11 +141,23 @@ func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches
 			case <-time.After(100 * time.Millisecond):
 			}
 		}
+		if errors.Is(err, schema.ErrRegistryUnavailable) {
+			// A registry outage: nothing is dead-lettered; the batch comes
+			// again after a backoff (1 s doubling to 30 s).
+			r.registryWait = min(max(2*r.registryWait, time.Second), 30*time.Second)
+			r.cfg.Logger.Warn("saga: schema registry unavailable; the batch comes again", "saga_name", r.saga.name,
+				"retry_in", r.registryWait, "error", err)
+			select {
+			case <-shutdown.Done():
+			case <-time.After(r.registryWait):
+			}
+		}
 		if errors.Is(err, pipe.ErrAborted) {
 			return nil // rewound: the batch comes again
 		}
 		return fmt.Errorf("saga %s: %w", r.saga.name, err)
 	}
+	r.registryWait = 0
 	r.metrics.record(ctx, &b.batchStats)
 	if err := r.committed(b); err != nil {
 		return err
@@ -518,6 +530,11 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 			return r.deadLetter(ctx, b, rec, env, fmt.Errorf("%w: %s %q (step %q)", ErrUnknownEvent, r.saga.name, env.Type, env.SagaStep))
 		}
 		if payload, err = c.decode(ctx, rec.Value); err != nil {
+			if errors.Is(err, schema.ErrRegistryUnavailable) {
+				// Not poison: the batch aborts and comes again once the
+				// registry answers.
+				return fmt.Errorf("%s/%d@%d: %w", rec.Topic, rec.Partition, rec.Offset, err)
+			}
 			return r.deadLetter(ctx, b, rec, env, err)
 		}
 	}

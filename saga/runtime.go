@@ -182,6 +182,9 @@ type Runtime[D any] struct {
 	// lastSweep is when closed markers were last checked for expiry (Run's
 	// goroutine only).
 	lastSweep time.Time
+	// registryWait is the backoff after batches aborted because the
+	// schema registry was unavailable (Run's goroutine only).
+	registryWait time.Duration
 }
 
 // partitionState is what the runtime holds of an owned inbox partition.

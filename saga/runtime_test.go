@@ -211,7 +211,10 @@ func (e *env) startRuntime(cfg saga.Config) (*saga.Runtime[orderData], func() er
 // startVersions is startRuntime running definition s and older versions.
 func (e *env) startVersions(cfg saga.Config, s *saga.Saga[orderData], older ...*saga.Saga[orderData]) (*saga.Runtime[orderData], func() error) {
 	e.t.Helper()
-	cfg.Brokers, cfg.Registry = e.stack.KafkaAddrs(), e.serde
+	cfg.Brokers = e.stack.KafkaAddrs()
+	if cfg.Registry == nil {
+		cfg.Registry = e.serde
+	}
 	r, err := saga.NewRuntime(s, cfg, older...)
 	if err != nil {
 		e.t.Fatal(err)

@@ -5,6 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -637,4 +641,70 @@ func TestRepliesOnAnyPartitionAreForwarded(t *testing.T) {
 		t.Fatalf("%d records dead-lettered, want none", dead)
 	}
 	checkJournal(t, e.journal())
+}
+
+// A registry that cannot be reached is no poison: the start event whose
+// writer schema the runtime has not seen waits (its batch aborts and
+// comes again with a backoff) and goes through once the registry is back;
+// nothing is dead-lettered.
+func TestRegistryOutageIsNotPoison(t *testing.T) {
+	e := newEnv(t, 1)
+	e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
+	e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{chargePayment.Type: always(paymentCharged)})
+	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
+	var down atomic.Bool
+	var refused atomic.Int64
+	target, err := url.Parse(e.stack.RegistryURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			refused.Add(1)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"error_code":50301,"message":"down for maintenance"}`))
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	serde, err := schema.NewSerde(srv.URL, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := newFinished()
+	var dead atomic.Int64
+	r, _ := e.startVersions(saga.Config{Registry: serde, Hooks: []any{done, deadHook(func() { dead.Add(1) })}}, e.saga)
+	waitFor(t, "the runtime to be ready", r.Ready)
+	// The start comes with a newer writer schema: the runtime must fetch it.
+	type placedV2 struct {
+		OrderID string `avro:"order_id"`
+		Detail  string `avro:"detail"`
+		Channel string `avro:"channel"`
+	}
+	codec, err := schema.NewCodec[placedV2](e.serde, `{"type":"record","name":"OrderPlaced","namespace":"test","fields":[
+ {"name":"order_id","type":"string"},{"name":"detail","type":"string","default":""},{"name":"channel","type":"string","default":""}]}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	value, err := codec.Encode(context.Background(), e.saga.InboxTopic(), &placedV2{OrderID: "o-1", Channel: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	down.Store(true)
+	env := schema.NewEnvelope(orderPlaced.Type, "test", time.Now())
+	env.SagaID, env.CorrelationID = "o-1", "o-1"
+	if err := e.client().ProduceSync(context.Background(), &kgo.Record{Topic: e.saga.InboxTopic(), Key: []byte("o-1"), Value: value, Headers: env.Apply(nil)}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the runtime to ask the registry", func() bool { return refused.Load() >= 2 })
+	down.Store(false)
+	if got := done.wait(t, 1)["o-1"]; got != saga.StateCompleted {
+		t.Fatalf("o-1 ended %s, want Completed", got)
+	}
+	if n := dead.Load(); n != 0 {
+		t.Fatalf("%d records dead-lettered during the outage, want none", n)
+	}
 }
