@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/sagapipe/sagapipe/internal/kafkaerr"
 	"github.com/sagapipe/sagapipe/internal/telemetry"
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/schema"
@@ -292,7 +294,13 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 		var fetchErr error
 		fetches.EachError(func(topic string, p int32, err error) {
-			if !errors.Is(err, context.Canceled) { // our own wake-up for a retry
+			switch {
+			case errors.Is(err, context.Canceled): // our own wake-up for a retry
+			case kafkaerr.Transient(err):
+				// A broker restarting, a lost group session: the client
+				// retries by itself, and the consumer goes on with it.
+				slog.Warn("dlq: consumer: fetch error; the client retries", "topic", topic, "partition", p, "error", err)
+			default:
 				fetchErr = errors.Join(fetchErr, fmt.Errorf("dlq: consumer: fetching %s/%d: %w", topic, p, err))
 			}
 		})

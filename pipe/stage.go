@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/sagapipe/sagapipe/internal/kafkaerr"
 	"github.com/sagapipe/sagapipe/internal/telemetry"
 	"github.com/sagapipe/sagapipe/schema"
 )
@@ -87,6 +89,13 @@ type stageConfig struct {
 	store       IdempotencyStore
 	pipeOpts    []Opt
 	concurrency int
+	logger      *slog.Logger
+}
+
+// WithLogger sets where the worker logs what it rides through (default
+// slog.Default()).
+func WithLogger(l *slog.Logger) StageOpt {
+	return stageOptFunc(func(c *stageConfig) { c.logger = l })
 }
 
 // WithConcurrency lets the handler run for up to n commands of a polled
@@ -158,7 +167,7 @@ func NewStageWorker[C any](client *kgo.Client, codec *schema.Codec[C], handler H
 // newStageWorker is NewStageWorker decoding with decode; errs are problems
 // found already, reported with the others.
 func newStageWorker[C any](client *kgo.Client, decode func(context.Context, []byte) (C, error), handler Handler[C], errs []error, opts ...StageOpt) (*StageWorker[C], error) {
-	cfg := stageConfig{onFailure: StopOnFailure, concurrency: 1}
+	cfg := stageConfig{onFailure: StopOnFailure, concurrency: 1, logger: slog.Default()}
 	for _, o := range opts {
 		o.applyStage(&cfg)
 	}
@@ -212,6 +221,12 @@ func (w *StageWorker[C]) Run(ctx context.Context) error {
 		}
 		var fetchErr error
 		fetches.EachError(func(topic string, partition int32, err error) {
+			if kafkaerr.Transient(err) {
+				// A broker restarting, a lost group session: the client
+				// retries by itself, and the worker goes on with it.
+				w.cfg.logger.Warn("pipe: stage worker: fetch error; the client retries", "topic", topic, "partition", partition, "error", err)
+				return
+			}
 			fetchErr = errors.Join(fetchErr, fmt.Errorf("pipe: stage worker: fetching %s/%d: %w", topic, partition, err))
 		})
 		if fetchErr != nil {
@@ -219,7 +234,13 @@ func (w *StageWorker[C]) Run(ctx context.Context) error {
 		}
 		answered, stopErr := w.handleBatch(ctx, fetches.Records())
 		if err := w.commit(ctx, answered); err != nil {
-			return errors.Join(stopErr, err)
+			if stopErr != nil || !kafkaerr.Transient(err) {
+				return errors.Join(stopErr, err)
+			}
+			// Answered but not committed (the broker is away): they may
+			// come again after a rebalance, and are answered again; the
+			// next commit covers them otherwise.
+			w.cfg.logger.Warn("pipe: stage worker: committing offsets failed; the next commit covers them", "error", err)
 		}
 		if stopErr != nil {
 			return stopErr

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -540,5 +542,83 @@ func TestMuxWorkerRoutesByType(t *testing.T) {
 	}
 	if _, err := pipe.NewMuxWorker(client, pipe.NewMux()); err == nil || !strings.Contains(err.Error(), "pipe.Route") {
 		t.Fatalf("a Mux without routes: %v", err)
+	}
+}
+
+// A broker that restarts (same port, same data) is ridden through: the
+// worker logs the fetch errors its client retries, and answers the next
+// command once the broker is back, instead of returning.
+func TestStageWorkerRidesThroughABrokerRestart(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	first, err := devstack.Start(devstack.Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := first.KafkaAddrs()[0]
+	_, portText, _ := strings.Cut(addr, ":")
+	port, err := strconv.Atoi(portText)
+	if err != nil {
+		t.Fatal(err)
+	}
+	createTopic(t, first, 1, "inventory.commands", "orders.inbox")
+	cmdCodec, replyCodec := codecs(t, first)
+	command := func(id string) *kgo.Record {
+		env := schema.NewEnvelope("test.ReserveInventory", "orchestrator", time.Now())
+		env.ID, env.ReplyTo = id, "orders.inbox"
+		value, err := cmdCodec.Encode(ctx, "inventory.commands", &reserveInventory{OrderID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &kgo.Record{Topic: "inventory.commands", Key: []byte(id), Value: value, Headers: env.Apply(nil)}
+	}
+	handler := func(_ context.Context, cmd reserveInventory, _ schema.Envelope) (pipe.Reply, error) {
+		return pipe.NewReply(replyCodec, "test.InventoryReserved", inventoryReserved{OrderID: cmd.OrderID}), nil
+	}
+	client, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
+		kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.SessionTimeout(6*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	var logs syncBuffer
+	w, err := pipe.NewStageWorker(client, cmdCodec, handler, pipe.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(runCtx) }()
+	if err := newClient(t, first).ProduceSync(ctx, command("before")).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	consume(t, first, "orders.inbox", 1)
+	first.Close()
+	time.Sleep(3 * time.Second) // the worker's client fails to reach it meanwhile
+	select {
+	case err := <-ran:
+		t.Fatalf("the worker stopped while the broker was away: %v", err)
+	default:
+	}
+	second, err := devstack.Start(devstack.Config{DataDir: dir, KafkaPort: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if err := newClient(t, second).ProduceSync(ctx, command("after")).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	replies := consume(t, second, "orders.inbox", 2)
+	if got := header(replies[1], schema.HeaderCausationID); got != "after" {
+		t.Fatalf("second reply answers %q, want the command sent after the restart", got)
+	}
+	stop()
+	if err := <-ran; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if !strings.Contains(logs.String(), "fetch error; the client retries") {
+		t.Logf("no fetch error was logged (the client may have retried below the surface): %s", logs.String())
 	}
 }

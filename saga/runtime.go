@@ -5,15 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/sagapipe/sagapipe/internal/kafkaerr"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
@@ -509,16 +508,8 @@ func (r *Runtime[D]) run(ctx context.Context) error {
 }
 
 // transient tells whether a fetch error is one the client recovers from by
-// itself: kgo's informational ErrGroupSession and ErrDataLoss, retriable
-// broker errors, and network errors.
-func transient(err error) bool {
-	var (
-		session *kgo.ErrGroupSession
-		loss    *kgo.ErrDataLoss
-		netErr  net.Error
-	)
-	return errors.As(err, &session) || errors.As(err, &loss) || kerr.IsRetriable(err) || errors.As(err, &netErr)
-}
+// itself (see kafkaerr.Transient).
+func transient(err error) bool { return kafkaerr.Transient(err) }
 
 // wakePoll ends the poll in progress. Callers hold mu.
 func (r *Runtime[D]) wakePoll() {

@@ -1,0 +1,24 @@
+// Package kafkaerr tells the errors a Kafka client recovers from by itself
+// from those that need someone to act.
+package kafkaerr
+
+import (
+	"errors"
+	"net"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Transient tells whether a fetch error is one the client recovers from
+// by itself: kgo's informational ErrGroupSession and ErrDataLoss, retriable
+// broker errors, and network errors (a broker restarting, a network
+// blip). A consumer loop logs these and polls on.
+func Transient(err error) bool {
+	var (
+		session *kgo.ErrGroupSession
+		loss    *kgo.ErrDataLoss
+		netErr  net.Error
+	)
+	return errors.As(err, &session) || errors.As(err, &loss) || kerr.IsRetriable(err) || errors.As(err, &netErr)
+}
