@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagapipe/sagapipe/internal/devstack"
+	"github.com/sagapipe/sagapipe/internal/testkit"
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/schema"
 )
@@ -39,21 +40,28 @@ type inventoryReserved struct {
 const inventoryReservedSchema = `{"type":"record","name":"InventoryReserved","namespace":"test","fields":[
  {"name":"order_id","type":"string"}]}`
 
-func codecs(t *testing.T, s *devstack.Stack) (*schema.Codec[reserveInventory], *schema.Codec[inventoryReserved]) {
+func codecs(t *testing.T, s *devstack.Stack, opts ...schema.Opt) (*schema.Codec[reserveInventory], *schema.Codec[inventoryReserved]) {
 	t.Helper()
-	serde, err := schema.NewSerde(s.RegistryURL())
+	serde := newSerde(t, s, opts...)
+	return newCodec[reserveInventory](t, serde, reserveInventorySchema), newCodec[inventoryReserved](t, serde, inventoryReservedSchema)
+}
+
+func newSerde(t *testing.T, s *devstack.Stack, opts ...schema.Opt) *schema.Serde {
+	t.Helper()
+	serde, err := schema.NewSerde(s.RegistryURL(), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd, err := schema.NewCodec[reserveInventory](serde, reserveInventorySchema)
+	return serde
+}
+
+func newCodec[T any](t *testing.T, serde *schema.Serde, avsc string) *schema.Codec[T] {
+	t.Helper()
+	c, err := schema.NewCodec[T](serde, avsc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	reply, err := schema.NewCodec[inventoryReserved](serde, inventoryReservedSchema)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cmd, reply
+	return c
 }
 
 func TestStageWorker(t *testing.T) {
@@ -458,22 +466,10 @@ func TestMuxWorkerRoutesByType(t *testing.T) {
 	s := startStack(t)
 	createTopic(t, s, 1, "inventory.commands", "orders.inbox")
 	// Two record types on one topic: subjects by record name.
-	serde, err := schema.NewSerde(s.RegistryURL(), schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	reserveCodec, err := schema.NewCodec[reserveInventory](serde, reserveInventorySchema)
-	if err != nil {
-		t.Fatal(err)
-	}
-	replyCodec, err := schema.NewCodec[inventoryReserved](serde, inventoryReservedSchema)
-	if err != nil {
-		t.Fatal(err)
-	}
-	releaseCodec, err := schema.NewCodec[releaseInventory](serde, releaseInventorySchema)
-	if err != nil {
-		t.Fatal(err)
-	}
+	serde := newSerde(t, s, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	reserveCodec := newCodec[reserveInventory](t, serde, reserveInventorySchema)
+	replyCodec := newCodec[inventoryReserved](t, serde, inventoryReservedSchema)
+	releaseCodec := newCodec[releaseInventory](t, serde, releaseInventorySchema)
 	record := func(typ string, value []byte) *kgo.Record {
 		env := schema.NewEnvelope(typ, "orchestrator", time.Now())
 		env.ReplyTo = "orders.inbox"
@@ -582,7 +578,7 @@ func TestStageWorkerRidesThroughABrokerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	w, err := pipe.NewStageWorker(client, cmdCodec, handler, pipe.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	if err != nil {
 		t.Fatal(err)

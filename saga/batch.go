@@ -772,10 +772,8 @@ func (r *Runtime[D]) home(id string) (int32, bool) {
 	if n <= 0 {
 		return 0, false
 	}
-	return int32(homePartitioner.ForTopic(r.saga.InboxTopic()).Partition(&kgo.Record{Key: []byte(id)}, int(n))), true
+	return int32(r.homes.Partition(&kgo.Record{Key: []byte(id)}, int(n))), true
 }
-
-var homePartitioner = kgo.StickyKeyPartitioner(nil)
 
 // forwarded tells whether rec was forwarded to the partition it is on: it
 // is not forwarded again (were two instances to disagree on the partition

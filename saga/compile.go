@@ -245,25 +245,32 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 			}
 			return in, send(s.steps[compensateFrom], in, true, now)
 		}
-		// A success after the saga's deadline does not start a step that
-		// could still be given up: the saga compensates, this step first.
-		if s.deadline > 0 && i+1 < len(s.steps) && s.steps[i+1].givesUp {
-			lateTo, late := StateCompensated, func(in Instance[D], now time.Time) (Instance[D], []Effect) { return fails(in, now) }
-			if step.compensate != nil {
-				lateTo = CompensatingState(step.name)
-				late = func(in Instance[D], now time.Time) (Instance[D], []Effect) {
-					in.Attempt = 1
-					return in, send(step, in, true, now)
-				}
-			} else if compensateFrom >= 0 {
-				lateTo = CompensatingState(s.steps[compensateFrom].name)
+		failTo := StateCompensated
+		if compensateFrom >= 0 {
+			failTo = CompensatingState(s.steps[compensateFrom].name)
+		}
+		// A step given up after its timeouts may have been applied all the
+		// same (its participant was only slow): it is uncertain, and is
+		// compensated first, like a completed step. Compensating a command
+		// that was never applied is a no-op for the participant.
+		uncertainTo, uncertain := failTo, fails
+		if step.compensate != nil {
+			uncertainTo = CompensatingState(step.name)
+			uncertain = func(in Instance[D], now time.Time) (Instance[D], []Effect) {
+				in.Attempt = 1
+				return in, send(step, in, true, now)
 			}
-			ts = append(ts, T{From: pending, On: ReplyEventType(step.name, step.success.event.eventType), To: lateTo,
+		}
+		// A success after the saga's deadline does not start a step that
+		// could still be given up: the step counts as uncertain, and the
+		// saga compensates, this step first.
+		if s.deadline > 0 && i+1 < len(s.steps) && s.steps[i+1].givesUp {
+			ts = append(ts, T{From: pending, On: ReplyEventType(step.name, step.success.event.eventType), To: uncertainTo,
 				GuardName: "saga deadline passed", Guard: deadlinePassed[D],
 				Action: func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) {
 					step.success.apply(&in.Data, ev.Payload)
 					in.Completed = append(slices.Clip(in.Completed), step.name)
-					return late(in, ev.Time)
+					return uncertain(in, ev.Time)
 				}})
 		}
 		ts = append(ts, T{From: pending, On: ReplyEventType(step.name, step.success.event.eventType), To: next,
@@ -276,10 +283,6 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 				}
 				return in, s.finish(StateCompleted, in)
 			}})
-		failTo := StateCompensated
-		if compensateFrom >= 0 {
-			failTo = CompensatingState(s.steps[compensateFrom].name)
-		}
 		switch {
 		case step.failure != nil && afterPivot:
 			// Past the pivot, a failure goes forward, where declared.
@@ -297,18 +300,6 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 					return fails(in, ev.Time)
 				}})
 		}
-		// A step given up after its timeouts may have been applied all the
-		// same (its participant was only slow): it is uncertain, and is
-		// compensated first, like a completed step. Compensating a command
-		// that was never applied is a no-op for the participant.
-		uncertainTo, uncertain := failTo, fails
-		if step.compensate != nil {
-			uncertainTo = CompensatingState(step.name)
-			uncertain = func(in Instance[D], now time.Time) (Instance[D], []Effect) {
-				in.Attempt = 1
-				return in, send(step, in, true, now)
-			}
-		}
 		giveUp := func(in Instance[D], ev statemachine.Event) (Instance[D], []Effect) { return uncertain(in, ev.Time) }
 		if !step.givesUp {
 			ts = append(ts, resendTransitions(step, pending)...)
@@ -319,7 +310,7 @@ func compile[D any](b *Builder[D]) (*Saga[D], error) {
 				ts = append(ts, T{From: pending, On: TimeoutEventType(step.name, false), To: uncertainTo,
 					GuardName: "saga deadline passed",
 					Guard: func(in Instance[D], ev statemachine.Event) bool {
-						return currentSend(step)(in, ev) && !in.Deadline.IsZero() && !ev.Time.Before(in.Deadline)
+						return currentSend(step)(in, ev) && deadlinePassed(in, ev)
 					},
 					Action: giveUp})
 			}

@@ -148,7 +148,7 @@ func (s *Saga[D]) parallelTransitions(gs stepGroups, g stepGroup) []statemachine
 	if s.deadline > 0 {
 		ts = append(ts, T{From: pending, On: timeout, To: compensating, GuardName: "saga deadline passed",
 			Guard: func(in Instance[D], ev statemachine.Event) bool {
-				return current(in, ev) && !in.Deadline.IsZero() && !ev.Time.Before(in.Deadline)
+				return current(in, ev) && deadlinePassed(in, ev)
 			},
 			Action: compensate})
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/sagapipe/sagapipe/internal/kafkaerr"
 	"github.com/sagapipe/sagapipe/internal/kread"
 	"github.com/sagapipe/sagapipe/schema"
 	"github.com/sagapipe/sagapipe/statemachine"
@@ -140,7 +141,7 @@ func (r *Runtime[D]) restoreRetrying(ctx context.Context, p int32, pst *partitio
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
 		got := &restored[D]{sagas: map[string]*sagaRecord[D]{}, unsaved: map[string]*sagaRecord[D]{}}
 		err := r.restore(ctx, p, pst, got)
-		if err == nil || ctx.Err() != nil || !(transient(err) || errors.Is(err, context.DeadlineExceeded)) {
+		if err == nil || ctx.Err() != nil || !(kafkaerr.Transient(err) || errors.Is(err, context.DeadlineExceeded)) {
 			return got, err
 		}
 		r.cfg.Logger.Warn("saga: restoring a partition failed; retrying", "saga_name", r.saga.name, "partition", p,

@@ -141,8 +141,11 @@ type Runtime[D any] struct {
 	// versions holds every registered definition by version, saga's
 	// included.
 	versions map[int]*Saga[D]
-	// inboxPartitions is the inbox's partition count, from CheckTopics.
+	// inboxPartitions is the inbox's partition count, from CheckTopics;
+	// homes places saga IDs on it (keys only: Run's goroutine may use it
+	// alone).
 	inboxPartitions atomic.Int32
+	homes           kgo.TopicPartitioner
 	cfg             Config
 	*codecs
 	snapshots *snapshots[D]
@@ -289,7 +292,7 @@ func NewRuntime[D any](s *Saga[D], cfg Config, older ...*Saga[D]) (*Runtime[D], 
 		cfg.Propagator = telemetry.Propagator()
 	}
 
-	r := &Runtime[D]{saga: s, versions: versions, cfg: cfg, parts: map[int32]*partitionState[D]{}, stores: map[int32]*partitionStore{},
+	r := &Runtime[D]{saga: s, versions: versions, homes: kgo.StickyKeyPartitioner(nil).ForTopic(s.InboxTopic()), cfg: cfg, parts: map[int32]*partitionState[D]{}, stores: map[int32]*partitionStore{},
 		lag: map[int32]int64{}, tracer: telemetry.Tracer(cfg.TracerProvider)}
 	r.connOpts = append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOptions...)
 	var err error
@@ -490,7 +493,7 @@ func (r *Runtime[D]) run(ctx context.Context) error {
 		fetches.EachError(func(t string, p int32, err error) {
 			switch {
 			case errors.Is(err, context.Canceled):
-			case transient(err):
+			case kafkaerr.Transient(err):
 				// The client retries these by itself (a lost group session
 				// rejoins, a broker comes back): say so and go on.
 				r.cfg.Logger.Warn("saga: fetch error; the client retries", "saga_name", r.saga.name, "topic", t, "partition", p, "error", err)
@@ -506,10 +509,6 @@ func (r *Runtime[D]) run(ctx context.Context) error {
 		}
 	}
 }
-
-// transient tells whether a fetch error is one the client recovers from by
-// itself (see kafkaerr.Transient).
-func transient(err error) bool { return kafkaerr.Transient(err) }
 
 // wakePoll ends the poll in progress. Callers hold mu.
 func (r *Runtime[D]) wakePoll() {

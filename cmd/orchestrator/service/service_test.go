@@ -235,39 +235,31 @@ func TestServiceAPIEndToEnd(t *testing.T) {
 	if code, body := do(t, "POST", base+"/api/sagas/orders/o-1/cancel", token, ""); code != 202 || body["event_id"] == "" {
 		t.Fatalf("cancel: %d %v", code, body)
 	}
-	deadline = time.Now().Add(20 * time.Second)
-	for {
-		_, status = do(t, "GET", base+"/api/sagas/orders/o-1", "", "")
-		history, _ := status["history"].([]any)
-		if len(history) == 5 {
-			if last := history[4].(map[string]any); last["event"] != "cancel" || last["outcome"] != "ignored" || status["state"] != "Completed" {
-				t.Fatalf("after the cancel: %v", status)
+	// journaled waits until o-1's history holds n entries; it returns the
+	// status and the last entry.
+	journaled := func(n int, what string) (map[string]any, map[string]any) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); ; {
+			_, status := do(t, "GET", base+"/api/sagas/orders/o-1", "", "")
+			if history, _ := status["history"].([]any); len(history) == n {
+				return status, history[n-1].(map[string]any)
 			}
-			break
+			if time.Now().After(deadline) {
+				t.Fatalf("the %s was not journaled: %v", what, status)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the cancel was not journaled: %v", status)
-		}
-		time.Sleep(50 * time.Millisecond)
+	}
+	if status, last := journaled(5, "cancel"); last["event"] != "cancel" || last["outcome"] != "ignored" || status["state"] != "Completed" {
+		t.Fatalf("after the cancel: %v", status)
 	}
 	// A resume names who asked; o-1 is not in CompensationFailed, so it is
 	// journaled as ignored, with who asked.
 	if code, body := do(t, "POST", base+"/api/sagas/orders/o-1/resume?by=alice", token, ""); code != 202 || body["requested_by"] != "sagapipe/api/alice" {
 		t.Fatalf("resume: %d %v", code, body)
 	}
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		_, status = do(t, "GET", base+"/api/sagas/orders/o-1", "", "")
-		history, _ := status["history"].([]any)
-		if len(history) == 6 {
-			if last := history[5].(map[string]any); last["event"] != "resume" || last["outcome"] != "ignored" || last["requested_by"] != "sagapipe/api/alice" {
-				t.Fatalf("after the resume: %v", last)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the resume was not journaled: %v", status)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if _, last := journaled(6, "resume"); last["event"] != "resume" || last["outcome"] != "ignored" || last["requested_by"] != "sagapipe/api/alice" {
+		t.Fatalf("after the resume: %v", last)
 	}
 
 	err, took := svc.stop()
