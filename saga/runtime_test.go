@@ -238,23 +238,18 @@ func (e *env) runtime(hooks ...any) (stop func() error) {
 	return stop
 }
 
-// start places an order: an OrderPlaced on the inbox, keyed by order.
+// start places an order: the saga's Starter produces its OrderPlaced.
 func (e *env) start(orders ...string) {
 	e.t.Helper()
 	ctx := context.Background()
-	c := e.codec(orderPlaced)
-	var recs []*kgo.Record
+	starter, err := e.saga.NewStarter(e.client(), e.serde, saga.StartSource("test"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
 	for _, o := range orders {
-		v, err := c.Encode(ctx, e.saga.InboxTopic(), &msg{OrderID: o})
-		if err != nil {
+		if _, err := starter.Start(ctx, o, msg{OrderID: o}); err != nil {
 			e.t.Fatal(err)
 		}
-		env := schema.NewEnvelope(orderPlaced.Type, "test", time.Now())
-		env.SagaID, env.CorrelationID = o, o
-		recs = append(recs, &kgo.Record{Topic: e.saga.InboxTopic(), Key: []byte(o), Value: v, Headers: env.Apply(nil)})
-	}
-	if err := e.client().ProduceSync(ctx, recs...).FirstErr(); err != nil {
-		e.t.Fatal(err)
 	}
 }
 

@@ -453,13 +453,14 @@ func benchInFlight(ctx context.Context, n int, partitions int32, stderr io.Write
 	go func() { done <- rt.Run(rctx) }()
 	defer func() { cancel(); <-done; rt.Close() }()
 
-	codec, err := schema.NewCodec[orders.OrderPlaced](serde, orders.OrderPlacedSchema)
+	starter, err := s.NewStarter(cl, serde, saga.StartSource("bench"))
 	if err != nil {
 		return 0, err
 	}
 	place := func(from, to int) error {
 		for i := from; i < to; i++ {
-			rec, err := orders.OrderRecord(ctx, codec, s.InboxTopic(), orders.DemoOrder(i), "bench")
+			o := orders.DemoOrder(i)
+			rec, err := starter.Record(ctx, o.OrderID, o)
 			if err != nil {
 				return err
 			}

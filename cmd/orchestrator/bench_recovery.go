@@ -134,13 +134,14 @@ func benchRecovery(ctx context.Context, history, inFlight int, partitions int32,
 	if err != nil {
 		return res, err
 	}
-	codec, err := schema.NewCodec[orders.OrderPlaced](serde, orders.OrderPlacedSchema)
+	starter, err := s.NewStarter(cl, serde, saga.StartSource("bench"))
 	if err != nil {
 		stopFirst()
 		return res, err
 	}
 	for i := range inFlight {
-		rec, err := orders.OrderRecord(ctx, codec, s.InboxTopic(), orders.DemoOrder(i), "bench")
+		o := orders.DemoOrder(i)
+		rec, err := starter.Record(ctx, o.OrderID, o)
 		if err != nil {
 			stopFirst()
 			return res, err

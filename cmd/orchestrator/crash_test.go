@@ -178,7 +178,7 @@ func (w *world) place(n int, spread time.Duration) {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	codec, err := schema.NewCodec[orders.OrderPlaced](serde, orders.OrderPlacedSchema)
+	s, err := orders.Saga(time.Second)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -187,8 +187,13 @@ func (w *world) place(n int, spread time.Duration) {
 		w.t.Fatal(err)
 	}
 	defer cl.Close()
+	starter, err := s.NewStarter(cl, serde, saga.StartSource("crash-test"))
+	if err != nil {
+		w.t.Fatal(err)
+	}
 	for range n {
-		rec, err := orders.OrderRecord(ctx, codec, "orders.inbox", orders.DemoOrder(len(w.placed)), "crash-test")
+		o := orders.DemoOrder(len(w.placed))
+		rec, err := starter.Record(ctx, o.OrderID, o)
 		if err != nil {
 			w.t.Fatal(err)
 		}

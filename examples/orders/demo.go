@@ -18,7 +18,6 @@ import (
 
 	"github.com/sagapipe/sagapipe/dlq"
 	"github.com/sagapipe/sagapipe/internal/kread"
-	"github.com/sagapipe/sagapipe/internal/telemetry"
 	"github.com/sagapipe/sagapipe/saga"
 	"github.com/sagapipe/sagapipe/schema"
 	"github.com/sagapipe/sagapipe/statemachine"
@@ -190,7 +189,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (Summary, error) {
 	}
 	hooks := sv.hooks
 	begin := time.Now()
-	placeErr := placeOrders(ctx, cfg, sv.serde, sv.saga.InboxTopic(), hooks)
+	placeErr := placeOrders(ctx, cfg, sv, hooks)
 	deadline := time.After(cfg.StepTimeout*20 + time.Minute)
 wait:
 	for placeErr == nil {
@@ -328,20 +327,19 @@ func checkOutcomes(ctx context.Context, cfg DemoConfig, sum *Summary, h *demoHoo
 	return nil
 }
 
-// placeOrders produces the OrderPlaced events, at most Concurrency sagas in
-// flight at once.
-func placeOrders(ctx context.Context, cfg DemoConfig, serde *schema.Serde, inbox string, hooks *demoHooks) error {
-	codec, err := schema.NewCodec[OrderPlaced](serde, OrderPlacedSchema)
-	if err != nil {
-		return err
-	}
+// placeOrders starts a saga per order, at most Concurrency in flight at
+// once.
+func placeOrders(ctx context.Context, cfg DemoConfig, sv *services, hooks *demoHooks) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...))
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
-	tracer := telemetry.Tracer(cfg.telemetry(ServiceStorefront).TracerProvider)
-	propagator := telemetry.Propagator()
+	starter, err := sv.saga.NewStarter(cl, sv.serde, saga.StartSource("orders-demo"),
+		saga.StartTracerProvider(cfg.telemetry(ServiceStorefront).TracerProvider))
+	if err != nil {
+		return err
+	}
 	var failed error
 	var mu sync.Mutex
 	paceFrom := time.Now()
@@ -362,24 +360,21 @@ func placeOrders(ctx context.Context, cfg DemoConfig, serde *schema.Serde, inbox
 			return ctx.Err()
 		}
 		o := DemoOrder(i)
-		rec, err := OrderRecord(ctx, codec, inbox, o, "orders-demo")
+		rec, err := starter.Record(ctx, o.OrderID, o)
 		if err != nil {
 			return err
 		}
 		hooks.mu.Lock()
 		hooks.started[o.OrderID] = time.Now()
 		hooks.mu.Unlock()
-		// The saga's trace begins where the order is placed.
-		rctx, span := telemetry.StartPublish(trace.ContextWithSpanContext(ctx, trace.SpanContext{}), tracer, propagator, rec)
-		cl.Produce(rctx, rec,
-			func(r *kgo.Record, err error) {
-				telemetry.EndPublish(span, r, err)
-				if err != nil {
-					mu.Lock()
-					failed = errors.Join(failed, err)
-					mu.Unlock()
-				}
-			})
+		// Each order's saga is a trace of its own, rooted here.
+		starter.PublishAsync(trace.ContextWithSpanContext(ctx, trace.SpanContext{}), rec, func(_ *kgo.Record, err error) {
+			if err != nil {
+				mu.Lock()
+				failed = errors.Join(failed, err)
+				mu.Unlock()
+			}
+		})
 	}
 	if err := cl.Flush(ctx); err != nil {
 		return err
@@ -397,19 +392,6 @@ func DemoOrder(i int) OrderPlaced {
 		Currency: "EUR", PlacedAt: time.Now().Truncate(time.Millisecond), Express: i%5 == 0}
 	o.TotalCents = o.UnitPriceCents * int64(o.Quantity)
 	return o
-}
-
-// OrderRecord is order o's OrderPlaced event for the saga's inbox: encoded
-// with codec, keyed by the order ID, in a new envelope from source whose
-// saga and correlation IDs are the order ID.
-func OrderRecord(ctx context.Context, codec *schema.Codec[OrderPlaced], inbox string, o OrderPlaced, source string) (*kgo.Record, error) {
-	value, err := codec.Encode(ctx, inbox, &o)
-	if err != nil {
-		return nil, err
-	}
-	env := schema.NewEnvelope(OrderPlacedType, source, time.Now())
-	env.SagaID, env.CorrelationID = o.OrderID, o.OrderID
-	return &kgo.Record{Topic: inbox, Key: []byte(o.OrderID), Value: value, Headers: env.Apply(nil)}, nil
 }
 
 // summarize counts outcomes and checks the invariants against the ledger.

@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -185,7 +184,7 @@ func (s *Service) startSaga(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: fmt.Sprintf("body larger than %d bytes", MaxBodyBytes)})
 		return
 	}
-	ceType, _, inbox := sg.startEvent()
+	_, _, inbox := sg.startEvent()
 	codec := s.starts[name]
 	event, err := fromJSON(codec.Schema(), body)
 	var fe *FieldError
@@ -203,20 +202,20 @@ func (s *Service) startSaga(w http.ResponseWriter, r *http.Request) {
 	if id == "" {
 		id = schema.NewID()
 	}
-	if strings.ContainsAny(id, "/ ") {
-		writeJSON(w, http.StatusBadRequest, apiError{Error: "id must not hold slashes or spaces", Field: "id"})
+	if err := saga.CheckID(id); err != nil {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: err.Error(), Field: "id"})
 		return
 	}
-	env := schema.NewEnvelope(ceType, "sagapipe/api", time.Now())
-	env.SagaID, env.CorrelationID = id, id
-	rec := &kgo.Record{Topic: inbox, Key: []byte(id), Value: value, Headers: env.Apply(nil)}
-	pctx, err := s.publish(ctx, rec)
+	// A request is no saga's message: the saga's trace begins here.
+	pctx := trace.ContextWithSpanContext(ctx, trace.SpanContext{})
+	rec := s.starters[name].RecordOf(id, value)
+	started, err := s.starters[name].Publish(pctx, rec)
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "producing the start event: " + err.Error()})
 		return
 	}
-	s.log.InfoContext(pctx, "saga start requested", "saga_name", name, "saga_id", id, "correlation_id", id)
-	writeJSON(w, http.StatusAccepted, Started{Saga: name, ID: id, EventID: env.ID, Status: "/api/sagas/" + name + "/" + id})
+	s.log.InfoContext(trace.ContextWithSpanContext(ctx, started.SpanContext), "saga start requested", "saga_name", name, "saga_id", id, "correlation_id", id)
+	writeJSON(w, http.StatusAccepted, Started{Saga: name, ID: id, EventID: started.EventID, Status: "/api/sagas/" + name + "/" + id})
 }
 
 // Cancelled is the answer to POST /api/sagas/{name}/{id}/cancel and

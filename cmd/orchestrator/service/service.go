@@ -51,6 +51,7 @@ type Saga interface {
 	Name() string
 	newRuntime(cfg saga.Config) (runtime, error)
 	startEvent() (ceType, avroSchema, inbox string)
+	newStarter(client *kgo.Client, registry *schema.Serde, opts ...saga.StarterOpt) (*saga.Starter, error)
 }
 
 // runtime is a saga.Runtime with its data type erased.
@@ -80,6 +81,10 @@ func (r registered[D]) Name() string { return r.s.Name() }
 func (r registered[D]) startEvent() (string, string, string) {
 	t, sch := r.s.StartEvent()
 	return t, sch, r.s.InboxTopic()
+}
+
+func (r registered[D]) newStarter(client *kgo.Client, registry *schema.Serde, opts ...saga.StarterOpt) (*saga.Starter, error) {
+	return r.s.NewStarter(client, registry, opts...)
 }
 
 func (r registered[D]) newRuntime(cfg saga.Config) (runtime, error) {
@@ -136,6 +141,7 @@ type Service struct {
 	producer   *kgo.Client // starts sagas for the API
 	serde      *schema.Serde
 	starts     map[string]*schema.Codec[map[string]any] // per saga, its start event's
+	starters   map[string]*saga.Starter                 // per saga, producing with producer
 	handler    http.Handler
 }
 
@@ -167,7 +173,7 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 		return nil, fmt.Errorf("registry.url: %w", err)
 	}
 	s := &Service{cfg: cfg, sagas: map[string]Saga{}, runtimes: map[string]runtime{}, tel: tel, log: log,
-		clientOpts: clientOpts, serde: serde, starts: map[string]*schema.Codec[map[string]any]{}}
+		clientOpts: clientOpts, serde: serde, starts: map[string]*schema.Codec[map[string]any]{}, starters: map[string]*saga.Starter{}}
 	host, _ := os.Hostname()
 	for _, sg := range sagas {
 		if _, dup := s.sagas[sg.Name()]; dup {
@@ -199,6 +205,13 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 	if err != nil {
 		s.closeRuntimes()
 		return nil, err
+	}
+	for name, sg := range s.sagas {
+		if s.starters[name], err = sg.newStarter(s.producer, serde, saga.StartSource("sagapipe/api"), saga.StartTracerProvider(tel.TracerProvider())); err != nil {
+			s.producer.Close()
+			s.closeRuntimes()
+			return nil, err
+		}
 	}
 	s.handler = s.routes()
 	return s, nil
