@@ -23,6 +23,10 @@ func Event[T any](eventType, avroSchema string) EventDef[T] {
 	return EventDef[T]{Type: eventType, Schema: avroSchema}
 }
 
+// Declared returns the ce_type and the Avro schema: an EventDef of any Go
+// type, for lists of declarations (participant.Service.Replies).
+func (d EventDef[T]) Declared() (ceType, avroSchema string) { return d.Type, d.Schema }
+
 // codec is a schema.Codec with its Go type erased, so that the steps of one
 // saga, whose commands and replies all have their own types, fit one slice.
 type codec interface {

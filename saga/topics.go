@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -15,9 +16,21 @@ import (
 // compacted topic co-partitioned with the inbox.
 func (s *Saga[D]) StateTopic() string { return s.name + ".state" }
 
+// CommandTopics returns the topics the saga's steps send their commands
+// to, each once, in step order: the participants' topics.
+func (s *Saga[D]) CommandTopics() []string {
+	var topics []string
+	for _, st := range s.steps {
+		if !slices.Contains(topics, st.topic) {
+			topics = append(topics, st.topic)
+		}
+	}
+	return topics
+}
+
 // EnsureTopics creates, where they are missing, the saga's inbox, journal
-// and state topic with partitions partitions, the inbox's dead-letter topic
-// and the outcome topic. The journal keeps everything by default (it is the
+// and state topic with partitions partitions, the inbox's dead-letter topic,
+// the outcome topic and the participants' command topics. The journal keeps everything by default (it is the
 // source of truth and the audit log; lower its retention.ms to keep less
 // history, recovery never reads it); the state topic is compacted.
 func (s *Saga[D]) EnsureTopics(ctx context.Context, adm *kadm.Client, partitions int32, replication int16) error {
@@ -30,6 +43,9 @@ func (s *Saga[D]) EnsureTopics(ctx context.Context, adm *kadm.Client, partitions
 		EnsureTopic(ctx, adm, s.InboxTopic()+dlq.DefaultTopicSuffix, partitions, replication, keep),
 	)
 	if t := s.OutcomeTopic(); t != "" {
+		err = errors.Join(err, EnsureTopic(ctx, adm, t, partitions, replication, nil))
+	}
+	for _, t := range s.CommandTopics() {
 		err = errors.Join(err, EnsureTopic(ctx, adm, t, partitions, replication, nil))
 	}
 	return err
