@@ -483,7 +483,11 @@ func (c *Consumer) processPartition(ctx context.Context, tp topicPartition, st *
 			st.lastFailedAt = now
 			decision := c.policy.Classify(err)
 			retry := st.failures // the retry this would be
-			if decision == Retry && retry <= c.policy.MaxRetries && c.takeBudget(now) {
+			// A registry that cannot be reached is no fault of the
+			// record's: it is retried until the registry is back, never
+			// exhausted, whatever the classifier, retries or budget say.
+			outage := errors.Is(err, schema.ErrRegistryUnavailable)
+			if outage || decision == Retry && retry <= c.policy.MaxRetries && c.takeBudget(now) {
 				backoff := c.policy.Backoff(retry, c.cfg.randN)
 				st.retryAt = now.Add(backoff)
 				c.pause(tp, st)

@@ -17,6 +17,7 @@ import (
 	"github.com/sagapipe/sagapipe/dlq"
 	"github.com/sagapipe/sagapipe/internal/devstack"
 	"github.com/sagapipe/sagapipe/pipe"
+	"github.com/sagapipe/sagapipe/schema"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -485,5 +486,47 @@ func TestPolicyValidateReportsEveryProblem(t *testing.T) {
 	}
 	if err := (dlq.Policy{}).Validate(); err != nil {
 		t.Fatalf("zero policy: %v", err)
+	}
+}
+
+// TestRegistryOutageIsRetriedPastMaxRetries: a record that fails because
+// the registry cannot be reached is retried beyond MaxRetries and the
+// retry budget, and handled once the registry answers: an outage
+// dead-letters nothing.
+func TestRegistryOutageIsRetriedPastMaxRetries(t *testing.T) {
+	s := startStack(t)
+	createTopic(t, s, 1, "jobs")
+	createTopic(t, s, 1, "jobs.dlq")
+	produce(t, s, "jobs", 1, 1)
+	clock := &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), fire: true}
+	hooks := &retryCounter{dead: make(chan dlq.Failure, 1)}
+	var tr tracker
+	attempts := 0
+	var mu sync.Mutex
+	stop := run(t, s, "jobs", func(_ context.Context, r *kgo.Record) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if attempts++; attempts <= 6 {
+			return fmt.Errorf("decoding: %w", schema.ErrRegistryUnavailable)
+		}
+		tr.add(string(r.Value))
+		return nil
+	}, dlq.Policy{MaxRetries: 2, RetryBudgetPerMinute: 1, InitialBackoff: time.Millisecond}, dlq.WithClock(clock), dlq.WithHooks(hooks))
+	tr.wait(t, 1)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case f := <-hooks.dead:
+		t.Fatalf("dead-lettered during the outage: %+v", f)
+	default:
+	}
+	if n := count(t, s, "jobs.dlq"); n != 0 {
+		t.Fatalf("%d records dead-lettered, want none", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if attempts != 7 {
+		t.Fatalf("%d attempts, want 7 (6 during the outage, then the one that succeeded)", attempts)
 	}
 }

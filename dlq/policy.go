@@ -93,6 +93,10 @@ type Policy struct {
 }
 
 // DefaultClassifier dead-letters poison errors at once and retries the rest.
+// Whatever the classifier, an error that is schema.ErrRegistryUnavailable
+// (the registry could not be reached) is retried with backoff until the
+// registry answers: never exhausted, never dead-lettered, outside
+// MaxRetries and RetryBudgetPerMinute.
 // Poison errors are those wrapped with Poison and any error with a method
 // Poison() bool reporting true, as schema/'s framing, unknown-schema-ID,
 // decode and header errors have.

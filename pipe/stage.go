@@ -297,7 +297,7 @@ func (w *StageWorker[C]) handleBatch(ctx context.Context, recs []*kgo.Record) ([
 	inBatch := &claims{ids: map[string]bool{}} // not marked in the store until answered
 	if lanes := min(w.cfg.concurrency, len(recs)); lanes <= 1 {
 		for _, rec := range recs {
-			if ctx.Err() != nil || settle(w.prepare(ctx, rec, inBatch)) {
+			if ctx.Err() != nil || settle(w.prepareRetrying(ctx, rec, inBatch)) {
 				break
 			}
 		}
@@ -353,6 +353,13 @@ type claims struct {
 	ids map[string]bool
 }
 
+// release gives up the claim on id: the command is handled again.
+func (c *claims) release(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.ids, id)
+}
+
 // claim reports whether id was not claimed before, and claims it.
 func (c *claims) claim(id string) bool {
 	c.mu.Lock()
@@ -383,7 +390,7 @@ func (w *StageWorker[C]) prepareConcurrently(ctx context.Context, recs []*kgo.Re
 				if ctx.Err() != nil {
 					return
 				}
-				answers[i] = w.prepare(ctx, recs[i], inBatch)
+				answers[i] = w.prepareRetrying(ctx, recs[i], inBatch)
 			}
 		})
 	}
@@ -431,6 +438,39 @@ func (w *StageWorker[C]) commit(ctx context.Context, recs []*kgo.Record) error {
 		return fmt.Errorf("pipe: stage worker: commit offsets: %w", err)
 	}
 	return nil
+}
+
+// registryBackoff is the first wait after the registry could not be
+// reached; each further one doubles, up to maxRegistryBackoff.
+var registryBackoff, maxRegistryBackoff = time.Second, 30 * time.Second
+
+// prepareRetrying is prepare, retried while the registry cannot be
+// reached (decoding the command or encoding its reply): an outage pauses
+// the worker, with backoff, rather than handing good commands to the
+// failure policy as poison. The handler may run again for the command, as
+// for any redelivery. An answer without a span was not handled: the worker
+// is stopping.
+func (w *StageWorker[C]) prepareRetrying(ctx context.Context, rec *kgo.Record, inBatch *claims) answer {
+	var wait time.Duration
+	for {
+		a := w.prepare(ctx, rec, inBatch)
+		if a.err == nil || !errors.Is(a.err, schema.ErrRegistryUnavailable) || ctx.Err() != nil {
+			return a
+		}
+		telemetry.Fail(a.span, a.err)
+		a.span.End()
+		if a.id != "" {
+			inBatch.release(a.id)
+		}
+		wait = min(max(2*wait, registryBackoff), maxRegistryBackoff)
+		w.cfg.logger.Warn("pipe: stage worker: the schema registry cannot be reached; the command waits", "topic", rec.Topic,
+			"partition", rec.Partition, "offset", rec.Offset, "retry_in", wait, "error", a.err)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return answer{rec: rec}
+		}
+	}
 }
 
 // prepare decodes and handles one command and builds its reply; an error
