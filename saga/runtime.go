@@ -184,6 +184,9 @@ type Runtime[D any] struct {
 	// lastSweep is when closed markers were last checked for expiry (Run's
 	// goroutine only).
 	lastSweep time.Time
+	// started is set once Run has checked the topics and registered the
+	// schemas: a runtime is not ready before.
+	started atomic.Bool
 	// registryWait is the backoff after batches aborted because the
 	// schema registry was unavailable (Run's goroutine only).
 	registryWait time.Duration
@@ -428,6 +431,45 @@ func (r *Runtime[D]) storeDir(p int32) string {
 	return filepath.Join(r.cfg.StateDir, r.saga.name, fmt.Sprint(p))
 }
 
+// start checks the topics and registers the journal's and the snapshots'
+// schemas, waiting out (with backoff, logged) a broker or registry that
+// cannot be reached yet: a service started before its cluster, or during
+// an outage, comes up when they do. A missing topic or a refused schema
+// fails at once: someone has to act.
+func (r *Runtime[D]) start(ctx context.Context) error {
+	check := func() error {
+		if err := r.CheckTopics(ctx); err != nil {
+			return err
+		}
+		if _, err := r.journal.Register(ctx, r.saga.JournalTopic()); err != nil {
+			return fmt.Errorf("saga %s: journal schema: %w", r.saga.name, err)
+		}
+		if err := r.snapshots.register(ctx); err != nil {
+			return fmt.Errorf("saga %s: %w", r.saga.name, err)
+		}
+		return nil
+	}
+	var wait time.Duration
+	for {
+		err := check()
+		if err == nil {
+			r.started.Store(true)
+			return nil
+		}
+		if ctx.Err() != nil || !(errors.Is(err, schema.ErrRegistryUnavailable) || kafkaerr.Transient(err)) {
+			return err
+		}
+		wait = min(max(2*wait, time.Second), 30*time.Second)
+		r.cfg.Logger.Warn("saga: cannot start yet: the cluster or the registry cannot be reached; retrying", "saga_name", r.saga.name,
+			"retry_in", wait, "error", err)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 // Run checks the topics and drives the saga until ctx is cancelled (then it
 // returns nil) or the transactional session fails for good.
 //
@@ -444,14 +486,8 @@ func (r *Runtime[D]) Run(ctx context.Context) error {
 
 func (r *Runtime[D]) run(ctx context.Context) error {
 	work := context.WithoutCancel(ctx)
-	if err := r.CheckTopics(ctx); err != nil {
+	if err := r.start(ctx); err != nil {
 		return err
-	}
-	if _, err := r.journal.Register(ctx, r.saga.JournalTopic()); err != nil {
-		return fmt.Errorf("saga %s: journal schema: %w", r.saga.name, err)
-	}
-	if err := r.snapshots.register(ctx); err != nil {
-		return fmt.Errorf("saga %s: %w", r.saga.name, err)
 	}
 	for {
 		if err := r.restoreFailure(); err != nil {

@@ -647,14 +647,12 @@ func TestRepliesOnAnyPartitionAreForwarded(t *testing.T) {
 // writer schema the runtime has not seen waits (its batch aborts and
 // comes again with a backoff) and goes through once the registry is back;
 // nothing is dead-lettered.
-func TestRegistryOutageIsNotPoison(t *testing.T) {
-	e := newEnv(t, 1)
-	e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
-	e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{chargePayment.Type: always(paymentCharged)})
-	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
-	var down atomic.Bool
-	var refused atomic.Int64
-	target, err := url.Parse(e.stack.RegistryURL())
+// flakyRegistry is a registry client through a proxy that answers 503
+// while down is set, counting the requests it refuses.
+func flakyRegistry(t *testing.T, registryURL string) (serde *schema.Serde, down *atomic.Bool, refused *atomic.Int64) {
+	t.Helper()
+	down, refused = new(atomic.Bool), new(atomic.Int64)
+	target, err := url.Parse(registryURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -669,11 +667,45 @@ func TestRegistryOutageIsNotPoison(t *testing.T) {
 		}
 		proxy.ServeHTTP(w, r)
 	}))
-	defer srv.Close()
-	serde, err := schema.NewSerde(srv.URL, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	t.Cleanup(srv.Close)
+	serde, err = schema.NewSerde(srv.URL, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serde, down, refused
+}
+
+// TestRuntimeStartsOnceTheRegistryAnswers: a runtime started while the
+// registry is down waits for it, unready, and runs sagas once it answers.
+func TestRuntimeStartsOnceTheRegistryAnswers(t *testing.T) {
+	e := newEnv(t, 1)
+	e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
+	e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{chargePayment.Type: always(paymentCharged)})
+	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
+	serde, down, refused := flakyRegistry(t, e.stack.RegistryURL())
+	down.Store(true)
+	done := newFinished()
+	r, stop := e.startVersions(saga.Config{Registry: serde, Hooks: []any{done}}, e.saga)
+	waitFor(t, "the runtime to ask the registry twice", func() bool { return refused.Load() >= 2 })
+	if r.Ready() {
+		t.Fatal("ready while the registry is down")
+	}
+	down.Store(false)
+	e.start("o-1")
+	if got := done.wait(t, 1)["o-1"]; got != saga.StateCompleted {
+		t.Fatalf("o-1 ended %s, want Completed", got)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+func TestRegistryOutageIsNotPoison(t *testing.T) {
+	e := newEnv(t, 1)
+	e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{reserveInventory.Type: always(inventoryReserved)})
+	e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{chargePayment.Type: always(paymentCharged)})
+	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
+	serde, down, refused := flakyRegistry(t, e.stack.RegistryURL())
 	done := newFinished()
 	var dead atomic.Int64
 	r, _ := e.startVersions(saga.Config{Registry: serde, Hooks: []any{done, deadHook(func() { dead.Add(1) })}}, e.saga)

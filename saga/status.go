@@ -7,9 +7,13 @@ import (
 	"github.com/sagapipe/sagapipe/statemachine"
 )
 
-// Ready reports whether the runtime owns inbox partitions and has restored
-// every one it owns: what a readiness probe asks.
+// Ready reports whether the runtime has started (its topics checked, its
+// schemas registered), owns inbox partitions and has restored every one it
+// owns: what a readiness probe asks.
 func (r *Runtime[D]) Ready() bool {
+	if !r.started.Load() {
+		return false
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.parts) == 0 {
