@@ -28,6 +28,17 @@ func (s *Saga[D]) CommandTopics() []string {
 	return topics
 }
 
+// Topics returns every topic EnsureTopics creates: the inbox, journal,
+// state topic, the inbox's dead-letter topic, the outcome topic (if any)
+// and the command topics.
+func (s *Saga[D]) Topics() []string {
+	topics := []string{s.InboxTopic(), s.JournalTopic(), s.StateTopic(), s.InboxTopic() + dlq.DefaultTopicSuffix}
+	if t := s.OutcomeTopic(); t != "" {
+		topics = append(topics, t)
+	}
+	return append(topics, s.CommandTopics()...)
+}
+
 // EnsureTopics creates, where they are missing, the saga's inbox, journal
 // and state topic with partitions partitions, the inbox's dead-letter topic,
 // the outcome topic and the participants' command topics. The journal keeps everything by default (it is the
@@ -99,13 +110,13 @@ func (r *Runtime[D]) CheckTopics(ctx context.Context) error {
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("saga %s: topics missing: %v (create them with 'orchestrator topics ensure'; they are not auto-created)", r.saga.name, missing)
+		return fmt.Errorf("saga %s: topics missing: %v (create them with the service's 'topics ensure' command, e.g. 'orchestrator topics ensure' or '<your service.Main binary> topics ensure', or with Saga.EnsureTopics; they are not auto-created)", r.saga.name, missing)
 	}
 	r.inboxPartitions.Store(int32(len(details[inbox].Partitions)))
 	var errs []error
 	for _, t := range []string{journal, state} {
 		if a, b := len(details[inbox].Partitions), len(details[t].Partitions); a != b {
-			errs = append(errs, fmt.Errorf("saga %s: %s has %d partitions but %s has %d: it must be co-partitioned with the inbox (recreate %s with %d partitions; 'orchestrator topics ensure' creates missing topics only)", r.saga.name, inbox, a, t, b, t, a))
+			errs = append(errs, fmt.Errorf("saga %s: %s has %d partitions but %s has %d: it must be co-partitioned with the inbox (recreate %s with %d partitions; 'topics ensure' creates missing topics only)", r.saga.name, inbox, a, t, b, t, a))
 		}
 	}
 	configs, err := adm.DescribeTopicConfigs(ctx, state)

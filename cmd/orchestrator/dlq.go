@@ -7,29 +7,66 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/hamba/avro/v2"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/sagapipe/sagapipe/cmd/orchestrator/service"
 	"github.com/sagapipe/sagapipe/dlq"
 	"github.com/sagapipe/sagapipe/schema"
 )
 
-// clusterFlags reach a running cluster and registry.
+// clusterFlags reach a running cluster and registry with the service's
+// connection settings (--config, SAGAPIPE_*, --brokers, --registry-url,
+// registry auth, TLS, SASL), defaulting to the dev stack's addresses. They
+// are resolved when the flags are parsed (parseFlags, parseInterspersed).
 type clusterFlags struct {
-	brokers, registry string
+	resolve  func() (service.Config, error)
+	registry string // --registry, the older name of --registry-url
+	cfg      service.Config
+	opts     []kgo.Opt // seed brokers, TLS, SASL
 }
+
+// clusterOf holds each flag set's clusterFlags, to be resolved once parsed.
+var clusterOf sync.Map // *flag.FlagSet → *clusterFlags
 
 func (f *clusterFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.brokers, "brokers", "127.0.0.1:9092", "comma-separated Kafka bootstrap brokers")
-	fs.StringVar(&f.registry, "registry", "http://127.0.0.1:8081", "Schema Registry URL")
+	f.resolve = service.ClusterFlags(fs, os.LookupEnv, service.Config{
+		Brokers: []string{"127.0.0.1:9092"}, Registry: service.RegistryConfig{URL: "http://127.0.0.1:8081"}})
+	fs.StringVar(&f.registry, "registry", "", "Schema Registry URL (the same as --registry-url)")
+	clusterOf.Store(fs, f)
 }
 
-func (f *clusterFlags) brokerList() []string { return strings.Split(f.brokers, ",") }
+// resolveCluster resolves fs's clusterFlags, if it has any: -1 means go on.
+func resolveCluster(fs *flag.FlagSet, stderr io.Writer) int {
+	v, ok := clusterOf.LoadAndDelete(fs)
+	if !ok {
+		return -1
+	}
+	f := v.(*clusterFlags)
+	cfg, err := f.resolve()
+	if err == nil && f.registry != "" {
+		cfg.Registry.URL = f.registry
+	}
+	if err == nil {
+		f.opts, err = cfg.ClientOptions()
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "orchestrator %s: invalid configuration:\n  %s\n", fs.Name(), strings.ReplaceAll(err.Error(), "\n", "\n  "))
+		return 2
+	}
+	f.cfg = cfg
+	return -1
+}
+
+func (f *clusterFlags) brokerList() []string { return f.cfg.Brokers }
 
 // filterFlags select dead-letter records.
 type filterFlags struct {
@@ -99,6 +136,9 @@ func parseInterspersed(fs *flag.FlagSet, args []string, wantPositional int, stde
 		positional = append(positional, fs.Arg(0))
 		args = fs.Args()[1:]
 	}
+	if code := resolveCluster(fs, stderr); code >= 0 {
+		return nil, code
+	}
 	if len(positional) != wantPositional {
 		fmt.Fprintf(stderr, "orchestrator %s: want %d argument(s), got %d: %q\n", fs.Name(), wantPositional, len(positional), positional)
 		fs.Usage()
@@ -126,7 +166,7 @@ func dlqList(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintln(tw, "DLQ\tORIGIN\tKEY\tCLASS\tATTEMPTS\tAGE\tERROR")
 	now := time.Now()
 	n := 0
-	err = dlq.List(ctx, dlq.ListConfig{Brokers: cf.brokerList(), Topic: pos[0], Filter: filter}, func(e dlq.Entry, err error) error {
+	err = dlq.List(ctx, dlq.ListConfig{Brokers: cf.brokerList(), ClientOptions: cf.opts, Topic: pos[0], Filter: filter}, func(e dlq.Entry, err error) error {
 		r := e.Record
 		if err != nil {
 			fmt.Fprintf(tw, "%d@%d\t?\t%q\t?\t?\t?\t%v\n", r.Partition, r.Offset, r.Key, err)
@@ -172,7 +212,7 @@ func dlqShow(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "orchestrator dlq show: partition %q and offset %q must be non-negative integers\n", pos[1], pos[2])
 		return 2
 	}
-	rec, err := fetchOne(ctx, cf.brokerList(), pos[0], int32(partition), offset)
+	rec, err := fetchOne(ctx, cf.opts, pos[0], int32(partition), offset)
 	if err != nil {
 		fmt.Fprintf(stderr, "orchestrator dlq show: %v\n", err)
 		return 1
@@ -183,7 +223,7 @@ func dlqShow(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "  %s: %s\n", h.Key, h.Value)
 	}
 	fmt.Fprintln(stdout, "\nvalue:")
-	decoded, derr := decodeValue(ctx, cf.registry, rec.Value)
+	decoded, derr := decodeValue(ctx, cf.cfg, rec.Value)
 	if derr != nil {
 		fmt.Fprintf(stdout, "  (does not decode: %v)\n  raw %d bytes: %q\n", derr, len(rec.Value), rec.Value)
 		return 0
@@ -193,9 +233,9 @@ func dlqShow(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 // fetchOne reads the record at topic/partition@offset.
-func fetchOne(ctx context.Context, brokers []string, topic string, partition int32, offset int64) (*kgo.Record, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {partition: kgo.NewOffset().At(offset)}}))
+func fetchOne(ctx context.Context, opts []kgo.Opt, topic string, partition int32, offset int64) (*kgo.Record, error) {
+	cl, err := kgo.NewClient(append(slices.Clone(opts),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {partition: kgo.NewOffset().At(offset)}}))...)
 	if err != nil {
 		return nil, err
 	}
@@ -223,12 +263,12 @@ func fetchOne(ctx context.Context, brokers []string, topic string, partition int
 
 // decodeValue decodes a Confluent-framed Avro value through the registry
 // into indented JSON.
-func decodeValue(ctx context.Context, registryURL string, value []byte) ([]byte, error) {
+func decodeValue(ctx context.Context, cfg service.Config, value []byte) ([]byte, error) {
 	id, payload, err := schema.SplitFrame(value)
 	if err != nil {
 		return nil, err
 	}
-	serde, err := schema.NewSerde(registryURL)
+	serde, err := cfg.Serde()
 	if err != nil {
 		return nil, err
 	}
@@ -275,7 +315,7 @@ func dlqReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			fmt.Fprintln(stderr)
 		}
 	}
-	stats, err := dlq.Replay(ctx, dlq.ReplayConfig{Brokers: cf.brokerList(), Topic: pos[0], Filter: filter,
+	stats, err := dlq.Replay(ctx, dlq.ReplayConfig{Brokers: cf.brokerList(), ClientOptions: cf.opts, Topic: pos[0], Filter: filter,
 		Group: *group, DryRun: *dryRun, Progress: progress})
 	if err != nil {
 		fmt.Fprintf(stderr, "\norchestrator dlq replay: %v\n", err)
@@ -306,7 +346,7 @@ func dlqRelease(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if code >= 0 {
 		return code
 	}
-	n, err := dlq.Release(ctx, dlq.ReleaseConfig{Brokers: cf.brokerList(), Topic: pos[0], Key: pos[1], OriginTopic: *originTopic})
+	n, err := dlq.Release(ctx, dlq.ReleaseConfig{Brokers: cf.brokerList(), ClientOptions: cf.opts, Topic: pos[0], Key: pos[1], OriginTopic: *originTopic})
 	if err != nil {
 		fmt.Fprintf(stderr, "orchestrator dlq release: %v\n", err)
 		return 1

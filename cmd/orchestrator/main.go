@@ -1,6 +1,6 @@
 // Command orchestrator is sagapipe's deployable service and its operator CLI.
 //
-//	orchestrator run     the service: the orders saga against a real cluster, HTTP API, probes, metrics
+//	orchestrator run     the service: the orders and trips sagas against a real cluster, HTTP API, probes, metrics
 //	orchestrator demo    the orders saga end to end on the embedded stack (make run)
 //	orchestrator dev     run the embedded Kafka and Schema Registry
 //	orchestrator smoke   start the embedded stack, round-trip Avro events through it, stop
@@ -32,14 +32,14 @@ type command struct {
 }
 
 var commands = []command{
-	{"run", "the service: the orders saga, HTTP API, probes, metrics (run -h for its configuration)", runService},
+	{"run", "the service: the orders and trips sagas, HTTP API, probes, metrics (run -h for its configuration)", runService},
 	{"demo", "the orders saga end to end on the embedded stack, with invariant checks", runDemo},
 	{"dev", "run the embedded Kafka and Schema Registry until interrupted", runDev},
 	{"smoke", "start the embedded stack, round-trip Avro events through Kafka, stop", runSmoke},
 	{"dlq", "list, show and replay dead-letter records (dlq -h)", runDLQ},
 	{"topics", "topics ensure: create the saga's and the participants' topics", runTopics},
 	{"bench", "the benchmark harness: saga throughput and latency, the kgo ceiling, in-flight memory (JSON out)", runBench},
-	{"participants", "the orders example's participants in their own process (for run)", runParticipants},
+	{"participants", "the orders and trips examples' participants in their own process (for run)", runParticipants},
 	{"saga", "saga trace: a saga's timeline from its journal, and its spans from Jaeger", runSaga},
 }
 
@@ -90,7 +90,7 @@ func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "orchestrator %s: unexpected arguments %q\n", fs.Name(), fs.Args())
 		return 2
 	}
-	return -1
+	return resolveCluster(fs, stderr)
 }
 
 // atLeastOne appends a problem for every named flag whose value is below 1.

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/sagapipe/sagapipe/internal/kread"
-	"github.com/sagapipe/sagapipe/schema"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,11 +13,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
 	"github.com/sagapipe/sagapipe/internal/devstack"
+	"github.com/sagapipe/sagapipe/internal/kread"
 	"github.com/sagapipe/sagapipe/internal/testkit"
+	"github.com/sagapipe/sagapipe/schema"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -163,22 +164,80 @@ func TestSagaCancelAndResumeCommands(t *testing.T) {
 	}
 }
 
+// TestTopicsEnsure creates the topics of every saga `run` serves, with the
+// service's configuration (here the environment), and refuses a journal
+// that is not co-partitioned with its inbox.
 func TestTopicsEnsure(t *testing.T) {
 	s, err := devstack.Start(devstack.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	t.Setenv("SAGAPIPE_BROKERS", s.KafkaAddrs()[0])
 	for range 2 { // the second run finds everything in place
 		var stdout, stderr syncBuffer
-		if code := run(context.Background(), []string{"topics", "ensure", "--brokers", s.KafkaAddrs()[0], "--partitions", "4"}, &stdout, &stderr); code != 0 {
+		if code := run(context.Background(), []string{"topics", "ensure", "--partitions", "4"}, &stdout, &stderr); code != 0 {
 			t.Fatalf("exit %d: %s", code, stderr.String())
 		}
-		for _, want := range []string{"orders.inbox             4 partitions", "orders.journal           4 partitions", "orders.inbox.dlq", "shipping.commands"} {
-			if !strings.Contains(stdout.String(), want) {
-				t.Errorf("stdout lacks %q:\n%s", want, stdout.String())
+		for _, topic := range []string{"orders.inbox", "orders.journal", "orders.state", "orders.inbox.dlq", "orders.outcomes", "shipping.commands",
+			"trips.inbox", "trips.journal", "trips.state", "trips.outcomes", "flight.commands", "hotel.commands", "billing.commands"} {
+			if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(topic) + ` +4 partitions$`).MatchString(stdout.String()) {
+				t.Errorf("stdout lacks %s with 4 partitions:\n%s", topic, stdout.String())
 			}
 		}
+	}
+
+	// A saga whose journal has another partition count than its inbox.
+	t.Setenv("SAGAPIPE_BROKERS", "")
+	s2, err := devstack.Start(devstack.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(s2.KafkaAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if _, err := kadm.NewClient(cl).CreateTopic(context.Background(), 2, 1, nil, "trips.journal"); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr syncBuffer
+	code := run(context.Background(), []string{"topics", "ensure", "--brokers", s2.KafkaAddrs()[0]}, &stdout, &stderr)
+	if want := "saga trips: trips.journal has 2 partitions but its inbox trips.inbox has 3"; code != 1 || !strings.Contains(stderr.String(), want) {
+		t.Fatalf("exit %d, stderr %s; want 1 and %q", code, stderr.String(), want)
+	}
+}
+
+// TestOperatorCommandsTakeTheServiceConfiguration: the operator commands
+// read the service's YAML file and SAGAPIPE_* settings, and report a bad
+// one by name before reaching anything.
+func TestOperatorCommandsTakeTheServiceConfiguration(t *testing.T) {
+	s, err := devstack.Start(devstack.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	file := filepath.Join(t.TempDir(), "sagapipe.yaml")
+	yaml := fmt.Sprintf("brokers: [%q]\nregistry:\n  url: %s\nhttp_addr: \":9999\"\n", s.KafkaAddrs()[0], s.RegistryURL())
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr syncBuffer
+	if code := run(context.Background(), []string{"topics", "ensure", "--config", file}, &stdout, &stderr); code != 0 {
+		t.Fatalf("topics ensure --config: exit %d: %s", code, stderr.String())
+	}
+	if code := run(context.Background(), []string{"dlq", "list", "--config", file, "orders.inbox.dlq"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("dlq list --config: exit %d: %s", code, stderr.String())
+	}
+	if code := run(context.Background(), []string{"saga", "list", "--config", file, "orders"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("saga list --config: exit %d: %s", code, stderr.String())
+	}
+	t.Setenv("SAGAPIPE_SASL_MECHANISM", "SCRAM-SHA-512")
+	stderr = syncBuffer{}
+	if code := run(context.Background(), []string{"dlq", "list", "--config", file, "orders.inbox.dlq"}, &stdout, &stderr); code != 2 ||
+		!strings.Contains(stderr.String(), "sasl.username/password: both are required with SCRAM-SHA-512") {
+		t.Fatalf("dlq list with SASL and no credentials: exit %d: %s", code, stderr.String())
 	}
 }
 

@@ -3,17 +3,22 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 
 	"github.com/sagapipe/sagapipe/examples/orders"
-	"github.com/sagapipe/sagapipe/schema"
+	"github.com/sagapipe/sagapipe/examples/trips"
+	"github.com/sagapipe/sagapipe/observability"
+	"github.com/sagapipe/sagapipe/participant"
 )
 
 // runParticipants is `orchestrator participants`: the orders example's
-// inventory, payment and shipping services in their own process, for
+// inventory, payment and shipping services (and the trips example's
+// flight, hotel and billing) in their own process, for
 // running the service against them (and the crash tests). On SIGTERM or
 // SIGINT they stop and, with --ledger-out, write what they did as JSON.
 func runParticipants(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -32,14 +37,25 @@ func runParticipants(ctx context.Context, args []string, stdout, stderr io.Write
 		fmt.Fprintf(stderr, "orchestrator participants: --decline-rate must be in 0..1 and --latency not negative\n")
 		return 2
 	}
-	serde, err := schema.NewSerde(cf.registry, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	serde, err := cf.cfg.Serde()
 	if err != nil {
 		fmt.Fprintf(stderr, "orchestrator participants: %v\n", err)
 		return 2
 	}
 	p := orders.NewParticipants(serde, orders.Faults{DeclineRate: *decline, Latency: *latency, LostReplyRate: *lost, ShippingSilent: *silentShipping})
 	fmt.Fprintln(stdout, "participants running")
-	runErr := p.Run(ctx, cf.brokerList())
+	// The trips example's flight, hotel and billing run beside them; one
+	// failing stops the other.
+	ctx, cancel := context.WithCancel(ctx)
+	tripsDone := make(chan error, 1)
+	go func() {
+		defer cancel()
+		tripsDone <- participant.Run(ctx, participant.Config{Brokers: cf.brokerList(), Registry: serde, ClientOptions: cf.opts,
+			Logger: observability.NewJSONLogger(stderr, slog.LevelWarn)}, trips.NewDesks().Services()...)
+	}()
+	runErr := p.Run(ctx, cf.brokerList(), cf.opts...)
+	cancel()
+	runErr = errors.Join(runErr, <-tripsDone)
 	if *ledgerOut != "" {
 		data, err := json.Marshal(p.Ledger.Snapshot())
 		if err == nil {

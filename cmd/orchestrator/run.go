@@ -9,13 +9,14 @@ import (
 
 	"github.com/sagapipe/sagapipe/cmd/orchestrator/service"
 	"github.com/sagapipe/sagapipe/examples/orders"
+	"github.com/sagapipe/sagapipe/examples/trips"
 )
 
 // OrdersStepTimeoutEnv sets the orders saga's step timeout in `run`.
 const OrdersStepTimeoutEnv = "SAGAPIPE_ORDERS_STEP_TIMEOUT"
 
-// runService is `orchestrator run`: the service with the orders saga
-// registered. A team's own main does the same with its sagas.
+// runService is `orchestrator run`: the service with the orders and the
+// trips sagas registered. A team's own main does the same with its sagas.
 func runService(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	timeout := 5 * time.Second
 	if v, ok := os.LookupEnv(OrdersStepTimeoutEnv); ok {
@@ -26,10 +27,24 @@ func runService(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		}
 		timeout = d
 	}
-	s, err := orders.Saga(timeout)
+	sagas, err := servedSagas(timeout)
 	if err != nil {
 		fmt.Fprintf(stderr, "orchestrator run: %v\n", err)
 		return 1
 	}
-	return service.Command(ctx, "orchestrator run", args, stdout, stderr, service.Register(s))
+	return service.Command(ctx, "orchestrator run", args, stdout, stderr, sagas...)
+}
+
+// servedSagas are the sagas `run` serves: the orders and the trips
+// examples, each step waiting stepTimeout for its reply.
+func servedSagas(stepTimeout time.Duration) ([]service.Saga, error) {
+	o, err := orders.Saga(stepTimeout)
+	if err != nil {
+		return nil, err
+	}
+	t, err := trips.Saga(stepTimeout)
+	if err != nil {
+		return nil, err
+	}
+	return []service.Saga{service.Register(o), service.Register(t)}, nil
 }

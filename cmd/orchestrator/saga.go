@@ -13,6 +13,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/sagapipe/sagapipe/cmd/orchestrator/service"
 	"github.com/sagapipe/sagapipe/internal/jaeger"
 	"github.com/sagapipe/sagapipe/internal/telemetry"
 	"github.com/sagapipe/sagapipe/saga"
@@ -57,24 +58,25 @@ func (f *journalFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.dataDir, "data-dir", "", "read the journal from an embedded stack over this data directory (as left by 'orchestrator demo --data-dir') instead of --brokers")
 }
 
-// open returns the brokers and the serde to read journals with, and what to
-// close afterwards.
-func (f *journalFlags) open() ([]string, *schema.Serde, func(), error) {
-	brokers, registryURL, closeFn := f.brokerList(), f.registry, func() {}
+// open returns the client options and the serde to read journals with,
+// and what to close afterwards.
+func (f *journalFlags) open() ([]kgo.Opt, *schema.Serde, func(), error) {
+	cfg, opts, closeFn := f.cfg, f.opts, func() {}
 	if f.dataDir != "" {
 		sf := stackFlags{dataDir: f.dataDir}
 		stack, err := sf.start()
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		brokers, registryURL, closeFn = stack.KafkaAddrs(), stack.RegistryURL(), func() { stack.Close() }
+		cfg = service.Config{Registry: service.RegistryConfig{URL: stack.RegistryURL()}}
+		opts, closeFn = []kgo.Opt{kgo.SeedBrokers(stack.KafkaAddrs()...)}, func() { stack.Close() }
 	}
-	serde, err := schema.NewSerde(registryURL, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	serde, err := cfg.Serde()
 	if err != nil {
 		closeFn()
 		return nil, nil, nil, err
 	}
-	return brokers, serde, closeFn, nil
+	return opts, serde, closeFn, nil
 }
 
 // sagaShow prints a saga's state and journal.
@@ -97,7 +99,7 @@ func sagaShow(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if *scan {
 		history = saga.HistoryScan
 	}
-	entries, err := history(ctx, []kgo.Opt{kgo.SeedBrokers(brokers...)}, serde, pos[0], pos[1])
+	entries, err := history(ctx, brokers, serde, pos[0], pos[1])
 	if err != nil {
 		fmt.Fprintf(stderr, "orchestrator saga show: %v\n", err)
 		return 1
@@ -133,7 +135,7 @@ func sagaList(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	defer done()
-	sagas, err := saga.States(ctx, []kgo.Opt{kgo.SeedBrokers(brokers...)}, serde, pos[0])
+	sagas, err := saga.States(ctx, brokers, serde, pos[0])
 	if err != nil {
 		fmt.Fprintf(stderr, "orchestrator saga list: %v\n", err)
 		return 1
@@ -172,7 +174,7 @@ func sagaTrace(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return 1
 	}
 	defer done()
-	entries, err := saga.History(ctx, []kgo.Opt{kgo.SeedBrokers(brokers...)}, serde, name, id)
+	entries, err := saga.History(ctx, brokers, serde, name, id)
 	if err != nil {
 		fmt.Fprintf(stderr, "orchestrator saga trace: %v\n", err)
 		return 1
@@ -240,7 +242,7 @@ func sagaOperatorEvent(ctx context.Context, what string, record func(name, id, s
 	if code >= 0 {
 		return code
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(cf.brokerList()...))
+	cl, err := kgo.NewClient(cf.opts...)
 	if err != nil {
 		fmt.Fprintf(stderr, "orchestrator saga %s: %v\n", what, err)
 		return 1

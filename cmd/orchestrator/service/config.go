@@ -21,6 +21,8 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/sagapipe/sagapipe/schema"
 )
 
 // Config is the service's configuration. The zero value of each field is
@@ -129,7 +131,11 @@ func (c Config) withDefaults() Config {
 
 // Validate reports every problem at once, naming the setting; it never
 // repeats a secret.
-func (c Config) Validate() error {
+func (c Config) Validate() error { return c.validate(true) }
+
+// validate is Validate; needRegistry false lets registry.url be unset (a
+// command that never reaches the registry).
+func (c Config) validate(needRegistry bool) error {
 	c = c.withDefaults()
 	var errs []error
 	bad := func(setting, format string, a ...any) {
@@ -143,11 +149,14 @@ func (c Config) Validate() error {
 			bad("brokers", "%q is not host:port", b)
 		}
 	}
-	if c.Registry.URL == "" {
-		bad("registry.url", "required (flag --registry-url, env SAGAPIPE_REGISTRY_URL), e.g. http://schema-registry:8081")
-	} else if u, err := url.Parse(c.Registry.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	switch u, err := url.Parse(c.Registry.URL); {
+	case c.Registry.URL == "":
+		if needRegistry {
+			bad("registry.url", "required (flag --registry-url, env SAGAPIPE_REGISTRY_URL), e.g. http://schema-registry:8081")
+		}
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
 		bad("registry.url", "want an http:// or https:// URL")
-	} else if u.User != nil {
+	case u.User != nil:
 		bad("registry.url", "holds credentials; set registry.username and registry.password instead")
 	}
 	if (c.Registry.Username == "") != (c.Registry.Password == "") {
@@ -368,59 +377,117 @@ const ConfigFileEnv = "SAGAPIPE_CONFIG"
 // name, never with a secret's value. A -h prints the flags and returns
 // flag.ErrHelp.
 func LoadConfig(name string, args []string, lookupEnv func(string) (string, bool), stderr io.Writer) (Config, error) {
+	cfg, _, err := loadConfig(name, args, lookupEnv, stderr, nil, true)
+	return cfg, err
+}
+
+// loadConfig is LoadConfig with extra flags of a command registered on the
+// same flag set (their values are read after it returns); the positional
+// arguments are returned, and refused unless extra is set.
+func loadConfig(name string, args []string, lookupEnv func(string) (string, bool), stderr io.Writer, extra func(*flag.FlagSet), needRegistry bool) (Config, []string, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	configFile := fs.String("config", "", "YAML configuration file (env "+ConfigFileEnv+")")
-	flagValues := map[string]*string{}
-	for _, s := range settings {
-		v := new(string)
-		flagValues[s.flag] = v
-		fs.StringVar(v, s.flag, "", fmt.Sprintf("%s (env %s, YAML %s)", s.usage, s.env, s.path))
+	if extra != nil {
+		extra(fs)
 	}
+	resolve := registerSettings(fs, lookupEnv, Config{}, func(setting) bool { return true })
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: %s [flags]\n\nEach setting comes from, last one winning: its default, the YAML file, the environment, the flag.\n\n", name)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return Config{}, err
+		return Config{}, nil, err
 	}
-	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected arguments %q", fs.Args())
+	if fs.NArg() > 0 && extra == nil {
+		return Config{}, nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	var cfg Config
-	var errs []error
-	file := *configFile
-	if file == "" {
-		file, _ = lookupEnv(ConfigFileEnv)
-	}
-	if file != "" {
-		if err := loadYAML(file, &cfg); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	for _, s := range settings {
-		if v, ok := lookupEnv(s.env); ok {
-			if err := s.set(&cfg, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s (env %s): %w", s.path, s.env, redactErr(s, err)))
-			}
-		}
-	}
-	fs.Visit(func(f *flag.Flag) {
-		for _, s := range settings {
-			if s.flag == f.Name {
-				if err := s.set(&cfg, *flagValues[s.flag]); err != nil {
-					errs = append(errs, fmt.Errorf("%s (--%s): %w", s.path, s.flag, redactErr(s, err)))
-				}
-			}
-		}
-	})
-	if err := cfg.Validate(); err != nil {
+	cfg, errs := resolve()
+	if err := cfg.validate(needRegistry); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
-		return Config{}, errors.Join(errs...)
+		return Config{}, nil, errors.Join(errs...)
 	}
-	return cfg.withDefaults(), nil
+	return cfg.withDefaults(), fs.Args(), nil
+}
+
+// ClusterFlags registers on fs, for an operator command of its own, --config
+// and the settings that reach the cluster: brokers, registry.*, tls.* and
+// sasl.*, with the service's flags, SAGAPIPE_* variables and YAML keys (one
+// configuration file serves both). After fs.Parse, the returned function
+// resolves them over defaults as LoadConfig does and validates them; use
+// Config.ClientOptions and Config.Serde to connect.
+func ClusterFlags(fs *flag.FlagSet, lookupEnv func(string) (string, bool), defaults Config) func() (Config, error) {
+	cluster := func(s setting) bool {
+		return s.path == "brokers" || strings.HasPrefix(s.path, "registry.") || strings.HasPrefix(s.path, "tls.") || strings.HasPrefix(s.path, "sasl.")
+	}
+	resolve := registerSettings(fs, lookupEnv, defaults, cluster)
+	return func() (Config, error) {
+		cfg, errs := resolve()
+		if err := cfg.validate(false); err != nil {
+			errs = append(errs, err)
+		}
+		return cfg.withDefaults(), errors.Join(errs...)
+	}
+}
+
+// registerSettings registers --config and the flags of the settings that
+// pass only; the returned function, called after Parse, applies over base
+// the YAML file, the environment and the flags.
+func registerSettings(fs *flag.FlagSet, lookupEnv func(string) (string, bool), base Config, only func(setting) bool) func() (Config, []error) {
+	configFile := fs.String("config", "", "YAML configuration file (env "+ConfigFileEnv+")")
+	flagValues := map[string]*string{}
+	for _, s := range settings {
+		if only(s) {
+			v := new(string)
+			flagValues[s.flag] = v
+			fs.StringVar(v, s.flag, "", fmt.Sprintf("%s (env %s, YAML %s)", s.usage, s.env, s.path))
+		}
+	}
+	return func() (Config, []error) {
+		cfg := base
+		var errs []error
+		file := *configFile
+		if file == "" {
+			file, _ = lookupEnv(ConfigFileEnv)
+		}
+		if file != "" {
+			if err := loadYAML(file, &cfg); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		for _, s := range settings {
+			if v, ok := lookupEnv(s.env); ok && only(s) {
+				if err := s.set(&cfg, v); err != nil {
+					errs = append(errs, fmt.Errorf("%s (env %s): %w", s.path, s.env, redactErr(s, err)))
+				}
+			}
+		}
+		fs.Visit(func(f *flag.Flag) {
+			for _, s := range settings {
+				if s.flag == f.Name && only(s) {
+					if err := s.set(&cfg, *flagValues[s.flag]); err != nil {
+						errs = append(errs, fmt.Errorf("%s (--%s): %w", s.path, s.flag, redactErr(s, err)))
+					}
+				}
+			}
+		})
+		return cfg, errs
+	}
+}
+
+// Serde is a registry client as the service's: subjects named by record
+// (a saga's inbox carries many event types), basic auth when set.
+func (c Config) Serde() (*schema.Serde, error) {
+	opts := []schema.Opt{schema.WithSubjectNameStrategy(schema.RecordNameStrategy)}
+	if c.Registry.Username != "" {
+		opts = append(opts, schema.WithBasicAuth(c.Registry.Username, c.Registry.Password))
+	}
+	serde, err := schema.NewSerde(c.Registry.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("registry.url: %w", err)
+	}
+	return serde, nil
 }
 
 func redactErr(s setting, err error) error {

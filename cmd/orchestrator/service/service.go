@@ -37,6 +37,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sagapipe/sagapipe/observability"
@@ -52,6 +53,9 @@ type Saga interface {
 	newRuntime(cfg saga.Config) (runtime, error)
 	startEvent() (ceType, avroSchema, inbox string)
 	newStarter(client *kgo.Client, registry *schema.Serde, opts ...saga.StarterOpt) (*saga.Starter, error)
+	// ensureTopics creates the saga's topics that are missing and returns
+	// them all, the inbox, journal and state topic first.
+	ensureTopics(ctx context.Context, adm *kadm.Client, partitions int32, replication int16) ([]string, error)
 }
 
 // runtime is a saga.Runtime with its data type erased.
@@ -85,6 +89,10 @@ func (r registered[D]) startEvent() (string, string, string) {
 
 func (r registered[D]) newStarter(client *kgo.Client, registry *schema.Serde, opts ...saga.StarterOpt) (*saga.Starter, error) {
 	return r.s.NewStarter(client, registry, opts...)
+}
+
+func (r registered[D]) ensureTopics(ctx context.Context, adm *kadm.Client, partitions int32, replication int16) ([]string, error) {
+	return r.s.Topics(), r.s.EnsureTopics(ctx, adm, partitions, replication)
 }
 
 func (r registered[D]) newRuntime(cfg saga.Config) (runtime, error) {
@@ -164,13 +172,9 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 	if cfg.SessionTimeout > 0 {
 		runtimeOpts = append(runtimeOpts, kgo.SessionTimeout(cfg.SessionTimeout))
 	}
-	serdeOpts := []schema.Opt{schema.WithSubjectNameStrategy(schema.RecordNameStrategy)}
-	if cfg.Registry.Username != "" {
-		serdeOpts = append(serdeOpts, schema.WithBasicAuth(cfg.Registry.Username, cfg.Registry.Password))
-	}
-	serde, err := schema.NewSerde(cfg.Registry.URL, serdeOpts...)
+	serde, err := cfg.Serde()
 	if err != nil {
-		return nil, fmt.Errorf("registry.url: %w", err)
+		return nil, err
 	}
 	s := &Service{cfg: cfg, sagas: map[string]Saga{}, runtimes: map[string]runtime{}, tel: tel, log: log,
 		clientOpts: clientOpts, serde: serde, starts: map[string]*schema.Codec[map[string]any]{}, starters: map[string]*saga.Starter{}}
@@ -352,7 +356,13 @@ func Main(sagas ...Saga) {
 // Command runs the service as a command with args and returns its exit
 // code: 0 after a graceful shutdown, 1 when it failed or the shutdown
 // timed out, 2 for invalid configuration (every problem is printed).
+//
+// "topics ensure" as the first arguments creates the topics of every saga
+// registered instead (see TopicsCommand).
 func Command(ctx context.Context, name string, args []string, stdout, stderr io.Writer, sagas ...Saga) int {
+	if len(args) > 0 && args[0] == "topics" {
+		return TopicsCommand(ctx, name, args[1:], stdout, stderr, sagas...)
+	}
 	cfg, err := LoadConfig(name, args, os.LookupEnv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -400,6 +410,88 @@ func Command(ctx context.Context, name string, args []string, stdout, stderr io.
 	}()
 	if err := svc.Run(ctx); err != nil {
 		log.Error("service stopped", "error", err)
+		return 1
+	}
+	return 0
+}
+
+// TopicsCommand is "<name> topics ensure": it creates the missing topics of
+// every saga registered (inbox, journal, state, dead letters, outcomes and
+// the participants' command topics), reaching the cluster with the
+// service's configuration (--config, SAGAPIPE_*, TLS, SASL), and prints
+// them with their partition counts. It fails when a saga's journal or
+// state topic exists with another partition count than its inbox.
+func TopicsCommand(ctx context.Context, name string, args []string, stdout, stderr io.Writer, sagas ...Saga) int {
+	usage := fmt.Sprintf("usage: %s topics ensure [--partitions N] [--replication R] [the service's connection flags; -h lists them]", name)
+	if len(args) == 0 || args[0] != "ensure" {
+		fmt.Fprintln(stderr, usage)
+		return 2
+	}
+	var partitions, replication int
+	cfg, rest, err := loadConfig(name+" topics ensure", args[1:], os.LookupEnv, stderr, func(fs *flag.FlagSet) {
+		fs.IntVar(&partitions, "partitions", 3, "partitions of each topic (a saga's inbox, journal and state topic must match)")
+		fs.IntVar(&replication, "replication", 1, "replication factor (3 in production)")
+	}, false)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case err != nil:
+		fmt.Fprintf(stderr, "%s topics ensure: invalid configuration:\n%v\n", name, indent(err))
+		return 2
+	case len(rest) > 0:
+		fmt.Fprintf(stderr, "%s topics ensure: unexpected arguments %q\n%s\n", name, rest, usage)
+		return 2
+	case partitions < 1 || replication < 1:
+		fmt.Fprintf(stderr, "%s topics ensure: --partitions %d and --replication %d must be at least 1\n", name, partitions, replication)
+		return 2
+	case len(sagas) == 0:
+		fmt.Fprintf(stderr, "%s topics ensure: no sagas registered\n", name)
+		return 2
+	}
+	opts, err := cfg.ClientOptions()
+	if err != nil {
+		fmt.Fprintf(stderr, "%s topics ensure: %v\n", name, err)
+		return 2
+	}
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s topics ensure: %v\n", name, err)
+		return 1
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	var errs []error
+	var all []string
+	bySaga := map[string][]string{}
+	for _, sg := range sagas {
+		topics, err := sg.ensureTopics(ctx, adm, int32(partitions), int16(replication))
+		errs = append(errs, err)
+		bySaga[sg.Name()] = topics
+		for _, t := range topics {
+			if !slices.Contains(all, t) {
+				all = append(all, t)
+			}
+		}
+	}
+	details, err := adm.ListTopics(ctx, all...)
+	errs = append(errs, err)
+	if err == nil {
+		for _, d := range details.Sorted() {
+			fmt.Fprintf(stdout, "%-28s %d partitions\n", d.Topic, len(d.Partitions))
+		}
+		for _, sg := range sagas {
+			t := bySaga[sg.Name()]
+			inbox := len(details[t[0]].Partitions)
+			for _, other := range t[1:3] {
+				if n := len(details[other].Partitions); n != inbox {
+					errs = append(errs, fmt.Errorf("saga %s: %s has %d partitions but its inbox %s has %d; the runtime will refuse them (recreate %s with %d partitions)",
+						sg.Name(), other, n, t[0], inbox, other, inbox))
+				}
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintf(stderr, "%s topics ensure: %v\n", name, err)
 		return 1
 	}
 	return 0
