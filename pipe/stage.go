@@ -211,6 +211,7 @@ func newStageWorker[C any](client *kgo.Client, decode func(context.Context, []by
 // error (Run returns it). The client stays open; its owner closes it.
 func (w *StageWorker[C]) Run(ctx context.Context) error {
 	defer w.piper.Close(context.Background()) //nolint:errcheck // Run waited for every reply already
+	failing := false // logged once per outage, not once per poll
 	for {
 		fetches := w.client.PollFetches(ctx)
 		if ctx.Err() != nil {
@@ -220,15 +221,24 @@ func (w *StageWorker[C]) Run(ctx context.Context) error {
 			return errors.New("pipe: stage worker: the client was closed while the worker ran")
 		}
 		var fetchErr error
+		transient := false
 		fetches.EachError(func(topic string, partition int32, err error) {
 			if kafkaerr.Transient(err) {
 				// A broker restarting, a lost group session: the client
 				// retries by itself, and the worker goes on with it.
-				w.cfg.logger.Warn("pipe: stage worker: fetch error; the client retries", "topic", topic, "partition", partition, "error", err)
+				if !failing && !transient {
+					w.cfg.logger.Warn("pipe: stage worker: fetch error; the client retries (logged once until fetching works again)",
+						"topic", topic, "partition", partition, "error", err)
+				}
+				transient = true
 				return
 			}
 			fetchErr = errors.Join(fetchErr, fmt.Errorf("pipe: stage worker: fetching %s/%d: %w", topic, partition, err))
 		})
+		if failing && !transient {
+			w.cfg.logger.Info("pipe: stage worker: fetching works again")
+		}
+		failing = transient
 		if fetchErr != nil {
 			return fetchErr
 		}
@@ -502,7 +512,10 @@ func (w *StageWorker[C]) prepare(ctx context.Context, rec *kgo.Record, inBatch *
 		a.err = err
 		return a
 	}
-	reply, err := w.handler(ctx, cmd, env)
+	// The reply answers the command; it asks nothing back.
+	source := *rec
+	source.Headers = withoutHeader(withoutHeader(rec.Headers, schema.HeaderReplyTo), schema.HeaderIdempotencyKey)
+	reply, err := w.handler(context.WithValue(ctx, sourceKey{}, &source), cmd, env)
 	if err != nil {
 		a.err = fmt.Errorf("pipe: handler for %s %s: %w", env.Type, env.ID, err)
 		return a
@@ -520,11 +533,20 @@ func (w *StageWorker[C]) prepare(ctx context.Context, rec *kgo.Record, inBatch *
 		a.err = fmt.Errorf("pipe: encode reply %s: %w", reply.Type, err)
 		return a
 	}
-	// The reply answers the command; it asks nothing back.
-	source := *rec
-	source.Headers = withoutHeader(withoutHeader(rec.Headers, schema.HeaderReplyTo), schema.HeaderIdempotencyKey)
 	a.msg = Message{Source: &source, Value: value, Type: reply.Type, Context: ctx}
 	return a
+}
+
+type sourceKey struct{}
+
+// SourceRecord returns, in a stage worker's handler, the command's record
+// as its reply is built from: where it was consumed, its key, its headers
+// without reply_to and idempotency_key. A transactional outbox builds the
+// reply it stores from it (pipe.Builder), as the worker would. Do not
+// modify it.
+func SourceRecord(ctx context.Context) (*kgo.Record, bool) {
+	rec, ok := ctx.Value(sourceKey{}).(*kgo.Record)
+	return rec, ok
 }
 
 func withoutHeader(headers []kgo.RecordHeader, name string) []kgo.RecordHeader {

@@ -89,7 +89,13 @@ func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches
 	b := &batch[D]{changed: map[int32]map[string]*sagaRecord[D]{}, journaled: map[*sagaRecord[D]]bool{},
 		pending: pending, changes: map[int32][]change{}, commands: map[string][]pipe.Message{}}
 	shutdown := ctx
-	ctx = work
+	// The batch finishes even when Run is being stopped (work is not
+	// cancelled), but not forever: a client stuck ending its transaction
+	// (a cluster that came back having aborted it) is given up after
+	// batchDeadline; Run returns the error, and the runtime is started anew
+	// (service.Main does that), whose transactional ID fences this one.
+	ctx, cancelBatch := context.WithTimeout(work, batchDeadline)
+	defer cancelBatch()
 	committed, err := r.piper.Transact(ctx, r.sess, func(ctx context.Context, tx *pipe.Tx) error {
 		var err error
 		fetches.EachRecord(func(rec *kgo.Record) {
@@ -188,6 +194,10 @@ func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches
 	}
 	return nil
 }
+
+// batchDeadline bounds a batch's transaction, from its first record to
+// its end: a healthy one takes milliseconds.
+const batchDeadline = 30 * time.Second
 
 // errPartitionMoved aborts a batch during which a partition it holds work
 // of was lost (and perhaps assigned again, to be restored anew): the batch

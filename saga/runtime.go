@@ -184,6 +184,8 @@ type Runtime[D any] struct {
 	// lastSweep is when closed markers were last checked for expiry (Run's
 	// goroutine only).
 	lastSweep time.Time
+	// conn follows whether the client reaches the cluster.
+	conn connectivity
 	// started is set once Run has checked the topics and registered the
 	// schemas: a runtime is not ready before.
 	started atomic.Bool
@@ -344,7 +346,15 @@ func NewRuntime[D any](s *Saga[D], cfg Config, older ...*Saga[D]) (*Runtime[D], 
 		kgo.OnPartitionsAssigned(r.assigned),
 		kgo.OnPartitionsRevoked(r.revoked),
 		kgo.OnPartitionsLost(r.revoked),
+		kgo.WithHooks(&r.conn),
 	)
+	r.conn.onChange = func(reachable bool, err error) {
+		if reachable {
+			r.cfg.Logger.Info("saga: the cluster is reachable again", "saga_name", s.name)
+		} else {
+			r.cfg.Logger.Warn("saga: the cluster is out of reach; the client retries, and the runtime is not ready meanwhile", "saga_name", s.name, "error", err)
+		}
+	}
 	sess, err := kgo.NewGroupTransactSession(opts...)
 	if err != nil {
 		_ = metrics.registration.Unregister()
@@ -489,6 +499,7 @@ func (r *Runtime[D]) run(ctx context.Context) error {
 	if err := r.start(ctx); err != nil {
 		return err
 	}
+	fetchFailing := false // logged once per outage, not once per poll
 	for {
 		if err := r.restoreFailure(); err != nil {
 			return err
@@ -526,13 +537,18 @@ func (r *Runtime[D]) run(ctx context.Context) error {
 			return fmt.Errorf("saga %s: the client was closed while Run was running", r.saga.name)
 		}
 		var fetchErr error
+		transient := false
 		fetches.EachError(func(t string, p int32, err error) {
 			switch {
 			case errors.Is(err, context.Canceled):
 			case kafkaerr.Transient(err):
 				// The client retries these by itself (a lost group session
-				// rejoins, a broker comes back): say so and go on.
-				r.cfg.Logger.Warn("saga: fetch error; the client retries", "saga_name", r.saga.name, "topic", t, "partition", p, "error", err)
+				// rejoins, a broker comes back): say so, once, and go on.
+				if !fetchFailing && !transient {
+					r.cfg.Logger.Warn("saga: fetch error; the client retries (logged once until fetching works again)", "saga_name", r.saga.name,
+						"topic", t, "partition", p, "error", err)
+				}
+				transient = true
 			default:
 				fetchErr = errors.Join(fetchErr, fmt.Errorf("saga %s: fetching %s/%d: %w", r.saga.name, t, p, err))
 			}
@@ -540,6 +556,7 @@ func (r *Runtime[D]) run(ctx context.Context) error {
 		if fetchErr != nil {
 			return fetchErr
 		}
+		fetchFailing = transient
 		if err := r.processBatch(ctx, work, fetches); err != nil {
 			return err
 		}

@@ -146,11 +146,20 @@ func (st *Starter) Start(ctx context.Context, id string, event any) (Started, er
 }
 
 // Publish produces rec (from Record or RecordOf) in a publish span and
-// waits for the broker's acknowledgement.
+// waits for the broker's acknowledgement, or for ctx to end.
 func (st *Starter) Publish(ctx context.Context, rec *kgo.Record) (Started, error) {
 	done := make(chan error, 1)
 	sc := st.publish(ctx, rec, func(_ *kgo.Record, err error) { done <- err })
-	err := <-done
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		// kgo may still deliver a record it has sent: the start may yet
+		// happen. Starting the same ID again is harmless (a saga starts
+		// once per ID).
+		err = fmt.Errorf("%w (the start may still be delivered; starting the same ID again is safe)", ctx.Err())
+		return Started{ID: string(rec.Key), SpanContext: sc}, fmt.Errorf("saga %s: producing the start of %s: %w", st.saga, rec.Key, err)
+	}
 	started := Started{ID: string(rec.Key), Partition: rec.Partition, Offset: rec.Offset, SpanContext: sc}
 	started.EventID, _ = schema.Header(rec.Headers, schema.HeaderID)
 	if err != nil {

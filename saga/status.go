@@ -8,10 +8,10 @@ import (
 )
 
 // Ready reports whether the runtime has started (its topics checked, its
-// schemas registered), owns inbox partitions and has restored every one it
-// owns: what a readiness probe asks.
+// schemas registered), reaches the cluster, owns inbox partitions and has
+// restored every one it owns: what a readiness probe asks.
 func (r *Runtime[D]) Ready() bool {
-	if !r.started.Load() {
+	if !r.started.Load() || !r.conn.reachable() {
 		return false
 	}
 	r.mu.Lock()
@@ -84,3 +84,10 @@ func (r *Runtime[D]) Status(ctx context.Context, id string) (Status[D], bool, er
 	}
 	return Status[D]{}, false, nil
 }
+
+// Connected reports whether the runtime's client is not known to be cut
+// off from the cluster: false once its attempts have failed, with nothing
+// read from any broker, for 5 s (an outage, not a rolling restart of one
+// broker). A runtime yet to connect counts as connected; Ready is the
+// strict question.
+func (r *Runtime[D]) Connected() bool { return !r.conn.out() }

@@ -30,7 +30,8 @@ func (s *Service) routes() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		sagas := map[string]bool{}
-		for name, rt := range s.runtimes {
+		for name := range s.sagas {
+			rt, _ := s.runtime(name)
 			sagas[name] = rt.Ready()
 		}
 		if !s.Ready() {
@@ -103,7 +104,7 @@ type SagaStatus struct {
 
 func (s *Service) getSaga(w http.ResponseWriter, r *http.Request) {
 	name, id := r.PathValue("name"), r.PathValue("id")
-	rt, ok := s.runtimes[name]
+	rt, ok := s.runtime(name)
 	if !ok {
 		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no saga named %q is registered", name)})
 		return
@@ -179,6 +180,10 @@ func (s *Service) startSaga(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no saga named %q is registered", name)})
 		return
 	}
+	if rt, _ := s.runtime(name); !rt.Connected() {
+		unavailable(w, "the cluster is out of reach; retry later with the same id (a start is idempotent by its id)")
+		return
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
 		writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: fmt.Sprintf("body larger than %d bytes", MaxBodyBytes)})
@@ -207,11 +212,12 @@ func (s *Service) startSaga(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// A request is no saga's message: the saga's trace begins here.
-	pctx := trace.ContextWithSpanContext(ctx, trace.SpanContext{})
+	pctx, cancel := context.WithTimeout(trace.ContextWithSpanContext(ctx, trace.SpanContext{}), publishTimeout)
+	defer cancel()
 	rec := s.starters[name].RecordOf(id, value)
 	started, err := s.starters[name].Publish(pctx, rec)
 	if err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "producing the start event: " + err.Error()})
+		unavailable(w, "producing the start event: "+err.Error()+"; retry later with the same id (a start is idempotent by its id)")
 		return
 	}
 	s.log.InfoContext(trace.ContextWithSpanContext(ctx, started.SpanContext), "saga start requested", "saga_name", name, "saga_id", id, "correlation_id", id)
@@ -258,7 +264,7 @@ func (s *Service) operatorEvent(w http.ResponseWriter, r *http.Request, what str
 	rec := record(name, id, source)
 	pctx, err := s.publish(r.Context(), rec)
 	if err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "producing the " + what + ": " + err.Error()})
+		unavailable(w, "producing the "+what+": "+err.Error()+"; retry later")
 		return
 	}
 	eventID, _ := schema.Header(rec.Headers, schema.HeaderID)
@@ -266,9 +272,22 @@ func (s *Service) operatorEvent(w http.ResponseWriter, r *http.Request, what str
 	writeJSON(w, http.StatusAccepted, Cancelled{Saga: name, ID: id, EventID: eventID, RequestedBy: source, Status: "/api/sagas/" + name + "/" + id})
 }
 
+// publishTimeout bounds how long a request waits for the broker to take
+// what it produces: past it, the request answers 503.
+const publishTimeout = 10 * time.Second
+
+// unavailable answers 503 with a Retry-After: the cluster is out of reach
+// for now, and the request may be repeated.
+func unavailable(w http.ResponseWriter, msg string) {
+	w.Header().Set("Retry-After", "5")
+	writeJSON(w, http.StatusServiceUnavailable, apiError{Error: msg})
+}
+
 // publish produces rec in a publish span of its own, the root of a new
 // trace (a request is no saga's message), and returns the span's context.
 func (s *Service) publish(ctx context.Context, rec *kgo.Record) (context.Context, error) {
+	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	defer cancel()
 	tracer := telemetry.Tracer(s.tel.TracerProvider())
 	pctx, span := telemetry.StartPublish(trace.ContextWithSpanContext(ctx, trace.SpanContext{}), tracer, s.tel.Propagator(), rec)
 	err := s.producer.ProduceSync(pctx, rec).FirstErr()

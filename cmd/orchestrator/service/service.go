@@ -39,7 +39,10 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 
+	"github.com/sagapipe/sagapipe/internal/kafkaerr"
 	"github.com/sagapipe/sagapipe/observability"
 	"github.com/sagapipe/sagapipe/saga"
 	"github.com/sagapipe/sagapipe/schema"
@@ -63,6 +66,7 @@ type runtime interface {
 	Run(ctx context.Context) error
 	Close()
 	Ready() bool
+	Connected() bool
 	// status is the saga's state, data and journal position, if this
 	// instance owns the saga.
 	status(ctx context.Context, id string) (sagaStatus, bool, error)
@@ -142,7 +146,10 @@ func (r runtimeOf[D]) isTerminal(state string) bool {
 type Service struct {
 	cfg        Config
 	sagas      map[string]Saga
-	runtimes   map[string]runtime
+	runtimes   map[string]runtime // replaced by supervise; read with runtime()
+	rtMu       sync.RWMutex
+	rtConfigs  map[string]saga.Config // each saga's, to start it anew
+	restarts   metric.Int64Counter
 	tel        *observability.Telemetry
 	log        *slog.Logger
 	clientOpts []kgo.Opt
@@ -176,7 +183,12 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, sagas: map[string]Saga{}, runtimes: map[string]runtime{}, tel: tel, log: log,
+	restarts, err := tel.MeterProvider().Meter("github.com/sagapipe/sagapipe/service").Int64Counter("sagapipe.service.runtime.restarts",
+		metric.WithDescription("saga runtimes started anew after losing the cluster or the registry past their clients' retries"))
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{cfg: cfg, sagas: map[string]Saga{}, runtimes: map[string]runtime{}, rtConfigs: map[string]saga.Config{}, restarts: restarts, tel: tel, log: log,
 		clientOpts: clientOpts, serde: serde, starts: map[string]*schema.Codec[map[string]any]{}, starters: map[string]*saga.Starter{}}
 	host, _ := os.Hostname()
 	for _, sg := range sagas {
@@ -185,18 +197,19 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 			return nil, fmt.Errorf("service: saga %q registered twice", sg.Name())
 		}
 		group := cfg.GroupPrefix + "." + sg.Name()
-		rt, err := sg.newRuntime(saga.Config{
+		rtCfg := saga.Config{
 			Brokers: cfg.Brokers, ClientOptions: runtimeOpts, Registry: serde, Group: group,
 			TransactionalID: fmt.Sprintf("%s.%s.%s.%d", cfg.TransactionalIDPrefix, sg.Name(), cmp.Or(host, "host"), os.Getpid()),
 			TracerProvider:  tel.TracerProvider(), MeterProvider: tel.MeterProvider(), Propagator: tel.Propagator(),
 			Logger: log, TransactionTimeout: cfg.TransactionTimeout, StateDir: cfg.StateDir,
 			ClosedRetention: cfg.ClosedRetention, RebuildState: cfg.StateRebuild,
-		})
+		}
+		rt, err := sg.newRuntime(rtCfg)
 		if err != nil {
 			s.closeRuntimes()
 			return nil, err
 		}
-		s.sagas[sg.Name()], s.runtimes[sg.Name()] = sg, rt
+		s.sagas[sg.Name()], s.runtimes[sg.Name()], s.rtConfigs[sg.Name()] = sg, rt, rtCfg
 		_, avroSchema, _ := sg.startEvent()
 		if s.starts[sg.Name()], err = schema.NewCodec[map[string]any](serde, avroSchema); err != nil {
 			s.closeRuntimes()
@@ -205,7 +218,10 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 	}
 	// Keyed by saga ID with kgo's default partitioner (murmur2, as every
 	// Kafka client), so a saga's start lands where its replies will.
-	s.producer, err = kgo.NewClient(clientOpts...)
+	s.producer, err = kgo.NewClient(append(slices.Clone(clientOpts),
+		// A request waits this long at most; past it the record fails
+		// rather than stay buffered through an outage.
+		kgo.RecordDeliveryTimeout(publishTimeout))...)
 	if err != nil {
 		s.closeRuntimes()
 		return nil, err
@@ -222,8 +238,66 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 }
 
 func (s *Service) closeRuntimes() {
+	s.rtMu.RLock()
+	defer s.rtMu.RUnlock()
 	for _, rt := range s.runtimes {
 		rt.Close()
+	}
+}
+
+// runtime returns the saga's runtime as it runs now.
+func (s *Service) runtime(name string) (runtime, bool) {
+	s.rtMu.RLock()
+	defer s.rtMu.RUnlock()
+	rt, ok := s.runtimes[name]
+	return rt, ok
+}
+
+// recoverable tells the failures of a runtime that a new one rides
+// through: the brokers or the registry out of reach for longer than the
+// client's retries. Anything else (missing topics, refused credentials, a
+// fenced transactional ID) needs someone to act.
+func recoverable(err error) bool {
+	return kafkaerr.Transient(err) || errors.Is(err, schema.ErrRegistryUnavailable)
+}
+
+// supervise runs the saga's runtime until ctx ends (nil) or it fails for
+// good (the error). A runtime that stops on a recoverable error is closed
+// and started anew after a backoff (1 s doubling to 30 s), as often as it
+// takes: its sagas are restored from the state topic, the transaction it
+// had open is aborted by its successor's (same transactional ID), and
+// nothing is lost or done twice.
+func (s *Service) supervise(ctx context.Context, name string) error {
+	var wait time.Duration
+	for {
+		rt, _ := s.runtime(name)
+		began := time.Now()
+		err := rt.Run(ctx)
+		if err == nil || ctx.Err() != nil {
+			return nil
+		}
+		if !recoverable(err) {
+			return err
+		}
+		if time.Since(began) > 2*time.Minute {
+			wait = 0 // it ran a while: a new outage
+		}
+		wait = min(max(2*wait, time.Second), 30*time.Second)
+		s.log.Warn("saga runtime lost the cluster or the registry; starting it anew", "saga_name", name, "retry_in", wait, "error", err)
+		s.restarts.Add(ctx, 1, metric.WithAttributes(attribute.String("saga_name", name)))
+		rt.Close()
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return nil
+		}
+		fresh, err := s.sagas[name].newRuntime(s.rtConfigs[name])
+		if err != nil {
+			return err
+		}
+		s.rtMu.Lock()
+		s.runtimes[name] = fresh
+		s.rtMu.Unlock()
 	}
 }
 
@@ -233,6 +307,8 @@ func (s *Service) Handler() http.Handler { return s.handler }
 // Ready reports whether every saga's runtime owns partitions and has
 // restored them.
 func (s *Service) Ready() bool {
+	s.rtMu.RLock()
+	defer s.rtMu.RUnlock()
 	for _, rt := range s.runtimes {
 		if !rt.Ready() {
 			return false
@@ -252,35 +328,14 @@ var ErrShutdownTimedOut = errors.New("service: graceful shutdown exceeded its gr
 // failure, or ErrShutdownTimedOut.
 func (s *Service) Run(ctx context.Context) error {
 	l, err := net.Listen("tcp", s.cfg.HTTPAddr)
-	if err == nil {
-		if err = s.checkBrokers(ctx); err != nil {
-			l.Close()
-		}
-	} else {
-		err = fmt.Errorf("http_addr: %w", err)
-	}
 	if err != nil {
 		s.closeRuntimes()
 		s.producer.Close()
 		_ = s.tel.Shutdown(context.WithoutCancel(ctx))
-		return err
+		return fmt.Errorf("http_addr: %w", err)
 	}
 	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second}
-	s.log.Info("sagapipe service started", "config", s.cfg, "http_addr", l.Addr().String(), "tracing", s.tel.Tracing())
-
-	runCtx, stopRuntimes := context.WithCancel(ctx)
-	defer stopRuntimes()
-	failed := make(chan error, len(s.runtimes)+1)
-	var wg sync.WaitGroup
-	for _, rt := range s.runtimes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := rt.Run(runCtx); err != nil {
-				failed <- err // it names its saga
-			}
-		}()
-	}
+	failed := make(chan error, len(s.sagas)+2)
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
@@ -288,7 +343,29 @@ func (s *Service) Run(ctx context.Context) error {
 			failed <- fmt.Errorf("http: %w", err)
 		}
 	}()
+	// /healthz answers and /readyz says 503 while the brokers are waited for.
+	if err := s.awaitBrokers(ctx); err != nil || ctx.Err() != nil {
+		_ = srv.Shutdown(context.WithoutCancel(ctx))
+		<-served
+		s.closeRuntimes()
+		s.producer.Close()
+		_ = s.tel.Shutdown(context.WithoutCancel(ctx))
+		return err
+	}
+	s.log.Info("sagapipe service started", "config", s.cfg, "http_addr", l.Addr().String(), "tracing", s.tel.Tracing())
 
+	runCtx, stopRuntimes := context.WithCancel(ctx)
+	defer stopRuntimes()
+	var wg sync.WaitGroup
+	for name := range s.sagas {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.supervise(runCtx, name); err != nil {
+				failed <- err // it names its saga
+			}
+		}()
+	}
 	var runErr error
 	select {
 	case <-ctx.Done():
@@ -323,6 +400,32 @@ func (s *Service) Run(ctx context.Context) error {
 
 // checkBrokers fails fast, with the settings to check, when the brokers
 // cannot be reached or refuse the credentials.
+// awaitBrokers waits until the brokers answer, logging once that it waits
+// and retrying with backoff (1 s doubling to 30 s) while they are out of
+// reach; an error that is no outage (refused credentials, say) is returned
+// at once, naming what to check.
+func (s *Service) awaitBrokers(ctx context.Context) error {
+	var wait time.Duration
+	for {
+		err := s.checkBrokers(ctx)
+		if err == nil || ctx.Err() != nil || !kafkaerr.Transient(err) {
+			if err == nil && wait > 0 {
+				s.log.Info("the brokers answer: starting", "brokers", s.cfg.Brokers)
+			}
+			return err
+		}
+		if wait == 0 {
+			s.log.Warn("waiting for the brokers: they cannot be reached yet; retrying until they can (SIGTERM to stop)", "brokers", s.cfg.Brokers, "error", err)
+		}
+		wait = min(max(2*wait, time.Second), 30*time.Second)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
 func (s *Service) checkBrokers(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
