@@ -211,7 +211,8 @@ func newStageWorker[C any](client *kgo.Client, decode func(context.Context, []by
 // error (Run returns it). The client stays open; its owner closes it.
 func (w *StageWorker[C]) Run(ctx context.Context) error {
 	defer w.piper.Close(context.Background()) //nolint:errcheck // Run waited for every reply already
-	failing := false // logged once per outage, not once per poll
+	// A fetch error is logged once per outage, not once per poll.
+	failing := false
 	for {
 		fetches := w.client.PollFetches(ctx)
 		if ctx.Err() != nil {
