@@ -202,6 +202,11 @@ func (p *Participants) routes(topic string) (*pipe.Mux, error) {
 // Participants are the inventory, payment and shipping services.
 type Participants struct {
 	Ledger *Ledger
+	// Services, when set, lists the services Run runs (of
+	// ServiceInventory, ServicePayment, ServiceShipping): a service run
+	// elsewhere (examples/pgpayment's payment on PostgreSQL) is left out.
+	// Empty runs all three.
+	Services []string
 	// Tracing, when set, gives each service (ServiceInventory,
 	// ServicePayment, ServiceShipping) its tracer provider; otherwise
 	// otel's global one is used.
@@ -332,6 +337,9 @@ const Concurrency = 64
 func (p *Participants) Run(ctx context.Context, brokers []string, clientOpts ...kgo.Opt) error {
 	services := []struct{ service, topic string }{
 		{ServiceInventory, InventoryTopic}, {ServicePayment, PaymentTopic}, {ServiceShipping, ShippingTopic},
+	}
+	if len(p.Services) > 0 {
+		services = slices.DeleteFunc(services, func(s struct{ service, topic string }) bool { return !slices.Contains(p.Services, s.service) })
 	}
 	// One service failing stops the others: Run then returns its error.
 	ctx, cancel := context.WithCancel(ctx)
