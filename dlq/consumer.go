@@ -471,8 +471,11 @@ func (c *Consumer) processPartition(ctx context.Context, tp topicPartition, st *
 			telemetry.Fail(span, err)
 		}
 		span.End()
-		if ctx.Err() != nil {
-			break // shutting down: the record was not finished
+		if err != nil && ctx.Err() != nil {
+			// Shutting down: the error may be the handler giving up, so the
+			// record is not finished and comes again. A nil error finished it,
+			// and it is committed like any other.
+			break
 		}
 		if err != nil {
 			now := c.cfg.clock.Now()

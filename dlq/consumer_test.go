@@ -473,6 +473,59 @@ func TestCrashDuringRetry(t *testing.T) {
 	}
 }
 
+// TestStopCommitsWhatItFinished: a record whose handler returns while Run is
+// being stopped is committed before Run returns if the handler finished it,
+// and comes again, not dead-lettered, if the handler gave up.
+func TestStopCommitsWhatItFinished(t *testing.T) {
+	tests := []struct {
+		name string
+		// handle is the handler's answer for record 0-1, during which Run's
+		// context is cancelled.
+		handle func(ctx context.Context) error
+		want   int64 // the committed offset once Run returned
+	}{
+		{name: "handled", handle: func(context.Context) error { return nil }, want: 2},
+		{name: "gave up", handle: func(ctx context.Context) error { return ctx.Err() }, want: 1},
+		{name: "poison", handle: func(ctx context.Context) error { return dlq.Poison(ctx.Err()) }, want: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := startStack(t)
+			createTopic(t, s, 1, "jobs")
+			createTopic(t, s, 1, "jobs.dlq")
+			produce(t, s, "jobs", 1, 3)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			c, err := dlq.NewConsumer("workers", []string{"jobs"}, func(hctx context.Context, r *kgo.Record) error {
+				if string(r.Value) != "0-1" {
+					return nil
+				}
+				cancel() // the stop lands while the handler runs
+				return tt.handle(hctx)
+			}, dlq.Policy{}, dlq.WithClientOptions(kgo.SeedBrokers(s.KafkaAddrs()...),
+				kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.Run(ctx)
+			c.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			offsets, err := kadm.NewClient(client(t, s)).FetchOffsets(context.Background(), "workers")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o, _ := offsets.Lookup("jobs", 0); o.At != tt.want {
+				t.Errorf("committed offset %d after the stop, want %d", o.At, tt.want)
+			}
+			if n := count(t, s, "jobs.dlq"); n != 0 {
+				t.Errorf("%d records dead-lettered, want none", n)
+			}
+		})
+	}
+}
+
 func TestPolicyValidateReportsEveryProblem(t *testing.T) {
 	err := dlq.Policy{MaxRetries: -5, InitialBackoff: time.Second, MaxBackoff: time.Millisecond,
 		Multiplier: 0.5, RetryBudgetPerMinute: -1, NoDispatch: true, Topic: "x.dlq"}.Validate()
