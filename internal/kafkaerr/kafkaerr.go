@@ -13,12 +13,21 @@ import (
 // Transient tells whether a fetch error is one the client recovers from
 // by itself: kgo's informational ErrGroupSession and ErrDataLoss, retriable
 // broker errors, and network errors (a broker restarting, a network
-// blip). A consumer loop logs these and polls on.
+// blip), and the errors of a group that moved on while the member was
+// away (an illegal generation, an unknown member: it rejoins). A consumer
+// loop logs these and polls on.
 func Transient(err error) bool {
 	var (
 		session *kgo.ErrGroupSession
 		loss    *kgo.ErrDataLoss
 		netErr  net.Error
 	)
-	return errors.As(err, &session) || errors.As(err, &loss) || kerr.IsRetriable(err) || errors.As(err, &netErr)
+	return errors.As(err, &session) || errors.As(err, &loss) || kerr.IsRetriable(err) || errors.As(err, &netErr) || rebalanced(err)
+}
+
+// rebalanced tells the errors of a group that moved on while a member was
+// away (a broker restart, a session that expired): the client rejoins by
+// itself, and what was not committed comes again.
+func rebalanced(err error) bool {
+	return errors.Is(err, kerr.IllegalGeneration) || errors.Is(err, kerr.UnknownMemberID) || errors.Is(err, kerr.RebalanceInProgress)
 }

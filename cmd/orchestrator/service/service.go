@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -255,11 +256,22 @@ func (s *Service) runtime(name string) (runtime, bool) {
 
 // recoverable tells the failures of a runtime that a new one rides
 // through: the brokers or the registry out of reach for longer than the
-// client's retries. Anything else (missing topics, refused credentials, a
-// fenced transactional ID) needs someone to act.
+// client's retries, or its producer fenced (a broker that aborted its
+// transaction while it was away bumps the epoch; a new runtime takes the
+// transactional ID back). Anything else (missing topics, refused
+// credentials) needs someone to act.
 func recoverable(err error) bool {
-	return kafkaerr.Transient(err) || errors.Is(err, schema.ErrRegistryUnavailable)
+	return kafkaerr.Transient(err) || errors.Is(err, schema.ErrRegistryUnavailable) || fenced(err)
 }
+
+func fenced(err error) bool {
+	return errors.Is(err, kerr.ProducerFenced) || errors.Is(err, kerr.InvalidProducerEpoch)
+}
+
+// maxFencedInARow is how often in a row a fresh runtime may be fenced
+// within a minute of starting before the service gives up: another
+// process then uses the same transactional ID.
+const maxFencedInARow = 5
 
 // supervise runs the saga's runtime until ctx ends (nil) or it fails for
 // good (the error). A runtime that stops on a recoverable error is closed
@@ -269,6 +281,7 @@ func recoverable(err error) bool {
 // nothing is lost or done twice.
 func (s *Service) supervise(ctx context.Context, name string) error {
 	var wait time.Duration
+	fencedInARow := 0
 	for {
 		rt, _ := s.runtime(name)
 		began := time.Now()
@@ -278,6 +291,14 @@ func (s *Service) supervise(ctx context.Context, name string) error {
 		}
 		if !recoverable(err) {
 			return err
+		}
+		if fenced(err) && time.Since(began) < time.Minute {
+			if fencedInARow++; fencedInARow >= maxFencedInARow {
+				return fmt.Errorf("%w (fenced %d times in a row within a minute of starting: another process uses the transactional ID %q; give each instance its own host name or transactional_id_prefix)",
+					err, fencedInARow, s.rtConfigs[name].TransactionalID)
+			}
+		} else {
+			fencedInARow = 0
 		}
 		if time.Since(began) > 2*time.Minute {
 			wait = 0 // it ran a while: a new outage
