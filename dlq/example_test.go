@@ -8,8 +8,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/sagapipe/sagapipe/devstack"
 	"github.com/sagapipe/sagapipe/dlq"
-	"github.com/sagapipe/sagapipe/internal/devstack"
 )
 
 // printer reports dead-lettered records; its OnDeadLettered makes it a hook.

@@ -11,7 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/sagapipe/sagapipe/internal/kread"
+	"github.com/sagapipe/sagapipe/kread"
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/schema"
 )

@@ -11,8 +11,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/sagapipe/sagapipe/devstack"
 	"github.com/sagapipe/sagapipe/dlq"
-	"github.com/sagapipe/sagapipe/internal/devstack"
 )
 
 // txnConsumer runs a transactional consumer of "jobs" whose handler pipes

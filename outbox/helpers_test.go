@@ -15,7 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
-	"github.com/sagapipe/sagapipe/internal/devstack"
+	"github.com/sagapipe/sagapipe/devstack"
 	"github.com/sagapipe/sagapipe/internal/testkit"
 	"github.com/sagapipe/sagapipe/outbox"
 	"github.com/sagapipe/sagapipe/pipe"

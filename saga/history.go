@@ -13,7 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/sagapipe/sagapipe/internal/kread"
+	"github.com/sagapipe/sagapipe/kread"
 	"github.com/sagapipe/sagapipe/schema"
 )
 

@@ -15,7 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sagapipe/sagapipe/internal/kafkaerr"
-	"github.com/sagapipe/sagapipe/internal/kread"
+	"github.com/sagapipe/sagapipe/kread"
 	"github.com/sagapipe/sagapipe/schema"
 	"github.com/sagapipe/sagapipe/statemachine"
 )

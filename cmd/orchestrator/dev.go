@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sagapipe/sagapipe/internal/devstack"
+	"github.com/sagapipe/sagapipe/devstack"
 )
 
 // stackFlags are the flags of every command that starts the embedded stack.

@@ -10,9 +10,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/sagapipe/sagapipe/devstack"
 	"github.com/sagapipe/sagapipe/dlq"
 	"github.com/sagapipe/sagapipe/examples/orders"
-	"github.com/sagapipe/sagapipe/internal/devstack"
 	"github.com/sagapipe/sagapipe/schema"
 )
 

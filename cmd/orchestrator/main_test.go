@@ -17,13 +17,22 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
-	"github.com/sagapipe/sagapipe/internal/devstack"
-	"github.com/sagapipe/sagapipe/internal/kread"
+	"github.com/sagapipe/sagapipe/devstack"
 	"github.com/sagapipe/sagapipe/internal/testkit"
+	"github.com/sagapipe/sagapipe/kread"
 	"github.com/sagapipe/sagapipe/schema"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(reporting{m}) }
+
+// reporting runs the tests, then prints the chaos scenarios' table.
+type reporting struct{ m *testing.M }
+
+func (r reporting) Run() int {
+	code := r.m.Run()
+	chaosReport()
+	return code
+}
 
 // syncBuffer is written by a command or logger and read by the test at once.
 type syncBuffer = testkit.SyncBuffer

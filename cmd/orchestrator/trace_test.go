@@ -17,8 +17,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/sagapipe/sagapipe/devstack"
 	"github.com/sagapipe/sagapipe/examples/orders"
-	"github.com/sagapipe/sagapipe/internal/devstack"
 	"github.com/sagapipe/sagapipe/internal/jaeger"
 )
 

@@ -17,7 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagapipe/sagapipe/dlq"
-	"github.com/sagapipe/sagapipe/internal/kread"
+	"github.com/sagapipe/sagapipe/kread"
 	"github.com/sagapipe/sagapipe/saga"
 	"github.com/sagapipe/sagapipe/schema"
 	"github.com/sagapipe/sagapipe/statemachine"

@@ -7,8 +7,8 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/sagapipe/sagapipe/devstack"
 	"github.com/sagapipe/sagapipe/examples/orders"
-	"github.com/sagapipe/sagapipe/internal/devstack"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

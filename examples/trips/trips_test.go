@@ -17,9 +17,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/sagapipe/sagapipe/cmd/orchestrator/service"
+	"github.com/sagapipe/sagapipe/devstack"
 	"github.com/sagapipe/sagapipe/examples/orders"
 	"github.com/sagapipe/sagapipe/examples/trips"
-	"github.com/sagapipe/sagapipe/internal/devstack"
 	"github.com/sagapipe/sagapipe/observability"
 	"github.com/sagapipe/sagapipe/participant"
 	"github.com/sagapipe/sagapipe/schema"

@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/sagapipe/sagapipe/cmd/orchestrator/service"
+	"github.com/sagapipe/sagapipe/devstack"
 	"github.com/sagapipe/sagapipe/examples/orders"
-	"github.com/sagapipe/sagapipe/internal/devstack"
 )
 
 // port is addr's port.

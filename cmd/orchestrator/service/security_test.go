@@ -22,7 +22,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sagapipe/sagapipe/cmd/orchestrator/service"
-	"github.com/sagapipe/sagapipe/internal/devstack"
+	"github.com/sagapipe/sagapipe/devstack"
 	"github.com/sagapipe/sagapipe/observability"
 )
 

@@ -6,6 +6,9 @@
 // With a data directory both keep their state across a restart: kfake writes
 // its log segments and group offsets under <dir>/kafka, the registry its
 // write journal under <dir>/registry.
+//
+// Test your own sagas and participants against it: Start(Config{}) gives a
+// fresh broker and registry on free ports; Close stops both.
 package devstack
 
 import (

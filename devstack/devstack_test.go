@@ -12,7 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
-	"github.com/sagapipe/sagapipe/internal/devstack"
+	"github.com/sagapipe/sagapipe/devstack"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
