@@ -2,16 +2,13 @@ package pipe_test
 
 import (
 	"context"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/sagapipe/sagapipe/internal/testkit"
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/schema"
 )
@@ -24,24 +21,8 @@ func TestStageWorkerWaitsOutARegistryOutage(t *testing.T) {
 	ctx := context.Background()
 	s := startStack(t)
 	createTopic(t, s, 1, "inventory.commands", "replies")
-	var down atomic.Bool
-	var refused atomic.Int64
-	target, err := url.Parse(s.RegistryURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if down.Load() {
-			refused.Add(1)
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte(`{"error_code":50301,"message":"down for maintenance"}`))
-			return
-		}
-		proxy.ServeHTTP(w, r)
-	}))
-	defer srv.Close()
+	flaky := testkit.NewFlakyRegistry(t, s.RegistryURL())
+	down, refused := &flaky.Down, &flaky.Refused
 
 	// The command is written while the registry is up.
 	direct, _ := codecs(t, s)
@@ -58,7 +39,7 @@ func TestStageWorkerWaitsOutARegistryOutage(t *testing.T) {
 
 	// The worker's registry client goes through the proxy: it has never
 	// seen the writer schema.
-	proxied, err := schema.NewSerde(srv.URL)
+	proxied, err := schema.NewSerde(flaky.URL)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,10 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -19,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/sagapipe/sagapipe/internal/testkit"
 	"github.com/sagapipe/sagapipe/kread"
 	"github.com/sagapipe/sagapipe/saga"
 	"github.com/sagapipe/sagapipe/schema"
@@ -651,28 +648,12 @@ func TestRepliesOnAnyPartitionAreForwarded(t *testing.T) {
 // while down is set, counting the requests it refuses.
 func flakyRegistry(t *testing.T, registryURL string) (serde *schema.Serde, down *atomic.Bool, refused *atomic.Int64) {
 	t.Helper()
-	down, refused = new(atomic.Bool), new(atomic.Int64)
-	target, err := url.Parse(registryURL)
+	f := testkit.NewFlakyRegistry(t, registryURL)
+	serde, err := schema.NewSerde(f.URL, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if down.Load() {
-			refused.Add(1)
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte(`{"error_code":50301,"message":"down for maintenance"}`))
-			return
-		}
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	serde, err = schema.NewSerde(srv.URL, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return serde, down, refused
+	return serde, &f.Down, &f.Refused
 }
 
 // TestRuntimeStartsOnceTheRegistryAnswers: a runtime started while the

@@ -150,7 +150,6 @@ type chaosWorld struct {
 	dataDir            string
 	kafkaPort, regPort int
 	registryProxy      *proxy
-	directRegistry     string
 	orchestrators      []*proc
 }
 
@@ -165,23 +164,9 @@ func newChaosWorld(t *testing.T) *chaosWorld {
 	cw := &chaosWorld{dataDir: t.TempDir(), kafkaPort: freePort(t), regPort: freePort(t)}
 	dev := cw.startDev(t)
 	m := dev.waitFor(t, regexp.MustCompile(`kafka:\s+(\S+)\nregistry: (\S+)`), 20*time.Second)
-	cw.directRegistry = m[2]
 	cw.registryProxy = newProxy(t, strings.TrimPrefix(m[2], "http://"))
-	w := &world{t: t, brokers: m[1], registry: cw.registryProxy.url(), dev: dev, ledgerFile: t.TempDir() + "/ledger.json"}
-	cw.world = w
-	topics := spawn(t, "topics", nil, "topics", "ensure", "--brokers", w.brokers, "--partitions", "6")
-	<-topics.done
-	if topics.err != nil {
-		t.Fatalf("topics ensure: %v\n%s", topics.err, topics.out.String())
-	}
-	w.participants = spawn(t, "participants", nil, "participants", "--brokers", w.brokers, "--registry", w.registry,
-		"--ledger-out", w.ledgerFile, "--decline-rate", "0.2", "--latency", "1ms")
-	w.participants.waitFor(t, regexp.MustCompile(`participants running`), 20*time.Second)
-	w.orchestratorEnv = []string{
-		"SAGAPIPE_BROKERS=" + w.brokers, "SAGAPIPE_REGISTRY_URL=" + w.registry, "SAGAPIPE_HTTP_ADDR=127.0.0.1:0",
-		"SAGAPIPE_SHUTDOWN_GRACE=10s", "SAGAPIPE_SESSION_TIMEOUT=10s", "SAGAPIPE_TRANSACTION_TIMEOUT=5s",
-		"SAGAPIPE_ORDERS_STEP_TIMEOUT=3s", "SAGAPIPE_LOG_LEVEL=info", "OTEL_SDK_DISABLED=true",
-	}
+	// A CPU-starved orchestrator loses its group with 3 s sessions.
+	cw.world = newWorldOn(t, dev, m[1], cw.registryProxy.url(), "10s")
 	return cw
 }
 

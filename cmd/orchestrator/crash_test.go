@@ -145,7 +145,14 @@ func newWorld(t *testing.T) *world {
 	t.Helper()
 	dev := spawn(t, "dev", nil, "dev", "--kafka-port", "0", "--registry-port", "0")
 	m := dev.waitFor(t, regexp.MustCompile(`kafka:\s+(\S+)\nregistry: (\S+)`), 20*time.Second)
-	w := &world{t: t, brokers: m[1], registry: m[2], dev: dev, ledgerFile: filepath.Join(t.TempDir(), "ledger.json")}
+	return newWorldOn(t, dev, m[1], m[2], "3s")
+}
+
+// newWorldOn creates the topics on a running dev stack and starts the
+// participants; orchestrators get sessionTimeout.
+func newWorldOn(t *testing.T, dev *proc, brokers, registry, sessionTimeout string) *world {
+	t.Helper()
+	w := &world{t: t, brokers: brokers, registry: registry, dev: dev, ledgerFile: filepath.Join(t.TempDir(), "ledger.json")}
 	topics := spawn(t, "topics", nil, "topics", "ensure", "--brokers", w.brokers, "--partitions", "6")
 	<-topics.done
 	if topics.err != nil {
@@ -156,7 +163,7 @@ func newWorld(t *testing.T) *world {
 	w.participants.waitFor(t, regexp.MustCompile(`participants running`), 20*time.Second)
 	w.orchestratorEnv = []string{
 		"SAGAPIPE_BROKERS=" + w.brokers, "SAGAPIPE_REGISTRY_URL=" + w.registry, "SAGAPIPE_HTTP_ADDR=127.0.0.1:0",
-		"SAGAPIPE_SHUTDOWN_GRACE=10s", "SAGAPIPE_SESSION_TIMEOUT=3s", "SAGAPIPE_TRANSACTION_TIMEOUT=5s",
+		"SAGAPIPE_SHUTDOWN_GRACE=10s", "SAGAPIPE_SESSION_TIMEOUT=" + sessionTimeout, "SAGAPIPE_TRANSACTION_TIMEOUT=5s",
 		"SAGAPIPE_ORDERS_STEP_TIMEOUT=3s", "SAGAPIPE_LOG_LEVEL=info", "OTEL_SDK_DISABLED=true",
 	}
 	return w
