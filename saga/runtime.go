@@ -510,12 +510,20 @@ func (r *Runtime[D]) run(ctx context.Context) error {
 		r.sess.AllowRebalance()
 		pollCtx, cancel := context.WithCancel(ctx)
 		stop := func() bool { return false }
+		now := r.cfg.Clock.Now()
 		wait, timer := r.nextTimer()
 		if sweep := r.nextSweep(); sweep >= 0 && (!timer || sweep < wait) {
 			wait, timer = sweep, true
 		}
 		if timer {
+			at := now.Add(wait)
 			stop = r.cfg.Clock.AfterFunc(wait, cancel)
+			if !r.cfg.Clock.Now().Before(at) {
+				// The clock passed the deadline while the wait was worked
+				// out (a test clock advanced, a clock jump): the waiter
+				// counts from the later time, so do not wait at all.
+				cancel()
+			}
 		}
 		r.mu.Lock()
 		r.wake = cancel
