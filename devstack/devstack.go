@@ -56,6 +56,8 @@ type Stack struct {
 	server   *http.Server
 	served   chan struct{}
 	regAddr  string
+	dataDir  string
+	closed   bool
 }
 
 // PortInUseError reports that a port the stack was told to use is taken.
@@ -100,12 +102,18 @@ func Start(cfg Config) (*Stack, error) {
 		// follows the live keys, as on a real cluster.
 		kfake.BrokerConfigs(map[string]string{"log.cleaner.backoff.ms": strconv.FormatInt(cmp.Or(cfg.CompactionInterval, DefaultCompactionInterval).Milliseconds(), 10)}),
 	}
-	if cfg.KafkaPort != 0 {
-		kOpts = append(kOpts, kfake.Ports(cfg.KafkaPort))
-	}
 	if cfg.DataDir != "" {
+		// A broker killed with transactions open left them without abort
+		// markers; write them before any client can reach the data.
+		if _, err := sealIfCrashed(cfg.DataDir, kOpts); err != nil {
+			ln.Close()
+			return nil, err
+		}
 		kOpts = append(kOpts, kfake.DataDir(filepath.Join(cfg.DataDir, "kafka")))
 		regOpts = append(regOpts, registry.WithDataDir(filepath.Join(cfg.DataDir, "registry")))
+	}
+	if cfg.KafkaPort != 0 {
+		kOpts = append(kOpts, kfake.Ports(cfg.KafkaPort))
 	}
 	kOpts = append(kOpts, cfg.KafkaOptions...)
 
@@ -127,6 +135,7 @@ func Start(cfg Config) (*Stack, error) {
 		server:   &http.Server{Handler: reg, ReadHeaderTimeout: 10 * time.Second},
 		served:   make(chan struct{}),
 		regAddr:  ln.Addr().String(),
+		dataDir:  cfg.DataDir,
 	}
 	go func() {
 		defer close(s.served)
@@ -163,5 +172,10 @@ func (s *Stack) Close() error {
 	<-s.served
 	err = errors.Join(err, s.registry.Close())
 	s.kafka.Close()
+	if s.dataDir != "" && !s.closed {
+		// The next Start need not look for transactions left open.
+		err = errors.Join(err, markClean(s.dataDir))
+	}
+	s.closed = true
 	return err
 }
