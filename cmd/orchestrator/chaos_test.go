@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	bin "encoding/binary"
@@ -19,6 +20,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sagapipe/sagapipe/examples/orders"
@@ -159,6 +161,15 @@ func (cw *chaosWorld) orchestrator() *proc {
 	return p
 }
 
+// instance starts an orchestrator that is a static member of its groups
+// under id, as a StatefulSet's pod restarted under its name would be.
+func (cw *chaosWorld) instance(id string) *proc {
+	env := cw.orchestratorEnv
+	cw.orchestratorEnv = append(slices.Clone(env), "SAGAPIPE_INSTANCE_ID="+id)
+	defer func() { cw.orchestratorEnv = env }()
+	return cw.orchestrator()
+}
+
 func newChaosWorld(t *testing.T) *chaosWorld {
 	t.Helper()
 	cw := &chaosWorld{dataDir: t.TempDir(), kafkaPort: freePort(t), regPort: freePort(t)}
@@ -172,7 +183,7 @@ func newChaosWorld(t *testing.T) *chaosWorld {
 
 func (cw *chaosWorld) startDev(t *testing.T) *proc {
 	return spawn(t, "dev", nil, "dev", "--kafka-port", strconv.Itoa(cw.kafkaPort), "--registry-port", strconv.Itoa(cw.regPort),
-		"--data-dir", cw.dataDir)
+		"--data-dir", cw.dataDir, "--kafka-log-level", cmp.Or(os.Getenv("CHAOS_KAFKA_LOG"), "none"))
 }
 
 // placeAsync places n orders over spread in the background; the returned
@@ -209,11 +220,28 @@ func (cw *chaosWorld) firstOutcomeAfter(since time.Time, within time.Duration) t
 		time.Sleep(100 * time.Millisecond)
 	}
 	if os.Getenv("CHAOS_DEBUG") != "" {
+		if cl, err := kgo.NewClient(cw.opts()...); err == nil {
+			for range 5 {
+				groups, err := kadm.NewClient(cl).DescribeGroups(context.Background(), "sagapipe.orders", "sagapipe.trips")
+				for _, g := range groups {
+					cw.t.Logf("%v group %s: state %s, protocol %s, %d members", time.Now().Format("15:04:05"), g.Group, g.State, g.Protocol, len(g.Members))
+					for _, m := range g.Members {
+						cw.t.Logf("  member %s client %s host %s", m.MemberID, m.ClientID, m.ClientHost)
+					}
+				}
+				if err != nil {
+					cw.t.Logf("describe groups: %v", err)
+				}
+				time.Sleep(5 * time.Second)
+			}
+			cl.Close()
+		}
 		for _, o := range cw.orchestrators {
 			_ = o.cmd.Process.Signal(syscall.SIGQUIT)
 			<-o.done
 			_ = os.WriteFile("/tmp/"+o.name+".dump", []byte(o.out.String()), 0o644)
 		}
+		_ = os.WriteFile("/tmp/dev.dump", []byte(cw.dev.out.String()), 0o644)
 	}
 	cw.t.Fatalf("no outcome announced within %v of the fault's end", within)
 	return 0
@@ -369,8 +397,9 @@ func TestChaosRegistryUnreachable(t *testing.T) {
 func TestChaosOrchestratorKill9s(t *testing.T) {
 	skipUnlessChaos(t)
 	cw := newChaosWorld(t)
-	healthy := cw.orchestrator()
-	victims := []*proc{cw.orchestrator(), cw.orchestrator()}
+	healthy := cw.instance("orchestrator-a")
+	slots := []string{"orchestrator-b", "orchestrator-c"}
+	victims := []*proc{cw.instance(slots[0]), cw.instance(slots[1])}
 	placed := cw.placeAsync(chaosSagas, 90*time.Second)
 	cw.waitAnnounced(chaosSagas/10, 2*time.Minute)
 	var last time.Time
@@ -379,7 +408,7 @@ func TestChaosOrchestratorKill9s(t *testing.T) {
 		v := i % len(victims)
 		victims[v].kill()
 		last = time.Now()
-		victims[v] = cw.orchestrator()
+		victims[v] = cw.instance(slots[v])
 		select {
 		case <-healthy.done:
 			t.Fatalf("the instance never killed exited after %d kills: %v", i+1, healthy.err)

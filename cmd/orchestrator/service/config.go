@@ -43,6 +43,14 @@ type Config struct {
 	// which get the saga, host name and process ID appended (default the
 	// group prefix).
 	TransactionalIDPrefix string `yaml:"transactional_id_prefix"`
+	// InstanceID, when set, makes this instance a static member of its
+	// consumer groups (group.instance.id): restarted with the same ID, it
+	// takes its partitions back at once instead of waiting for the group
+	// to drop its killed predecessor. One per running instance, stable
+	// across its restarts: a StatefulSet's pod name (default none: dynamic
+	// membership, where a killed instance's partitions move after
+	// session_timeout).
+	InstanceID string `yaml:"instance_id"`
 	// HTTPAddr is where /healthz, /readyz, /metrics and /api listen
 	// (default ":8080").
 	HTTPAddr string `yaml:"http_addr"`
@@ -205,7 +213,7 @@ func (c Config) validate(needRegistry bool) error {
 	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		bad("log_level", "%q is not debug, info, warn or error", c.LogLevel)
 	}
-	for _, prefix := range []struct{ setting, value string }{{"group_prefix", c.GroupPrefix}, {"transactional_id_prefix", c.TransactionalIDPrefix}} {
+	for _, prefix := range []struct{ setting, value string }{{"group_prefix", c.GroupPrefix}, {"transactional_id_prefix", c.TransactionalIDPrefix}, {"instance_id", c.InstanceID}} {
 		if strings.ContainsAny(prefix.value, " \t\n/") {
 			bad(prefix.setting, "%q holds spaces or slashes", prefix.value)
 		}
@@ -279,6 +287,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("sasl_password", redact(c.SASL.Password)),
 		slog.String("group_prefix", c.GroupPrefix),
 		slog.String("transactional_id_prefix", c.TransactionalIDPrefix),
+		slog.String("instance_id", c.InstanceID),
 		slog.String("http_addr", c.HTTPAddr),
 		slog.String("api_token", redact(c.APIToken)),
 		slog.Duration("shutdown_grace", c.ShutdownGrace),
@@ -350,6 +359,7 @@ var settings = []setting{
 	{"sasl.password", "SAGAPIPE_SASL_PASSWORD", "sasl-password", "SASL password (prefer the environment)", true, str(func(c *Config) *string { return &c.SASL.Password })},
 	{"group_prefix", "SAGAPIPE_GROUP_PREFIX", "group-prefix", `consumer groups are "<prefix>.<saga>" (default sagapipe)`, false, str(func(c *Config) *string { return &c.GroupPrefix })},
 	{"transactional_id_prefix", "SAGAPIPE_TRANSACTIONAL_ID_PREFIX", "transactional-id-prefix", "start of each instance's transactional IDs (default the group prefix)", false, str(func(c *Config) *string { return &c.TransactionalIDPrefix })},
+	{"instance_id", "SAGAPIPE_INSTANCE_ID", "instance-id", "static group membership: this instance's ID, stable across its restarts (e.g. the pod name); default dynamic membership", false, str(func(c *Config) *string { return &c.InstanceID })},
 	{"http_addr", "SAGAPIPE_HTTP_ADDR", "http-addr", "address of the HTTP API, probes and /metrics (default :8080)", false, str(func(c *Config) *string { return &c.HTTPAddr })},
 	{"api_token", "SAGAPIPE_API_TOKEN", "api-token", "bearer token required by mutating API calls (prefer the environment)", true, str(func(c *Config) *string { return &c.APIToken })},
 	{"shutdown_grace", "SAGAPIPE_SHUTDOWN_GRACE", "shutdown-grace", "how long a graceful shutdown may take (default 30s)", false,

@@ -180,6 +180,10 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 	if cfg.SessionTimeout > 0 {
 		runtimeOpts = append(runtimeOpts, kgo.SessionTimeout(cfg.SessionTimeout))
 	}
+	if cfg.InstanceID != "" {
+		// One client per group in this process, so one ID serves them all.
+		runtimeOpts = append(runtimeOpts, kgo.InstanceID(cfg.InstanceID))
+	}
 	serde, err := cfg.Serde()
 	if err != nil {
 		return nil, err
