@@ -35,6 +35,11 @@ type Config struct {
 	KafkaPort int
 	// RegistryPort is the registry's TCP port on 127.0.0.1; 0 picks a free one.
 	RegistryPort int
+	// KafkaAdvertisedPort, when set, is the port the broker tells clients
+	// to connect to (in its metadata) instead of its own: the port of a
+	// proxy or a port-forward in front of it. Clients that bootstrap from
+	// the broker's own port are sent to it after the first request.
+	KafkaAdvertisedPort int
 	// DataDir, when set, keeps the broker's and the registry's data so that
 	// they survive a restart. Empty keeps everything in memory.
 	DataDir string
@@ -79,6 +84,9 @@ func Start(cfg Config) (*Stack, error) {
 	if cfg.KafkaPort < 0 || cfg.KafkaPort > 65535 {
 		return nil, fmt.Errorf("devstack: kafka port %d is out of range 0-65535", cfg.KafkaPort)
 	}
+	if cfg.KafkaAdvertisedPort < 0 || cfg.KafkaAdvertisedPort > 65535 {
+		return nil, fmt.Errorf("devstack: kafka advertised port %d is out of range 0-65535", cfg.KafkaAdvertisedPort)
+	}
 	if cfg.RegistryPort < 0 || cfg.RegistryPort > 65535 {
 		return nil, fmt.Errorf("devstack: registry port %d is out of range 0-65535", cfg.RegistryPort)
 	}
@@ -114,6 +122,13 @@ func Start(cfg Config) (*Stack, error) {
 	}
 	if cfg.KafkaPort != 0 {
 		kOpts = append(kOpts, kfake.Ports(cfg.KafkaPort))
+	}
+	if cfg.KafkaAdvertisedPort != 0 {
+		advertised := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: cfg.KafkaAdvertisedPort}
+		kOpts = append(kOpts, kfake.ListenFn(func(network, address string) (net.Listener, error) {
+			l, err := net.Listen(network, address)
+			return advertisedListener{l, advertised}, err
+		}))
 	}
 	kOpts = append(kOpts, cfg.KafkaOptions...)
 
@@ -151,7 +166,17 @@ func listenError(service string, port int, err error) error {
 	return fmt.Errorf("devstack: start %s: %w", service, err)
 }
 
-// KafkaAddrs returns the broker addresses ("127.0.0.1:port") to bootstrap from.
+// advertisedListener is a listener that names another address as its own:
+// the broker advertises what Addr returns.
+type advertisedListener struct {
+	net.Listener
+	addr net.Addr
+}
+
+func (l advertisedListener) Addr() net.Addr { return l.addr }
+
+// KafkaAddrs returns the broker addresses ("127.0.0.1:port") to bootstrap
+// from: the advertised ones when Config.KafkaAdvertisedPort is set.
 func (s *Stack) KafkaAddrs() []string { return s.kafka.ListenAddrs() }
 
 // RegistryURL returns the registry's base URL.

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/rand"
 	bin "encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -20,6 +22,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/Shopify/toxiproxy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -149,9 +154,12 @@ func (p *proxy) cut() {
 // through a proxy (so it can be taken away).
 type chaosWorld struct {
 	*world
+	t                  *testing.T
 	dataDir            string
 	kafkaPort, regPort int
 	registryProxy      *proxy
+	kafkaProxy         *toxiproxy.Proxy // with throughKafkaProxy
+	advertisedPort     int              // the kafka proxy's
 	orchestrators      []*proc
 }
 
@@ -170,9 +178,32 @@ func (cw *chaosWorld) instance(id string) *proc {
 	return cw.orchestrator()
 }
 
-func newChaosWorld(t *testing.T) *chaosWorld {
+// chaosOption changes the chaos world before its stack starts.
+type chaosOption func(*chaosWorld)
+
+// throughKafkaProxy puts a toxiproxy proxy in front of the broker; the
+// broker advertises the proxy's port, so every client (orchestrators,
+// participants, the test's own) reaches it through the proxy.
+func throughKafkaProxy(cw *chaosWorld) {
+	t := cw.t
+	port := freePort(t)
+	zerolog.SetGlobalLevel(zerolog.WarnLevel) // the toxics log every interrupted copy at trace level
+	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
+	cw.kafkaProxy = toxiproxy.NewProxy(srv, "kafka", "127.0.0.1:"+strconv.Itoa(port), "127.0.0.1:"+strconv.Itoa(cw.kafkaPort))
+	if err := cw.kafkaProxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cw.kafkaProxy.Stop)
+	cw.advertisedPort = port
+}
+
+func newChaosWorld(t *testing.T, opts ...chaosOption) *chaosWorld {
 	t.Helper()
 	cw := &chaosWorld{dataDir: t.TempDir(), kafkaPort: freePort(t), regPort: freePort(t)}
+	cw.t = t
+	for _, o := range opts {
+		o(cw)
+	}
 	dev := cw.startDev(t)
 	m := dev.waitFor(t, regexp.MustCompile(`kafka:\s+(\S+)\nregistry: (\S+)`), 20*time.Second)
 	cw.registryProxy = newProxy(t, strings.TrimPrefix(m[2], "http://"))
@@ -183,6 +214,7 @@ func newChaosWorld(t *testing.T) *chaosWorld {
 
 func (cw *chaosWorld) startDev(t *testing.T) *proc {
 	return spawn(t, "dev", nil, "dev", "--kafka-port", strconv.Itoa(cw.kafkaPort), "--registry-port", strconv.Itoa(cw.regPort),
+		"--kafka-advertised-port", strconv.Itoa(cw.advertisedPort),
 		"--data-dir", cw.dataDir, "--kafka-log-level", cmp.Or(os.Getenv("CHAOS_KAFKA_LOG"), "none"))
 }
 
@@ -372,6 +404,52 @@ func TestChaosBrokerKill9(t *testing.T) {
 	recovered := cw.firstOutcomeAfter(back, 3*time.Minute)
 	<-placed
 	cw.report("broker kill -9, restarted after 3 s", "1 broker kill", recovered, 0)
+}
+
+// TestChaosNetworkFaults puts faults between every client and the broker
+// mid-load, through a toxiproxy proxy the broker advertises: latency with
+// jitter, a bandwidth limit, connections reset, then a 20 s partition (no
+// byte passes either way, connections stay open).
+func TestChaosNetworkFaults(t *testing.T) {
+	skipUnlessChaos(t)
+	cw := newChaosWorld(t, throughKafkaProxy)
+	cw.orchestrator()
+	cw.orchestrator()
+	placed := cw.placeAsync(chaosSagas, 60*time.Second)
+	cw.waitAnnounced(chaosSagas/10, 2*time.Minute)
+	both := func(name, typ string, attrs map[string]any) []map[string]any {
+		return []map[string]any{
+			{"name": name + "-up", "type": typ, "stream": "upstream", "attributes": attrs},
+			{"name": name + "-down", "type": typ, "stream": "downstream", "attributes": attrs},
+		}
+	}
+	phases := []struct {
+		d      time.Duration
+		toxics []map[string]any
+	}{
+		{10 * time.Second, both("latency", "latency", map[string]any{"latency": 100, "jitter": 50})},
+		{10 * time.Second, []map[string]any{{"name": "bandwidth", "type": "bandwidth", "stream": "downstream", "attributes": map[string]any{"rate": 128}}}},
+		{5 * time.Second, both("reset", "reset_peer", map[string]any{"timeout": 200})},
+		{20 * time.Second, both("partition", "timeout", map[string]any{"timeout": 0})},
+	}
+	for _, ph := range phases {
+		for _, tx := range ph.toxics {
+			body, _ := json.Marshal(tx)
+			if _, err := cw.kafkaProxy.Toxics.AddToxicJson(bytes.NewReader(body)); err != nil {
+				t.Fatalf("toxic %v: %v", tx["name"], err)
+			}
+		}
+		time.Sleep(ph.d)
+		for _, tx := range ph.toxics {
+			if err := cw.kafkaProxy.Toxics.RemoveToxic(context.Background(), tx["name"].(string)); err != nil {
+				t.Fatalf("removing toxic %v: %v", tx["name"], err)
+			}
+		}
+	}
+	healed := time.Now()
+	recovered := cw.firstOutcomeAfter(healed, 3*time.Minute)
+	<-placed
+	cw.report("network: latency, bandwidth, resets, 20 s partition", "4 faults, 45 s", recovered, 0)
 }
 
 // TestChaosRegistryUnreachable takes the registry away for 15 s mid-load:

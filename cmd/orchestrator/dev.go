@@ -17,6 +17,7 @@ import (
 // stackFlags are the flags of every command that starts the embedded stack.
 type stackFlags struct {
 	kafkaPort, registryPort int
+	kafkaAdvertisedPort     int
 	dataDir                 string
 	compactionInterval      time.Duration
 	kafkaLogLevel           string
@@ -29,6 +30,7 @@ var kafkaLogLevels = map[string]kfake.LogLevel{"none": kfake.LogLevelNone, "erro
 
 func (f *stackFlags) register(fs *flag.FlagSet, kafkaPort, registryPort int) {
 	fs.IntVar(&f.kafkaPort, "kafka-port", kafkaPort, "TCP port of the embedded Kafka on 127.0.0.1 (0 picks a free one)")
+	fs.IntVar(&f.kafkaAdvertisedPort, "kafka-advertised-port", 0, "port the embedded Kafka tells clients to use, for a proxy or port-forward in front of it (default its own)")
 	fs.IntVar(&f.registryPort, "registry-port", registryPort, "TCP port of the embedded Schema Registry on 127.0.0.1 (0 picks a free one)")
 	fs.StringVar(&f.dataDir, "data-dir", "", "directory that keeps Kafka's and the registry's data across restarts (empty: in memory)")
 	fs.DurationVar(&f.compactionInterval, "compaction-interval", devstack.DefaultCompactionInterval, "how often the embedded Kafka compacts the state topics")
@@ -53,7 +55,7 @@ func (f *stackFlags) parsed(name string, stderr io.Writer) int {
 
 // start starts the stack; a busy port's error names the flag that moves it.
 func (f *stackFlags) start() (*devstack.Stack, error) {
-	cfg := devstack.Config{KafkaPort: f.kafkaPort, RegistryPort: f.registryPort, DataDir: f.dataDir,
+	cfg := devstack.Config{KafkaPort: f.kafkaPort, KafkaAdvertisedPort: f.kafkaAdvertisedPort, RegistryPort: f.registryPort, DataDir: f.dataDir,
 		CompactionInterval: f.compactionInterval}
 	if level := kafkaLogLevels[f.kafkaLogLevel]; level != kfake.LogLevelNone && f.stderr != nil {
 		cfg.KafkaOptions = append(cfg.KafkaOptions, kfake.WithLogger(kfake.BasicLogger(f.stderr, level)))
