@@ -9,7 +9,7 @@ JAEGER_BIN ?= $(or $(SAGAPIPE_JAEGER_BIN),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)
 JAEGER_CONFIG := internal/tools/jaeger/config.yaml
 TRACED_DIR := .data/traced
 
-.PHONY: run run-traced test chaos bench lint dev jaeger jaeger-build jaeger-stop
+.PHONY: run run-traced test chaos deploy-check bench lint dev jaeger jaeger-build jaeger-stop
 
 ## run: the orders saga demo on the embedded Kafka and Schema Registry (no setup)
 run:
@@ -21,9 +21,13 @@ test: jaeger-build
 	SAGAPIPE_JAEGER_BIN="$(JAEGER_BIN)" $(GO) test -race -short -count=1 -timeout 14m ./...
 
 ## chaos: the chaos scenarios, each part in its own process on a persistent dev stack
-## (broker kill -9, registry outage, orchestrator kill -9s, garbage in the inbox); a table at the end
+## (broker kill -9, network faults, registry outage, orchestrator kill -9s, garbage in the inbox); a table at the end
 chaos:
 	$(GO) test -count=1 -timeout 15m -run '^TestChaos' -v ./cmd/orchestrator/
+
+## deploy-check: lint and render the Helm chart, check the Compose stack (a Go module of its own in deploy/)
+deploy-check:
+	cd deploy && $(GO) test -count=1 ./...
 
 ## bench: micro-benchmarks of the hot paths, then the harness (`orchestrator bench`):
 ## saga throughput and latency, the kgo ceiling, in-flight memory; figures in the README
