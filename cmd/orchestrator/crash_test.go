@@ -17,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sagapipe/sagapipe/examples/orders"
+	"github.com/sagapipe/sagapipe/internal/testkit"
 	"github.com/sagapipe/sagapipe/kread"
 	"github.com/sagapipe/sagapipe/saga"
 	"github.com/sagapipe/sagapipe/schema"
@@ -71,7 +72,7 @@ func spawn(t *testing.T, name string, env []string, args ...string) *proc {
 	p := &proc{name: name, cmd: exec.Command(binary(t), args...), out: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	dieWithTest(p.cmd)
+	testkit.DieWithParent(p.cmd)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -136,6 +137,7 @@ type world struct {
 	dev, participants     *proc
 	ledgerFile            string
 	orchestratorEnv       []string
+	terminal              map[string]statemachine.State // each saga's terminal state, once verify ran
 	placed                []string
 	orchestratorsSpawned  int
 	participantsCollected bool
@@ -150,7 +152,7 @@ func newWorld(t *testing.T) *world {
 
 // newWorldOn creates the topics on a running dev stack and starts the
 // participants; orchestrators get sessionTimeout.
-func newWorldOn(t *testing.T, dev *proc, brokers, registry, sessionTimeout string) *world {
+func newWorldOn(t *testing.T, dev *proc, brokers, registry, sessionTimeout string, participantArgs ...string) *world {
 	t.Helper()
 	w := &world{t: t, brokers: brokers, registry: registry, dev: dev, ledgerFile: filepath.Join(t.TempDir(), "ledger.json")}
 	topics := spawn(t, "topics", nil, "topics", "ensure", "--brokers", w.brokers, "--partitions", "6")
@@ -158,8 +160,8 @@ func newWorldOn(t *testing.T, dev *proc, brokers, registry, sessionTimeout strin
 	if topics.err != nil {
 		t.Fatalf("topics ensure: %v\n%s", topics.err, topics.out.String())
 	}
-	w.participants = spawn(t, "participants", nil, "participants", "--brokers", w.brokers, "--registry", w.registry,
-		"--ledger-out", w.ledgerFile, "--decline-rate", "0.2", "--latency", "1ms")
+	w.participants = spawn(t, "participants", nil, append([]string{"participants", "--brokers", w.brokers, "--registry", w.registry,
+		"--ledger-out", w.ledgerFile, "--decline-rate", "0.2", "--latency", "1ms"}, participantArgs...)...)
 	w.participants.waitFor(t, regexp.MustCompile(`participants running`), 20*time.Second)
 	w.orchestratorEnv = []string{
 		"SAGAPIPE_BROKERS=" + w.brokers, "SAGAPIPE_REGISTRY_URL=" + w.registry, "SAGAPIPE_HTTP_ADDR=127.0.0.1:0",
@@ -315,6 +317,7 @@ func (w *world) verify() {
 			outcomes[id] = statemachine.State(states[0])
 		}
 	}
+	w.terminal = outcomes
 	for _, v := range l.Check(w.placed, outcomes) {
 		t.Errorf("participants: %s", v)
 	}

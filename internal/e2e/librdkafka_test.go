@@ -302,7 +302,7 @@ func startParticipant(t *testing.T, brokers []string, registryURL string) *testk
 	cmd.WaitDelay = 10 * time.Second // then it is killed
 	out := &testkit.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
-	dieWithTest(cmd)
+	testkit.DieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		stop()
 		t.Fatal(err)
