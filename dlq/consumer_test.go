@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,7 +21,13 @@ import (
 	"github.com/sagapipe/sagapipe/schema"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if brokers := os.Getenv(killChildEnv); brokers != "" {
+		runKillChild(brokers) // a worker process of TestTransactionalDispatchSurvivesKill9
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
 
 func startStack(t *testing.T) *devstack.Stack {
 	t.Helper()
