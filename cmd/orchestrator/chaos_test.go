@@ -23,12 +23,15 @@ import (
 	"time"
 
 	"github.com/Shopify/toxiproxy/v2"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sagapipe/sagapipe/examples/orders"
+	"github.com/sagapipe/sagapipe/examples/pgpayment"
+	"github.com/sagapipe/sagapipe/internal/testkit"
 	"github.com/sagapipe/sagapipe/kread"
 	"github.com/sagapipe/sagapipe/schema"
 )
@@ -160,6 +163,9 @@ type chaosWorld struct {
 	registryProxy      *proxy
 	kafkaProxy         *toxiproxy.Proxy // with throughKafkaProxy
 	advertisedPort     int              // the kafka proxy's
+	participantArgs    []string         // for the participants process
+	paymentDSN         string           // with paymentOnPostgres
+	paymentsSpawned    int
 	orchestrators      []*proc
 }
 
@@ -197,6 +203,65 @@ func throughKafkaProxy(cw *chaosWorld) {
 	cw.advertisedPort = port
 }
 
+// paymentOnPostgres runs the payment service apart, on PostgreSQL through
+// package outbox (examples/pgpayment), so that it can be killed without
+// losing the ledger that shows a doubled charge; the participants process
+// leaves payment to it. Start it with payment().
+func paymentOnPostgres(cw *chaosWorld) {
+	pg := testkit.StartPostgres(cw.t)
+	dsn, err := pg.CreateDatabase(context.Background(), "payment")
+	if err != nil {
+		cw.t.Fatal(err)
+	}
+	cw.paymentDSN = dsn
+	cw.participantArgs = []string{"--services", "inventory,shipping"}
+}
+
+// payment starts a payment service on PostgreSQL (paymentOnPostgres).
+func (cw *chaosWorld) payment() *proc {
+	cw.paymentsSpawned++
+	p := spawn(cw.t, fmt.Sprintf("payment-%d", cw.paymentsSpawned), nil, "participants", "--brokers", cw.brokers, "--registry", cw.registry,
+		"--services", "payment", "--trips=false", "--payment-dsn", cw.paymentDSN, "--decline-rate", "0.2",
+		// Restarted under the same ID, as a StatefulSet's pod would be (see
+		// the kill storm): it takes its partitions back at once.
+		"--instance-id", "payment")
+	p.waitFor(cw.t, regexp.MustCompile(`participants running`), 20*time.Second)
+	return p
+}
+
+// checkPayment checks the money in PostgreSQL once report has run: each
+// order charged at most once and refunded at most once, charged = refunded
+// + captured, no command applied twice.
+func (cw *chaosWorld) checkPayment() {
+	t := cw.t
+	t.Helper()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, cw.paymentDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	serde, err := schema.NewSerde(cw.registry, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	payment, err := pgpayment.New(ctx, pool, serde, pgpayment.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	violations, err := payment.Check(ctx, cw.placed, cw.terminal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range violations {
+		t.Errorf("payment (PostgreSQL): %s", v)
+	}
+	var charges int
+	if err := pool.QueryRow(ctx, "SELECT count(*) FROM payment_ledger WHERE entry = 'charge'").Scan(&charges); err != nil || charges == 0 {
+		t.Fatalf("%d charges in PostgreSQL (%v): payment did not run there", charges, err)
+	}
+}
+
 func newChaosWorld(t *testing.T, opts ...chaosOption) *chaosWorld {
 	t.Helper()
 	cw := &chaosWorld{dataDir: t.TempDir(), kafkaPort: freePort(t), regPort: freePort(t)}
@@ -208,7 +273,7 @@ func newChaosWorld(t *testing.T, opts ...chaosOption) *chaosWorld {
 	m := dev.waitFor(t, regexp.MustCompile(`kafka:\s+(\S+)\nregistry: (\S+)`), 20*time.Second)
 	cw.registryProxy = newProxy(t, strings.TrimPrefix(m[2], "http://"))
 	// A CPU-starved orchestrator loses its group with 3 s sessions.
-	cw.world = newWorldOn(t, dev, m[1], cw.registryProxy.url(), "10s")
+	cw.world = newWorldOn(t, dev, m[1], cw.registryProxy.url(), "10s", cw.participantArgs...)
 	return cw
 }
 
@@ -285,6 +350,7 @@ func (cw *chaosWorld) report(scenario, faults string, recovered time.Duration, g
 	t.Helper()
 	cw.explainMissing(2 * time.Minute)
 	cw.verify()
+	cw.waitCaughtUp(time.Minute)
 	announced := cw.outcomes()
 	row := chaosRow{scenario: scenario, sagas: len(cw.placed), faults: faults, recover: recovered}
 	for _, id := range cw.placed {
@@ -337,6 +403,56 @@ func (cw *chaosWorld) report(scenario, faults string, recovered time.Duration, g
 	chaosMu.Lock()
 	chaosTable = append(chaosTable, row)
 	chaosMu.Unlock()
+}
+
+// waitCaughtUp waits until every consumer group has consumed every
+// committed record of every partition it committed on: its lag back to 0.
+// A group whose commit sits before a transaction marker (the marker is an
+// offset, not a record) is caught up when no data record follows.
+func (cw *chaosWorld) waitCaughtUp(within time.Duration) {
+	t := cw.t
+	t.Helper()
+	ctx := context.Background()
+	cl, err := kgo.NewClient(cw.opts()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	deadline := time.Now().Add(within)
+	for {
+		var behind []string
+		listed, err := adm.ListGroups(ctx)
+		if err == nil {
+			var lags kadm.DescribedGroupLags
+			lags, err = adm.Lag(ctx, listed.Groups()...)
+			lags.Each(func(g kadm.DescribedGroupLag) {
+				for topic, ps := range g.Lag {
+					for p, l := range ps {
+						if l.Lag == 0 {
+							continue
+						}
+						left := 0
+						_, rerr := kread.From(ctx, cw.opts(), topic, []int32{p}, map[int32]int64{p: l.Commit.At}, func(*kgo.Record) error {
+							left++
+							return nil
+						})
+						if rerr != nil || left > 0 || l.Lag < 0 {
+							behind = append(behind, fmt.Sprintf("%s on %s/%d: %d records (%v)", g.Group, topic, p, left, cmp.Or(rerr, l.Err)))
+						}
+					}
+				}
+			})
+		}
+		if err == nil && len(behind) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("consumer lag not back to 0 within %v: %v %v", within, behind, err)
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
 
 // explainMissing waits for every placed saga's outcome; past within it
@@ -450,6 +566,40 @@ func TestChaosNetworkFaults(t *testing.T) {
 	recovered := cw.firstOutcomeAfter(healed, 3*time.Minute)
 	<-placed
 	cw.report("network: latency, bandwidth, resets, 20 s partition", "4 faults, 45 s", recovered, 0)
+}
+
+// TestChaosParticipantKill9s kills the payment service with -9 eight
+// times mid-load, one every 3–5 s, and starts it again (every other time
+// only after 4 s, past the step's timeout, so that resends pile up). It keeps its money
+// in PostgreSQL and sends its replies through package outbox, so a kill
+// lands mid-handler (the transaction rolls back, the command comes again)
+// or between the commit and the publish (the next process's relay sends
+// the reply); either way each charge and refund is applied once.
+func TestChaosParticipantKill9s(t *testing.T) {
+	skipUnlessChaos(t)
+	cw := newChaosWorld(t, paymentOnPostgres)
+	cw.orchestrator()
+	cw.orchestrator()
+	pay := cw.payment()
+	placed := cw.placeAsync(chaosSagas, 60*time.Second)
+	cw.waitAnnounced(chaosSagas/10, 2*time.Minute)
+	var last time.Time
+	for i := range 8 {
+		time.Sleep(3*time.Second + time.Duration(i%3)*time.Second)
+		pay.kill()
+		last = time.Now()
+		if i%2 == 1 {
+			// Down for longer than the payment step's 3 s timeout: the
+			// orchestrator resends what it got no answer for, and the
+			// restarted service finds those commands twice in its topic.
+			time.Sleep(4 * time.Second)
+		}
+		pay = cw.payment()
+	}
+	recovered := cw.firstOutcomeAfter(last, 2*time.Minute)
+	<-placed
+	cw.report("payment participant (PostgreSQL outbox) kill -9s", "8 kills", recovered, 0)
+	cw.checkPayment()
 }
 
 // TestChaosRegistryUnreachable takes the registry away for 15 s mid-load:

@@ -42,6 +42,11 @@ func hit(orderID, salt string, rate float64) bool {
 	return float64(h.Sum32()%10_000) < rate*10_000
 }
 
+// Declines tells whether the demo's card issuer declines order's payment
+// at rate, as Faults.DeclineRate decides: the same orders are declined
+// whichever payment service runs (examples/pgpayment's Config.Decline).
+func Declines(orderID string, rate float64) bool { return hit(orderID, "decline", rate) }
+
 // Ledger records what the participants did, per order. Each participant
 // is idempotent by order ID, its business key (a resend carries a new
 // command ID): a command whose effect is in the ledger already is answered
