@@ -318,6 +318,16 @@ func (w *world) verify() {
 		}
 	}
 	w.terminal = outcomes
+	// Each outcome matches how its saga ended.
+	for id, state := range outcomes {
+		want := orders.EvOrderRejected.Type
+		if state == saga.StateCompleted {
+			want = orders.EvOrderConfirmed.Type
+		}
+		if got := announced[id]; len(got) == 1 && got[0] != want {
+			t.Errorf("%s ended %s but announced %s, want %s", id, state, got[0], want)
+		}
+	}
 	for _, v := range l.Check(w.placed, outcomes) {
 		t.Errorf("participants: %s", v)
 	}
