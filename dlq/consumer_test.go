@@ -434,7 +434,10 @@ func TestRetryingPartitionDoesNotDelayAnother(t *testing.T) {
 	}
 }
 
-func TestCrashDuringRetry(t *testing.T) {
+// TestStopDuringBackoffRedoesTheRecord: a consumer stopped while a record
+// backs off leaves it uncommitted, and the next one handles it, in order.
+// (A kill -9 is TestTransactionalDispatchSurvivesKill9.)
+func TestStopDuringBackoffRedoesTheRecord(t *testing.T) {
 	s := startStack(t)
 	createTopic(t, s, 1, "jobs")
 	createTopic(t, s, 1, "jobs.dlq")

@@ -59,7 +59,11 @@ func committed(t *testing.T, s *devstack.Stack, topic string) []string {
 	return out
 }
 
-func TestTransactionalDispatchSurvivesACrash(t *testing.T) {
+// TestTransactionalDispatchStoppedBeforeItsCommit: a consumer stopped
+// right after dispatching a dead letter, before its transaction ends,
+// leaves nothing committed, and the next one dead-letters it once. (A kill
+// -9 is TestTransactionalDispatchSurvivesKill9.)
+func TestTransactionalDispatchStoppedBeforeItsCommit(t *testing.T) {
 	s := startStack(t)
 	createTopic(t, s, 1, "jobs")
 	createTopic(t, s, 1, "jobs.dlq")
@@ -72,8 +76,8 @@ func TestTransactionalDispatchSurvivesACrash(t *testing.T) {
 		return nil
 	}
 
-	// The first instance dies right after dispatching the dead letter,
-	// before its transaction ends.
+	// The first instance is stopped right after dispatching the dead
+	// letter, before its transaction ends.
 	crashed := make(chan struct{})
 	var once sync.Once
 	stop := txnConsumer(t, s, poison, dlq.WithHooks(hookFunc(func() { once.Do(func() { close(crashed) }) })))
