@@ -174,7 +174,13 @@ type Config struct {
 	// a saga's inbox carries many event types.
 	Registry *schema.Serde
 	// ClientOptions are added to every service's client (TLS, SASL, ...).
-	ClientOptions  []kgo.Opt
+	ClientOptions []kgo.Opt
+	// InstanceID, when set, makes this process a static member of each
+	// service's consumer group (group.instance.id): restarted under the
+	// same ID (a StatefulSet's pod name), it takes its partitions back at
+	// once instead of the group waiting out its killed predecessor. One
+	// per running process, stable across its restarts.
+	InstanceID     string
 	TracerProvider trace.TracerProvider
 	Logger         *slog.Logger
 }
@@ -253,10 +259,15 @@ func Run(ctx context.Context, cfg Config, services ...*Service) error {
 				errs = append(errs, fmt.Errorf("participant %s: %w", s.name, err))
 			}
 		}
-		cl, err := kgo.NewClient(append(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOptions...),
+		clientOpts := append(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOptions...),
 			kgo.ConsumerGroup(s.name), kgo.ConsumeTopics(s.topic), kgo.DisableAutoCommit(),
 			kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-			kgo.ProducerLinger(0))...) // a saga waits for each reply: send it now
+			kgo.ProducerLinger(0)) // a saga waits for each reply: send it now
+		if cfg.InstanceID != "" {
+			// One client per service's group here, so one ID serves them all.
+			clientOpts = append(clientOpts, kgo.InstanceID(cfg.InstanceID))
+		}
+		cl, err := kgo.NewClient(clientOpts...)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("participant %s: %w", s.name, err))
 			continue
@@ -308,8 +319,9 @@ func Run(ctx context.Context, cfg Config, services ...*Service) error {
 }
 
 // Main runs services as a process: the configuration comes from flags
-// (--brokers, --registry, --log-level) or the environment
-// (SAGAPIPE_BROKERS, SAGAPIPE_REGISTRY_URL), SIGINT and SIGTERM stop it
+// (--brokers, --registry, --instance-id, --log-level) or the environment
+// (SAGAPIPE_BROKERS, SAGAPIPE_REGISTRY_URL, SAGAPIPE_INSTANCE_ID), SIGINT
+// and SIGTERM stop it
 // gracefully, and it exits 1 when a service cannot start or fails (2 on
 // bad flags). Use Run to embed services in a process of your own.
 func Main(services ...*Service) {
@@ -321,6 +333,7 @@ func main(args []string, stderr io.Writer, services ...*Service) int {
 	fs.SetOutput(stderr)
 	brokers := fs.String("brokers", cmp.Or(os.Getenv("SAGAPIPE_BROKERS"), "127.0.0.1:9092"), "Kafka bootstrap brokers, comma-separated (env SAGAPIPE_BROKERS)")
 	registry := fs.String("registry", cmp.Or(os.Getenv("SAGAPIPE_REGISTRY_URL"), "http://127.0.0.1:8081"), "Schema Registry URL (env SAGAPIPE_REGISTRY_URL)")
+	instance := fs.String("instance-id", os.Getenv("SAGAPIPE_INSTANCE_ID"), "static group membership: this process's ID, stable across its restarts, e.g. the pod name (env SAGAPIPE_INSTANCE_ID; default dynamic membership)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -333,7 +346,7 @@ func main(args []string, stderr io.Writer, services ...*Service) int {
 	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := Run(ctx, Config{Brokers: strings.Split(*brokers, ","), RegistryURL: *registry, Logger: logger}, services...)
+	err := Run(ctx, Config{Brokers: strings.Split(*brokers, ","), RegistryURL: *registry, InstanceID: *instance, Logger: logger}, services...)
 	if err != nil {
 		logger.Error("participants stopped", "error", err)
 		return 1

@@ -177,3 +177,37 @@ func TestRunReportsEveryProblemAtOnce(t *testing.T) {
 		t.Error("Reply outside a handler: no error")
 	}
 }
+
+// TestInstanceIDMakesAStaticMember: with Config.InstanceID each service
+// joins its group as a static member under that ID, so that a restarted
+// process takes its partitions back at once.
+func TestInstanceIDMakesAStaticMember(t *testing.T) {
+	s, cl := stack(t, "pings")
+	svc := participant.New("pinger", "pings").Replies(evPong)
+	participant.Handle(svc, evPing, func(ctx context.Context, c ping, env schema.Envelope) (pipe.Reply, error) {
+		return participant.Reply(ctx, evPong, ping{ID: "pong " + c.ID})
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- participant.Run(ctx, participant.Config{Brokers: s.KafkaAddrs(), RegistryURL: s.RegistryURL(), InstanceID: "pinger-0"}, svc)
+	}()
+	command(t, s, cl, "pings", "p-1")
+	fctx, fcancel := context.WithTimeout(ctx, 15*time.Second)
+	defer fcancel()
+	if fetches := cl.PollRecords(fctx, 1); len(fetches.Records()) != 1 {
+		t.Fatalf("no reply: %v", fetches.Err())
+	}
+	groups, err := kadm.NewClient(cl).DescribeGroups(ctx, "pinger")
+	cancel()
+	if rerr := <-done; rerr != nil {
+		t.Fatalf("Run: %v", rerr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := groups["pinger"]
+	if len(g.Members) != 1 || g.Members[0].InstanceID == nil || *g.Members[0].InstanceID != "pinger-0" {
+		t.Fatalf("group pinger's members %+v, want one static member pinger-0", g.Members)
+	}
+}
