@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -86,6 +87,12 @@ func (tx *Tx) PipeManyAsync(ctx context.Context, topic string, ms []Message, don
 // offsets of everything sess polled: all of it happens or none of it does.
 // Otherwise it aborts, and the error wraps ErrAborted and the first failure.
 //
+// A transaction that consumed nothing (the records it pipes come from
+// timers or other work of the caller's own) commits no offsets, so a
+// rebalance cannot make it duplicate anything: it commits even when the
+// group rebalanced meanwhile. Callers that must not write for partitions
+// they lost check ownership in fn.
+//
 // After an abort the consumed records are still unconsumed: to process them
 // again, rewind the group to its committed offsets (or let a rebalance do
 // it); a GroupTransactSession does not re-deliver them on its own.
@@ -108,7 +115,12 @@ func (p *Piper) Transact(ctx context.Context, sess *kgo.GroupTransactSession, fn
 		try = kgo.TryAbort
 	}
 	began := time.Now()
-	committed, endErr := sess.End(ctx, try)
+	var endErr error
+	if try == kgo.TryCommit && len(p.client.UncommittedOffsets()) == 0 {
+		committed, endErr = endWithoutOffsets(ctx, p.client)
+	} else {
+		committed, endErr = sess.End(ctx, try)
+	}
 	outcome := "commit"
 	if try == kgo.TryAbort || !committed {
 		outcome = "abort"
@@ -124,4 +136,26 @@ func (p *Piper) Transact(ctx context.Context, sess *kgo.GroupTransactSession, fn
 		return false, fmt.Errorf("%w: the group rebalanced during the transaction", ErrAborted)
 	}
 	return true, nil
+}
+
+// endWithoutOffsets commits a transaction that consumed nothing (a batch of
+// timers or snapshots alone): there are no offsets to commit, so no group
+// membership to secure either (GroupTransactSession.End skips its heartbeat
+// for the same reason). End itself is no good here: it learns that the broker
+// supports KIP-447 only from the response to its TxnOffsetCommit, which it
+// does not send without offsets, so it assumes a pre-2.5 broker and holds the
+// caller 500ms after every such commit. A commit the broker did not attempt,
+// or that it calls abortable or could not confirm, is aborted, as End does.
+func endWithoutOffsets(ctx context.Context, cl *kgo.Client) (committed bool, err error) {
+	if err := cl.Flush(ctx); err != nil {
+		return false, err
+	}
+	err = cl.EndTransaction(ctx, kgo.TryCommit)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, kerr.OperationNotAttempted), errors.Is(err, kerr.TransactionAbortable), errors.Is(err, kerr.UnknownServerError):
+		return false, cl.EndTransaction(ctx, kgo.TryAbort)
+	}
+	return false, err
 }
