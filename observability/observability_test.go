@@ -74,6 +74,13 @@ func TestSetupReadsTheEnvironment(t *testing.T) {
 				if !strings.Contains(body, `service_name="`+tc.wantService+`"`) {
 					t.Errorf("service.name is not %q:\n%s", tc.wantService, grep(body, "target_info"))
 				}
+				// Each process tells itself apart: Jaeger adjusts clock
+				// skew per host and warns on spans without one.
+				for _, attr := range []string{"host_name", "service_instance_id", "service_version"} {
+					if !strings.Contains(grep(body, "target_info"), attr+`="`) {
+						t.Errorf("no %s in the resource:\n%s", attr, grep(body, "target_info"))
+					}
+				}
 			}
 		})
 	}

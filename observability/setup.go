@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"strings"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -128,15 +130,23 @@ func Setup(ctx context.Context, opts ...Option) (*Telemetry, error) {
 	return t, nil
 }
 
-// newResource layers the resource: the SDK's defaults, the service name
-// given in code, the environment, then WithResource's attributes.
+// newResource layers the resource: the SDK's defaults, the process (host
+// name, a service instance ID, the service version), the service name
+// given in code, the environment, then WithResource's attributes. A
+// backend tells processes apart by host and instance (Jaeger adjusts clock
+// skew per host, and warns on every span without one).
 func newResource(ctx context.Context, cfg setupConfig) (*resource.Resource, error) {
 	env, err := resource.New(ctx, resource.WithFromEnv())
 	if err != nil {
 		return nil, err
 	}
+	host, err := resource.New(ctx, resource.WithHost())
+	if err != nil {
+		return nil, err
+	}
 	res := resource.Default()
 	for _, layer := range []*resource.Resource{
+		host, resource.NewSchemaless(semconv.ServiceInstanceID(uuid.NewString()), semconv.ServiceVersion(version())),
 		resource.NewSchemaless(semconv.ServiceName(cfg.serviceName)), env, resource.NewSchemaless(cfg.attrs...),
 	} {
 		if res, err = resource.Merge(res, layer); err != nil {
@@ -220,4 +230,13 @@ func (t *Telemetry) shutdownTracer(ctx context.Context) error {
 		return fmt.Errorf("observability: flushing spans: %w", err)
 	}
 	return nil
+}
+
+// version is the main module's version as the binary was built (a tag
+// with go install, "(devel)" from a checkout), or "unknown".
+func version() string {
+	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" {
+		return info.Main.Version
+	}
+	return "unknown"
 }

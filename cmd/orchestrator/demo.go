@@ -167,7 +167,7 @@ func showTraces(ctx context.Context, w io.Writer, brokers []string, registryURL,
 			continue
 		}
 		traceID := telemetry.ParseTraceParent(entries[0].TraceParent).TraceID()
-		fmt.Fprintf(w, "  %-28s %s  %s/api/traces/%s\n", kind, id, query, traceID)
+		fmt.Fprintf(w, "  %-28s %s  %s/trace/%s\n", kind, id, query, traceID) // the UI's page; the API's is /api/traces/<id>
 	}
 	hint := " --data-dir " + dataDir
 	if dataDir == "" {

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -190,7 +191,7 @@ func sagaTrace(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			fmt.Fprintf(stderr, "orchestrator saga trace: %v\n", err)
 			return 1
 		}
-		fmt.Fprintf(stdout, "\nspans of trace %s in Jaeger (%d):\n", traceID, len(t.Spans))
+		fmt.Fprintf(stdout, "\nspans of trace %s in Jaeger (%d), in its UI at %s/trace/%s:\n", traceID, len(t.Spans), strings.TrimSuffix(*jaegerURL, "/"), traceID)
 		t.WriteTree(stdout)
 	}
 	return 0

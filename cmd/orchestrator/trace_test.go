@@ -101,6 +101,9 @@ func TestTracesMetricsAndLogsEndToEnd(t *testing.T) {
 		!strings.Contains(out, "Compensated") || !strings.Contains(out, "[inventory-service]") {
 		t.Fatalf("saga trace %s: exit %d\n%s\nstderr: %s", compensated, code, out, stderr.String())
 	}
+	if link := strings.TrimSuffix(jp.QueryURL, "/") + "/trace/" + sagaTrace[compensated].TraceID; !strings.Contains(out, link) {
+		t.Errorf("saga trace prints no link to the trace's page in Jaeger's UI (%s):\n%s", link, out)
+	}
 
 	cluster := []string{"--brokers", strings.Join(stack.KafkaAddrs(), ","), "--registry", stack.RegistryURL()}
 	var listOut, showOut syncBuffer
