@@ -152,6 +152,19 @@ func StartPublish(ctx context.Context, tracer trace.Tracer, prop propagation.Tex
 	if len(rec.Key) > 0 {
 		attrs = append(attrs, semconv.MessagingKafkaMessageKey(string(rec.Key)))
 	}
+	// What is sent, for whom: a command and its compensation go to the
+	// same topic, and only the type tells them apart.
+	if typ, ok := schema.Header(rec.Headers, schema.HeaderType); ok {
+		attrs = append(attrs, semconv.CloudEventsEventType(typ))
+	}
+	for _, h := range []struct {
+		header string
+		key    attribute.Key
+	}{{schema.HeaderSagaName, SagaName}, {schema.HeaderSagaID, SagaID}, {schema.HeaderSagaStep, SagaStep}} {
+		if v, ok := schema.Header(rec.Headers, h.header); ok && v != "" {
+			attrs = append(attrs, h.key.String(v))
+		}
+	}
 	span.SetAttributes(attrs...)
 	return ctx, span
 }

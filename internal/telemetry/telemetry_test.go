@@ -48,6 +48,7 @@ func TestInjectExtractRoundTrip(t *testing.T) {
 	ctx, parent := tracer.Start(baggage.ContextWithBaggage(context.Background(), bag), "decide")
 
 	env := schema.NewEnvelope("test.Cmd", "test", time.Now())
+	env.SagaName, env.SagaID, env.SagaStep = "orders", "order-1", "payment"
 	rec := &kgo.Record{Topic: "payment.commands", Key: []byte("order-1"), Headers: env.Apply(nil)}
 	pctx, publish := telemetry.StartPublish(ctx, tracer, prop, rec)
 	rec.Partition, rec.Offset = 2, 41
@@ -85,6 +86,14 @@ func TestInjectExtractRoundTrip(t *testing.T) {
 	}
 	if got := attr(pub, "messaging.destination.partition.id").Emit(); got != "2" {
 		t.Errorf("publish span partition %q, want 2", got)
+	}
+	// The publish span says what it sends and for which saga.
+	for key, want := range map[string]string{
+		"cloudevents.event_type": "test.Cmd", "saga.name": "orders", "saga.id": "order-1", "saga.step": "payment",
+	} {
+		if got := attr(pub, key).Emit(); got != want {
+			t.Errorf("publish span %s = %q, want %q", key, got, want)
+		}
 	}
 }
 
