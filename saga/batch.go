@@ -522,7 +522,10 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 		return r.deadLetter(ctx, b, rec, env, ErrNoSagaID)
 	}
 	if recording {
-		span.SetAttributes(telemetry.SagaName.String(r.saga.name), telemetry.SagaID.String(id), telemetry.SagaStep.String(env.SagaStep))
+		span.SetAttributes(telemetry.SagaName.String(r.saga.name), telemetry.SagaID.String(id))
+		if env.SagaStep != "" { // a start event belongs to no step
+			span.SetAttributes(telemetry.SagaStep.String(env.SagaStep))
+		}
 	}
 	on := ReplyEventType(env.SagaStep, env.Type)
 	if env.SagaStep == "" {

@@ -248,6 +248,23 @@ func checkTraces(t *testing.T, traces []jaeger.Trace, sum orders.Summary) map[st
 			if id, ok := s.Tag("saga.id"); ok && !slices.Contains(ids, id) {
 				ids = append(ids, id)
 			}
+			if step, ok := s.Tag("saga.step"); ok && step == "" {
+				t.Errorf("trace %s: span %q has an empty saga.step", tr.TraceID, s.OperationName)
+			}
+			if strings.HasSuffix(s.OperationName, " publish") && tr.Service(s) == orders.ServiceOrchestrator {
+				if _, ok := s.Tag("saga.id"); !ok {
+					t.Errorf("trace %s: the orchestrator's %q span has no saga.id", tr.TraceID, s.OperationName)
+				}
+			}
+		}
+		// Every process names its host and instance: Jaeger adjusts
+		// clock skew per host, and warns on every span without one.
+		for pid, p := range tr.Processes {
+			for _, key := range []string{"host.name", "service.instance.id", "service.version"} {
+				if !slices.ContainsFunc(p.Tags, func(tag jaeger.Tag) bool { return tag.Key == key }) {
+					t.Errorf("trace %s: process %s (%s) has no %s", tr.TraceID, pid, p.ServiceName, key)
+				}
+			}
 		}
 		if len(ids) != 1 {
 			t.Errorf("trace %s holds sagas %v, want exactly one", tr.TraceID, ids)
