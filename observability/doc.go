@@ -34,8 +34,8 @@
 //	sagapipe_saga_step_retries_total{saga_name,saga_step}       commands resent after a timeout
 //	sagapipe_saga_in_flight{saga_name}                          owned sagas not yet terminal
 //	sagapipe_consumer_lag{messaging_destination_name,messaging_destination_partition_id,messaging_consumer_group_name}
-//	sagapipe_dlq_records_total{messaging_kafka_source_topic,error_class}
-//	sagapipe_dlq_retries_total{messaging_kafka_source_topic}
+//	sagapipe_dlq_records_total{dlq_source_topic,error_class}
+//	sagapipe_dlq_retries_total{dlq_source_topic}
 //	sagapipe_transaction_duration_seconds{outcome}              commit or abort
 //
 // plus the Go runtime's and the process's. NewLogHandler adds trace_id and

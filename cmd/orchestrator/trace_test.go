@@ -181,7 +181,7 @@ func checkMetrics(t *testing.T, h http.Handler, sum orders.Summary) {
 		{"sagapipe_saga_finished_total", map[string]string{"saga_name": "orders", "saga_outcome": "Compensated"}, float64(sum.Compensated)},
 		{"sagapipe_saga_finished_total", map[string]string{"saga_name": "orders", "saga_outcome": "CompensationFailed"}, float64(sum.CompensationFailed)},
 		{"sagapipe_saga_duration_seconds", orders, 20},
-		{"sagapipe_dlq_records_total", map[string]string{"messaging_kafka_source_topic": "orders.inbox", "error_class": "poison"}, float64(sum.DeadLettered)},
+		{"sagapipe_dlq_records_total", map[string]string{"dlq_source_topic": "orders.inbox", "error_class": "poison"}, float64(sum.DeadLettered)},
 		// Each poisoned reply is resent once its step times out.
 		{"sagapipe_saga_step_retries_total", orders, float64(sum.DeadLettered)},
 	}

@@ -38,8 +38,13 @@ const (
 	SagaCompensation = attribute.Key("saga.compensation")
 	SagaOutcome      = attribute.Key("saga.outcome")
 	ErrorClass       = attribute.Key("error.class")
-	// SourceTopic is the topic a dead-lettered record came from.
-	SourceTopic = attribute.Key("messaging.kafka.source.topic")
+	// SourceTopic, SourcePartition and SourceOffset say where a
+	// dead-lettered record came from (not messaging.*: OTel's messaging
+	// conventions have no source of a dead letter, and their 1.18
+	// messaging.kafka.source.* names are gone).
+	SourceTopic     = attribute.Key("dlq.source.topic")
+	SourcePartition = attribute.Key("dlq.source.partition")
+	SourceOffset    = attribute.Key("dlq.source.offset")
 )
 
 // Propagator is W3C TraceContext plus Baggage. It is set explicitly rather
@@ -196,8 +201,8 @@ func StartDeadLetter(ctx context.Context, tracer trace.Tracer, rec *kgo.Record, 
 			semconv.MessagingOperationName("dead-letter"),
 			semconv.MessagingDestinationName(dlqTopic),
 			SourceTopic.String(rec.Topic),
-			attribute.Int("messaging.kafka.source.partition", int(rec.Partition)),
-			attribute.Int64("messaging.kafka.source.offset", rec.Offset),
+			SourcePartition.Int(int(rec.Partition)),
+			SourceOffset.Int64(rec.Offset),
 			ErrorClass.String(class),
 		))
 	Fail(span, cause)

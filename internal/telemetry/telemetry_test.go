@@ -3,6 +3,7 @@ package telemetry_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -139,6 +140,15 @@ func TestDeadLetterSpanFails(t *testing.T) {
 	}
 	if attr(got, "error.class").Emit() != "poison" || got.Name() != "orders.inbox.dlq dead-letter" {
 		t.Fatalf("span %q attrs %v", got.Name(), got.Attributes())
+	}
+	if attr(got, "dlq.source.topic").Emit() != "orders.inbox" || attr(got, "dlq.source.offset").Emit() != "7" || attr(got, "dlq.source.partition").Emit() != "0" {
+		t.Errorf("the dead-letter span does not say where the record came from: %v", got.Attributes())
+	}
+	// One set of names: nothing in messaging.* but OTel's current ones.
+	for _, a := range got.Attributes() {
+		if k := string(a.Key); strings.HasPrefix(k, "messaging.kafka.source") || strings.HasPrefix(k, "messaging.source") {
+			t.Errorf("the dead-letter span uses the retired attribute %s", k)
+		}
 	}
 }
 
