@@ -78,7 +78,9 @@ type Config struct {
 	RebuildState bool
 	// Clock tells time for timers (default the real clock).
 	Clock dlq.Clock
-	// Hooks are told what happens (HookFinished, dlq.HookDeadLettered).
+	// Hooks are told what happens: each implements one or more of
+	// HookFinished, HookRestored and dlq.HookDeadLettered (NewRuntime
+	// refuses one that implements none).
 	Hooks []any
 	// Logger receives what an operator must know: sagas that end in
 	// CompensationFailed (error) and dead-lettered records (warning), and
@@ -272,6 +274,16 @@ func NewRuntime[D any](s *Saga[D], cfg Config, older ...*Saga[D]) (*Runtime[D], 
 	}
 	if cfg.TransactionTimeout < 0 {
 		errs = append(errs, fmt.Errorf("saga: Config.TransactionTimeout %v is negative", cfg.TransactionTimeout))
+	}
+	for i, h := range cfg.Hooks {
+		// A hook that implements none of them would never be called: say so
+		// now rather than let a typo in a method name go unnoticed.
+		_, finished := h.(HookFinished)
+		_, restored := h.(HookRestored)
+		_, dead := h.(dlq.HookDeadLettered)
+		if !finished && !restored && !dead {
+			errs = append(errs, fmt.Errorf("saga: Config.Hooks[%d] (%T) implements none of HookFinished, HookRestored, dlq.HookDeadLettered", i, h))
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err

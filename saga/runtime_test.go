@@ -478,6 +478,23 @@ func TestNewRuntimeRefusesTopicNaming(t *testing.T) {
 	}
 }
 
+// typoHook means to be a HookFinished, but its method is misspelt.
+type typoHook struct{}
+
+func (typoHook) OnFinish(string, statemachine.State) {}
+
+func TestNewRuntimeRefusesAHookThatImplementsNothing(t *testing.T) {
+	serde, err := schema.NewSerde("http://127.0.0.1:1", schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = saga.NewRuntime(ordersSaga(t), saga.Config{Brokers: []string{"127.0.0.1:1"}, Registry: serde,
+		Hooks: []any{newFinished(), typoHook{}}})
+	if err == nil || !strings.Contains(err.Error(), "Config.Hooks[1] (saga_test.typoHook) implements none of HookFinished") {
+		t.Fatalf("NewRuntime: %v, want an error naming the second hook", err)
+	}
+}
+
 func TestRunRefusesMissingTopics(t *testing.T) {
 	stack, err := devstack.Start(devstack.Config{})
 	if err != nil {
