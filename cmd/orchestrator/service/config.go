@@ -290,11 +290,11 @@ func (c Config) LogValue() slog.Value {
 		slog.String("instance_id", c.InstanceID),
 		slog.String("http_addr", c.HTTPAddr),
 		slog.String("api_token", redact(c.APIToken)),
-		slog.Duration("shutdown_grace", c.ShutdownGrace),
-		slog.Duration("session_timeout", c.SessionTimeout),
-		slog.Duration("transaction_timeout", c.TransactionTimeout),
+		slog.String("shutdown_grace", c.ShutdownGrace.String()), // "30s", not nanoseconds in JSON
+		slog.String("session_timeout", c.SessionTimeout.String()),
+		slog.String("transaction_timeout", c.TransactionTimeout.String()),
 		slog.String("state_dir", c.StateDir),
-		slog.Duration("closed_retention", c.ClosedRetention),
+		slog.String("closed_retention", c.ClosedRetention.String()),
 		slog.Bool("state_rebuild", c.StateRebuild),
 		slog.String("log_level", c.LogLevel),
 	)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -274,5 +275,9 @@ func TestServiceAPIEndToEnd(t *testing.T) {
 	}
 	if !strings.Contains(svc.logs.String(), `"api_token":"[redacted]"`) {
 		t.Fatalf("the start line does not show the configuration redacted:\n%s", svc.logs.String())
+	}
+	// Durations read as durations, not nanoseconds.
+	if !regexp.MustCompile(`"shutdown_grace":"[0-9.]+m?s"`).MatchString(svc.logs.String()) {
+		t.Fatalf("the start line does not show shutdown_grace as a duration:\n%s", svc.logs.String())
 	}
 }
