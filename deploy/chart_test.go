@@ -615,14 +615,7 @@ func TestChartDefaults(t *testing.T) {
 // Secret values never appear in the chart's defaults: every value whose
 // name says password, token or secret is empty, or names a Secret or key.
 func TestChartValuesHoldNoSecrets(t *testing.T) {
-	raw, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var values map[string]any
-	if err := yaml.Unmarshal(raw, &values); err != nil {
-		t.Fatal(err)
-	}
+	values := chartValues(t)
 	secretish := regexp.MustCompile(`(?i)password|token|secret`)
 	for path, v := range leaves(values, "") {
 		last := path[strings.LastIndex(path, ".")+1:]
@@ -637,14 +630,7 @@ func TestChartValuesHoldNoSecrets(t *testing.T) {
 
 // Every value of values.yaml is documented in the chart's README.
 func TestChartREADMEDocumentsEveryValue(t *testing.T) {
-	raw, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var values map[string]any
-	if err := yaml.Unmarshal(raw, &values); err != nil {
-		t.Fatal(err)
-	}
+	values := chartValues(t)
 	readme, err := os.ReadFile(filepath.Join(chartDir, "README.md"))
 	if err != nil {
 		t.Fatal(err)
@@ -654,6 +640,20 @@ func TestChartREADMEDocumentsEveryValue(t *testing.T) {
 			t.Errorf("README.md does not document `%s`", path)
 		}
 	}
+}
+
+// chartValues reads the chart's values.yaml.
+func chartValues(t *testing.T) map[string]any {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var values map[string]any
+	if err := yaml.Unmarshal(raw, &values); err != nil {
+		t.Fatal(err)
+	}
+	return values
 }
 
 // leaves maps the dotted path of every value that is not a non-empty map.

@@ -74,17 +74,22 @@ func command(t *testing.T, s *devstack.Stack, cl *kgo.Client, topic, id string) 
 // TestServiceAnswersWithDeclaredReplies runs a service end to end: the
 // command decoded by its declaration, the reply encoded and sent to
 // reply_to with the command's saga ID.
-func TestServiceAnswersWithDeclaredReplies(t *testing.T) {
-	s, cl := stack(t, "pings")
+// runPinger runs, until ctx ends, a service "pinger" that answers each
+// ping on "pings" with a pong; Run's result comes on the channel.
+func runPinger(ctx context.Context, cfg participant.Config) <-chan error {
 	svc := participant.New("pinger", "pings").Replies(evPong)
 	participant.Handle(svc, evPing, func(ctx context.Context, c ping, env schema.Envelope) (pipe.Reply, error) {
 		return participant.Reply(ctx, evPong, ping{ID: "pong " + c.ID})
 	})
-	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() {
-		done <- participant.Run(ctx, participant.Config{Brokers: s.KafkaAddrs(), RegistryURL: s.RegistryURL()}, svc)
-	}()
+	go func() { done <- participant.Run(ctx, cfg, svc) }()
+	return done
+}
+
+func TestServiceAnswersWithDeclaredReplies(t *testing.T) {
+	s, cl := stack(t, "pings")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runPinger(ctx, participant.Config{Brokers: s.KafkaAddrs(), RegistryURL: s.RegistryURL()})
 	command(t, s, cl, "pings", "p-1")
 	fctx, fcancel := context.WithTimeout(ctx, 15*time.Second)
 	defer fcancel()
@@ -183,15 +188,8 @@ func TestRunReportsEveryProblemAtOnce(t *testing.T) {
 // process takes its partitions back at once.
 func TestInstanceIDMakesAStaticMember(t *testing.T) {
 	s, cl := stack(t, "pings")
-	svc := participant.New("pinger", "pings").Replies(evPong)
-	participant.Handle(svc, evPing, func(ctx context.Context, c ping, env schema.Envelope) (pipe.Reply, error) {
-		return participant.Reply(ctx, evPong, ping{ID: "pong " + c.ID})
-	})
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- participant.Run(ctx, participant.Config{Brokers: s.KafkaAddrs(), RegistryURL: s.RegistryURL(), InstanceID: "pinger-0"}, svc)
-	}()
+	done := runPinger(ctx, participant.Config{Brokers: s.KafkaAddrs(), RegistryURL: s.RegistryURL(), InstanceID: "pinger-0"})
 	command(t, s, cl, "pings", "p-1")
 	fctx, fcancel := context.WithTimeout(ctx, 15*time.Second)
 	defer fcancel()
