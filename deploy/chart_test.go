@@ -20,7 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
 
-	"github.com/sagapipe/sagapipe/cmd/orchestrator/service"
+	"github.com/sagapipe/sagapipe/service"
 )
 
 // distrolessNonrootUID is the user of the image's base,

@@ -23,7 +23,7 @@ var (
 	envErr                  error
 	sagapipeLiteral         = regexp.MustCompile(`^SAGAPIPE_[A-Z0-9_]+$`)
 	otelName                = regexp.MustCompile(`\bOTEL_[A-Z0-9_]*[A-Z0-9](_\*)?`)
-	sagapipeEnvPackageDirs  = []string{"../cmd/orchestrator", "../cmd/orchestrator/service"}
+	sagapipeEnvPackageDirs  = []string{"../cmd/orchestrator", "../service"}
 	observabilityPackageDir = "../observability"
 )
 

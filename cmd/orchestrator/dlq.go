@@ -18,7 +18,7 @@ import (
 	"github.com/hamba/avro/v2"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/sagapipe/sagapipe/cmd/orchestrator/service"
+	"github.com/sagapipe/sagapipe/service"
 	"github.com/sagapipe/sagapipe/dlq"
 	"github.com/sagapipe/sagapipe/schema"
 )

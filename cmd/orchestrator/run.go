@@ -7,7 +7,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/sagapipe/sagapipe/cmd/orchestrator/service"
+	"github.com/sagapipe/sagapipe/service"
 	"github.com/sagapipe/sagapipe/examples/orders"
 	"github.com/sagapipe/sagapipe/examples/trips"
 )

@@ -6,7 +6,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/sagapipe/sagapipe/cmd/orchestrator/service"
+	"github.com/sagapipe/sagapipe/service"
 )
 
 // runTopics is `orchestrator topics ensure`: the topics of every saga

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sagapipe/sagapipe/cmd/orchestrator/service"
+	"github.com/sagapipe/sagapipe/service"
 )
 
 func env(m map[string]string) func(string) (string, bool) {
