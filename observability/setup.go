@@ -104,7 +104,8 @@ func Setup(ctx context.Context, opts ...Option) (*Telemetry, error) {
 			return nil, fmt.Errorf("observability: traces exporter (check OTEL_TRACES_EXPORTER and OTEL_EXPORTER_OTLP_PROTOCOL): %w", err)
 		}
 		if !autoexport.IsNoneSpanExporter(exp) {
-			t.sdkTracer = sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
+			t.sdkTracer = sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res),
+				sdktrace.WithIDGenerator(IDGenerator()))
 			t.tracerProvider = t.sdkTracer
 			t.exporter = exporterName(cfg.lookupEnv)
 		}
@@ -129,6 +130,17 @@ func Setup(ctx context.Context, opts ...Option) (*Telemetry, error) {
 	t.meterProvider = sdkmetric.NewMeterProvider(mopts...)
 	return t, nil
 }
+
+// IDGenerator returns the ID generator a TracerProvider needs for sagas'
+// traces to have their shape: a span per saga, spans per step under it
+// (Setup's provider has it). Those spans outlive the process that began
+// them, so their IDs are chosen then, kept in the saga's state and given to
+// the SDK through this generator when they end. With another generator the
+// saga and step spans are left out and each hop is its causal parent's
+// child: one chain. It makes random IDs otherwise, as the SDK's does.
+//
+//	tp := sdktrace.NewTracerProvider(sdktrace.WithIDGenerator(observability.IDGenerator()), ...)
+func IDGenerator() sdktrace.IDGenerator { return telemetry.IDGenerator{} }
 
 // newResource layers the resource: the SDK's defaults, the process (host
 // name, a service instance ID, the service version), the service name

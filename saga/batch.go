@@ -37,6 +37,9 @@ type batch[D any] struct {
 	batchStats
 	// spans of the records and timers handled, ended with the transaction.
 	spans []trace.Span
+	// emissions are the saga and step spans that ended, emitted once the
+	// transaction commits.
+	emissions []spanEmission
 	// What the transaction produces, sent together at its end: one round
 	// trip per batch instead of one per event.
 	journal  []*kgo.Record
@@ -164,6 +167,7 @@ func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches
 		return fmt.Errorf("saga %s: %w", r.saga.name, err)
 	}
 	r.registryWait = 0
+	r.emit(ctx, b.emissions)
 	r.metrics.record(ctx, &b.batchStats)
 	if err := r.committed(b); err != nil {
 		return err
@@ -510,39 +514,45 @@ func (r *Runtime[D]) keep(b *batch[D], p int32, s *sagaRecord[D]) {
 // handleRecord turns an inbox record into a state-machine event and applies
 // it. What cannot be processed is dead-lettered, inside the transaction.
 func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Record) error {
-	ctx, span := telemetry.StartProcess(ctx, r.tracer, r.cfg.Propagator, rec, r.cfg.Group)
-	recording := span.IsRecording()
-	b.spans = append(b.spans, span)
+	// The process span starts once its parent is known (the saga's or a
+	// step's span, from the saga's record), timed from now.
+	p := processing[D]{r: r, b: b, rec: rec, ctx: ctx, start: time.Now()}
 	env, err := schema.ReadEnvelope(rec.Headers)
 	if err != nil {
-		return r.deadLetter(ctx, b, rec, env, err)
+		return r.deadLetter(p.begin(nil, trace.SpanContext{}), b, rec, env, err)
 	}
 	id := cmp.Or(env.SagaID, string(rec.Key))
 	if id == "" {
-		return r.deadLetter(ctx, b, rec, env, ErrNoSagaID)
+		return r.deadLetter(p.begin(nil, trace.SpanContext{}), b, rec, env, ErrNoSagaID)
 	}
-	if recording {
-		span.SetAttributes(telemetry.SagaName.String(r.saga.name), telemetry.SagaID.String(id))
-		if env.SagaStep != "" { // a start event belongs to no step
-			span.SetAttributes(telemetry.SagaStep.String(env.SagaStep))
-		}
-	}
+	p.env, p.id = env, id
 	on := ReplyEventType(env.SagaStep, env.Type)
 	if env.SagaStep == "" {
 		on = statemachine.EventType("start/" + env.Type)
 	}
-	var payload any
 	switch env.Type {
 	case CancelType:
 		on = CancelEventType
 	case ResumeType:
 		on = ResumeEventType
-	default:
-		c, known := r.decoders[on]
-		if !known {
-			return r.deadLetter(ctx, b, rec, env, fmt.Errorf("%w: %s %q (step %q)", ErrUnknownEvent, r.saga.name, env.Type, env.SagaStep))
-		}
+	}
+	c, known := r.decoders[on]
+	if !known && on != CancelEventType && on != ResumeEventType {
+		return r.deadLetter(p.begin(nil, trace.SpanContext{}), b, rec, env, fmt.Errorf("%w: %s %q (step %q)", ErrUnknownEvent, r.saga.name, env.Type, env.SagaStep))
+	}
+	s, err := r.lookup(ctx, b, rec.Partition, id)
+	if err != nil {
+		return err
+	}
+	answers := r.answers(on, env)
+	var parent trace.SpanContext
+	if s != nil && r.sagaSpans {
+		parent = s.structuralParent(answers.step, answers.compensation)
+	}
+	var payload any
+	if known {
 		if payload, err = c.decode(ctx, rec.Value); err != nil {
+			ctx := p.begin(s, parent)
 			if errors.Is(err, schema.ErrRegistryUnavailable) {
 				// Not poison: the batch aborts and comes again once the
 				// registry answers.
@@ -554,16 +564,12 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 	// The orchestrator's own clock, journaled: deadlines then do not depend
 	// on the sender's clock, and a replay sees the same time.
 	t := r.cfg.Clock.Now().UTC()
-	s, err := r.lookup(ctx, b, rec.Partition, id)
-	if err != nil {
-		return err
-	}
 	if s == nil {
 		if home, ok := r.home(id); ok && home != rec.Partition && !forwarded(rec) {
-			return r.forward(ctx, b, rec, id, home)
+			return r.forward(p.begin(nil, trace.SpanContext{}), b, rec, id, home)
 		}
 		if on != r.saga.StartEventType() {
-			return r.deadLetter(ctx, b, rec, env, fmt.Errorf("%w: %s %q", ErrUnknownSaga, r.saga.name, id))
+			return r.deadLetter(p.begin(nil, trace.SpanContext{}), b, rec, env, fmt.Errorf("%w: %s %q", ErrUnknownSaga, r.saga.name, id))
 		}
 		r.mu.Lock()
 		at := journalPosition{partition: rec.Partition}
@@ -572,10 +578,13 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 		}
 		r.mu.Unlock()
 		s = newSagaRecord[D](id, env.CorrelationID, t, at, r.saga.version)
+		r.beginSagaSpan(s, env, rec)
+		parent = s.rootSpan()
 		r.keep(b, rec.Partition, s)
 	}
+	ctx = p.begin(s, parent)
 	if s.saw(env.ID) {
-		if recording {
+		if span := trace.SpanFromContext(ctx); span.IsRecording() {
 			span.SetAttributes(attribute.Bool("sagapipe.duplicate", true))
 		}
 		return nil // a duplicate changes nothing
@@ -585,7 +594,37 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 	if on == CancelEventType || on == ResumeEventType {
 		entry.RequestedBy = env.Source
 	}
-	return r.apply(ctx, b, rec.Partition, s, entry, payload, rec)
+	return r.apply(ctx, b, rec.Partition, s, entry, payload, rec, on, answers)
+}
+
+// processing is an inbox record being handled, whose process span starts
+// late.
+type processing[D any] struct {
+	r     *Runtime[D]
+	b     *batch[D]
+	rec   *kgo.Record
+	ctx   context.Context
+	start time.Time
+	env   schema.Envelope
+	id    string
+}
+
+// begin starts the record's process span under parent (when valid; else
+// under the record's trace context) and returns its context.
+func (p *processing[D]) begin(s *sagaRecord[D], parent trace.SpanContext) context.Context {
+	ctx, span := telemetry.StartProcessAt(p.ctx, p.r.tracer, p.r.cfg.Propagator, p.rec, p.r.cfg.Group, parent, p.start)
+	p.b.spans = append(p.b.spans, span)
+	if p.id == "" || !span.IsRecording() {
+		return ctx
+	}
+	span.SetAttributes(telemetry.SagaName.String(p.r.saga.name), telemetry.SagaID.String(p.id))
+	if p.env.SagaStep != "" { // a start event belongs to no step
+		span.SetAttributes(telemetry.SagaStep.String(p.env.SagaStep))
+	}
+	if s != nil {
+		span.SetAttributes(telemetry.SagaState.String(string(s.state)), telemetry.SagaCompensation.Bool(isCompensation(s.state)))
+	}
+	return ctx
 }
 
 func (r *Runtime[D]) handleTimer(ctx context.Context, b *batch[D], d dueTimer) error {
@@ -610,9 +649,17 @@ func (r *Runtime[D]) handleTimer(ctx context.Context, b *batch[D], d dueTimer) e
 	entry := JournalEntry{SagaID: s.id, EventType: string(TimeoutEventType(tm.step, tm.compensation)),
 		CEID: fmt.Sprintf("%s/%s/%s/%d", s.id, tm.step, kind, tm.attempt), CEType: "sagapipe.Timeout", Time: now,
 		TimerStep: tm.step, TimerAttempt: int32(tm.attempt)}
-	// A timer is no Kafka message: its span continues the span that last
-	// changed the saga, and its commands continue it.
-	ctx, span := r.tracer.Start(trace.ContextWithRemoteSpanContext(ctx, s.span), r.saga.name+" "+kind,
+	// A timer is no Kafka message: its span belongs under the attempt it
+	// times out or, without saga spans, continues the span that last
+	// changed the saga; its commands continue it.
+	var parent trace.SpanContext
+	if r.sagaSpans {
+		parent = s.structuralParent(tm.step, tm.compensation)
+	}
+	if !parent.IsValid() {
+		parent = s.span
+	}
+	ctx, span := r.tracer.Start(trace.ContextWithRemoteSpanContext(ctx, parent), r.saga.name+" "+kind,
 		trace.WithSpanKind(trace.SpanKindInternal),
 		trace.WithAttributes(telemetry.SagaName.String(r.saga.name), telemetry.SagaID.String(s.id),
 			telemetry.SagaStep.String(tm.step), attribute.Int("saga.timer.attempt", tm.attempt)))
@@ -620,13 +667,14 @@ func (r *Runtime[D]) handleTimer(ctx context.Context, b *batch[D], d dueTimer) e
 	env := schema.Envelope{ID: entry.CEID, Type: entry.CEType, Source: r.cfg.Source, Time: now,
 		CorrelationID: s.correlation, SagaName: r.saga.name, SagaID: s.id, SagaStep: tm.step}
 	src := &kgo.Record{Topic: r.saga.InboxTopic(), Partition: d.partition, Offset: -1, Key: []byte(s.id), Headers: env.Apply(nil)}
-	return r.apply(ctx, b, d.partition, s, entry, TimerFired{Step: tm.step, Attempt: tm.attempt}, src)
+	return r.apply(ctx, b, d.partition, s, entry, TimerFired{Step: tm.step, Attempt: tm.attempt}, src,
+		TimeoutEventType(tm.step, tm.compensation), stepRef{step: tm.step, compensation: tm.compensation, timer: true, ok: true})
 }
 
 // apply folds entry into s, journals it (applied, or ignored when no
 // transition accepts it) and carries out the effects.
 func (r *Runtime[D]) apply(ctx context.Context, b *batch[D], p int32, s *sagaRecord[D],
-	entry JournalEntry, payload any, src *kgo.Record) error {
+	entry JournalEntry, payload any, src *kgo.Record, on statemachine.EventType, answers stepRef) error {
 	span := trace.SpanFromContext(ctx)
 	entry.TraceParent = telemetry.TraceParent(ctx)
 	from, since := s.state, s.since
@@ -652,10 +700,15 @@ func (r *Runtime[D]) apply(ctx context.Context, b *batch[D], p int32, s *sagaRec
 		b.steps = append(b.steps, stepTook{step, entry.Time.Sub(since)})
 	}
 	compensation := isCompensation(s.state)
-	for _, e := range effects {
+	parents := r.advanceSpans(b, s, on, answers, effects)
+	for i, e := range effects {
 		switch e.Kind {
 		case Send:
-			m, err := r.command(ctx, s, e, src)
+			cctx := ctx
+			if parent, ok := parents[i]; ok {
+				cctx = trace.ContextWithSpanContext(ctx, parent)
+			}
+			m, err := r.command(cctx, s, e, src)
 			if err != nil {
 				return err
 			}
@@ -741,6 +794,7 @@ func (r *Runtime[D]) command(ctx context.Context, s *sagaRecord[D], e Effect, sr
 			h(schema.HeaderSagaName, r.saga.name), h(schema.HeaderSagaID, s.id), h(schema.HeaderSagaStep, e.Step),
 			h(schema.HeaderReplyTo, r.saga.InboxTopic()), h(schema.HeaderCorrelationID, s.correlation),
 			h(schema.HeaderIdempotencyKey, fmt.Sprintf("%s/%s/%s", s.id, e.Step, effectKind(e))),
+			h(schema.HeaderSagaState, string(s.state)), h(schema.HeaderSagaCompensation, strconv.FormatBool(e.Compensation)),
 			h(schema.HeaderContentType, schema.ContentTypeAvro),
 		}}, nil
 }

@@ -33,8 +33,12 @@ type sagaRecord[D any] struct {
 	seenDigests []uint64
 	timer       *pendingTimer
 	// span is the span that last changed the saga: the parent of its
-	// timers' spans, so that a timeout stays in the saga's trace.
+	// timers' spans, so that a timeout stays in the saga's trace, when
+	// there are no saga spans.
 	span trace.SpanContext
+	// spans are the saga's span and its open step spans (spans.go); nil
+	// without saga spans.
+	spans *sagaSpans
 	// started is when the saga began, since when it entered its state.
 	started, since time.Time
 	// journal is where its journal entries are.
@@ -69,6 +73,9 @@ func (r *sagaRecord[D]) clone() *sagaRecord[D] {
 	c := *r
 	c.seen = maps.Clone(r.seen)
 	c.seenDigests = slices.Clone(r.seenDigests)
+	if r.spans != nil {
+		c.spans = &sagaSpans{root: r.spans.root, open: slices.Clone(r.spans.open)}
+	}
 	return &c
 }
 

@@ -151,11 +151,17 @@ type Runtime[D any] struct {
 	cfg             Config
 	*codecs
 	snapshots *snapshots[D]
-	sess      *kgo.GroupTransactSession
-	piper     *pipe.Piper
-	connOpts  []kgo.Opt
-	tracer    trace.Tracer
-	metrics   *runtimeMetrics
+	// sagaSpans tells whether the tracer emits the saga's and steps'
+	// spans (its provider honours preset IDs; see spans.go).
+	sagaSpans bool
+	// failureReplies and compensationAcks classify reply events, for the
+	// step spans: a step's failure reply, a compensation's reply.
+	failureReplies, compensationAcks map[statemachine.EventType]bool
+	sess                             *kgo.GroupTransactSession
+	piper                            *pipe.Piper
+	connOpts                         []kgo.Opt
+	tracer                           trace.Tracer
+	metrics                          *runtimeMetrics
 	// tempStateDir is StateDir when Close must remove it.
 	tempStateDir bool
 
@@ -310,7 +316,12 @@ func NewRuntime[D any](s *Saga[D], cfg Config, older ...*Saga[D]) (*Runtime[D], 
 	}
 
 	r := &Runtime[D]{saga: s, versions: versions, homes: kgo.StickyKeyPartitioner(nil).ForTopic(s.InboxTopic()), cfg: cfg, parts: map[int32]*partitionState[D]{}, stores: map[int32]*partitionStore{},
-		lag: map[int32]int64{}, tracer: telemetry.Tracer(cfg.TracerProvider)}
+		lag: map[int32]int64{}, tracer: telemetry.Tracer(cfg.TracerProvider),
+		failureReplies: map[statemachine.EventType]bool{}, compensationAcks: map[statemachine.EventType]bool{}}
+	r.sagaSpans = telemetry.HonoursPresetIDs(r.tracer)
+	for _, def := range versions {
+		def.classifyReplies(r.failureReplies, r.compensationAcks)
+	}
 	r.connOpts = append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOptions...)
 	var err error
 	if r.codecs, err = s.newCodecs(cfg.Registry); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/goleak"
 
 	"github.com/sagapipe/sagapipe/devstack"
@@ -29,6 +30,8 @@ type env struct {
 	stack *devstack.Stack
 	serde *schema.Serde
 	saga  *saga.Saga[orderData]
+	// tp, when set, traces the participants and the starter.
+	tp trace.TracerProvider
 }
 
 func newEnv(t *testing.T, inboxPartitions int32) *env {
@@ -117,7 +120,11 @@ func (e *env) participant(topic string, replies map[string]func(order string) *s
 	}
 	cl := e.client(append([]kgo.Opt{kgo.ConsumerGroup(topic + ".worker"), kgo.ConsumeTopics(topic), kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}, opts...)...)
-	w, err := pipe.NewStageWorker(cl, cmdCodec, handler)
+	var opts2 []pipe.StageOpt
+	if e.tp != nil {
+		opts2 = append(opts2, pipe.WithPiperOptions(pipe.WithTracerProvider(e.tp)))
+	}
+	w, err := pipe.NewStageWorker(cl, cmdCodec, handler, opts2...)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -242,7 +249,11 @@ func (e *env) runtime(hooks ...any) (stop func() error) {
 func (e *env) start(orders ...string) {
 	e.t.Helper()
 	ctx := context.Background()
-	starter, err := e.saga.NewStarter(e.client(), e.serde, saga.StartSource("test"))
+	opts := []saga.StarterOpt{saga.StartSource("test")}
+	if e.tp != nil {
+		opts = append(opts, saga.StartTracerProvider(e.tp))
+	}
+	starter, err := e.saga.NewStarter(e.client(), e.serde, opts...)
 	if err != nil {
 		e.t.Fatal(err)
 	}

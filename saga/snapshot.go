@@ -74,6 +74,24 @@ type Snapshot struct {
 	// DefinitionVersion is the version of the definition the saga runs
 	// on (0: 1).
 	DefinitionVersion int32 `avro:"definition_version"`
+	// SagaSpan is the saga's span (a W3C traceparent), SagaSpanParent its
+	// parent's span ID ("": the trace's root), SagaSpanStartMicros when it
+	// began (Unix microseconds) and SagaSpanEnded whether it was emitted;
+	// StepSpans are the open step spans. See spans.go.
+	SagaSpan            string             `avro:"saga_span"`
+	SagaSpanParent      string             `avro:"saga_span_parent"`
+	SagaSpanStartMicros int64              `avro:"saga_span_start_micros"`
+	SagaSpanEnded       bool               `avro:"saga_span_ended"`
+	StepSpans           []SnapshotStepSpan `avro:"step_spans"`
+}
+
+// SnapshotStepSpan is an open step attempt's or compensation's span.
+type SnapshotStepSpan struct {
+	Step         string `avro:"step"`
+	Compensation bool   `avro:"compensation"`
+	Attempt      int32  `avro:"attempt"`
+	SpanID       string `avro:"span_id"`
+	StartMicros  int64  `avro:"start_micros"`
 }
 
 // SnapshotTimer is a saga's pending deadline.
@@ -110,7 +128,18 @@ const SnapshotSchema = `{"type":"record","name":"SagaSnapshot","namespace":"saga
  {"name":"deadline_micros","type":"long","default":0},
  {"name":"stuck","type":"string","default":""},
  {"name":"resumes","type":"int","default":0},
- {"name":"definition_version","type":"int","default":0}
+ {"name":"definition_version","type":"int","default":0},
+ {"name":"saga_span","type":"string","default":""},
+ {"name":"saga_span_parent","type":"string","default":""},
+ {"name":"saga_span_start_micros","type":"long","default":0},
+ {"name":"saga_span_ended","type":"boolean","default":false},
+ {"name":"step_spans","type":{"type":"array","items":{"type":"record","name":"SnapshotStepSpan","fields":[
+   {"name":"step","type":"string"},
+   {"name":"compensation","type":"boolean"},
+   {"name":"attempt","type":"int"},
+   {"name":"span_id","type":"string"},
+   {"name":"start_micros","type":"long"}
+ ]}},"default":[]}
 ]}`
 
 // Headers of a state record: what a restore needs to index a snapshot
@@ -164,7 +193,18 @@ func (c *snapshots[D]) register(ctx context.Context) error {
 func (c *snapshots[D]) encode(ctx context.Context, s *sagaRecord[D], closed bool) ([]byte, error) {
 	snap := Snapshot{Version: SnapshotVersion, SagaID: s.id, CorrelationID: s.correlation, State: string(s.state),
 		Closed: closed, Started: s.started, Since: s.since, JournalPartition: s.journal.partition, DefinitionVersion: int32(s.version),
-		JournalOffset: s.journal.offset, Completed: []string{}, Seen: []string{}, SeenDigests: []int64{}}
+		JournalOffset: s.journal.offset, Completed: []string{}, Seen: []string{}, SeenDigests: []int64{}, StepSpans: []SnapshotStepSpan{}}
+	if sp := s.spans; sp != nil {
+		snap.SagaSpan = telemetry.TraceParent(trace.ContextWithSpanContext(ctx, sp.root.sc))
+		if sp.root.parent.IsValid() {
+			snap.SagaSpanParent = sp.root.parent.String()
+		}
+		snap.SagaSpanStartMicros, snap.SagaSpanEnded = sp.root.start.UnixMicro(), sp.root.ended
+		for _, o := range sp.open {
+			snap.StepSpans = append(snap.StepSpans, SnapshotStepSpan{Step: o.step, Compensation: o.compensation,
+				Attempt: int32(o.attempt), SpanID: o.id.String(), StartMicros: o.start.UnixMicro()})
+		}
+	}
 	if closed {
 		for _, d := range s.allSeenDigests() {
 			snap.SeenDigests = append(snap.SeenDigests, int64(d))
@@ -214,6 +254,18 @@ func (c *snapshots[D]) decode(ctx context.Context, value []byte) (*sagaRecord[D]
 		started: snap.Started, since: snap.Since, seen: make(map[string]bool, len(snap.Seen)),
 		journal: journalPosition{partition: snap.JournalPartition, offset: snap.JournalOffset}, version: max(int(snap.DefinitionVersion), 1),
 		span: telemetry.ParseTraceParent(snap.TraceParent)}
+	if sc := telemetry.ParseTraceParent(snap.SagaSpan); sc.IsValid() {
+		s.spans = &sagaSpans{root: sagaSpan{sc: sc.WithRemote(false), start: time.UnixMicro(snap.SagaSpanStartMicros), ended: snap.SagaSpanEnded}}
+		s.spans.root.parent, _ = trace.SpanIDFromHex(snap.SagaSpanParent)
+		for _, o := range snap.StepSpans {
+			id, err := trace.SpanIDFromHex(o.SpanID)
+			if err != nil {
+				continue // a span lost, not the saga
+			}
+			s.spans.open = append(s.spans.open, stepSpan{step: o.Step, compensation: o.Compensation, attempt: int(o.Attempt),
+				id: id, start: time.UnixMicro(o.StartMicros)})
+		}
+	}
 	for _, id := range snap.Seen {
 		s.seen[id] = true
 	}

@@ -33,6 +33,9 @@ type Starter struct {
 	source string
 	tracer trace.Tracer
 	prop   propagation.TextMapPropagator
+	// sagaSpan tells whether the starter chooses the saga's span (when its
+	// tracer records spans; see spans.go).
+	sagaSpan bool
 }
 
 // StarterOpt configures a Starter.
@@ -88,9 +91,36 @@ func (s *Saga[D]) NewStarter(client *kgo.Client, registry *schema.Serde, opts ..
 	if err != nil {
 		return nil, fmt.Errorf("saga %s: NewStarter: start event %s: %w", s.name, s.start.event.eventType, err)
 	}
+	tracer := telemetry.Tracer(cfg.tp)
 	return &Starter{client: client, codec: c, goType: s.start.event.goType, ceType: s.start.event.eventType,
 		saga: s.name, inbox: s.InboxTopic(), source: cmp.Or(cfg.source, "sagapipe/"+s.name),
-		tracer: telemetry.Tracer(cfg.tp), prop: telemetry.Propagator()}, nil
+		tracer: tracer, prop: telemetry.Propagator(), sagaSpan: telemetry.GeneratesIDs(tracer)}, nil
+}
+
+// withSagaSpan chooses the span of the saga rec starts, when the starter
+// traces: a child of ctx's span, if any, else a new trace's root. The
+// orchestrator emits it when the saga ends; it is written to rec's headers
+// (HeaderSagaSpan) and is the publish span's parent (returned as ctx's).
+func (st *Starter) withSagaSpan(ctx context.Context, rec *kgo.Record) context.Context {
+	if !st.sagaSpan {
+		return ctx
+	}
+	if _, ok := schema.Header(rec.Headers, schema.HeaderSagaSpan); ok {
+		return ctx // published before (a retry): the same span
+	}
+	parent := trace.SpanContextFromContext(ctx)
+	cfg := trace.SpanContextConfig{TraceID: parent.TraceID(), SpanID: telemetry.NewSpanID(),
+		TraceFlags: parent.TraceFlags(), TraceState: parent.TraceState()}
+	if !parent.IsValid() {
+		cfg.TraceID, cfg.TraceFlags = telemetry.NewTraceID(), trace.FlagsSampled
+	}
+	sc := trace.NewSpanContext(cfg)
+	h := telemetry.Headers{Record: rec}
+	h.Set(schema.HeaderSagaSpan, telemetry.TraceParent(trace.ContextWithSpanContext(ctx, sc)))
+	if parent.IsValid() {
+		h.Set(schema.HeaderSagaSpanParent, parent.SpanID().String())
+	}
+	return trace.ContextWithSpanContext(ctx, sc)
 }
 
 // CheckID reports whether id can name a saga: not empty, no slashes or
@@ -176,7 +206,10 @@ func (st *Starter) PublishAsync(ctx context.Context, rec *kgo.Record, done func(
 }
 
 func (st *Starter) publish(ctx context.Context, rec *kgo.Record, done func(*kgo.Record, error)) trace.SpanContext {
-	pctx, span := telemetry.StartPublish(ctx, st.tracer, st.prop, rec)
+	pctx, span := telemetry.StartPublish(st.withSagaSpan(ctx, rec), st.tracer, st.prop, rec)
+	if span.IsRecording() {
+		span.SetAttributes(telemetry.SagaState.String(string(StateNew)), telemetry.SagaCompensation.Bool(false))
+	}
 	st.client.Produce(pctx, rec, func(r *kgo.Record, err error) {
 		telemetry.EndPublish(span, r, err)
 		if done != nil {

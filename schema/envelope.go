@@ -29,6 +29,17 @@ const (
 	HeaderIdempotencyKey = "idempotency_key"
 	HeaderTraceParent    = "traceparent"
 	HeaderTraceState     = "tracestate"
+	// HeaderSagaState and HeaderSagaCompensation are, on a command, the
+	// state the saga entered by sending it and whether it undoes a step
+	// ("true" or "false"): what a participant's spans say of the saga.
+	HeaderSagaState        = "saga_state"
+	HeaderSagaCompensation = "saga_compensation"
+	// HeaderSagaSpan is, on a start event, the W3C traceparent of the
+	// saga's span, chosen by the starter: the orchestrator emits that span
+	// when the saga ends, as the root of the saga's trace (or the child of
+	// HeaderSagaSpanParent, a span ID, when the start had a parent).
+	HeaderSagaSpan       = "saga_span"
+	HeaderSagaSpanParent = "saga_span_parent"
 )
 
 // SpecVersion is the CloudEvents version the envelope follows.

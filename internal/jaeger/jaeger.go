@@ -266,6 +266,9 @@ type Span struct {
 	Tags          []Tag       `json:"tags"`
 	Logs          []Log       `json:"logs"`
 	ProcessID     string      `json:"processID"`
+	// Warnings are what Jaeger found wrong with the span, e.g. a clock
+	// skew adjustment.
+	Warnings []string `json:"warnings"`
 }
 
 // Reference links a span to another (CHILD_OF its parent, or FOLLOWS_FROM).

@@ -9,6 +9,7 @@ package telemetry
 import (
 	"context"
 	"strconv"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel"
@@ -110,8 +111,33 @@ func (h Headers) Keys() []string {
 // Attributes are set once the span is known to record, so a process that
 // exports nothing does not pay for them (samplers do not see them).
 func StartProcess(ctx context.Context, tracer trace.Tracer, prop propagation.TextMapPropagator, rec *kgo.Record, group string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	return StartProcessUnder(ctx, tracer, prop, rec, group, trace.SpanContext{}, attrs...)
+}
+
+// StartProcessUnder is StartProcess with a structural parent: when parent
+// is valid (a saga's or a step's span), the span is its child and links to
+// the record's trace context, its causal parent, as OTel's messaging
+// conventions allow. Then a saga's trace stays a few levels deep however
+// many hops it takes.
+func StartProcessUnder(ctx context.Context, tracer trace.Tracer, prop propagation.TextMapPropagator, rec *kgo.Record, group string, parent trace.SpanContext, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	return startProcess(ctx, tracer, prop, rec, group, parent, nil, attrs)
+}
+
+// StartProcessAt is StartProcessUnder for a span that began at start.
+func StartProcessAt(ctx context.Context, tracer trace.Tracer, prop propagation.TextMapPropagator, rec *kgo.Record, group string, parent trace.SpanContext, start time.Time, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	return startProcess(ctx, tracer, prop, rec, group, parent, []trace.SpanStartOption{trace.WithTimestamp(start)}, attrs)
+}
+
+func startProcess(ctx context.Context, tracer trace.Tracer, prop propagation.TextMapPropagator, rec *kgo.Record, group string,
+	parent trace.SpanContext, opts []trace.SpanStartOption, attrs []attribute.KeyValue) (context.Context, trace.Span) {
 	ctx = prop.Extract(trace.ContextWithSpanContext(ctx, trace.SpanContext{}), Headers{rec})
-	ctx, span := tracer.Start(ctx, rec.Topic+" process", trace.WithSpanKind(trace.SpanKindConsumer))
+	if parent.IsValid() {
+		if causal := trace.SpanContextFromContext(ctx); causal.IsValid() && causal.SpanID() != parent.SpanID() {
+			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: causal}))
+		}
+		ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
+	}
+	ctx, span := tracer.Start(ctx, rec.Topic+" process", append(opts, trace.WithSpanKind(trace.SpanKindConsumer))...)
 	if !span.IsRecording() {
 		return ctx, span
 	}
@@ -132,7 +158,7 @@ func StartProcess(ctx context.Context, tracer trace.Tracer, prop propagation.Tex
 	if len(rec.Key) > 0 {
 		base = append(base, semconv.MessagingKafkaMessageKey(string(rec.Key)))
 	}
-	span.SetAttributes(append(base, attrs...)...)
+	span.SetAttributes(append(SagaHeaders(base, rec.Headers), attrs...)...)
 	return ctx, span
 }
 
@@ -162,16 +188,29 @@ func StartPublish(ctx context.Context, tracer trace.Tracer, prop propagation.Tex
 	if typ, ok := schema.Header(rec.Headers, schema.HeaderType); ok {
 		attrs = append(attrs, semconv.CloudEventsEventType(typ))
 	}
-	for _, h := range []struct {
-		header string
-		key    attribute.Key
-	}{{schema.HeaderSagaName, SagaName}, {schema.HeaderSagaID, SagaID}, {schema.HeaderSagaStep, SagaStep}} {
-		if v, ok := schema.Header(rec.Headers, h.header); ok && v != "" {
+	span.SetAttributes(SagaHeaders(attrs, rec.Headers)...)
+	return ctx, span
+}
+
+// sagaHeaders are the saga headers a span's saga.* attributes come from.
+var sagaHeaders = []struct {
+	header string
+	key    attribute.Key
+}{{schema.HeaderSagaName, SagaName}, {schema.HeaderSagaID, SagaID}, {schema.HeaderSagaStep, SagaStep}, {schema.HeaderSagaState, SagaState}}
+
+// SagaHeaders appends to attrs the saga.* attributes of a record's saga
+// headers (those it has, not empty): whoever produces or processes a saga's
+// record, its span says which saga, step and state.
+func SagaHeaders(attrs []attribute.KeyValue, headers []kgo.RecordHeader) []attribute.KeyValue {
+	for _, h := range sagaHeaders {
+		if v, ok := schema.Header(headers, h.header); ok && v != "" {
 			attrs = append(attrs, h.key.String(v))
 		}
 	}
-	span.SetAttributes(attrs...)
-	return ctx, span
+	if v, ok := schema.Header(headers, schema.HeaderSagaCompensation); ok && v != "" {
+		attrs = append(attrs, SagaCompensation.Bool(v == "true"))
+	}
+	return attrs
 }
 
 // EndPublish ends a publish span with where the record landed, or its error.

@@ -1,0 +1,271 @@
+package saga
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagapipe/sagapipe/internal/telemetry"
+	"github.com/sagapipe/sagapipe/schema"
+	"github.com/sagapipe/sagapipe/statemachine"
+)
+
+// A saga's trace has the saga's shape: one span for the saga ("orders
+// order-000043", from its start to its end), under it one span per step
+// attempt and per compensation ("orders: payment", "orders: compensate
+// inventory"), and under each of those its command's publish, the
+// participant's processing and the reply's processing. The messaging spans
+// link to their causal parent (the record's traceparent) where it is not
+// their structural one, so the trace stays five levels deep however many
+// steps the saga takes.
+//
+// The saga's and the steps' spans outlive batches, restarts and takeovers:
+// their IDs are chosen when they begin and kept in the saga's snapshot, and
+// whichever instance owns the saga when one ends emits it, after the
+// transaction that ended it commits (see telemetry.EmitSpan). That needs a
+// TracerProvider with telemetry.IDGenerator (observability.Setup installs
+// it); with another one, spans keep their causal parents: one chain.
+
+// Attributes of the saga's and the steps' spans, beyond telemetry's saga.*.
+const (
+	attrStepAttempt = attribute.Key("saga.step.attempt")
+	attrStepOutcome = attribute.Key("saga.step.outcome")
+)
+
+// Step span outcomes.
+const (
+	stepReplied   = "replied"
+	stepFailed    = "failed"
+	stepTimedOut  = "timed out"
+	stepResent    = "resent"
+	stepSagaEnded = "saga ended"
+)
+
+// sagaSpan is a saga's span: chosen when the saga starts, emitted when it
+// first ends.
+type sagaSpan struct {
+	sc     trace.SpanContext
+	parent trace.SpanID // invalid: the trace's root
+	start  time.Time
+	ended  bool
+}
+
+// sagaSpans are a saga's span and its open step spans.
+type sagaSpans struct {
+	root sagaSpan
+	open []stepSpan
+}
+
+// stepSpan is an open step attempt's or compensation's span.
+type stepSpan struct {
+	step         string
+	compensation bool
+	attempt      int
+	id           trace.SpanID
+	start        time.Time
+}
+
+// spanEmission is a span that ended in a batch, emitted if it commits.
+type spanEmission struct {
+	sc     trace.SpanContext
+	parent trace.SpanID
+	name   string
+	start  time.Time
+	end    time.Time
+	attrs  []attribute.KeyValue
+	failed string // the error status's description; "" when it did not fail
+}
+
+// beginSagaSpan chooses the span of saga s, which rec starts: the one its
+// starter chose (HeaderSagaSpan), or else a new one, child of rec's trace
+// context.
+func (r *Runtime[D]) beginSagaSpan(s *sagaRecord[D], env schema.Envelope, rec *kgo.Record) {
+	if !r.sagaSpans {
+		return
+	}
+	start := env.Time
+	if start.IsZero() {
+		start = time.Now()
+	}
+	if v, ok := schema.Header(rec.Headers, schema.HeaderSagaSpan); ok {
+		if sc := telemetry.ParseTraceParent(v); sc.IsValid() {
+			s.spans = &sagaSpans{root: sagaSpan{sc: sc.WithRemote(false), start: start}}
+			if p, ok := schema.Header(rec.Headers, schema.HeaderSagaSpanParent); ok {
+				s.spans.root.parent, _ = trace.SpanIDFromHex(p)
+			}
+			return
+		}
+	}
+	causal := telemetry.ParseTraceParent(telemetry.Headers{Record: rec}.Get(schema.HeaderTraceParent))
+	sc := trace.SpanContextConfig{TraceID: causal.TraceID(), SpanID: telemetry.NewSpanID(), TraceFlags: causal.TraceFlags()}
+	if !causal.IsValid() {
+		sc.TraceID, sc.TraceFlags = telemetry.NewTraceID(), trace.FlagsSampled
+	}
+	s.spans = &sagaSpans{root: sagaSpan{sc: trace.NewSpanContext(sc), parent: causal.SpanID(), start: start}}
+}
+
+// structuralParent is the span a record's or a timer's processing for s
+// belongs under: the open span of step (its compensation's when
+// compensation), or else the saga's span (invalid without one).
+func (s *sagaRecord[D]) structuralParent(step string, compensation bool) trace.SpanContext {
+	sp := s.spans
+	if sp == nil {
+		return trace.SpanContext{}
+	}
+	if i := sp.openSpan(step, compensation); i >= 0 {
+		return sp.stepSpanContext(sp.open[i])
+	}
+	return sp.root.sc
+}
+
+// rootSpan is the saga's span (invalid without one).
+func (s *sagaRecord[D]) rootSpan() trace.SpanContext {
+	if s.spans == nil {
+		return trace.SpanContext{}
+	}
+	return s.spans.root.sc
+}
+
+func (sp *sagaSpans) openSpan(step string, compensation bool) int {
+	return slices.IndexFunc(sp.open, func(o stepSpan) bool { return o.step == step && o.compensation == compensation })
+}
+
+func (sp *sagaSpans) stepSpanContext(o stepSpan) trace.SpanContext {
+	return trace.NewSpanContext(trace.SpanContextConfig{TraceID: sp.root.sc.TraceID(), SpanID: o.id,
+		TraceFlags: sp.root.sc.TraceFlags(), TraceState: sp.root.sc.TraceState()})
+}
+
+// answers returns the step attempt an inbox event on answers: a reply's
+// step (its compensation's when on is its compensation's reply), or none.
+func (r *Runtime[D]) answers(on statemachine.EventType, env schema.Envelope) stepRef {
+	if env.SagaStep == "" || env.SagaStep == OutcomeStep {
+		return stepRef{}
+	}
+	return stepRef{step: env.SagaStep, compensation: r.compensationAcks[on], ok: true}
+}
+
+// advanceSpans moves s's step spans along with an applied event: the
+// attempt it answers ends (unless the event sends it again), each command
+// it sends gets a span of its own (ending the attempt it supersedes), and
+// when the saga ends every open span ends, then the saga's. It returns the
+// parent of each Send effect's command, by index in effects.
+func (r *Runtime[D]) advanceSpans(b *batch[D], s *sagaRecord[D], on statemachine.EventType, related stepRef,
+	effects []Effect) map[int]trace.SpanContext {
+	sp := s.spans
+	if sp == nil || !r.sagaSpans {
+		return nil
+	}
+	now := time.Now()
+	end := func(i int, outcome string, failed string) {
+		o := sp.open[i]
+		b.emissions = append(b.emissions, spanEmission{sc: sp.stepSpanContext(o), parent: sp.root.sc.SpanID(),
+			name: r.stepSpanName(o.step, o.compensation), start: o.start, end: now, failed: failed,
+			attrs: []attribute.KeyValue{telemetry.SagaName.String(r.saga.name), telemetry.SagaID.String(s.id),
+				telemetry.SagaStep.String(o.step), telemetry.SagaState.String(string(s.state)),
+				telemetry.SagaCompensation.Bool(o.compensation), attrStepAttempt.Int(o.attempt), attrStepOutcome.String(outcome)}})
+		sp.open = slices.Delete(sp.open, i, i+1)
+	}
+	outcome, failed := stepReplied, ""
+	switch {
+	case r.failureReplies[on]:
+		outcome, failed = stepFailed, "the step's failure reply"
+	case related.timer:
+		outcome, failed = stepTimedOut, "no reply before the step's timeout"
+	}
+	var parents map[int]trace.SpanContext
+	sent := false
+	for i, e := range effects {
+		if e.Kind != Send {
+			continue
+		}
+		if parents == nil {
+			parents = map[int]trace.SpanContext{}
+		}
+		if e.Step == OutcomeStep || e.Step == "" {
+			parents[i] = sp.root.sc
+			continue
+		}
+		if j := sp.openSpan(e.Step, e.Compensation); j >= 0 {
+			if related.ok && related.step == e.Step && related.compensation == e.Compensation {
+				end(j, outcome, failed)
+				sent = true
+			} else {
+				end(j, stepResent, "")
+			}
+		}
+		o := stepSpan{step: e.Step, compensation: e.Compensation, attempt: e.Attempt, id: telemetry.NewSpanID(), start: now}
+		sp.open = append(sp.open, o)
+		parents[i] = sp.stepSpanContext(o)
+	}
+	if related.ok && !sent {
+		if j := sp.openSpan(related.step, related.compensation); j >= 0 {
+			end(j, outcome, failed)
+		}
+	}
+	for _, e := range effects {
+		if e.Kind != Finish {
+			continue
+		}
+		for len(sp.open) > 0 {
+			end(len(sp.open)-1, stepSagaEnded, "")
+		}
+		if !sp.root.ended {
+			sp.root.ended = true
+			em := spanEmission{sc: sp.root.sc, parent: sp.root.parent, name: r.saga.name + " " + s.id, start: sp.root.start, end: now,
+				attrs: []attribute.KeyValue{telemetry.SagaName.String(r.saga.name), telemetry.SagaID.String(s.id),
+					telemetry.SagaState.String(string(s.state)), telemetry.SagaOutcome.String(string(e.Outcome)),
+					telemetry.SagaCompensation.Bool(e.Outcome != StateCompleted)}}
+			if e.Outcome != StateCompleted {
+				em.failed = "the saga ended " + string(e.Outcome)
+			}
+			b.emissions = append(b.emissions, em)
+		}
+	}
+	return parents
+}
+
+// stepRef names the step attempt an event answers.
+type stepRef struct {
+	step         string
+	compensation bool
+	timer        bool // the event is the attempt's timeout
+	ok           bool
+}
+
+func (r *Runtime[D]) stepSpanName(step string, compensation bool) string {
+	if compensation {
+		return r.saga.name + ": compensate " + step
+	}
+	return r.saga.name + ": " + step
+}
+
+// emit records the spans that ended in a committed batch.
+func (r *Runtime[D]) emit(ctx context.Context, emissions []spanEmission) {
+	for _, em := range emissions {
+		span := telemetry.EmitSpan(ctx, r.tracer, em.sc, em.parent, em.name, trace.WithTimestamp(em.start),
+			trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(em.attrs...))
+		if em.failed != "" {
+			span.SetStatus(codes.Error, em.failed)
+		} else {
+			span.SetStatus(codes.Ok, "")
+		}
+		span.End(trace.WithTimestamp(em.end))
+	}
+}
+
+// classifyReplies adds sg's failure replies and compensation replies.
+func (sg *Saga[D]) classifyReplies(failures, acks map[statemachine.EventType]bool) {
+	for _, st := range sg.steps {
+		if st.failure != nil {
+			failures[ReplyEventType(st.name, st.failure.event.eventType)] = true
+		}
+		if st.compAck != nil {
+			acks[ReplyEventType(st.name, st.compAck.eventType)] = true
+		}
+	}
+}
