@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"runtime/debug"
@@ -142,6 +143,32 @@ func Setup(ctx context.Context, opts ...Option) (*Telemetry, error) {
 //	tp := sdktrace.NewTracerProvider(sdktrace.WithIDGenerator(observability.IDGenerator()), ...)
 func IDGenerator() sdktrace.IDGenerator { return telemetry.IDGenerator{} }
 
+// JaegerHostKey is the resource attribute Jaeger's query API (the one its
+// UI reads) tells hosts apart by: spans of one host are never adjusted for
+// clock skew against each other, and spans of a process without it are
+// checked against their parent's times, with a warning where a consumer's
+// span falls outside its producer's.
+const JaegerHostKey = attribute.Key("ip")
+
+// hostIP returns the host's first IPv4 address, not a loopback one unless
+// it has no other, as host.ip and JaegerHostKey (none when it has none).
+func hostIP() []attribute.KeyValue {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var found net.IP
+	for _, a := range addrs {
+		if ipnet, ok := a.(*net.IPNet); ok && ipnet.IP.To4() != nil && (found == nil || found.IsLoopback()) {
+			found = ipnet.IP
+		}
+	}
+	if found == nil {
+		return nil
+	}
+	return []attribute.KeyValue{semconv.HostIP(found.String()), JaegerHostKey.String(found.String())}
+}
+
 // newResource layers the resource: the SDK's defaults, the process (host
 // name, a service instance ID, the service version), the service name
 // given in code, the environment, then WithResource's attributes. A
@@ -158,7 +185,8 @@ func newResource(ctx context.Context, cfg setupConfig) (*resource.Resource, erro
 	}
 	res := resource.Default()
 	for _, layer := range []*resource.Resource{
-		host, resource.NewSchemaless(semconv.ServiceInstanceID(uuid.NewString()), semconv.ServiceVersion(version())),
+		host, resource.NewSchemaless(hostIP()...),
+		resource.NewSchemaless(semconv.ServiceInstanceID(uuid.NewString()), semconv.ServiceVersion(version())),
 		resource.NewSchemaless(semconv.ServiceName(cfg.serviceName)), env, resource.NewSchemaless(cfg.attrs...),
 	} {
 		if res, err = resource.Merge(res, layer); err != nil {

@@ -76,7 +76,6 @@ type spanEmission struct {
 	parent trace.SpanID
 	name   string
 	start  time.Time
-	end    time.Time
 	attrs  []attribute.KeyValue
 	failed string // the error status's description; "" when it did not fail
 }
@@ -164,7 +163,7 @@ func (r *Runtime[D]) advanceSpans(b *batch[D], s *sagaRecord[D], on statemachine
 	end := func(i int, outcome string, failed string) {
 		o := sp.open[i]
 		b.emissions = append(b.emissions, spanEmission{sc: sp.stepSpanContext(o), parent: sp.root.sc.SpanID(),
-			name: r.stepSpanName(o.step, o.compensation), start: o.start, end: now, failed: failed,
+			name: r.stepSpanName(o.step, o.compensation), start: o.start, failed: failed,
 			attrs: []attribute.KeyValue{telemetry.SagaName.String(r.saga.name), telemetry.SagaID.String(s.id),
 				telemetry.SagaStep.String(o.step), telemetry.SagaState.String(string(s.state)),
 				telemetry.SagaCompensation.Bool(o.compensation), attrStepAttempt.Int(o.attempt), attrStepOutcome.String(outcome)}})
@@ -216,7 +215,7 @@ func (r *Runtime[D]) advanceSpans(b *batch[D], s *sagaRecord[D], on statemachine
 		}
 		if !sp.root.ended {
 			sp.root.ended = true
-			em := spanEmission{sc: sp.root.sc, parent: sp.root.parent, name: r.saga.name + " " + s.id, start: sp.root.start, end: now,
+			em := spanEmission{sc: sp.root.sc, parent: sp.root.parent, name: r.saga.name + " " + s.id, start: sp.root.start,
 				attrs: []attribute.KeyValue{telemetry.SagaName.String(r.saga.name), telemetry.SagaID.String(s.id),
 					telemetry.SagaState.String(string(s.state)), telemetry.SagaOutcome.String(string(e.Outcome)),
 					telemetry.SagaCompensation.Bool(e.Outcome != StateCompleted)}}
@@ -244,8 +243,11 @@ func (r *Runtime[D]) stepSpanName(step string, compensation bool) string {
 	return r.saga.name + ": " + step
 }
 
-// emit records the spans that ended in a committed batch.
+// emit records the spans that ended in a committed batch. They end now,
+// once the batch's own spans have: their children (the processing and
+// commands of the batch) fit within them.
 func (r *Runtime[D]) emit(ctx context.Context, emissions []spanEmission) {
+	end := time.Now()
 	for _, em := range emissions {
 		span := telemetry.EmitSpan(ctx, r.tracer, em.sc, em.parent, em.name, trace.WithTimestamp(em.start),
 			trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(em.attrs...))
@@ -254,7 +256,7 @@ func (r *Runtime[D]) emit(ctx context.Context, emissions []spanEmission) {
 		} else {
 			span.SetStatus(codes.Ok, "")
 		}
-		span.End(trace.WithTimestamp(em.end))
+		span.End(trace.WithTimestamp(end))
 	}
 }
 

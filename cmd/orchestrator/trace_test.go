@@ -232,10 +232,10 @@ func hasSpan(tr jaeger.Trace, pred func(jaeger.Span) bool) bool {
 	return slices.ContainsFunc(tr.Spans, pred)
 }
 
-// checkTraces asserts one trace per saga, every service in it, one root and
-// an unbroken parent chain from the terminal span to the order placement,
-// compensation spans in compensated sagas and a failed dead-letter span per
-// poison event. It returns each saga's trace.
+// checkTraces asserts one trace per saga with the saga's shape
+// (checkSagaShape), every service in it, compensation spans in compensated
+// sagas and a failed dead-letter span per poison event. It returns each
+// saga's trace.
 func checkTraces(t *testing.T, traces []jaeger.Trace, sum orders.Summary) map[string]jaeger.Trace {
 	t.Helper()
 	bySaga := map[string]jaeger.Trace{}
@@ -276,64 +276,16 @@ func checkTraces(t *testing.T, traces []jaeger.Trace, sum orders.Summary) map[st
 		}
 		bySaga[id] = tr
 
-		roots := tr.Roots()
-		if len(roots) != 1 || roots[0].OperationName != "orders.inbox publish" || tr.Service(roots[0]) != orders.ServiceStorefront {
-			var b strings.Builder
-			tr.WriteTree(&b)
-			t.Errorf("saga %s: want one root, the storefront placing the order; got %d roots:\n%s", id, len(roots), b.String())
-			continue
-		}
-		spans := map[string]jaeger.Span{}
-		for _, s := range tr.Spans {
-			spans[s.SpanID] = s
-		}
-		var terminal *jaeger.Span
-		for i, s := range tr.Spans {
-			state, _ := s.Tag("saga.state")
-			if state == "Completed" || state == "Compensated" || state == "CompensationFailed" {
-				terminal = &tr.Spans[i]
-			}
-		}
-		if terminal == nil {
-			t.Errorf("saga %s: no span reaches a terminal state", id)
-			continue
-		}
-		// Walk up from the terminal state: every hop's parent is there,
-		// and the walk passes through the orchestrator and the participants.
-		chain := map[string]bool{}
-		for s, steps := *terminal, 0; ; steps++ {
-			chain[tr.Service(s)] = true
-			if s.Parent() == "" {
-				break
-			}
-			parent, ok := spans[s.Parent()]
-			if !ok || steps > len(tr.Spans) {
-				t.Errorf("saga %s: chain broken above %s %s", id, s.OperationName, s.SpanID)
-				break
-			}
-			s = parent
-		}
+		checkSagaShape(t, id, tr)
+		root := tr.Roots()[0]
+		state, _ := root.Tag("saga.outcome")
 		want := []string{orders.ServiceStorefront, orders.ServiceOrchestrator, orders.ServiceInventory, orders.ServicePayment}
-		state, _ := terminal.Tag("saga.state")
 		if state == "Completed" {
 			want = append(want, orders.ServiceShipping)
 		}
 		for _, svc := range want {
-			if !chain[svc] || !services[svc] {
-				t.Errorf("saga %s (%s): no %s span on the chain from the order to the end", id, state, svc)
-			}
-		}
-		// The span that processed a reply (or fired a timer) is the
-		// parent of the commands it sent.
-		for _, s := range tr.Spans {
-			if tr.Service(s) != orders.ServiceOrchestrator || !strings.HasSuffix(s.OperationName, " publish") {
-				continue
-			}
-			parent := spans[s.Parent()]
-			if tr.Service(parent) != orders.ServiceOrchestrator ||
-				!(strings.HasSuffix(parent.OperationName, " process") || strings.HasSuffix(parent.OperationName, "timeout")) {
-				t.Errorf("saga %s: %s's parent is %s [%s], want the orchestrator's span that decided it",
-					id, s.OperationName, parent.OperationName, tr.Service(parent))
+			if !services[svc] {
+				t.Errorf("saga %s (%s): no %s span in its trace", id, state, svc)
 			}
 		}
 		compensating := hasSpan(tr, func(s jaeger.Span) bool { v, _ := s.Tag("saga.compensation"); return v == "true" })
@@ -359,6 +311,73 @@ func checkTraces(t *testing.T, traces []jaeger.Trace, sum orders.Summary) map[st
 		t.Errorf("%d dead-letter spans, want one per dead-lettered record (%d)", deadLetterSpans, sum.DeadLettered)
 	}
 	return bySaga
+}
+
+// checkSagaShape asserts that a saga's trace reads as the saga: one root,
+// the saga's span ("orders <id>", its outcome as status); under it a span
+// per step attempt and compensation, each the parent of its command's
+// publish and its reply's processing; no span deeper than 5 levels; every
+// span says which saga and in what state; Jaeger warns of nothing (a clock
+// skew adjustment, a missing parent).
+func checkSagaShape(t *testing.T, id string, tr jaeger.Trace) {
+	t.Helper()
+	var b strings.Builder
+	tr.WriteTree(&b)
+	roots := tr.Roots()
+	if len(roots) != 1 || roots[0].OperationName != "orders "+id || tr.Service(roots[0]) != orders.ServiceOrchestrator {
+		t.Errorf("saga %s: want one root, the orchestrator's span %q; got %d roots:\n%s", id, "orders "+id, len(roots), b.String())
+		return
+	}
+	root := roots[0]
+	outcome, _ := root.Tag("saga.outcome")
+	if root.Failed() != (outcome != "Completed") {
+		t.Errorf("saga %s: the root's status (failed %v) does not say its outcome %q", id, root.Failed(), outcome)
+	}
+	spans := map[string]jaeger.Span{}
+	for _, s := range tr.Spans {
+		spans[s.SpanID] = s
+	}
+	stepSpans := 0
+	for _, s := range tr.Spans {
+		depth := 1
+		for p := s; p.Parent() != ""; p = spans[p.Parent()] {
+			depth++
+		}
+		if depth > 5 {
+			t.Errorf("saga %s: %s [%s] is %d levels deep, want at most 5:\n%s", id, s.OperationName, tr.Service(s), depth, b.String())
+		}
+		for _, w := range s.Warnings {
+			t.Errorf("saga %s: Jaeger warns of %s [%s]: %s", id, s.OperationName, tr.Service(s), w)
+		}
+		for _, k := range []string{"saga.name", "saga.id", "saga.state", "saga.compensation"} {
+			if _, ok := s.Tag(k); !ok && !strings.HasSuffix(s.OperationName, " dead-letter") {
+				t.Errorf("saga %s: %s [%s] has no %s", id, s.OperationName, tr.Service(s), k)
+			}
+		}
+		parent := spans[s.Parent()]
+		step, _ := s.Tag("saga.step")
+		if strings.HasPrefix(s.OperationName, "orders: ") {
+			stepSpans++
+			if parent.SpanID != root.SpanID {
+				t.Errorf("saga %s: step span %q is under %q, not the saga's span", id, s.OperationName, parent.OperationName)
+			}
+		}
+		if tr.Service(s) != orders.ServiceOrchestrator || step == "" || step == "outcome" {
+			continue
+		}
+		// A command's publish is under its attempt; a reply's processing
+		// too, or under the saga's span when it came after its attempt
+		// ended (a late reply).
+		underStep := parent.OperationName == "orders: "+step || parent.OperationName == "orders: compensate "+step
+		switch {
+		case strings.HasSuffix(s.OperationName, ".commands publish") && !underStep,
+			s.OperationName == "orders.inbox process" && !underStep && parent.SpanID != root.SpanID:
+			t.Errorf("saga %s: %s (step %s) is under %q, want its step's span:\n%s", id, s.OperationName, step, parent.OperationName, b.String())
+		}
+	}
+	if stepSpans < 2 {
+		t.Errorf("saga %s: %d step spans, want one per step attempt:\n%s", id, stepSpans, b.String())
+	}
 }
 
 // checkLogs asserts that the lines about a saga carry its IDs and its trace.
