@@ -14,11 +14,11 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/sagapipe/sagapipe/service"
 	"github.com/sagapipe/sagapipe/internal/jaeger"
 	"github.com/sagapipe/sagapipe/internal/telemetry"
 	"github.com/sagapipe/sagapipe/saga"
 	"github.com/sagapipe/sagapipe/schema"
+	"github.com/sagapipe/sagapipe/service"
 )
 
 func runSaga(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -164,6 +164,7 @@ func sagaTrace(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	var jf journalFlags
 	jf.register(fs)
 	jaegerURL := fs.String("jaeger", "", "Jaeger query URL (e.g. http://127.0.0.1:16686): also print the saga's spans from Jaeger")
+	htmlOut := fs.String("html", "", "with --jaeger: also write the saga's trace to this file as a page laid out like Jaeger's trace view")
 	pos, code := parseInterspersed(fs, args, 2, stderr)
 	if code >= 0 {
 		return code
@@ -193,8 +194,28 @@ func sagaTrace(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 		fmt.Fprintf(stdout, "\nspans of trace %s in Jaeger (%d), in its UI at %s/trace/%s:\n", traceID, len(t.Spans), strings.TrimSuffix(*jaegerURL, "/"), traceID)
 		t.WriteTree(stdout)
+		if *htmlOut != "" {
+			if err := writeTraceHTML(*htmlOut, t, name+" "+id); err != nil {
+				fmt.Fprintf(stderr, "orchestrator saga trace: --html: %v\n", err)
+				return 1
+			}
+			fmt.Fprintf(stdout, "the trace's page: %s\n", *htmlOut)
+		}
 	}
 	return 0
+}
+
+// writeTraceHTML writes t's page (jaeger.Trace.WriteHTML) to path.
+func writeTraceHTML(path string, t jaeger.Trace, title string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := t.WriteHTML(f, title); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // writeTimeline prints the entries and returns the trace IDs they name, in

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -94,8 +96,9 @@ func TestTracesMetricsAndLogsEndToEnd(t *testing.T) {
 		}
 	}
 	var stdout, stderr syncBuffer
+	page := filepath.Join(t.TempDir(), "trace.html")
 	code := run(ctx, []string{"saga", "trace", "orders", compensated, "--brokers", strings.Join(stack.KafkaAddrs(), ","),
-		"--registry", stack.RegistryURL(), "--jaeger", jp.QueryURL}, &stdout, &stderr)
+		"--registry", stack.RegistryURL(), "--jaeger", jp.QueryURL, "--html", page}, &stdout, &stderr)
 	out := stdout.String()
 	if code != 0 || !strings.Contains(out, sagaTrace[compensated].TraceID) || !strings.Contains(out, "compensation") ||
 		!strings.Contains(out, "Compensated") || !strings.Contains(out, "[inventory-service]") {
@@ -103,6 +106,21 @@ func TestTracesMetricsAndLogsEndToEnd(t *testing.T) {
 	}
 	if link := strings.TrimSuffix(jp.QueryURL, "/") + "/trace/" + sagaTrace[compensated].TraceID; !strings.Contains(out, link) {
 		t.Errorf("saga trace prints no link to the trace's page in Jaeger's UI (%s):\n%s", link, out)
+	}
+	if html, err := os.ReadFile(page); err != nil {
+		t.Error(err)
+	} else {
+		rows := strings.Count(string(html), "<tr><td")
+		if rows != len(sagaTrace[compensated].Spans) || !strings.Contains(string(html), "orders "+compensated) ||
+			!strings.Contains(string(html), "orders: compensate inventory") || strings.Contains(string(html), "ZgotmplZ") {
+			t.Errorf("saga trace --html: %d rows for %d spans, or no root or compensation, or a value the template refused:\n%s",
+				rows, len(sagaTrace[compensated].Spans), html)
+		}
+	}
+	if dir := os.Getenv("SAGAPIPE_TRACE_PAGE_DIR"); dir != "" { // for the docs' screenshot
+		if html, err := os.ReadFile(page); err == nil {
+			_ = os.WriteFile(filepath.Join(dir, "trace.html"), html, 0o644)
+		}
 	}
 
 	cluster := []string{"--brokers", strings.Join(stack.KafkaAddrs(), ","), "--registry", stack.RegistryURL()}
