@@ -368,7 +368,7 @@ func checkSagaShape(t *testing.T, id string, tr jaeger.Trace) {
 			t.Errorf("saga %s: Jaeger warns of %s [%s]: %s", id, s.OperationName, tr.Service(s), w)
 		}
 		for _, k := range []string{"saga.name", "saga.id", "saga.state", "saga.compensation"} {
-			if _, ok := s.Tag(k); !ok && !strings.HasSuffix(s.OperationName, " dead-letter") {
+			if _, ok := s.Tag(k); !ok {
 				t.Errorf("saga %s: %s [%s] has no %s", id, s.OperationName, tr.Service(s), k)
 			}
 		}

@@ -234,7 +234,7 @@ func EndPublish(span trace.Span, rec *kgo.Record, err error) {
 func StartDeadLetter(ctx context.Context, tracer trace.Tracer, rec *kgo.Record, dlqTopic, class string, cause error) (context.Context, trace.Span) {
 	ctx, span := tracer.Start(ctx, dlqTopic+" dead-letter",
 		trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(
+		trace.WithAttributes(SagaHeaders([]attribute.KeyValue{
 			semconv.MessagingSystemKafka,
 			semconv.MessagingOperationTypeSend,
 			semconv.MessagingOperationName("dead-letter"),
@@ -243,7 +243,7 @@ func StartDeadLetter(ctx context.Context, tracer trace.Tracer, rec *kgo.Record, 
 			SourcePartition.Int(int(rec.Partition)),
 			SourceOffset.Int64(rec.Offset),
 			ErrorClass.String(class),
-		))
+		}, rec.Headers)...))
 	Fail(span, cause)
 	return ctx, span
 }
