@@ -26,7 +26,7 @@ func TestSetupReadsTheEnvironment(t *testing.T) {
 	tests := []struct {
 		name        string
 		env         map[string]string
-		opts        []observability.Option
+		opts        []observability.Opt
 		wantTracing string
 		wantService string
 		wantErr     string
@@ -39,9 +39,9 @@ func TestSetupReadsTheEnvironment(t *testing.T) {
 		{name: "exporter none", env: map[string]string{"OTEL_TRACES_EXPORTER": "none"}, wantTracing: "none", wantService: observability.DefaultServiceName},
 		{name: "sdk disabled", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318", "OTEL_SDK_DISABLED": "true"}, wantTracing: "none"},
 		{name: "service name: env over code", env: map[string]string{"OTEL_SERVICE_NAME": "from-env"},
-			opts: []observability.Option{observability.WithServiceName("from-code")}, wantTracing: "none", wantService: "from-env"},
+			opts: []observability.Opt{observability.WithServiceName("from-code")}, wantTracing: "none", wantService: "from-env"},
 		{name: "service name: WithResource over env", env: map[string]string{"OTEL_SERVICE_NAME": "from-env"},
-			opts: []observability.Option{observability.WithResource(attribute.String("service.name", "forced"))}, wantTracing: "none", wantService: "forced"},
+			opts: []observability.Opt{observability.WithResource(attribute.String("service.name", "forced"))}, wantTracing: "none", wantService: "forced"},
 		{name: "bad protocol", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"},
 			wantErr: "OTEL_EXPORTER_OTLP_PROTOCOL"},
 		{name: "bad exporter", env: map[string]string{"OTEL_TRACES_EXPORTER": "fax"}, wantErr: "OTEL_TRACES_EXPORTER"},

@@ -34,8 +34,8 @@ import (
 // WithServiceName sets one.
 const DefaultServiceName = "sagapipe-orchestrator"
 
-// Option configures Setup.
-type Option interface{ apply(*setupConfig) }
+// Opt configures Setup.
+type Opt interface{ apply(*setupConfig) }
 
 type optionFunc func(*setupConfig)
 
@@ -49,14 +49,14 @@ type setupConfig struct {
 
 // WithServiceName sets service.name unless OTEL_SERVICE_NAME (or
 // OTEL_RESOURCE_ATTRIBUTES) sets it (default DefaultServiceName).
-func WithServiceName(name string) Option {
+func WithServiceName(name string) Opt {
 	return optionFunc(func(c *setupConfig) { c.serviceName = name })
 }
 
 // WithResource adds resource attributes that take precedence over the
 // environment: one process that plays several services (the demo's
 // participants) names each with semconv.ServiceName.
-func WithResource(attrs ...attribute.KeyValue) Option {
+func WithResource(attrs ...attribute.KeyValue) Opt {
 	return optionFunc(func(c *setupConfig) { c.attrs = append(c.attrs, attrs...) })
 }
 
@@ -88,7 +88,7 @@ type Telemetry struct {
 //
 // The propagator is W3C TraceContext plus Baggage. Setup does not touch
 // otel's globals; SetGlobal does. Shutdown flushes what is buffered.
-func Setup(ctx context.Context, opts ...Option) (*Telemetry, error) {
+func Setup(ctx context.Context, opts ...Opt) (*Telemetry, error) {
 	cfg := setupConfig{serviceName: DefaultServiceName, lookupEnv: os.LookupEnv}
 	for _, o := range opts {
 		o.apply(&cfg)
