@@ -77,7 +77,7 @@ type Config struct {
 	// state topic).
 	RebuildState bool
 	// Clock tells time for timers (default the real clock).
-	Clock dlq.Clock
+	Clock Clock
 	// Hooks are told what happens: each implements one or more of
 	// HookFinished, HookRestored and dlq.HookDeadLettered (NewRuntime
 	// refuses one that implements none).
@@ -132,6 +132,14 @@ const (
 	// partition, or Config.RebuildState).
 	RestoredFromJournal RestoredFrom = "journal"
 )
+
+// Clock tells the runtime's time: the journal's timestamps and the timers'
+// deadlines. Tests inject one to move time; dlq.SystemClock is the real one.
+type Clock interface {
+	Now() time.Time
+	// AfterFunc calls f once d has passed; stop prevents a call not yet made.
+	AfterFunc(d time.Duration, f func()) (stop func() bool)
+}
 
 // Runtime drives one saga definition: it consumes the saga's inbox in a
 // consumer group and, per polled batch, in one Kafka transaction, appends
