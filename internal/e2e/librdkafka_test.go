@@ -128,7 +128,7 @@ func TestLibrdkafkaParticipantRepliesAreForwarded(t *testing.T) {
 		len(ids), offHome, replies, len(misplaced))
 }
 
-// The participant keeps the contract the README states, command by
+// The participant keeps the contract docs/participants.md states, command by
 // command: a compensation that comes before its command applies nothing,
 // replies, and bars the command, which is then refused; a resend (a new
 // ce_id, the same idempotency_key) gets the same reply and applies
