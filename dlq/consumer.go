@@ -226,7 +226,7 @@ func NewConsumer(group string, topics []string, handler Handler, policy Policy, 
 		return c, nil
 	}
 	clientOpts = append(clientOpts, kgo.TransactionalID(cfg.txnID),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.RequireStableFetchOffsets())
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 	sess, err := kgo.NewGroupTransactSession(clientOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("dlq: NewConsumer: %w", err)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/sagapipe/sagapipe/devstack"
 	"github.com/sagapipe/sagapipe/dlq"
+	"github.com/sagapipe/sagapipe/internal/testkit"
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/schema"
 )
@@ -27,37 +28,6 @@ func TestMain(m *testing.M) {
 		return
 	}
 	goleak.VerifyTestMain(m)
-}
-
-func startStack(t *testing.T) *devstack.Stack {
-	t.Helper()
-	s, err := devstack.Start(devstack.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
-}
-
-func client(t *testing.T, s *devstack.Stack, opts ...kgo.Opt) *kgo.Client {
-	t.Helper()
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(s.KafkaAddrs()...)}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	return cl
-}
-
-func createTopic(t *testing.T, s *devstack.Stack, partitions int32, topic string) {
-	t.Helper()
-	resp, err := kadm.NewClient(client(t, s)).CreateTopics(context.Background(), partitions, 1, nil, topic)
-	if err == nil {
-		err = resp.Error()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 // produce writes perPartition records to each partition, valued "<p>-<n>".
@@ -71,26 +41,10 @@ func produce(t *testing.T, s *devstack.Stack, topic string, partitions int32, pe
 				Headers: []kgo.RecordHeader{{Key: "ce_id", Value: fmt.Appendf(nil, "id-%d-%d", p, n)}}})
 		}
 	}
-	cl := client(t, s, kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	cl := testkit.Client(t, s.KafkaAddrs(), kgo.RecordPartitioner(kgo.ManualPartitioner()))
 	if err := cl.ProduceSync(context.Background(), recs...).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func consume(t *testing.T, s *devstack.Stack, topic string, n int) []*kgo.Record {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	cl := client(t, s, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	var out []*kgo.Record
-	for len(out) < n {
-		fs := cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			t.Fatalf("consumed %d of %d records of %s", len(out), n, topic)
-		}
-		out = append(out, fs.Records()...)
-	}
-	return out
 }
 
 // count returns how many data records topic holds (transaction markers
@@ -104,15 +58,6 @@ func count(t *testing.T, s *devstack.Stack, topic string) int64 {
 		t.Fatal(err)
 	}
 	return n
-}
-
-func header(r *kgo.Record, key string) string {
-	for _, h := range r.Headers {
-		if h.Key == key {
-			return string(h.Value)
-		}
-	}
-	return ""
 }
 
 // run starts a consumer of topic in group "workers" and returns a stop func
@@ -188,9 +133,9 @@ func (tr *tracker) snapshot() []string {
 }
 
 func TestPoisonInTheMiddle(t *testing.T) {
-	s := startStack(t)
-	createTopic(t, s, 1, "orders")
-	createTopic(t, s, 1, "orders.dlq")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "orders")
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "orders.dlq")
 	produce(t, s, "orders", 1, 10)
 
 	var tr tracker
@@ -212,14 +157,14 @@ func TestPoisonInTheMiddle(t *testing.T) {
 	if n := count(t, s, "orders.dlq"); n != 1 {
 		t.Fatalf("%d records dead-lettered, want 1", n)
 	}
-	got := consume(t, s, "orders.dlq", 1)[0]
+	got := testkit.Consume(t, s.KafkaAddrs(), "orders.dlq", 1, nil)[0]
 	for k, v := range map[string]string{
 		dlq.HeaderErrorClass: "poison", dlq.HeaderAttempts: "1", dlq.HeaderErrorMessage: "amount is negative",
 		dlq.HeaderErrorType: "*errors.errorString", pipe.HeaderOriginalTopic: "orders", pipe.HeaderOriginalOffset: "4",
 		pipe.HeaderOriginalPartition: "0", pipe.HeaderOriginalConsumerGroup: "workers", "ce_id": "id-0-4",
 	} {
-		if header(got, k) != v {
-			t.Errorf("%s = %q, want %q", k, header(got, k), v)
+		if testkit.Header(got, k) != v {
+			t.Errorf("%s = %q, want %q", k, testkit.Header(got, k), v)
 		}
 	}
 	if string(got.Key) != "k-4" || string(got.Value) != "0-4" {
@@ -232,9 +177,9 @@ func TestOrderedDispatch(t *testing.T) {
 		sources      = 10
 		perPartition = 12
 	)
-	s := startStack(t)
-	createTopic(t, s, sources, "events")
-	createTopic(t, s, 3, "events.dlq")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), sources, "events")
+	testkit.CreateTopics(t, s.KafkaAddrs(), 3, "events.dlq")
 	produce(t, s, "events", sources, perPartition)
 
 	failed := 0
@@ -261,9 +206,9 @@ func TestOrderedDispatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	last := map[string]int64{}
-	for _, r := range consume(t, s, "events.dlq", failed) {
-		origin, _ := strconv.Atoi(header(r, pipe.HeaderOriginalPartition))
-		off, _ := strconv.ParseInt(header(r, pipe.HeaderOriginalOffset), 10, 64)
+	for _, r := range testkit.Consume(t, s.KafkaAddrs(), "events.dlq", failed, nil) {
+		origin, _ := strconv.Atoi(testkit.Header(r, pipe.HeaderOriginalPartition))
+		off, _ := strconv.ParseInt(testkit.Header(r, pipe.HeaderOriginalOffset), 10, 64)
 		if want := int32(origin % 3); r.Partition != want {
 			t.Fatalf("origin partition %d landed in DLQ partition %d, want %d", origin, r.Partition, want)
 		}
@@ -281,10 +226,9 @@ func TestOrderedDispatch(t *testing.T) {
 // manualClock records every backoff asked for; when fire is set it moves
 // time forward by it and fires at once.
 type manualClock struct {
-	mu    sync.Mutex
-	now   time.Time
-	fire  bool
-	waits []time.Duration
+	mu   sync.Mutex
+	now  time.Time
+	fire bool
 }
 
 func (c *manualClock) Now() time.Time {
@@ -296,18 +240,11 @@ func (c *manualClock) Now() time.Time {
 func (c *manualClock) AfterFunc(d time.Duration, f func()) func() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.waits = append(c.waits, d)
 	if c.fire {
 		c.now = c.now.Add(d)
 		go f()
 	}
 	return func() bool { return false }
-}
-
-func (c *manualClock) recorded() []time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]time.Duration(nil), c.waits...)
 }
 
 // retryCounter records retries the consumer announced.
@@ -343,9 +280,9 @@ func TestBackoffBoundsAndAttempts(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := startStack(t)
-			createTopic(t, s, 1, "jobs")
-			createTopic(t, s, 1, "jobs.dlq")
+			s := testkit.StartStack(t)
+			testkit.CreateTopics(t, s.KafkaAddrs(), 1, "jobs")
+			testkit.CreateTopics(t, s.KafkaAddrs(), 1, "jobs.dlq")
 			produce(t, s, "jobs", 1, 1)
 			clock := &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), fire: true}
 			hooks := &retryCounter{dead: make(chan dlq.Failure, 1)}
@@ -384,9 +321,9 @@ func TestBackoffBoundsAndAttempts(t *testing.T) {
 			if got := f.LastFailedAt.Sub(f.FirstFailedAt); got != sum(hooks.backoffs) {
 				t.Errorf("failed from %v to %v, want the %v of backoff between", f.FirstFailedAt, f.LastFailedAt, sum(hooks.backoffs))
 			}
-			r := consume(t, s, "jobs.dlq", 1)[0]
-			if header(r, dlq.HeaderAttempts) != "5" || header(r, dlq.HeaderErrorClass) != "exhausted" {
-				t.Errorf("DLQ headers attempts=%q class=%q", header(r, dlq.HeaderAttempts), header(r, dlq.HeaderErrorClass))
+			r := testkit.Consume(t, s.KafkaAddrs(), "jobs.dlq", 1, nil)[0]
+			if testkit.Header(r, dlq.HeaderAttempts) != "5" || testkit.Header(r, dlq.HeaderErrorClass) != "exhausted" {
+				t.Errorf("DLQ headers attempts=%q class=%q", testkit.Header(r, dlq.HeaderAttempts), testkit.Header(r, dlq.HeaderErrorClass))
 			}
 		})
 	}
@@ -401,9 +338,9 @@ func sum(ds []time.Duration) time.Duration {
 }
 
 func TestRetryingPartitionDoesNotDelayAnother(t *testing.T) {
-	s := startStack(t)
-	createTopic(t, s, 2, "jobs")
-	createTopic(t, s, 2, "jobs.dlq")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 2, "jobs")
+	testkit.CreateTopics(t, s.KafkaAddrs(), 2, "jobs.dlq")
 	produce(t, s, "jobs", 2, 10)
 	// The clock never fires: partition 0 stays in backoff for good.
 	clock := &manualClock{now: time.Now()}
@@ -438,9 +375,9 @@ func TestRetryingPartitionDoesNotDelayAnother(t *testing.T) {
 // backs off leaves it uncommitted, and the next one handles it, in order.
 // (A kill -9 is TestTransactionalDispatchSurvivesKill9.)
 func TestStopDuringBackoffRedoesTheRecord(t *testing.T) {
-	s := startStack(t)
-	createTopic(t, s, 1, "jobs")
-	createTopic(t, s, 1, "jobs.dlq")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "jobs")
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "jobs.dlq")
 	produce(t, s, "jobs", 1, 3)
 
 	var first tracker
@@ -500,9 +437,9 @@ func TestStopCommitsWhatItFinished(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := startStack(t)
-			createTopic(t, s, 1, "jobs")
-			createTopic(t, s, 1, "jobs.dlq")
+			s := testkit.StartStack(t)
+			testkit.CreateTopics(t, s.KafkaAddrs(), 1, "jobs")
+			testkit.CreateTopics(t, s.KafkaAddrs(), 1, "jobs.dlq")
 			produce(t, s, "jobs", 1, 3)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
@@ -522,7 +459,7 @@ func TestStopCommitsWhatItFinished(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			offsets, err := kadm.NewClient(client(t, s)).FetchOffsets(context.Background(), "workers")
+			offsets, err := kadm.NewClient(testkit.Client(t, s.KafkaAddrs())).FetchOffsets(context.Background(), "workers")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -557,9 +494,9 @@ func TestPolicyValidateReportsEveryProblem(t *testing.T) {
 // retry budget, and handled once the registry answers: an outage
 // dead-letters nothing.
 func TestRegistryOutageIsRetriedPastMaxRetries(t *testing.T) {
-	s := startStack(t)
-	createTopic(t, s, 1, "jobs")
-	createTopic(t, s, 1, "jobs.dlq")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "jobs")
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "jobs.dlq")
 	produce(t, s, "jobs", 1, 1)
 	clock := &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), fire: true}
 	hooks := &retryCounter{dead: make(chan dlq.Failure, 1)}

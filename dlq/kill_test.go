@@ -89,10 +89,10 @@ func startKillChild(t *testing.T, brokers, log string) *exec.Cmd {
 // next worker does that work again. In the end every good job is in "out"
 // once and every poisoned one in the DLQ once.
 func TestTransactionalDispatchSurvivesKill9(t *testing.T) {
-	s := startStack(t)
-	createTopic(t, s, 2, "jobs")
-	createTopic(t, s, 2, "jobs.dlq")
-	createTopic(t, s, 1, "out")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 2, "jobs")
+	testkit.CreateTopics(t, s.KafkaAddrs(), 2, "jobs.dlq")
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "out")
 	const perPartition = 400
 	produce(t, s, "jobs", 2, perPartition)
 	brokers := strings.Join(s.KafkaAddrs(), ",")
@@ -109,7 +109,7 @@ func TestTransactionalDispatchSurvivesKill9(t *testing.T) {
 	}
 
 	// The last worker finishes: the group's offsets reach the end.
-	adm := kadm.NewClient(client(t, s))
+	adm := kadm.NewClient(testkit.Client(t, s.KafkaAddrs()))
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		offsets, err := adm.FetchOffsets(context.Background(), "workers")

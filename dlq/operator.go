@@ -141,7 +141,6 @@ func Replay(ctx context.Context, cfg ReplayConfig) (ReplayStats, error) {
 		kgo.ConsumeTopics(cfg.Topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.RequireStableFetchOffsets(),
 		kgo.RecordPartitioner(pipe.NewPartitioner(nil)),
 		kgo.TransactionalID(cfg.Group),
 		kgo.KeepControlRecords(),

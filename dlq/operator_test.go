@@ -9,13 +9,14 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sagapipe/sagapipe/dlq"
+	"github.com/sagapipe/sagapipe/internal/testkit"
 )
 
 func TestReplayRoundTrip(t *testing.T) {
 	ctx := context.Background()
-	s := startStack(t)
-	createTopic(t, s, 2, "orders")
-	createTopic(t, s, 1, "orders.dlq")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 2, "orders")
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "orders.dlq")
 	produce(t, s, "orders", 2, 6)
 	bad := func(v string) bool {
 		var p, n int
@@ -67,7 +68,7 @@ func TestReplayRoundTrip(t *testing.T) {
 	var replayedFrom []string
 	stop = run(t, s, "orders", func(_ context.Context, r *kgo.Record) error {
 		second.add(string(r.Value))
-		replayedFrom = append(replayedFrom, header(r, dlq.HeaderReplayedFrom))
+		replayedFrom = append(replayedFrom, testkit.Header(r, dlq.HeaderReplayedFrom))
 		return nil
 	}, dlq.Policy{})
 	second.wait(t, failed)
@@ -102,9 +103,9 @@ func TestReplayRoundTrip(t *testing.T) {
 
 func TestListFilters(t *testing.T) {
 	ctx := context.Background()
-	s := startStack(t)
-	createTopic(t, s, 1, "a")
-	createTopic(t, s, 1, "a.dlq")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "a")
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "a.dlq")
 	produce(t, s, "a", 1, 4)
 	var dead tracker
 	stop := run(t, s, "a", func(_ context.Context, r *kgo.Record) error {

@@ -9,20 +9,21 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sagapipe/sagapipe/dlq"
+	"github.com/sagapipe/sagapipe/internal/testkit"
 )
 
 func TestSequencedModeParksKeysAcrossRestarts(t *testing.T) {
 	ctx := context.Background()
-	s := startStack(t)
-	createTopic(t, s, 1, "accounts")
-	createTopic(t, s, 1, "accounts.dlq")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "accounts")
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "accounts.dlq")
 	send := func(kv ...string) {
 		t.Helper()
 		var recs []*kgo.Record
 		for i := 0; i < len(kv); i += 2 {
 			recs = append(recs, &kgo.Record{Topic: "accounts", Key: []byte(kv[i]), Value: []byte(kv[i+1])})
 		}
-		if err := client(t, s).ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		if err := testkit.Client(t, s.KafkaAddrs()).ProduceSync(ctx, recs...).FirstErr(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -52,8 +53,8 @@ func TestSequencedModeParksKeysAcrossRestarts(t *testing.T) {
 		t.Fatalf("first run handled %v, want only K2's records: K1 is parked behind its poison record", got)
 	}
 	classes := map[string]int{}
-	for _, r := range consume(t, s, "accounts.dlq", 3) {
-		classes[header(r, dlq.HeaderErrorClass)]++
+	for _, r := range testkit.Consume(t, s.KafkaAddrs(), "accounts.dlq", 3, nil) {
+		classes[testkit.Header(r, dlq.HeaderErrorClass)]++
 	}
 	if classes["poison"] != 1 || classes["predecessor_dead_lettered"] != 2 {
 		t.Fatalf("DLQ classes %v, want 1 poison and 2 predecessor_dead_lettered", classes)

@@ -9,6 +9,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sagapipe/sagapipe/dlq"
+	"github.com/sagapipe/sagapipe/internal/testkit"
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/schema"
 )
@@ -19,10 +20,10 @@ type command struct {
 
 func TestStageWorkerDeadLettersThroughThePolicy(t *testing.T) {
 	ctx := context.Background()
-	s := startStack(t)
-	createTopic(t, s, 1, "stage.commands")
-	createTopic(t, s, 1, "stage.commands.dlq")
-	createTopic(t, s, 1, "replies")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "stage.commands")
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "stage.commands.dlq")
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "replies")
 	serde, err := schema.NewSerde(s.RegistryURL())
 	if err != nil {
 		t.Fatal(err)
@@ -38,14 +39,14 @@ func TestStageWorkerDeadLettersThroughThePolicy(t *testing.T) {
 	env := schema.NewEnvelope("Command", "test", time.Now())
 	env.ReplyTo = "replies"
 	bad := schema.NewEnvelope("Command", "test", time.Now())
-	if err := client(t, s).ProduceSync(ctx,
+	if err := testkit.Client(t, s.KafkaAddrs()).ProduceSync(ctx,
 		&kgo.Record{Topic: "stage.commands", Key: []byte("k"), Value: []byte("not framed"), Headers: bad.Apply(nil)},
 		&kgo.Record{Topic: "stage.commands", Key: []byte("k"), Value: good, Headers: env.Apply(nil)},
 	).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
 
-	cl := client(t, s, kgo.ConsumerGroup("stage"), kgo.ConsumeTopics("stage.commands"), kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+	cl := testkit.Client(t, s.KafkaAddrs(), kgo.ConsumerGroup("stage"), kgo.ConsumeTopics("stage.commands"), kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.RecordPartitioner(pipe.NewPartitioner(nil)))
 	policy, err := dlq.FailurePolicy(cl, dlq.Policy{})
 	if err != nil {
@@ -74,16 +75,16 @@ func TestStageWorkerDeadLettersThroughThePolicy(t *testing.T) {
 	if err := <-ran; err != nil {
 		t.Fatal(err)
 	}
-	r := consume(t, s, "stage.commands.dlq", 1)[0]
-	if header(r, dlq.HeaderErrorClass) != "poison" || !strings.Contains(header(r, dlq.HeaderErrorMessage), "magic byte") ||
-		header(r, "original_consumer_group") != "stage" {
+	r := testkit.Consume(t, s.KafkaAddrs(), "stage.commands.dlq", 1, nil)[0]
+	if testkit.Header(r, dlq.HeaderErrorClass) != "poison" || !strings.Contains(testkit.Header(r, dlq.HeaderErrorMessage), "magic byte") ||
+		testkit.Header(r, "original_consumer_group") != "stage" {
 		t.Fatalf("dead letter headers %v", r.Headers)
 	}
 }
 
 func TestFailurePolicyNeedsTheExplicitPartitioner(t *testing.T) {
-	s := startStack(t)
-	_, err := dlq.FailurePolicy(client(t, s), dlq.Policy{})
+	s := testkit.StartStack(t)
+	_, err := dlq.FailurePolicy(testkit.Client(t, s.KafkaAddrs()), dlq.Policy{})
 	if err == nil || !strings.Contains(err.Error(), "pipe.NewPartitioner") {
 		t.Fatalf("got %v, want an error naming the partitioner to use", err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sagapipe/sagapipe/devstack"
 	"github.com/sagapipe/sagapipe/dlq"
+	"github.com/sagapipe/sagapipe/internal/testkit"
 )
 
 // txnConsumer runs a transactional consumer of "jobs" whose handler pipes
@@ -64,10 +65,10 @@ func committed(t *testing.T, s *devstack.Stack, topic string) []string {
 // leaves nothing committed, and the next one dead-letters it once. (A kill
 // -9 is TestTransactionalDispatchSurvivesKill9.)
 func TestTransactionalDispatchStoppedBeforeItsCommit(t *testing.T) {
-	s := startStack(t)
-	createTopic(t, s, 1, "jobs")
-	createTopic(t, s, 1, "jobs.dlq")
-	createTopic(t, s, 1, "out")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "jobs")
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "jobs.dlq")
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "out")
 	produce(t, s, "jobs", 1, 3)
 	poison := func(r *kgo.Record) error {
 		if string(r.Value) == "0-1" {
@@ -117,10 +118,10 @@ func TestTransactionalDispatchStoppedBeforeItsCommit(t *testing.T) {
 }
 
 func TestTransactionalRetryRewinds(t *testing.T) {
-	s := startStack(t)
-	createTopic(t, s, 2, "jobs")
-	createTopic(t, s, 2, "jobs.dlq")
-	createTopic(t, s, 1, "out")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 2, "jobs")
+	testkit.CreateTopics(t, s.KafkaAddrs(), 2, "jobs.dlq")
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "out")
 	produce(t, s, "jobs", 2, 3)
 	var mu sync.Mutex
 	tries := map[string]int{}

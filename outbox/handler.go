@@ -53,7 +53,7 @@ func (s *Store) handle(ctx context.Context, env schema.Envelope, h func(context.
 	if err != nil {
 		return fmt.Errorf("outbox: begin the transaction of command %s: %w", env.ID, err)
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+	defer tx.Rollback(context.WithoutCancel(ctx)) // a no-op after Commit
 	if err := s.apply(ctx, tx, env, h); err != nil {
 		return err
 	}

@@ -3,7 +3,6 @@ package outbox_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"testing"
@@ -241,54 +240,6 @@ func produce(t *testing.T, cl *kgo.Client, recs ...*kgo.Record) {
 	}
 }
 
-// consume reads n records of topic from its start, failing the test when
-// they do not come in time.
-func consume(t *testing.T, brokers []string, topic string, n int) []*kgo.Record {
-	t.Helper()
-	return consumeWhere(t, brokers, topic, n, func(*kgo.Record) bool { return true })
-}
-
-// consumeWhere reads topic from its start until n records keep says to
-// keep have come, failing the test when they do not come in time.
-func consumeWhere(t *testing.T, brokers []string, topic string, n int, keep func(*kgo.Record) bool) []*kgo.Record {
-	t.Helper()
-	recs, err := consumeN(brokers, topic, n, defaultWait, keep)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return recs
-}
-
-// defaultWait is how long a test waits for what should come.
-const defaultWait = 20 * time.Second
-
-func consumeN(brokers []string, topic string, n int, timeout time.Duration, keep func(*kgo.Record) bool) ([]*kgo.Record, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		return nil, err
-	}
-	defer cl.Close()
-	var out []*kgo.Record
-	for len(out) < n {
-		fs := cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			return out, fmt.Errorf("consumed %d of %d records of %s in %s", len(out), n, topic, timeout)
-		}
-		if err := fs.Err0(); err != nil {
-			return out, err
-		}
-		for _, r := range fs.Records() {
-			if keep(r) {
-				out = append(out, r)
-			}
-		}
-	}
-	return out, nil
-}
-
 func keyed(key string) func(*kgo.Record) bool {
 	return func(r *kgo.Record) bool { return string(r.Key) == key }
 }
@@ -318,27 +269,6 @@ func count(t *testing.T, pool *pgxpool.Pool, query string, args ...any) int {
 		t.Fatalf("%s: %v", query, err)
 	}
 	return n
-}
-
-// eventually waits for cond, failing the test with what it last said.
-func eventually(t *testing.T, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %v", timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func header(r *kgo.Record, key string) string {
-	v, _ := schema.Header(r.Headers, key)
-	return v
 }
 
 var errFailed = errors.New("the account service is down")

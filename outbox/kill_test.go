@@ -63,7 +63,7 @@ func TestKillBetweenCommitAndPublish(t *testing.T) {
 	restarted := startChild(t, w, "recover")
 	// The reply of the first run, and the answer to the command's
 	// redelivery.
-	eventually(t, 30*time.Second, func() error {
+	testkit.WaitUntil(t, 30*time.Second, func() error {
 		rows := count(t, w.pool, "SELECT count(*) FROM sagapipe_outbox")
 		unpublished := count(t, w.pool, "SELECT count(*) FROM sagapipe_outbox WHERE published_at IS NULL")
 		if rows != 2 || unpublished != 0 {
@@ -75,13 +75,13 @@ func TestKillBetweenCommitAndPublish(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	replies := consume(t, w.stack.KafkaAddrs(), inboxTopic, 2)
+	replies := testkit.Consume(t, w.stack.KafkaAddrs(), inboxTopic, 2, nil)
 	for _, r := range replies {
 		reply, err := w.codecs.debited.Decode(context.Background(), r.Value)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c := header(r, schema.HeaderCausationID); c != env.ID || reply.Balance != 750 {
+		if c := testkit.Header(r, schema.HeaderCausationID); c != env.ID || reply.Balance != 750 {
 			t.Errorf("reply %+v to %s, want a balance of 750 answering %s", reply, c, env.ID)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/sagapipe/sagapipe/internal/testkit"
 	"github.com/sagapipe/sagapipe/outbox"
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/schema"
@@ -45,8 +46,8 @@ func TestReplyIsTheStageWorkersReply(t *testing.T) {
 
 	rec, env := command(t, w.codecs, "saga-1", Debit{Account: "alice", Cents: 250})
 	produce(t, w.client(t), rec)
-	got := consume(t, w.stack.KafkaAddrs(), inboxTopic, 1)[0]
-	want := consume(t, w.stack.KafkaAddrs(), "plain.inbox", 1)[0]
+	got := testkit.Consume(t, w.stack.KafkaAddrs(), inboxTopic, 1, nil)[0]
+	want := testkit.Consume(t, w.stack.KafkaAddrs(), "plain.inbox", 1, nil)[0]
 
 	if string(got.Key) != string(want.Key) {
 		t.Errorf("key %q, the stage worker's %q", got.Key, want.Key)
@@ -76,7 +77,7 @@ func TestReplyIsTheStageWorkersReply(t *testing.T) {
 	// Both consumed the same command: the reply says where it came from
 	// (pipe.SourceRecord gives the handler the consumed record).
 	for _, name := range []string{pipe.HeaderOriginalTopic, pipe.HeaderOriginalPartition, pipe.HeaderOriginalOffset} {
-		if g, w := header(got, name), header(want, name); g == "" || g != w {
+		if g, w := testkit.Header(got, name), testkit.Header(want, name); g == "" || g != w {
 			t.Errorf("header %s = %q, the stage worker's %q", name, g, w)
 		}
 	}
@@ -85,22 +86,22 @@ func TestReplyIsTheStageWorkersReply(t *testing.T) {
 		schema.HeaderSagaID: "saga-1", schema.HeaderCorrelationID: "corr-saga-1",
 		schema.HeaderReplyTo: "", schema.HeaderIdempotencyKey: "",
 	} {
-		if v := header(got, name); v != value {
+		if v := testkit.Header(got, name); v != value {
 			t.Errorf("header %s = %q, want %q", name, v, value)
 		}
 	}
 	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736" // the command's
-	if tp := header(got, schema.HeaderTraceParent); !strings.Contains(tp, traceID) {
+	if tp := testkit.Header(got, schema.HeaderTraceParent); !strings.Contains(tp, traceID) {
 		t.Errorf("traceparent %q is not in the command's trace %s", tp, traceID)
 	}
-	if header(got, schema.HeaderID) == "" || header(got, schema.HeaderID) == header(want, schema.HeaderID) {
-		t.Errorf("ce_id %q: want a new one", header(got, schema.HeaderID))
+	if testkit.Header(got, schema.HeaderID) == "" || testkit.Header(got, schema.HeaderID) == testkit.Header(want, schema.HeaderID) {
+		t.Errorf("ce_id %q: want a new one", testkit.Header(got, schema.HeaderID))
 	}
 
 	if n := count(t, w.pool, "SELECT count(*) FROM effects WHERE command_id = $1", env.ID); n != 1 {
 		t.Errorf("the debit was applied %d times, want 1", n)
 	}
-	eventually(t, 10*time.Second, func() error {
+	testkit.WaitUntil(t, 10*time.Second, func() error {
 		if n := count(t, w.pool, "SELECT count(*) FROM sagapipe_outbox WHERE published_at IS NULL"); n != 0 {
 			return errors.New("the reply's row is not marked published")
 		}
@@ -119,21 +120,21 @@ func TestResendIsAppliedOnceAndAnsweredAgain(t *testing.T) {
 
 	first, env := command(t, w.codecs, "saga-1", Debit{Account: "alice", Cents: 250})
 	produce(t, w.client(t), first)
-	consume(t, w.stack.KafkaAddrs(), inboxTopic, 1)
+	testkit.Consume(t, w.stack.KafkaAddrs(), inboxTopic, 1, nil)
 	second, secondID := resend(first)
 	third, thirdID := resend(first)
 	produce(t, w.client(t), second, third)
-	replies := consume(t, w.stack.KafkaAddrs(), inboxTopic, 3)
+	replies := testkit.Consume(t, w.stack.KafkaAddrs(), inboxTopic, 3, nil)
 
 	var causes []string
 	for _, r := range replies {
-		causes = append(causes, header(r, schema.HeaderCausationID))
+		causes = append(causes, testkit.Header(r, schema.HeaderCausationID))
 		reply, err := w.codecs.debited.Decode(context.Background(), r.Value)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if reply.Balance != 750 {
-			t.Errorf("answered %+v to %s: want the first answer, a balance of 750", reply, header(r, schema.HeaderCausationID))
+			t.Errorf("answered %+v to %s: want the first answer, a balance of 750", reply, testkit.Header(r, schema.HeaderCausationID))
 		}
 	}
 	if want := []string{env.ID, secondID, thirdID}; !slices.Equal(causes, want) {
@@ -223,8 +224,8 @@ func TestFailedCommandKeepsNothing(t *testing.T) {
 
 			again, againID := resend(rec)
 			produce(t, w.client(t), again)
-			reply := consumeWhere(t, w.stack.KafkaAddrs(), inboxTopic, 1, keyed(tt.sagaID))[0]
-			if c := header(reply, schema.HeaderCausationID); c != againID {
+			reply := testkit.Consume(t, w.stack.KafkaAddrs(), inboxTopic, 1, keyed(tt.sagaID))[0]
+			if c := testkit.Header(reply, schema.HeaderCausationID); c != againID {
 				t.Errorf("the reply answers %s, want the resend %s", c, againID)
 			}
 			if n := count(t, w.pool, "SELECT count(*) FROM effects WHERE account = $1", tt.sagaID); n != 1 {

@@ -187,7 +187,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		if listener != nil {
 			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			listener.Close(cctx) //nolint:errcheck // closing: nothing to do about it
+			listener.Close(cctx) // closing: nothing to do about it
 		}
 	}()
 	failures := 0
@@ -238,7 +238,7 @@ func (r *Relay) listen(ctx context.Context) *pgx.Conn {
 	// Taken out of the pool: a listening connection must not serve others.
 	conn := pooled.Hijack()
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{r.store.channel}.Sanitize()); err != nil {
-		conn.Close(context.Background()) //nolint:errcheck // it failed already
+		conn.Close(context.Background()) // it failed already
 		if ctx.Err() == nil {
 			r.cfg.logger.Warn("outbox relay: LISTEN failed; polling", "channel", r.store.channel, "error", err)
 		}
@@ -266,7 +266,7 @@ func (r *Relay) wait(ctx context.Context, listener **pgx.Conn, retryIn time.Dura
 	}
 	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		r.cfg.logger.Warn("outbox relay: lost the listening connection; reconnecting", "error", err)
-		conn.Close(context.Background()) //nolint:errcheck // it is broken already
+		conn.Close(context.Background()) // it is broken already
 		*listener = nil
 		return true
 	}
@@ -301,7 +301,7 @@ func (r *Relay) publishBatch(ctx context.Context) (taken int, retryIn time.Durat
 	// saves publishing it again.
 	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	defer tx.Rollback(mctx) //nolint:errcheck // a no-op after Commit
+	defer tx.Rollback(mctx) // a no-op after Commit
 	rows, err := r.take(ctx, tx)
 	if err != nil || len(rows) == 0 {
 		return 0, 0, err

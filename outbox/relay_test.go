@@ -54,7 +54,7 @@ func (w *world) runRelay(t *testing.T, opts ...outbox.RelayOpt) {
 
 func (w *world) waitPublished(t *testing.T) {
 	t.Helper()
-	eventually(t, 20*time.Second, func() error {
+	testkit.WaitUntil(t, 20*time.Second, func() error {
 		if n := count(t, w.pool, "SELECT count(*) FROM sagapipe_outbox WHERE published_at IS NULL"); n != 0 {
 			return fmt.Errorf("%d rows unpublished", n)
 		}
@@ -87,10 +87,10 @@ func TestRelaysPublishEveryRowOnce(t *testing.T) {
 			}
 			w.waitPublished(t)
 
-			published := consume(t, w.stack.KafkaAddrs(), topic, rows)
+			published := testkit.Consume(t, w.stack.KafkaAddrs(), topic, rows, nil)
 			times := map[string]int{}
 			for i, r := range published {
-				n := header(r, "n")
+				n := testkit.Header(r, "n")
 				times[n]++
 				if tt.wantOrder && n != strconv.Itoa(i) {
 					t.Fatalf("record %d of the topic is row %s: out of order", i, n)
@@ -130,7 +130,7 @@ func TestRelayKeepsWhatTheBrokerRefuses(t *testing.T) {
 	w.runRelay(t, outbox.WithBackoff(20*time.Millisecond, 100*time.Millisecond),
 		outbox.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 
-	eventually(t, 20*time.Second, func() error {
+	testkit.WaitUntil(t, 20*time.Second, func() error {
 		if n := count(t, w.pool, "SELECT count(*) FROM sagapipe_outbox WHERE id = 2 AND published_at IS NOT NULL"); n != 1 {
 			return fmt.Errorf("the row after the refused one is not published")
 		}
@@ -149,7 +149,7 @@ func TestRelayKeepsWhatTheBrokerRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.waitPublished(t)
-	published := consume(t, w.stack.KafkaAddrs(), "events", 2)
+	published := testkit.Consume(t, w.stack.KafkaAddrs(), "events", 2, nil)
 	if string(published[0].Value) != "fine" || string(published[1].Value) != "mended" {
 		t.Errorf("published %q, %q; want fine, mended", published[0].Value, published[1].Value)
 	}
@@ -187,7 +187,7 @@ func TestRelayRidesThroughABrokerOutage(t *testing.T) {
 	logs := &testkit.SyncBuffer{}
 	w.runRelay(t, outbox.WithPublishTimeout(200*time.Millisecond), outbox.WithBackoff(20*time.Millisecond, 200*time.Millisecond),
 		outbox.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
-	eventually(t, 20*time.Second, func() error {
+	testkit.WaitUntil(t, 20*time.Second, func() error {
 		if n := count(t, w.pool, "SELECT count(*) FROM sagapipe_outbox WHERE attempts >= 2 AND published_at IS NULL"); n != rows {
 			return fmt.Errorf("%d of %d rows retried", n, rows)
 		}
@@ -199,8 +199,8 @@ func TestRelayRidesThroughABrokerOutage(t *testing.T) {
 	outage.Store(false)
 	w.waitPublished(t)
 	times := map[string]int{}
-	for _, r := range consume(t, w.stack.KafkaAddrs(), "events", rows) {
-		times[header(r, "n")]++
+	for _, r := range testkit.Consume(t, w.stack.KafkaAddrs(), "events", rows, nil) {
+		times[testkit.Header(r, "n")]++
 	}
 	for i := range rows {
 		if n := times[strconv.Itoa(i)]; n != 1 {
@@ -219,7 +219,7 @@ func TestRelayDeletesPublishedRows(t *testing.T) {
 	w.createTopics(t, "events")
 	w.enqueue(t, "events", 0, 20)
 	w.runRelay(t, outbox.WithRetention(0), outbox.WithPollInterval(50*time.Millisecond))
-	eventually(t, 20*time.Second, func() error {
+	testkit.WaitUntil(t, 20*time.Second, func() error {
 		if n := count(t, w.pool, "SELECT count(*) FROM sagapipe_outbox"); n != 0 {
 			return fmt.Errorf("%d rows left in the outbox", n)
 		}
@@ -238,7 +238,7 @@ func TestRelayWakesOnCommit(t *testing.T) {
 	w.runRelay(t, outbox.WithPollInterval(time.Hour))
 	for i := range 3 {
 		w.enqueue(t, "events", i, 1)
-		if _, err := consumeN(w.stack.KafkaAddrs(), "events", i+1, 5*time.Second, func(*kgo.Record) bool { return true }); err != nil {
+		if _, err := testkit.ConsumeWithin(w.stack.KafkaAddrs(), "events", i+1, 5*time.Second, nil); err != nil {
 			t.Fatalf("row %d: %v", i, err)
 		}
 	}

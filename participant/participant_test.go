@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/sagapipe/sagapipe/devstack"
+	"github.com/sagapipe/sagapipe/internal/testkit"
 	"github.com/sagapipe/sagapipe/participant"
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/saga"
@@ -33,19 +34,9 @@ var (
 
 func stack(t *testing.T, topics ...string) (*devstack.Stack, *kgo.Client) {
 	t.Helper()
-	s, err := devstack.Start(devstack.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	cl, err := kgo.NewClient(kgo.SeedBrokers(s.KafkaAddrs()...), kgo.ConsumeTopics("replies"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	if _, err := kadm.NewClient(cl).CreateTopics(context.Background(), 2, 1, nil, append(topics, "replies")...); err != nil {
-		t.Fatal(err)
-	}
+	s := testkit.StartStack(t)
+	cl := testkit.Client(t, s.KafkaAddrs(), kgo.ConsumeTopics("replies"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	testkit.CreateTopics(t, s.KafkaAddrs(), 2, append(topics, "replies")...)
 	return s, cl
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/sagapipe/sagapipe/internal/testkit"
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/schema"
 )
@@ -20,10 +21,10 @@ import (
 func BenchmarkPipeAsyncVsKgo(b *testing.B) {
 	const round = 2000
 	ctx := context.Background()
-	s := startStack(b)
-	createTopic(b, s, 3, "dst")
-	plain := newClient(b, s)
-	piper, err := pipe.New(newClient(b, s))
+	s := testkit.StartStack(b)
+	testkit.CreateTopics(b, s.KafkaAddrs(), 3, "dst")
+	plain := testkit.Client(b, s.KafkaAddrs())
+	piper, err := pipe.New(testkit.Client(b, s.KafkaAddrs()))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -267,11 +267,11 @@ var partitionKeys = func() [][]byte {
 	return keys
 }()
 
-// PartitionKey returns the key a keyless record from source partition p is
+// derivedKey returns the key a keyless record from source partition p is
 // piped with: every record of one source partition gets the same key, so
 // they land in one target partition, in order, whatever the two topics'
 // partition counts.
-func PartitionKey(p int32) []byte {
+func derivedKey(p int32) []byte {
 	if p >= 0 && int(p) < len(partitionKeys) {
 		return partitionKeys[p]
 	}
@@ -292,7 +292,7 @@ func (p *Piper) build(ctx context.Context, topic string, m Message) (*kgo.Record
 		rec.Value = m.Value
 	}
 	if rec.Key == nil {
-		rec.Key = PartitionKey(src.Partition)
+		rec.Key = derivedKey(src.Partition)
 	}
 
 	causation, _ := schema.Header(src.Headers, schema.HeaderID)

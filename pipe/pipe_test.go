@@ -13,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/sagapipe/sagapipe/internal/testkit"
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/schema"
 )
@@ -46,17 +47,17 @@ func TestOrdering(t *testing.T) {
 		for _, keyed := range []bool{false, true} {
 			name := fmt.Sprintf("target %d partitions, keyed %v", targetPartitions, keyed)
 			t.Run(name, func(t *testing.T) {
-				s := startStack(t)
-				createTopic(t, s, sourcePartitions, "src")
-				createTopic(t, s, targetPartitions, "dst")
-				seed(t, newClient(t, s, kgo.RecordPartitioner(kgo.ManualPartitioner())), "src", sourcePartitions, perPartition, keyed)
+				s := testkit.StartStack(t)
+				testkit.CreateTopics(t, s.KafkaAddrs(), sourcePartitions, "src")
+				testkit.CreateTopics(t, s.KafkaAddrs(), targetPartitions, "dst")
+				seed(t, testkit.Client(t, s.KafkaAddrs(), kgo.RecordPartitioner(kgo.ManualPartitioner())), "src", sourcePartitions, perPartition, keyed)
 				source := consume(t, s, "src", total)
 
 				// Kafka's own default partitioner (KIP-794) spreads keyless
 				// records over partitions and hashes keys: with it, only the
 				// derived key keeps a source partition together.
 				spreading := kgo.RecordPartitioner(kgo.UniformBytesPartitioner(64, false, true, nil))
-				p, err := pipe.New(newClient(t, s, spreading))
+				p, err := pipe.New(testkit.Client(t, s.KafkaAddrs(), spreading))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -111,12 +112,12 @@ func messages(recs []*kgo.Record) []pipe.Message {
 
 func TestHeadersAcrossTwoHops(t *testing.T) {
 	ctx := context.Background()
-	s := startStack(t)
-	createTopic(t, s, 3, "a", "b", "c")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 3, "a", "b", "c")
 	env := schema.NewEnvelope("shop.OrderPlaced", "test", time.Now())
 	env.CorrelationID, env.SagaName, env.SagaID, env.SagaStep = "corr-1", "orders", "saga-1", "inventory"
 	headers := append(env.Apply(nil), kgo.RecordHeader{Key: "custom", Value: []byte("kept")})
-	if err := newClient(t, s).ProduceSync(ctx, &kgo.Record{Topic: "a", Key: []byte("saga-1"), Value: []byte("v"), Headers: headers}).FirstErr(); err != nil {
+	if err := testkit.Client(t, s.KafkaAddrs()).ProduceSync(ctx, &kgo.Record{Topic: "a", Key: []byte("saga-1"), Value: []byte("v"), Headers: headers}).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
 	hop0 := consume(t, s, "a", 1)[0]
@@ -127,7 +128,7 @@ func TestHeadersAcrossTwoHops(t *testing.T) {
 	})
 	spanCtx := trace.ContextWithSpanContext(ctx, sc)
 
-	p1, err := pipe.New(newClient(t, s), pipe.WithConsumerGroup("group-1"), pipe.WithSource("hop-1"))
+	p1, err := pipe.New(testkit.Client(t, s.KafkaAddrs()), pipe.WithConsumerGroup("group-1"), pipe.WithSource("hop-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +138,7 @@ func TestHeadersAcrossTwoHops(t *testing.T) {
 	}
 	hop1 := consume(t, s, "b", 1)[0]
 
-	p2, err := pipe.New(newClient(t, s), pipe.WithConsumerGroup("group-2"))
+	p2, err := pipe.New(testkit.Client(t, s.KafkaAddrs()), pipe.WithConsumerGroup("group-2"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,9 +200,9 @@ func TestHeadersAcrossTwoHops(t *testing.T) {
 
 func TestEveryRecordHasOneResultWhenTheBrokerStops(t *testing.T) {
 	const n = 3000
-	s := startStack(t)
-	createTopic(t, s, 3, "dst")
-	cl := newClient(t, s)
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 3, "dst")
+	cl := testkit.Client(t, s.KafkaAddrs())
 	p, err := pipe.New(cl, pipe.WithMaxInFlight(256))
 	if err != nil {
 		t.Fatal(err)
@@ -275,9 +276,9 @@ func TestEveryRecordHasOneResultWhenTheBrokerStops(t *testing.T) {
 }
 
 func TestBackpressureAndCancellation(t *testing.T) {
-	s := startStack(t)
-	createTopic(t, s, 1, "dst")
-	cl := newClient(t, s)
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "dst")
+	cl := testkit.Client(t, s.KafkaAddrs())
 	s.Kafka().Close() // nothing will be acknowledged
 	p, err := pipe.New(cl, pipe.WithMaxInFlight(1))
 	if err != nil {
@@ -320,9 +321,9 @@ func TestBackpressureAndCancellation(t *testing.T) {
 }
 
 func TestEnhanceAndBadInput(t *testing.T) {
-	s := startStack(t)
-	createTopic(t, s, 1, "dst")
-	p, err := pipe.New(newClient(t, s), pipe.WithEnhance(func(_ context.Context, rec *kgo.Record, m pipe.Message) error {
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "dst")
+	p, err := pipe.New(testkit.Client(t, s.KafkaAddrs()), pipe.WithEnhance(func(_ context.Context, rec *kgo.Record, m pipe.Message) error {
 		if m.PassThrough == "refuse" {
 			return errors.New("not this one")
 		}
@@ -360,9 +361,9 @@ func TestEnhanceAndBadInput(t *testing.T) {
 }
 
 func TestMessageIDAndHeaders(t *testing.T) {
-	s := startStack(t)
-	createTopic(t, s, 1, "dst")
-	p, err := pipe.New(newClient(t, s))
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "dst")
+	p, err := pipe.New(testkit.Client(t, s.KafkaAddrs()))
 	if err != nil {
 		t.Fatal(err)
 	}

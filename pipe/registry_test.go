@@ -19,8 +19,8 @@ import (
 // (which would dead-letter a good command as poison).
 func TestStageWorkerWaitsOutARegistryOutage(t *testing.T) {
 	ctx := context.Background()
-	s := startStack(t)
-	createTopic(t, s, 1, "inventory.commands", "replies")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "inventory.commands", "replies")
 	flaky := testkit.NewFlakyRegistry(t, s.RegistryURL())
 	down, refused := &flaky.Down, &flaky.Refused
 
@@ -33,7 +33,7 @@ func TestStageWorkerWaitsOutARegistryOutage(t *testing.T) {
 	env := schema.NewEnvelope("test.ReserveInventory", "orchestrator", time.Now())
 	env.ReplyTo, env.SagaID = "replies", "o-1"
 	down.Store(true)
-	if err := newClient(t, s).ProduceSync(ctx, &kgo.Record{Topic: "inventory.commands", Key: []byte("o-1"), Value: value, Headers: env.Apply(nil)}).FirstErr(); err != nil {
+	if err := testkit.Client(t, s.KafkaAddrs()).ProduceSync(ctx, &kgo.Record{Topic: "inventory.commands", Key: []byte("o-1"), Value: value, Headers: env.Apply(nil)}).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
 
@@ -46,7 +46,7 @@ func TestStageWorkerWaitsOutARegistryOutage(t *testing.T) {
 	cmdCodec := newCodec[reserveInventory](t, proxied, reserveInventorySchema)
 	replyCodec := newCodec[inventoryReserved](t, newSerde(t, s), inventoryReservedSchema)
 	var handled, failed atomic.Int64
-	client := newClient(t, s, kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
+	client := testkit.Client(t, s.KafkaAddrs(), kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
 		kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	w, err := pipe.NewStageWorker(client, cmdCodec, func(_ context.Context, c reserveInventory, _ schema.Envelope) (pipe.Reply, error) {
 		handled.Add(1)

@@ -210,7 +210,7 @@ func newStageWorker[C any](client *kgo.Client, decode func(context.Context, []by
 // what it has answered and returns nil) or the failure policy returns an
 // error (Run returns it). The client stays open; its owner closes it.
 func (w *StageWorker[C]) Run(ctx context.Context) error {
-	defer w.piper.Close(context.Background()) //nolint:errcheck // Run waited for every reply already
+	defer w.piper.Close(context.Background()) // Run waited for every reply already
 	// A fetch error is logged once per outage, not once per poll.
 	failing := false
 	for {

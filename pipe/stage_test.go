@@ -66,8 +66,8 @@ func newCodec[T any](t *testing.T, serde *schema.Serde, avsc string) *schema.Cod
 
 func TestStageWorker(t *testing.T) {
 	ctx := context.Background()
-	s := startStack(t)
-	createTopic(t, s, 1, "inventory.commands", "orders.inbox")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "inventory.commands", "orders.inbox")
 	cmdCodec, replyCodec := codecs(t, s)
 
 	command := func(id, order string, value []byte) *kgo.Record {
@@ -92,7 +92,7 @@ func TestStageWorker(t *testing.T) {
 		command("cmd-poison", "order-p", []byte("not avro")),
 		command("cmd-z", "order-z", nil),
 	}
-	if err := newClient(t, s).ProduceSync(ctx, commands...).FirstErr(); err != nil {
+	if err := testkit.Client(t, s.KafkaAddrs()).ProduceSync(ctx, commands...).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
 
@@ -113,7 +113,7 @@ func TestStageWorker(t *testing.T) {
 		mu.Unlock()
 		return nil // dealt with: move on
 	}
-	client := newClient(t, s, kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
+	client := testkit.Client(t, s.KafkaAddrs(), kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
 		kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	w, err := pipe.NewStageWorker(client, cmdCodec, handler, pipe.WithFailurePolicy(policy),
 		pipe.WithPiperOptions(pipe.WithSource("inventory-service")))
@@ -165,7 +165,7 @@ func TestStageWorker(t *testing.T) {
 			t.Errorf("reply %d: order %q key %q, want %q", i, got.OrderID, r.Key, order)
 		}
 	}
-	offsets, err := kadm.NewClient(newClient(t, s)).FetchOffsets(ctx, "inventory")
+	offsets, err := kadm.NewClient(testkit.Client(t, s.KafkaAddrs())).FetchOffsets(ctx, "inventory")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,14 +176,14 @@ func TestStageWorker(t *testing.T) {
 
 func TestStageWorkerStopsOnFailureByDefault(t *testing.T) {
 	ctx := context.Background()
-	s := startStack(t)
-	createTopic(t, s, 1, "inventory.commands")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "inventory.commands")
 	cmdCodec, replyCodec := codecs(t, s)
 	env := schema.NewEnvelope("test.ReserveInventory", "orchestrator", time.Now())
-	if err := newClient(t, s).ProduceSync(ctx, &kgo.Record{Topic: "inventory.commands", Value: []byte{9}, Headers: env.Apply(nil)}).FirstErr(); err != nil {
+	if err := testkit.Client(t, s.KafkaAddrs()).ProduceSync(ctx, &kgo.Record{Topic: "inventory.commands", Value: []byte{9}, Headers: env.Apply(nil)}).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
-	client := newClient(t, s, kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
+	client := testkit.Client(t, s.KafkaAddrs(), kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
 		kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	handler := func(context.Context, reserveInventory, schema.Envelope) (pipe.Reply, error) {
 		return pipe.NewReply(replyCodec, "t", inventoryReserved{}), nil
@@ -198,7 +198,7 @@ func TestStageWorkerStopsOnFailureByDefault(t *testing.T) {
 	if !errors.Is(err, schema.ErrNotFramed) || !strings.Contains(err.Error(), "WithFailurePolicy") {
 		t.Fatalf("Run: %v, want the poison error and the option that moves past it", err)
 	}
-	offsets, err := kadm.NewClient(newClient(t, s)).FetchOffsets(ctx, "inventory")
+	offsets, err := kadm.NewClient(testkit.Client(t, s.KafkaAddrs())).FetchOffsets(ctx, "inventory")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,9 +208,9 @@ func TestStageWorkerStopsOnFailureByDefault(t *testing.T) {
 }
 
 func TestNewStageWorkerNamesEveryFix(t *testing.T) {
-	s := startStack(t)
+	s := testkit.StartStack(t)
 	cmdCodec, _ := codecs(t, s)
-	_, err := pipe.NewStageWorker[reserveInventory](newClient(t, s), cmdCodec, nil)
+	_, err := pipe.NewStageWorker[reserveInventory](testkit.Client(t, s.KafkaAddrs()), cmdCodec, nil)
 	if err == nil {
 		t.Fatal("no error")
 	}
@@ -226,12 +226,12 @@ func TestNewStageWorkerNamesEveryFix(t *testing.T) {
 // is malformed is answered all the same, in a new trace.
 func TestStageWorkerTraces(t *testing.T) {
 	ctx := context.Background()
-	s := startStack(t)
-	createTopic(t, s, 1, "inventory.commands", "orders.inbox")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "inventory.commands", "orders.inbox")
 	cmdCodec, replyCodec := codecs(t, s)
 	spans := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
-	defer tp.Shutdown(ctx) //nolint:errcheck // in-memory
+	defer tp.Shutdown(ctx) // in-memory
 
 	const upstream = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 	var commands []*kgo.Record
@@ -244,7 +244,7 @@ func TestStageWorkerTraces(t *testing.T) {
 		}
 		commands = append(commands, &kgo.Record{Topic: "inventory.commands", Key: []byte(tc.order), Value: value, Headers: env.Apply(nil)})
 	}
-	if err := newClient(t, s).ProduceSync(ctx, commands...).FirstErr(); err != nil {
+	if err := testkit.Client(t, s.KafkaAddrs()).ProduceSync(ctx, commands...).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
 	handler := func(ctx context.Context, cmd reserveInventory, _ schema.Envelope) (pipe.Reply, error) {
@@ -253,7 +253,7 @@ func TestStageWorkerTraces(t *testing.T) {
 		}
 		return pipe.NewReply(replyCodec, "test.InventoryReserved", inventoryReserved{OrderID: cmd.OrderID}), nil
 	}
-	client := newClient(t, s, kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
+	client := testkit.Client(t, s.KafkaAddrs(), kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
 		kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	w, err := pipe.NewStageWorker(client, cmdCodec, handler, pipe.WithPiperOptions(pipe.WithTracerProvider(tp)))
 	if err != nil {
@@ -299,8 +299,8 @@ func TestStageWorkerTraces(t *testing.T) {
 // command whose handler gave up is left for the next owner.
 func TestStageWorkerStopsCleanlyMidBatch(t *testing.T) {
 	ctx := context.Background()
-	s := startStack(t)
-	createTopic(t, s, 1, "inventory.commands", "orders.inbox")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "inventory.commands", "orders.inbox")
 	cmdCodec, replyCodec := codecs(t, s)
 	var commands []*kgo.Record
 	for _, order := range []string{"order-1", "order-2", "order-3"} {
@@ -312,7 +312,7 @@ func TestStageWorkerStopsCleanlyMidBatch(t *testing.T) {
 		}
 		commands = append(commands, &kgo.Record{Topic: "inventory.commands", Key: []byte(order), Value: value, Headers: env.Apply(nil)})
 	}
-	if err := newClient(t, s).ProduceSync(ctx, commands...).FirstErr(); err != nil {
+	if err := testkit.Client(t, s.KafkaAddrs()).ProduceSync(ctx, commands...).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
 	runCtx, stop := context.WithCancel(ctx)
@@ -327,7 +327,7 @@ func TestStageWorkerStopsCleanlyMidBatch(t *testing.T) {
 		handled = append(handled, cmd.OrderID)
 		return pipe.NewReply(replyCodec, "test.InventoryReserved", inventoryReserved{OrderID: cmd.OrderID}), nil
 	}
-	client := newClient(t, s, kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
+	client := testkit.Client(t, s.KafkaAddrs(), kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
 		kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	w, err := pipe.NewStageWorker(client, cmdCodec, handler)
 	if err != nil {
@@ -353,7 +353,7 @@ func TestStageWorkerStopsCleanlyMidBatch(t *testing.T) {
 			t.Errorf("reply %d answers %q", i, got)
 		}
 	}
-	offsets, err := kadm.NewClient(newClient(t, s)).FetchOffsets(ctx, "inventory")
+	offsets, err := kadm.NewClient(testkit.Client(t, s.KafkaAddrs())).FetchOffsets(ctx, "inventory")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,8 +367,8 @@ func TestStageWorkerStopsCleanlyMidBatch(t *testing.T) {
 // replies keep the commands' order and everything is committed.
 func TestStageWorkerConcurrency(t *testing.T) {
 	ctx := context.Background()
-	s := startStack(t)
-	createTopic(t, s, 1, "inventory.commands", "orders.inbox")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "inventory.commands", "orders.inbox")
 	cmdCodec, replyCodec := codecs(t, s)
 	var commands []*kgo.Record
 	for i := range 12 {
@@ -381,7 +381,7 @@ func TestStageWorkerConcurrency(t *testing.T) {
 		}
 		commands = append(commands, &kgo.Record{Topic: "inventory.commands", Key: []byte(order), Value: value, Headers: env.Apply(nil)})
 	}
-	if err := newClient(t, s).ProduceSync(ctx, commands...).FirstErr(); err != nil {
+	if err := testkit.Client(t, s.KafkaAddrs()).ProduceSync(ctx, commands...).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
 	var (
@@ -406,7 +406,7 @@ func TestStageWorkerConcurrency(t *testing.T) {
 		mu.Unlock()
 		return pipe.NewReply(replyCodec, "test.InventoryReserved", inventoryReserved{OrderID: cmd.OrderID}), nil
 	}
-	client := newClient(t, s, kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
+	client := testkit.Client(t, s.KafkaAddrs(), kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
 		kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	w, err := pipe.NewStageWorker(client, cmdCodec, handler, pipe.WithConcurrency(8))
 	if err != nil {
@@ -438,7 +438,7 @@ func TestStageWorkerConcurrency(t *testing.T) {
 			t.Fatalf("reply %d answers %s, want %s: replies out of order", i, got, want)
 		}
 	}
-	offsets, err := kadm.NewClient(newClient(t, s)).FetchOffsets(ctx, "inventory")
+	offsets, err := kadm.NewClient(testkit.Client(t, s.KafkaAddrs())).FetchOffsets(ctx, "inventory")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -463,8 +463,8 @@ const releaseInventorySchema = `{"type":"record","name":"ReleaseInventory","name
 // goes to the failure policy as ErrNoRoute.
 func TestMuxWorkerRoutesByType(t *testing.T) {
 	ctx := context.Background()
-	s := startStack(t)
-	createTopic(t, s, 1, "inventory.commands", "orders.inbox")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "inventory.commands", "orders.inbox")
 	// Two record types on one topic: subjects by record name.
 	serde := newSerde(t, s, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
 	reserveCodec := newCodec[reserveInventory](t, serde, reserveInventorySchema)
@@ -483,7 +483,7 @@ func TestMuxWorkerRoutesByType(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := newClient(t, s).ProduceSync(ctx, record("test.ReserveInventory", reserve), record("test.Audit", reserve),
+	if err := testkit.Client(t, s.KafkaAddrs()).ProduceSync(ctx, record("test.ReserveInventory", reserve), record("test.Audit", reserve),
 		record("test.ReleaseInventory", release)).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
@@ -511,7 +511,7 @@ func TestMuxWorkerRoutesByType(t *testing.T) {
 		mu.Unlock()
 		return nil
 	}
-	client := newClient(t, s, kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
+	client := testkit.Client(t, s.KafkaAddrs(), kgo.ConsumerGroup("inventory"), kgo.ConsumeTopics("inventory.commands"),
 		kgo.DisableAutoCommit(), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	w, err := pipe.NewMuxWorker(client, m, pipe.WithFailurePolicy(policy))
 	if err != nil {
@@ -557,7 +557,7 @@ func TestStageWorkerRidesThroughABrokerRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	createTopic(t, first, 1, "inventory.commands", "orders.inbox")
+	testkit.CreateTopics(t, first.KafkaAddrs(), 1, "inventory.commands", "orders.inbox")
 	cmdCodec, replyCodec := codecs(t, first)
 	command := func(id string) *kgo.Record {
 		env := schema.NewEnvelope("test.ReserveInventory", "orchestrator", time.Now())
@@ -587,7 +587,7 @@ func TestStageWorkerRidesThroughABrokerRestart(t *testing.T) {
 	defer stop()
 	ran := make(chan error, 1)
 	go func() { ran <- w.Run(runCtx) }()
-	if err := newClient(t, first).ProduceSync(ctx, command("before")).FirstErr(); err != nil {
+	if err := testkit.Client(t, first.KafkaAddrs()).ProduceSync(ctx, command("before")).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
 	consume(t, first, "orders.inbox", 1)
@@ -603,7 +603,7 @@ func TestStageWorkerRidesThroughABrokerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer second.Close()
-	if err := newClient(t, second).ProduceSync(ctx, command("after")).FirstErr(); err != nil {
+	if err := testkit.Client(t, second.KafkaAddrs()).ProduceSync(ctx, command("after")).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
 	replies := consume(t, second, "orders.inbox", 2)

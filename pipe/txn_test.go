@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sagapipe/sagapipe/devstack"
+	"github.com/sagapipe/sagapipe/internal/testkit"
 	"github.com/sagapipe/sagapipe/pipe"
 )
 
@@ -24,7 +25,6 @@ func newSession(t *testing.T, s *devstack.Stack) *kgo.GroupTransactSession {
 		kgo.ConsumeTopics("src"),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.RequireStableFetchOffsets(),
 	)
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +52,7 @@ func pollN(t *testing.T, sess *kgo.GroupTransactSession, n int) []*kgo.Record {
 
 func committedOffset(t *testing.T, s *devstack.Stack) int64 {
 	t.Helper()
-	offsets, err := kadm.NewClient(newClient(t, s)).FetchOffsets(context.Background(), "piping")
+	offsets, err := kadm.NewClient(testkit.Client(t, s.KafkaAddrs())).FetchOffsets(context.Background(), "piping")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,14 +66,14 @@ func committedOffset(t *testing.T, s *devstack.Stack) int64 {
 func TestTransactions(t *testing.T) {
 	const n = 10
 	ctx := context.Background()
-	s := startStack(t)
-	createTopic(t, s, 1, "src")
-	createTopic(t, s, 2, "dst")
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "src")
+	testkit.CreateTopics(t, s.KafkaAddrs(), 2, "dst")
 	var seedRecs []*kgo.Record
 	for i := range n {
 		seedRecs = append(seedRecs, &kgo.Record{Topic: "src", Value: fmt.Appendf(nil, "%d", i)})
 	}
-	if err := newClient(t, s).ProduceSync(ctx, seedRecs...).FirstErr(); err != nil {
+	if err := testkit.Client(t, s.KafkaAddrs()).ProduceSync(ctx, seedRecs...).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
 	// run pipes the batch, valued "<label>-<source value>", and fails with
@@ -136,10 +136,10 @@ func TestTransactions(t *testing.T) {
 }
 
 func TestTransactRefusesAnotherClient(t *testing.T) {
-	s := startStack(t)
+	s := testkit.StartStack(t)
 	sess := newSession(t, s)
 	defer sess.Close()
-	p, err := pipe.New(newClient(t, s))
+	p, err := pipe.New(testkit.Client(t, s.KafkaAddrs()))
 	if err != nil {
 		t.Fatal(err)
 	}

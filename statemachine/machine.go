@@ -190,12 +190,6 @@ func (m *Machine[D, F]) States() []State { return slices.Clone(m.states) }
 // IsTerminal reports whether s is a terminal state.
 func (m *Machine[D, F]) IsTerminal(s State) bool { return m.terminal[s] }
 
-// Accepts reports whether some transition out of state handles events of
-// type on (guards aside).
-func (m *Machine[D, F]) Accepts(state State, on EventType) bool {
-	return len(m.byKey[transitionKey{state, on}]) > 0
-}
-
 // Result is what applying one event did.
 type Result[D, F any] struct {
 	From, To State

@@ -291,9 +291,6 @@ func (cw *chaosWorld) placeAsync(n int, spread time.Duration) chan struct{} {
 	return placed
 }
 
-// announced counts the orders with an outcome.
-func (cw *chaosWorld) announced() int { return len(cw.outcomes()) }
-
 // firstOutcomeAfter waits for an outcome announced after since and
 // returns how long after since it came: how long the system took to make
 // progress again once the fault ended. Sagas are placed throughout the

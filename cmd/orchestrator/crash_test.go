@@ -132,15 +132,14 @@ func (p *proc) waitFor(t *testing.T, re *regexp.Regexp, within time.Duration) []
 
 // world is a dev stack and participants in their own processes.
 type world struct {
-	t                     *testing.T
-	brokers, registry     string
-	dev, participants     *proc
-	ledgerFile            string
-	orchestratorEnv       []string
-	terminal              map[string]statemachine.State // each saga's terminal state, once verify ran
-	placed                []string
-	orchestratorsSpawned  int
-	participantsCollected bool
+	t                    *testing.T
+	brokers, registry    string
+	dev, participants    *proc
+	ledgerFile           string
+	orchestratorEnv      []string
+	terminal             map[string]statemachine.State // each saga's terminal state, once verify ran
+	placed               []string
+	orchestratorsSpawned int
 }
 
 func newWorld(t *testing.T) *world {

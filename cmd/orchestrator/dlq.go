@@ -18,9 +18,9 @@ import (
 	"github.com/hamba/avro/v2"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/sagapipe/sagapipe/service"
 	"github.com/sagapipe/sagapipe/dlq"
 	"github.com/sagapipe/sagapipe/schema"
+	"github.com/sagapipe/sagapipe/service"
 )
 
 // clusterFlags reach a running cluster and registry with the service's

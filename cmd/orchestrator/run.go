@@ -7,9 +7,9 @@ import (
 	"os"
 	"time"
 
-	"github.com/sagapipe/sagapipe/service"
 	"github.com/sagapipe/sagapipe/examples/orders"
 	"github.com/sagapipe/sagapipe/examples/trips"
+	"github.com/sagapipe/sagapipe/service"
 )
 
 // OrdersStepTimeoutEnv sets the orders saga's step timeout in `run`.

@@ -89,8 +89,8 @@ func (l *Ledger) Snapshot() *Ledger {
 		Applications: maps.Clone(l.Applications), ByCommand: maps.Clone(l.ByCommand)}
 }
 
-// NewLedger returns an empty ledger.
-func NewLedger() *Ledger {
+// newLedger returns an empty ledger.
+func newLedger() *Ledger {
 	return &Ledger{Reserved: map[string]int32{}, Released: map[string]int32{}, Shipped: map[string]int32{},
 		Charged: map[string]int64{}, Refunded: map[string]int64{}, Barred: map[string]bool{},
 		Applications: map[string]int{}, ByCommand: map[string]int{}}
@@ -232,7 +232,7 @@ type Participants struct {
 
 // NewParticipants returns the three services sharing one ledger.
 func NewParticipants(serde *schema.Serde, faults Faults) *Participants {
-	return &Participants{Ledger: NewLedger(), serde: serde, faults: faults}
+	return &Participants{Ledger: newLedger(), serde: serde, faults: faults}
 }
 
 func reply[T any](p *Participants, def saga.EventDef[T], v T) (pipe.Reply, error) {

@@ -166,14 +166,14 @@ func TestOrdersSagaWithPaymentOnPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	waitFor(t, 25*time.Second, func() error {
+	testkit.WaitUntil(t, 25*time.Second, func() error {
 		if got := len(ended.snapshot()); got < n {
 			return fmt.Errorf("%d of %d sagas ended", got, n)
 		}
 		return nil
 	})
 	// Nothing left for payment: every command answered, every reply out.
-	waitFor(t, 10*time.Second, func() error { return drained(ctx, e) })
+	testkit.WaitUntil(t, 10*time.Second, func() error { return drained(ctx, e) })
 	// Then every payment command comes once more, as a saga's resend (a
 	// new ce_id, the same idempotency key): all answered, none applied.
 	var resent []*kgo.Record
@@ -187,7 +187,7 @@ func TestOrdersSagaWithPaymentOnPostgres(t *testing.T) {
 	if err := producer.ProduceSync(ctx, resent...).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() error { return drained(ctx, e) })
+	testkit.WaitUntil(t, 10*time.Second, func() error { return drained(ctx, e) })
 	var answers int
 	if err := e.pool.QueryRow(ctx, "SELECT count(*) FROM payment_outbox").Scan(&answers); err != nil {
 		t.Fatal(err)
@@ -266,21 +266,6 @@ func drained(ctx context.Context, e *env) error {
 	return nil
 }
 
-func waitFor(t *testing.T, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %v", timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // A refund that overtakes its charge (the saga gave the charge up and
 // compensated it) refunds nothing and bars the charge: the charge, when
 // its command comes after all, is declined and not applied. A resend of
@@ -339,7 +324,7 @@ func TestRefundBeforeChargeBarsTheCharge(t *testing.T) {
 	}
 
 	var got []string
-	waitFor(t, 20*time.Second, func() error {
+	testkit.WaitUntil(t, 20*time.Second, func() error {
 		got = got[:0]
 		err := kread.ToEnd(ctx, []kgo.Opt{kgo.SeedBrokers(e.stack.KafkaAddrs()...)}, inbox, nil, func(r *kgo.Record) error {
 			typ, _ := schema.Header(r.Headers, schema.HeaderType)

@@ -16,13 +16,13 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
-	"github.com/sagapipe/sagapipe/service"
 	"github.com/sagapipe/sagapipe/devstack"
 	"github.com/sagapipe/sagapipe/examples/orders"
 	"github.com/sagapipe/sagapipe/examples/trips"
 	"github.com/sagapipe/sagapipe/observability"
 	"github.com/sagapipe/sagapipe/participant"
 	"github.com/sagapipe/sagapipe/schema"
+	"github.com/sagapipe/sagapipe/service"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

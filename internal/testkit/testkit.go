@@ -1,4 +1,3 @@
-// Package testkit holds what the tests of several packages share.
 package testkit
 
 import (

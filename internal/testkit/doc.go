@@ -1,0 +1,2 @@
+// Package testkit holds what the tests of several packages share.
+package testkit
