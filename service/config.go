@@ -54,9 +54,13 @@ type Config struct {
 	// HTTPAddr is where /healthz, /readyz, /metrics and /api listen
 	// (default ":8080").
 	HTTPAddr string `yaml:"http_addr"`
-	// APIToken, when set, is the bearer token the mutating API endpoints
-	// require.
+	// APIToken, when set, is the bearer token every /api call requires,
+	// and the token the web console's login asks for (default none: both
+	// open).
 	APIToken string `yaml:"api_token"`
+	// JaegerUIURL, when set, is the Jaeger UI the web console links trace
+	// IDs to (<url>/trace/<id>), e.g. http://jaeger:16686 (default none).
+	JaegerUIURL string `yaml:"jaeger_ui_url"`
 	// ShutdownGrace bounds a graceful shutdown (default 30s).
 	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
 	// SessionTimeout is how long the group waits for a silent instance
@@ -201,6 +205,11 @@ func (c Config) validate(needRegistry bool) error {
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		bad("http_addr", "%q is not [host]:port", c.HTTPAddr)
 	}
+	if c.JaegerUIURL != "" {
+		if u, err := url.Parse(c.JaegerUIURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("jaeger_ui_url", "want an http:// or https:// URL, e.g. http://jaeger:16686")
+		}
+	}
 	for _, d := range []struct {
 		setting string
 		value   time.Duration
@@ -236,7 +245,7 @@ func (c Config) ClientOptions() ([]kgo.Opt, error) {
 func (c Config) connOptions() ([]kgo.Opt, error) {
 	var opts []kgo.Opt
 	if c.TLS.Enabled {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.TLS.ServerName, InsecureSkipVerify: c.TLS.InsecureSkipVerify} //nolint:gosec // opt-in, documented as tests only
+		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.TLS.ServerName, InsecureSkipVerify: c.TLS.InsecureSkipVerify} // opt-in, documented as tests only
 		if c.TLS.CAFile != "" {
 			pem, err := os.ReadFile(c.TLS.CAFile)
 			if err != nil {
@@ -290,6 +299,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("instance_id", c.InstanceID),
 		slog.String("http_addr", c.HTTPAddr),
 		slog.String("api_token", redact(c.APIToken)),
+		slog.String("jaeger_ui_url", c.JaegerUIURL),
 		slog.String("shutdown_grace", c.ShutdownGrace.String()), // "30s", not nanoseconds in JSON
 		slog.String("session_timeout", c.SessionTimeout.String()),
 		slog.String("transaction_timeout", c.TransactionTimeout.String()),
@@ -305,14 +315,31 @@ func (c Config) LogValue() slog.Value {
 type setting struct {
 	path, env, flag, usage string
 	secret                 bool
-	set                    func(c *Config, v string) error
+	value                  value
 }
 
-func str(f func(c *Config) *string) func(*Config, string) error {
+// value sets a setting from its text, whether it came from the file, the
+// environment or the flag.
+type value interface {
+	set(c *Config, v string) error
+}
+
+// setter is a value whose flag takes an argument (--brokers k:9092).
+type setter func(c *Config, v string) error
+
+func (f setter) set(c *Config, v string) error { return f(c, v) }
+
+// boolValue is a value whose flag is boolean, as the flag package's own
+// are: --tls alone turns it on, --tls=false off.
+type boolValue func(c *Config, v string) error
+
+func (f boolValue) set(c *Config, v string) error { return f(c, v) }
+
+func str(f func(c *Config) *string) setter {
 	return func(c *Config, v string) error { *f(c) = v; return nil }
 }
 
-func boolean(f func(c *Config) *bool) func(*Config, string) error {
+func boolean(f func(c *Config) *bool) boolValue {
 	return func(c *Config, v string) error {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
@@ -323,7 +350,7 @@ func boolean(f func(c *Config) *bool) func(*Config, string) error {
 	}
 }
 
-func duration(f func(c *Config) *time.Duration) func(*Config, string) error {
+func duration(f func(c *Config) *time.Duration) setter {
 	return func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)
 		if err != nil {
@@ -336,7 +363,7 @@ func duration(f func(c *Config) *time.Duration) func(*Config, string) error {
 
 var settings = []setting{
 	{"brokers", "SAGAPIPE_BROKERS", "brokers", "comma-separated Kafka bootstrap brokers (required)", false,
-		func(c *Config, v string) error {
+		setter(func(c *Config, v string) error {
 			c.Brokers = nil
 			for _, b := range strings.Split(v, ",") {
 				if b = strings.TrimSpace(b); b != "" {
@@ -344,7 +371,7 @@ var settings = []setting{
 				}
 			}
 			return nil
-		}},
+		})},
 	{"registry.url", "SAGAPIPE_REGISTRY_URL", "registry-url", "Schema Registry URL (required)", false, str(func(c *Config) *string { return &c.Registry.URL })},
 	{"registry.username", "SAGAPIPE_REGISTRY_USERNAME", "registry-username", "Schema Registry basic-auth user", false, str(func(c *Config) *string { return &c.Registry.Username })},
 	{"registry.password", "SAGAPIPE_REGISTRY_PASSWORD", "registry-password", "Schema Registry basic-auth password (prefer the environment)", true, str(func(c *Config) *string { return &c.Registry.Password })},
@@ -361,7 +388,8 @@ var settings = []setting{
 	{"transactional_id_prefix", "SAGAPIPE_TRANSACTIONAL_ID_PREFIX", "transactional-id-prefix", "start of each instance's transactional IDs (default the group prefix)", false, str(func(c *Config) *string { return &c.TransactionalIDPrefix })},
 	{"instance_id", "SAGAPIPE_INSTANCE_ID", "instance-id", "static group membership: this instance's ID, stable across its restarts (e.g. the pod name); default dynamic membership", false, str(func(c *Config) *string { return &c.InstanceID })},
 	{"http_addr", "SAGAPIPE_HTTP_ADDR", "http-addr", "address of the HTTP API, probes and /metrics (default :8080)", false, str(func(c *Config) *string { return &c.HTTPAddr })},
-	{"api_token", "SAGAPIPE_API_TOKEN", "api-token", "bearer token required by mutating API calls (prefer the environment)", true, str(func(c *Config) *string { return &c.APIToken })},
+	{"api_token", "SAGAPIPE_API_TOKEN", "api-token", "bearer token required by every /api call, and by the web console's login (prefer the environment)", true, str(func(c *Config) *string { return &c.APIToken })},
+	{"jaeger_ui_url", "SAGAPIPE_JAEGER_UI_URL", "jaeger-ui-url", "Jaeger UI the web console links traces to (<url>/trace/<id>), e.g. http://jaeger:16686", false, str(func(c *Config) *string { return &c.JaegerUIURL })},
 	{"shutdown_grace", "SAGAPIPE_SHUTDOWN_GRACE", "shutdown-grace", "how long a graceful shutdown may take (default 30s)", false,
 		duration(func(c *Config) *time.Duration { return &c.ShutdownGrace })},
 	{"session_timeout", "SAGAPIPE_SESSION_TIMEOUT", "session-timeout", "how long the group waits for a silent instance (default 45s)", false,
@@ -397,10 +425,24 @@ func LoadConfig(name string, args []string, lookupEnv func(string) (string, bool
 func loadConfig(name string, args []string, lookupEnv func(string) (string, bool), stderr io.Writer, extra func(*flag.FlagSet), needRegistry bool) (Config, []string, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	if extra != nil {
-		extra(fs)
-	}
 	resolve := registerSettings(fs, lookupEnv, Config{}, func(setting) bool { return true })
+	if extra != nil {
+		// The command's own flags go on a set of their own first, so that
+		// one the service defines too is named rather than a panic.
+		own := flag.NewFlagSet(name, flag.ContinueOnError)
+		extra(own)
+		var clash []string
+		own.VisitAll(func(f *flag.Flag) {
+			if fs.Lookup(f.Name) != nil {
+				clash = append(clash, "--"+f.Name)
+				return
+			}
+			fs.Var(f.Value, f.Name, f.Usage)
+		})
+		if len(clash) > 0 {
+			return Config{}, nil, fmt.Errorf("flags %v are the service's own: give the main's flags other names", clash)
+		}
+	}
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: %s [flags]\n\nEach setting comes from, last one winning: its default, the YAML file, the environment, the flag.\n\n", name)
 		fs.PrintDefaults()
@@ -446,12 +488,17 @@ func ClusterFlags(fs *flag.FlagSet, lookupEnv func(string) (string, bool), defau
 // the YAML file, the environment and the flags.
 func registerSettings(fs *flag.FlagSet, lookupEnv func(string) (string, bool), base Config, only func(setting) bool) func() (Config, []error) {
 	configFile := fs.String("config", "", "YAML configuration file (env "+ConfigFileEnv+")")
-	flagValues := map[string]*string{}
+	flagValues := map[string]*flagText{}
 	for _, s := range settings {
 		if only(s) {
-			v := new(string)
+			v := &flagText{}
 			flagValues[s.flag] = v
-			fs.StringVar(v, s.flag, "", fmt.Sprintf("%s (env %s, YAML %s)", s.usage, s.env, s.path))
+			usage := fmt.Sprintf("%s (env %s, YAML %s)", s.usage, s.env, s.path)
+			if _, ok := s.value.(boolValue); ok {
+				fs.Var(v, s.flag, usage) // --tls alone, or --tls=false
+			} else {
+				fs.StringVar(&v.text, s.flag, "", usage)
+			}
 		}
 	}
 	return func() (Config, []error) {
@@ -468,7 +515,7 @@ func registerSettings(fs *flag.FlagSet, lookupEnv func(string) (string, bool), b
 		}
 		for _, s := range settings {
 			if v, ok := lookupEnv(s.env); ok && only(s) {
-				if err := s.set(&cfg, v); err != nil {
+				if err := s.value.set(&cfg, v); err != nil {
 					errs = append(errs, fmt.Errorf("%s (env %s): %w", s.path, s.env, redactErr(s, err)))
 				}
 			}
@@ -476,7 +523,7 @@ func registerSettings(fs *flag.FlagSet, lookupEnv func(string) (string, bool), b
 		fs.Visit(func(f *flag.Flag) {
 			for _, s := range settings {
 				if s.flag == f.Name && only(s) {
-					if err := s.set(&cfg, *flagValues[s.flag]); err != nil {
+					if err := s.value.set(&cfg, flagValues[s.flag].text); err != nil {
 						errs = append(errs, fmt.Errorf("%s (--%s): %w", s.path, s.flag, redactErr(s, err)))
 					}
 				}
@@ -485,6 +532,23 @@ func registerSettings(fs *flag.FlagSet, lookupEnv func(string) (string, bool), b
 		return cfg, errs
 	}
 }
+
+// flagText is a setting's flag: the text given, applied after the file
+// and the environment once the flags are parsed.
+type flagText struct{ text string }
+
+func (f *flagText) String() string {
+	if f == nil {
+		return ""
+	}
+	return f.text
+}
+
+func (f *flagText) Set(v string) error { f.text = v; return nil }
+
+// IsBoolFlag makes the flag of a boolean setting (the only ones
+// registered with fs.Var) a flag that needs no value.
+func (f *flagText) IsBoolFlag() bool { return true }
 
 // Serde is a registry client as the service's: subjects named by record
 // (a saga's inbox carries many event types), basic auth when set.

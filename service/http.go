@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/sagapipe/sagapipe/console"
 	"github.com/sagapipe/sagapipe/internal/telemetry"
 	"github.com/sagapipe/sagapipe/saga"
 	"github.com/sagapipe/sagapipe/schema"
@@ -41,10 +42,16 @@ func (s *Service) routes() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "sagas": sagas})
 	})
 	mux.Handle("GET /metrics", s.tel.MetricsHandler())
-	mux.HandleFunc("GET /api/sagas/{name}/{id}", s.getSaga)
+	// With api_token set, every /api call needs it, reads included: a
+	// saga's data and journal are the business's.
+	mux.Handle("GET /api/sagas/{name}", s.authorized(http.HandlerFunc(s.listSagas)))
+	mux.Handle("GET /api/sagas/{name}/{id}", s.authorized(http.HandlerFunc(s.getSaga)))
 	mux.Handle("POST /api/sagas/{name}", s.authorized(http.HandlerFunc(s.startSaga)))
 	mux.Handle("POST /api/sagas/{name}/{id}/cancel", s.authorized(http.HandlerFunc(s.cancelSaga)))
 	mux.Handle("POST /api/sagas/{name}/{id}/resume", s.authorized(http.HandlerFunc(s.resumeSaga)))
+	// The web console (see package console): its own login and sessions.
+	mux.Handle(console.Prefix+"/", s.console)
+	mux.Handle(console.Prefix, s.console)
 	return mux
 }
 
@@ -104,41 +111,51 @@ type SagaStatus struct {
 
 func (s *Service) getSaga(w http.ResponseWriter, r *http.Request) {
 	name, id := r.PathValue("name"), r.PathValue("id")
+	rt, entries, owned, err := s.readSaga(r.Context(), name, id)
+	switch {
+	case errors.Is(err, errUnknownSaga):
+		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no saga named %q is registered", name)})
+	case errors.Is(err, saga.ErrNoHistory):
+		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("saga %s %q has no journal entries", name, id)})
+	case err != nil:
+		writeJSON(w, http.StatusBadGateway, apiError{Error: err.Error()})
+	default:
+		s.writeSaga(w, rt, name, id, entries, owned)
+	}
+}
+
+// errUnknownSaga: no saga of that name is registered.
+var errUnknownSaga = errors.New("service: no saga of that name is registered")
+
+// readSaga reads a saga's journal entries and data: errUnknownSaga,
+// saga.ErrNoHistory, or the failure to read them.
+func (s *Service) readSaga(ctx context.Context, name, id string) (runtime, []saga.JournalEntry, sagaStatus, error) {
 	rt, ok := s.runtime(name)
 	if !ok {
-		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no saga named %q is registered", name)})
-		return
+		return nil, nil, sagaStatus{}, errUnknownSaga
 	}
 	// The owner knows where the saga's entries are; anyone else finds it
 	// from the saga's snapshot. Either way one journal partition is read,
 	// from the saga's first entry on.
-	ctx, cancel := context.WithTimeout(r.Context(), historyTimeout)
+	ctx, cancel := context.WithTimeout(ctx, historyTimeout)
 	defer cancel()
 	owned, isOwner, err := rt.status(ctx, id)
+	var entries []saga.JournalEntry
 	if err == nil {
-		var entries []saga.JournalEntry
 		if isOwner {
 			entries, err = saga.HistoryAt(ctx, s.clientOpts, s.serde, name, id, owned.journalPartition, owned.journalOffset)
 		} else {
 			entries, err = saga.History(ctx, s.clientOpts, s.serde, name, id)
 		}
-		if err == nil && owned.data == nil {
-			// Closed, or owned by another instance: its journal has the data.
-			owned.data, err = rt.fold(ctx, entries)
-		}
-		if err == nil {
-			s.writeSaga(w, rt, name, id, entries, owned)
-			return
-		}
 	}
-	if errors.Is(err, saga.ErrNoHistory) {
-		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("saga %s %q has no journal entries", name, id)})
-		return
+	if err == nil && owned.data == nil {
+		// Closed, or owned by another instance: its journal has the data.
+		owned.data, err = rt.fold(ctx, entries)
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		err = fmt.Errorf("reading the history of saga %s %q took over %v: %w", name, id, historyTimeout, err)
 	}
-	writeJSON(w, http.StatusBadGateway, apiError{Error: err.Error()})
+	return rt, entries, owned, err
 }
 
 // historyTimeout bounds GET /api/sagas/{name}/{id}.
@@ -253,23 +270,35 @@ func (s *Service) resumeSaga(w http.ResponseWriter, r *http.Request) {
 // ce_source: "sagapipe/api/<who>".
 func (s *Service) operatorEvent(w http.ResponseWriter, r *http.Request, what string, record func(name, id, source string) *kgo.Record) {
 	name, id := r.PathValue("name"), r.PathValue("id")
-	if _, ok := s.sagas[name]; !ok {
-		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no saga named %q is registered", name)})
-		return
-	}
 	source := "sagapipe/api"
 	if by := cmp.Or(r.URL.Query().Get("by"), r.Header.Get("X-Requested-By")); by != "" {
 		source += "/" + url.PathEscape(by)
 	}
+	eventID, err := s.requestOperatorEvent(r.Context(), name, id, source, what, record)
+	switch {
+	case errors.Is(err, errUnknownSaga):
+		writeJSON(w, http.StatusNotFound, apiError{Error: fmt.Sprintf("no saga named %q is registered", name)})
+	case err != nil:
+		unavailable(w, err.Error()+"; retry later")
+	default:
+		writeJSON(w, http.StatusAccepted, Cancelled{Saga: name, ID: id, EventID: eventID, RequestedBy: source, Status: "/api/sagas/" + name + "/" + id})
+	}
+}
+
+// requestOperatorEvent produces an operator's event for a saga, from
+// source (its ce_source), and returns its event ID.
+func (s *Service) requestOperatorEvent(ctx context.Context, name, id, source, what string, record func(name, id, source string) *kgo.Record) (string, error) {
+	if _, ok := s.sagas[name]; !ok {
+		return "", errUnknownSaga
+	}
 	rec := record(name, id, source)
-	pctx, err := s.publish(r.Context(), rec)
+	pctx, err := s.publish(ctx, rec)
 	if err != nil {
-		unavailable(w, "producing the "+what+": "+err.Error()+"; retry later")
-		return
+		return "", fmt.Errorf("producing the %s: %w", what, err)
 	}
 	eventID, _ := schema.Header(rec.Headers, schema.HeaderID)
 	s.log.InfoContext(pctx, "saga "+what+" requested", "saga_name", name, "saga_id", id, "correlation_id", id, "requested_by", source)
-	writeJSON(w, http.StatusAccepted, Cancelled{Saga: name, ID: id, EventID: eventID, RequestedBy: source, Status: "/api/sagas/" + name + "/" + id})
+	return eventID, nil
 }
 
 // publishTimeout bounds how long a request waits for the broker to take

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sagapipe/sagapipe/service"
 	"github.com/sagapipe/sagapipe/devstack"
 	"github.com/sagapipe/sagapipe/examples/orders"
+	"github.com/sagapipe/sagapipe/service"
 )
 
 // port is addr's port.
@@ -98,7 +98,7 @@ func TestServiceRidesThroughABrokerRestart(t *testing.T) {
 			}
 		}
 	}
-	if err, _ := st.stop(); err != nil {
+	if _, err := st.stop(); err != nil {
 		t.Fatalf("the service stopped with %v", err)
 	}
 }

@@ -21,9 +21,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/sagapipe/sagapipe/service"
 	"github.com/sagapipe/sagapipe/devstack"
 	"github.com/sagapipe/sagapipe/observability"
+	"github.com/sagapipe/sagapipe/service"
 )
 
 // selfSignedCA makes a CA and a server certificate for 127.0.0.1, returning
@@ -103,7 +103,7 @@ func TestServiceOverTLSAndSASL(t *testing.T) {
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
-			if err, _ := svc.stop(); err != nil {
+			if _, err := svc.stop(); err != nil {
 				t.Fatal(err)
 			}
 

@@ -1,22 +1,3 @@
-// Package service runs sagas as a deployable service: configuration from
-// flags, SAGAPIPE_* environment variables and a YAML file; one saga runtime
-// per registered saga, sharing the work with the other instances of the
-// same consumer groups; an HTTP server with probes, Prometheus metrics and
-// a small saga API; OpenTelemetry from the OTEL_* environment; and a
-// graceful shutdown on SIGTERM or SIGINT.
-//
-// A team's own main registers its sagas and hands over:
-//
-//	func main() {
-//		orders, err := mysagas.Orders()
-//		if err != nil {
-//			log.Fatal(err)
-//		}
-//		service.Main(service.Register(orders))
-//	}
-//
-// cmd/orchestrator is such a main, with the example orders saga, plus the
-// operator subcommands.
 package service
 
 import (
@@ -43,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
+	"github.com/sagapipe/sagapipe/console"
 	"github.com/sagapipe/sagapipe/internal/kafkaerr"
 	"github.com/sagapipe/sagapipe/observability"
 	"github.com/sagapipe/sagapipe/saga"
@@ -159,6 +141,7 @@ type Service struct {
 	starts     map[string]*schema.Codec[map[string]any] // per saga, its start event's
 	starters   map[string]*saga.Starter                 // per saga, producing with producer
 	handler    http.Handler
+	console    *console.Console // the web console at /ui
 }
 
 // New validates cfg and prepares a runtime per saga; Run starts them. The
@@ -237,6 +220,11 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 			s.closeRuntimes()
 			return nil, err
 		}
+	}
+	if s.console, err = s.newConsole(connOpts); err != nil {
+		s.producer.Close()
+		s.closeRuntimes()
+		return nil, err
 	}
 	s.handler = s.routes()
 	return s, nil
@@ -326,7 +314,8 @@ func (s *Service) supervise(ctx context.Context, name string) error {
 	}
 }
 
-// Handler is the service's HTTP API: /healthz, /readyz, /metrics, /api/sagas.
+// Handler is the service's HTTP API: /healthz, /readyz, /metrics, /api/sagas,
+// and the web console at /ui.
 func (s *Service) Handler() http.Handler { return s.handler }
 
 // Ready reports whether every saga's runtime owns partitions and has
@@ -391,6 +380,11 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.console.Run(runCtx) // samples the metrics for its live view
+	}()
 	var runErr error
 	select {
 	case <-ctx.Done():
@@ -478,7 +472,21 @@ func indent(err error) string {
 // the environment and the YAML file, then Run until SIGTERM or SIGINT. A
 // second signal exits at once. It does not return.
 func Main(sagas ...Saga) {
-	os.Exit(Command(context.Background(), os.Args[0], os.Args[1:], os.Stdout, os.Stderr, sagas...))
+	MainWithFlags(nil, sagas...)
+}
+
+// MainWithFlags is Main for a main with flags of its own: flags registers
+// them on the flag set Main parses, beside the service's (-h lists them
+// all), and they are set before the service starts. A flag named like one
+// of the service's is refused (exit 2, naming it). The "topics ensure"
+// command accepts them as well, so one set of arguments serves both.
+//
+//	var region string
+//	service.MainWithFlags(func(fs *flag.FlagSet) {
+//		fs.StringVar(&region, "region", "eu-west-1", "the region this instance serves")
+//	}, service.Register(orders))
+func MainWithFlags(flags func(fs *flag.FlagSet), sagas ...Saga) {
+	os.Exit(CommandWithFlags(context.Background(), os.Args[0], os.Args[1:], os.Stdout, os.Stderr, flags, sagas...))
 }
 
 // Command runs the service as a command with args and returns its exit
@@ -488,12 +496,21 @@ func Main(sagas ...Saga) {
 // "topics ensure" as the first arguments creates the topics of every saga
 // registered instead (see TopicsCommand).
 func Command(ctx context.Context, name string, args []string, stdout, stderr io.Writer, sagas ...Saga) int {
+	return CommandWithFlags(ctx, name, args, stdout, stderr, nil, sagas...)
+}
+
+// CommandWithFlags is Command with a main's own flags, registered by flags
+// (nil: none) as MainWithFlags does.
+func CommandWithFlags(ctx context.Context, name string, args []string, stdout, stderr io.Writer, flags func(fs *flag.FlagSet), sagas ...Saga) int {
 	if len(args) > 0 && args[0] == "topics" {
-		return TopicsCommand(ctx, name, args[1:], stdout, stderr, sagas...)
+		return topicsCommand(ctx, name, args[1:], stdout, stderr, flags, sagas...)
 	}
-	cfg, err := LoadConfig(name, args, os.LookupEnv, stderr)
+	cfg, rest, err := loadConfig(name, args, os.LookupEnv, stderr, flags, true)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
+	}
+	if err == nil && len(rest) > 0 {
+		err = fmt.Errorf("unexpected arguments %q", rest)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: invalid configuration:\n%v\n", name, indent(err))
@@ -550,6 +567,11 @@ func Command(ctx context.Context, name string, args []string, stdout, stderr io.
 // them with their partition counts. It fails when a saga's journal or
 // state topic exists with another partition count than its inbox.
 func TopicsCommand(ctx context.Context, name string, args []string, stdout, stderr io.Writer, sagas ...Saga) int {
+	return topicsCommand(ctx, name, args, stdout, stderr, nil, sagas...)
+}
+
+// topicsCommand is TopicsCommand accepting a main's own flags too.
+func topicsCommand(ctx context.Context, name string, args []string, stdout, stderr io.Writer, flags func(fs *flag.FlagSet), sagas ...Saga) int {
 	usage := fmt.Sprintf("usage: %s topics ensure [--partitions N] [--replication R] [the service's connection flags; -h lists them]", name)
 	if len(args) == 0 || args[0] != "ensure" {
 		fmt.Fprintln(stderr, usage)
@@ -559,6 +581,9 @@ func TopicsCommand(ctx context.Context, name string, args []string, stdout, stde
 	cfg, rest, err := loadConfig(name+" topics ensure", args[1:], os.LookupEnv, stderr, func(fs *flag.FlagSet) {
 		fs.IntVar(&partitions, "partitions", 3, "partitions of each topic (a saga's inbox, journal and state topic must match)")
 		fs.IntVar(&replication, "replication", 1, "replication factor (3 in production)")
+		if flags != nil {
+			flags(fs)
+		}
 	}, false)
 	switch {
 	case errors.Is(err, flag.ErrHelp):

@@ -17,13 +17,13 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
-	"github.com/sagapipe/sagapipe/service"
 	"github.com/sagapipe/sagapipe/devstack"
 	"github.com/sagapipe/sagapipe/examples/orders"
 	"github.com/sagapipe/sagapipe/internal/testkit"
 	"github.com/sagapipe/sagapipe/observability"
 	"github.com/sagapipe/sagapipe/saga"
 	"github.com/sagapipe/sagapipe/schema"
+	"github.com/sagapipe/sagapipe/service"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -32,8 +32,15 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // participants running.
 func ordersWorld(t *testing.T, stack *devstack.Stack, clientOpts ...kgo.Opt) *saga.Saga[orders.OrderData] {
 	t.Helper()
+	return ordersWorldWith(t, stack, 2*time.Second, orders.Faults{}, clientOpts...)
+}
+
+// ordersWorldWith is ordersWorld with the saga's step timeout and the
+// participants' faults.
+func ordersWorldWith(t *testing.T, stack *devstack.Stack, stepTimeout time.Duration, faults orders.Faults, clientOpts ...kgo.Opt) *saga.Saga[orders.OrderData] {
+	t.Helper()
 	ctx := context.Background()
-	s, err := orders.Saga(2 * time.Second)
+	s, err := orders.Saga(stepTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +62,7 @@ func ordersWorld(t *testing.T, stack *devstack.Stack, clientOpts ...kgo.Opt) *sa
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := orders.NewParticipants(serde, orders.Faults{})
+	p := orders.NewParticipants(serde, faults)
 	pctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- p.Run(pctx, stack.KafkaAddrs(), clientOpts...) }()
@@ -72,7 +79,7 @@ func ordersWorld(t *testing.T, stack *devstack.Stack, clientOpts ...kgo.Opt) *sa
 type started struct {
 	svc  *service.Service
 	http *httptest.Server
-	stop func() (error, time.Duration)
+	stop func() (time.Duration, error)
 	logs *syncBuffer
 }
 
@@ -97,7 +104,7 @@ func startService(t *testing.T, cfg service.Config, s *saga.Saga[orders.OrderDat
 	var once sync.Once
 	var runErr error
 	var took time.Duration
-	stop := func() (error, time.Duration) {
+	stop := func() (time.Duration, error) {
 		once.Do(func() {
 			began := time.Now()
 			cancel()
@@ -105,7 +112,7 @@ func startService(t *testing.T, cfg service.Config, s *saga.Saga[orders.OrderDat
 			took = time.Since(began)
 			srv.Close()
 		})
-		return runErr, took
+		return took, runErr
 	}
 	t.Cleanup(func() { stop() })
 	return &started{svc: svc, http: srv, stop: stop, logs: logs}
@@ -197,7 +204,7 @@ func TestServiceAPIEndToEnd(t *testing.T) {
 	var status map[string]any
 	deadline = time.Now().Add(20 * time.Second)
 	for {
-		code, status = do(t, "GET", base+"/api/sagas/orders/o-1", "", "")
+		code, status = do(t, "GET", base+"/api/sagas/orders/o-1", token, "")
 		if code == 200 && status["state"] == "Completed" {
 			break
 		}
@@ -215,11 +222,22 @@ func TestServiceAPIEndToEnd(t *testing.T) {
 		t.Fatalf("first history entry %v", first)
 	}
 	// The bad requests started nothing.
-	if code, body := do(t, "GET", base+"/api/sagas/orders/bad-wrong-type", "", ""); code != 404 {
+	if code, body := do(t, "GET", base+"/api/sagas/orders/bad-wrong-type", token, ""); code != 404 {
 		t.Fatalf("a refused start left a saga: %d %v", code, body)
 	}
-	if code, _ := do(t, "GET", base+"/api/sagas/nope/o-1", "", ""); code != 404 {
+	if code, _ := do(t, "GET", base+"/api/sagas/nope/o-1", token, ""); code != 404 {
 		t.Fatalf("unknown saga: %d", code)
+	}
+	// Reads need the token too, and the list finds o-1 as completed.
+	for _, path := range []string{"/api/sagas/orders/o-1", "/api/sagas/orders"} {
+		if code, body := do(t, "GET", base+path, "", ""); code != 401 {
+			t.Fatalf("GET %s without the token: %d %v", path, code, body)
+		}
+	}
+	code, list := do(t, "GET", base+"/api/sagas/orders?state=completed&limit=10", token, "")
+	if sagas, _ := list["sagas"].([]any); code != 200 || len(sagas) != 1 || sagas[0].(map[string]any)["id"] != "o-1" ||
+		list["counts"].(map[string]any)["completed"] != 1.0 {
+		t.Fatalf("list of completed sagas: %d %v", code, list)
 	}
 	if code, body := do(t, "GET", base+"/metrics", "", ""); code != 200 || !strings.Contains(body["raw"].(string), `sagapipe_saga_finished_total{saga_name="orders",saga_outcome="Completed"} 1`) {
 		t.Fatalf("/metrics: %d %v", code, body)
@@ -241,7 +259,7 @@ func TestServiceAPIEndToEnd(t *testing.T) {
 	journaled := func(n int, what string) (map[string]any, map[string]any) {
 		t.Helper()
 		for deadline := time.Now().Add(20 * time.Second); ; {
-			_, status := do(t, "GET", base+"/api/sagas/orders/o-1", "", "")
+			_, status := do(t, "GET", base+"/api/sagas/orders/o-1", token, "")
 			if history, _ := status["history"].([]any); len(history) == n {
 				return status, history[n-1].(map[string]any)
 			}
@@ -263,7 +281,7 @@ func TestServiceAPIEndToEnd(t *testing.T) {
 		t.Fatalf("after the resume: %v", last)
 	}
 
-	err, took := svc.stop()
+	took, err := svc.stop()
 	if err != nil {
 		t.Fatalf("Run after shutdown: %v", err)
 	}

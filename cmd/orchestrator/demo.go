@@ -19,8 +19,10 @@ import (
 	"github.com/sagapipe/sagapipe/examples/orders"
 	"github.com/sagapipe/sagapipe/internal/jaeger"
 	"github.com/sagapipe/sagapipe/internal/telemetry"
+	"github.com/sagapipe/sagapipe/observability"
 	"github.com/sagapipe/sagapipe/saga"
 	"github.com/sagapipe/sagapipe/schema"
+	"github.com/sagapipe/sagapipe/service"
 )
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -39,6 +41,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	metricsAddr := fs.String("metrics-addr", "", "serve the orchestrator's Prometheus metrics at http://<addr>/metrics while the demo runs (e.g. 127.0.0.1:9464)")
 	logLevel := fs.String("log-level", "error", "level of the JSON logs on stderr: debug, info, warn (adds a line per dead letter) or error")
 	jaegerURL := fs.String("jaeger", "", "Jaeger query URL (e.g. http://127.0.0.1:16686): at the end, print example sagas' traces from it (export with OTEL_EXPORTER_OTLP_ENDPOINT)")
+	ui := fs.String("ui", "", "after the run, serve the orchestrator with its web console at http://<addr>/ui (e.g. 127.0.0.1:8080) on the demo's stack until Ctrl-C")
 	if code := parseFlags(fs, args, stderr); code >= 0 {
 		return code
 	}
@@ -138,6 +141,35 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if tracing := tel.orchestrator().Tracing(); tracing != "none" {
 		flush()
 		showTraces(ctx, stdout, stack.KafkaAddrs(), stack.RegistryURL(), tracing, sf.dataDir, *jaegerURL, sum)
+	}
+	if *ui != "" {
+		return serveConsole(ctx, *ui, *jaegerURL, *stepTimeout, level, stack.KafkaAddrs(), stack.RegistryURL(), stdout, stderr)
+	}
+	return 0
+}
+
+// serveConsole runs the orchestrator service, with its web console, on the
+// demo's stack until ctx ends: it takes the demo's sagas over (the same
+// consumer group), so the console shows them and their dead letters.
+func serveConsole(ctx context.Context, addr, jaegerURL string, stepTimeout time.Duration, level slog.Level, brokers []string, registryURL string, stdout, stderr io.Writer) int {
+	s, err := orders.Saga(stepTimeout)
+	if err == nil {
+		var tel *observability.Telemetry
+		if tel, err = observability.Setup(ctx); err == nil {
+			var svc *service.Service
+			svc, err = service.New(service.Config{Brokers: brokers, Registry: service.RegistryConfig{URL: registryURL}, HTTPAddr: addr,
+				JaegerUIURL: jaegerURL}, tel, observability.NewJSONLogger(stderr, level), service.Register(s))
+			if err == nil {
+				fmt.Fprintf(stdout, "\nweb console at http://%s/ui (open: no api_token); Ctrl-C stops\n", addr)
+				err = svc.Run(ctx)
+			} else {
+				_ = tel.Shutdown(ctx)
+			}
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "orchestrator demo: --ui: %v\n", err)
+		return 1
 	}
 	return 0
 }

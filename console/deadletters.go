@@ -1,0 +1,387 @@
+package console
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hamba/avro/v2"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sagapipe/sagapipe/dlq"
+	"github.com/sagapipe/sagapipe/schema"
+)
+
+// ReplayGroup is the consumer group that keeps the progress of the
+// console's replays of topic's letters that pass filter: the CLI's default
+// group for no filter, else that group with the filter as its query
+// string. A letter counts as replayed once a replay group whose filter
+// it passes has committed past it.
+func ReplayGroup(topic string, filter dlq.Filter) string {
+	group := "sagapipe.dlq-replay." + topic
+	q := url.Values{}
+	for k, v := range map[string]string{"origin": filter.OriginTopic, "key": filter.Key, "class": string(filter.Class)} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	if len(q) > 0 {
+		group += "?" + q.Encode()
+	}
+	return group
+}
+
+// replayFilter is the filter of a replay group of topic.
+func replayFilter(topic, group string) (dlq.Filter, bool) {
+	base, query, _ := strings.Cut(group, "?")
+	if base != "sagapipe.dlq-replay."+topic {
+		return dlq.Filter{}, false
+	}
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return dlq.Filter{}, false
+	}
+	return dlq.Filter{OriginTopic: q.Get("origin"), Key: q.Get("key"), Class: dlq.Class(q.Get("class"))}, true
+}
+
+// letter is a dead letter as the console shows it.
+type letter struct {
+	dlq.Entry
+	ID       string // "<partition>@<offset>"
+	Key      string
+	Headers  []header
+	Value    string
+	Replayed bool
+	ParseErr string
+}
+
+type header struct{ Key, Value string }
+
+// letterGroup is the letters of one origin topic and error class.
+type letterGroup struct {
+	OriginTopic string
+	Class       dlq.Class
+	Letters     []letter
+}
+
+type deadLettersView struct {
+	Topic    string
+	Groups   []letterGroup
+	Pending  int
+	Replayed int
+	All      bool
+}
+
+type topicCount struct {
+	Topic   string
+	Pending int
+	Err     string
+}
+
+func (c *Console) clientOptions(extra ...kgo.Opt) []kgo.Opt {
+	return append(append([]kgo.Opt{kgo.SeedBrokers(c.cfg.Brokers...)}, c.cfg.ClientOptions...), extra...)
+}
+
+// deadLetterTopics are the sagas' dead-letter topics and every other topic
+// named "*.dlq".
+func (c *Console) deadLetterTopics(ctx context.Context) ([]string, error) {
+	var topics []string
+	for _, d := range c.cfg.Backend.Definitions() {
+		if d.DeadLetterTopic != "" && !slices.Contains(topics, d.DeadLetterTopic) {
+			topics = append(topics, d.DeadLetterTopic)
+		}
+	}
+	cl, err := kgo.NewClient(c.clientOptions()...)
+	if err != nil {
+		return topics, err
+	}
+	defer cl.Close()
+	details, err := kadm.NewClient(cl).ListTopics(ctx)
+	if err != nil {
+		return topics, fmt.Errorf("listing the topics: %w", err)
+	}
+	for _, t := range details.Names() {
+		if strings.HasSuffix(t, dlq.DefaultTopicSuffix) && !slices.Contains(topics, t) {
+			topics = append(topics, t)
+		}
+	}
+	slices.Sort(topics)
+	return topics, nil
+}
+
+// letters reads topic's dead letters, marking those replayed, their values
+// decoded when decode is set.
+func (c *Console) letters(ctx context.Context, topic string, decode bool) ([]letter, error) {
+	cl, err := kgo.NewClient(c.clientOptions()...)
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	type progress struct {
+		filter dlq.Filter
+		at     kadm.OffsetResponses
+	}
+	var replays []progress
+	groups, err := adm.ListGroups(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing the replay groups: %w", err)
+	}
+	var names []string
+	for _, g := range groups.Groups() {
+		if _, ok := replayFilter(topic, g); ok {
+			names = append(names, g)
+		}
+	}
+	if len(names) > 0 {
+		for g, r := range adm.FetchManyOffsets(ctx, names...) {
+			if r.Err != nil {
+				return nil, fmt.Errorf("progress of replay group %s: %w", g, r.Err)
+			}
+			f, _ := replayFilter(topic, g)
+			replays = append(replays, progress{f, r.Fetched})
+		}
+	}
+	var out []letter
+	err = dlq.List(ctx, dlq.ListConfig{Brokers: c.cfg.Brokers, ClientOptions: c.cfg.ClientOptions, Topic: topic}, func(e dlq.Entry, perr error) error {
+		r := e.Record
+		l := letter{Entry: e, ID: fmt.Sprintf("%d@%d", r.Partition, r.Offset), Key: string(r.Key)}
+		if perr != nil {
+			l.ParseErr = perr.Error()
+		}
+		for _, h := range r.Headers {
+			l.Headers = append(l.Headers, header{h.Key, string(h.Value)})
+		}
+		for _, p := range replays {
+			if o, ok := p.at.Lookup(topic, r.Partition); ok && o.Err == nil && o.At > r.Offset && (perr != nil || p.filter.Match(e)) {
+				l.Replayed = true
+			}
+		}
+		if decode {
+			l.Value = c.decode(ctx, r.Value)
+		}
+		out = append(out, l)
+		return nil
+	})
+	return out, err
+}
+
+// decode shows a Confluent-framed Avro value as indented JSON, else says
+// why it cannot.
+func (c *Console) decode(ctx context.Context, value []byte) string {
+	if value == nil {
+		return "(no value)"
+	}
+	id, payload, err := schema.SplitFrame(value)
+	if err == nil && c.cfg.Registry == nil {
+		err = errors.New("no registry configured")
+	}
+	var v any
+	if err == nil {
+		var writer avro.Schema
+		if writer, err = c.cfg.Registry.SchemaByID(ctx, id); err == nil {
+			err = avro.Unmarshal(writer, payload, &v)
+		}
+	}
+	if err != nil {
+		return fmt.Sprintf("(does not decode: %v)\nraw %d bytes: %q", err, len(value), truncate(value, 512))
+	}
+	out, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Sprintf("(does not decode: %v)", err)
+	}
+	return string(out)
+}
+
+func truncate(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[:n]
+	}
+	return b
+}
+
+// listTimeout bounds reading a dead-letter topic for a page.
+const listTimeout = 20 * time.Second
+
+func (c *Console) deadLettersIndex(w http.ResponseWriter, r *http.Request, v view) {
+	ctx, cancel := context.WithTimeout(r.Context(), listTimeout)
+	defer cancel()
+	v.Title, v.Nav = "Dead letters", "dlq"
+	topics, err := c.deadLetterTopics(ctx)
+	if err != nil {
+		v.Error = err.Error()
+	}
+	var counts []topicCount
+	for _, t := range topics {
+		tc := topicCount{Topic: t}
+		letters, err := c.letters(ctx, t, false)
+		if err != nil {
+			tc.Err = err.Error()
+		}
+		for _, l := range letters {
+			if !l.Replayed && l.Class != dlq.ClassReleased {
+				tc.Pending++
+			}
+		}
+		counts = append(counts, tc)
+	}
+	v.Data = counts
+	c.render(w, http.StatusOK, "dlq_index.html", v)
+}
+
+func (c *Console) deadLettersPage(w http.ResponseWriter, r *http.Request, v view) {
+	topic := r.PathValue("topic")
+	ctx, cancel := context.WithTimeout(r.Context(), listTimeout)
+	defer cancel()
+	v.Title, v.Nav = "Dead letters: "+topic, "dlq"
+	letters, err := c.letters(ctx, topic, true)
+	data := deadLettersView{Topic: topic, All: r.FormValue("all") == "1"}
+	if err != nil {
+		v.Error = "Reading " + topic + " failed: " + err.Error()
+	}
+	byGroup := map[[2]string]*letterGroup{}
+	for _, l := range letters {
+		if l.Replayed {
+			data.Replayed++
+			if !data.All {
+				continue
+			}
+		} else if l.Class != dlq.ClassReleased {
+			data.Pending++
+		}
+		k := [2]string{l.OriginTopic, string(l.Class)}
+		g := byGroup[k]
+		if g == nil {
+			g = &letterGroup{OriginTopic: l.OriginTopic, Class: l.Class}
+			byGroup[k] = g
+		}
+		g.Letters = append(g.Letters, l)
+	}
+	for _, g := range byGroup {
+		data.Groups = append(data.Groups, *g)
+	}
+	slices.SortFunc(data.Groups, func(a, b letterGroup) int {
+		return cmp.Or(strings.Compare(a.OriginTopic, b.OriginTopic), strings.Compare(string(a.Class), string(b.Class)))
+	})
+	v.Data = data
+	code := http.StatusOK
+	if err != nil {
+		code = http.StatusBadGateway
+	}
+	c.render(w, code, "dlq.html", v)
+}
+
+// letterFilter reads the filter of a replay or release form.
+func letterFilter(r *http.Request) (dlq.Filter, error) {
+	f := dlq.Filter{OriginTopic: r.FormValue("origin"), Key: r.FormValue("key"), Class: dlq.Class(r.FormValue("class"))}
+	switch f.Class {
+	case "", dlq.ClassPoison, dlq.ClassExhausted, dlq.ClassPredecessorDeadLettered:
+		return f, nil
+	}
+	return f, fmt.Errorf("class %q is not poison, exhausted or predecessor_dead_lettered", f.Class)
+}
+
+func describe(f dlq.Filter) string {
+	var parts []string
+	if f.OriginTopic != "" {
+		parts = append(parts, "that failed on "+f.OriginTopic)
+	}
+	if f.Class != "" {
+		parts = append(parts, "of class "+string(f.Class))
+	}
+	if f.Key != "" {
+		parts = append(parts, fmt.Sprintf("with key %q", f.Key))
+	}
+	if len(parts) == 0 {
+		return "every letter not replayed yet"
+	}
+	return "the letters not replayed yet " + strings.Join(parts, ", ")
+}
+
+func (c *Console) confirmLetterAction(w http.ResponseWriter, r *http.Request, v view) {
+	topic, action := r.PathValue("topic"), r.PathValue("action")
+	f, err := letterFilter(r)
+	back := Prefix + "/dlq/" + url.PathEscape(topic)
+	if err != nil || (action != "replay" && action != "release") || (action == "release" && f.Key == "") {
+		c.notFound(w, v, "No such action: replay takes origin, class and key; release takes a key.")
+		return
+	}
+	cv := confirmView{Action: back + "/" + action, Back: back, Target: topic,
+		Fields: map[string]string{"origin": f.OriginTopic, "class": string(f.Class), "key": f.Key}}
+	if action == "replay" {
+		cv.Verb = "Replay"
+		cv.What = "Republishes " + describe(f) + " in " + topic + " to their original topics and partitions, in order, with their keys, values and headers. The replay's progress is committed with what it republishes: run again, it republishes nothing twice."
+	} else {
+		cv.Verb = "Release key"
+		cv.What = fmt.Sprintf("Lets the records of key %q that are held back behind its dead letters (sequenced mode) through, in every origin partition where the key is parked. Its dead letters stay where they are.", f.Key)
+	}
+	v.Title, v.Nav = cv.Verb+"?", "dlq"
+	v.Data = cv
+	c.render(w, http.StatusOK, "confirm.html", v)
+}
+
+// actionTimeout bounds a replay or release.
+const actionTimeout = 2 * time.Minute
+
+type resultView struct {
+	Title, Text string
+	Back        string
+}
+
+func (c *Console) letterAction(w http.ResponseWriter, r *http.Request, v view) {
+	topic, action := r.PathValue("topic"), r.PathValue("action")
+	f, err := letterFilter(r)
+	back := Prefix + "/dlq/" + url.PathEscape(topic)
+	v.Nav = "dlq"
+	if err != nil {
+		v.Title, v.Error = "Refused", err.Error()
+		c.render(w, http.StatusBadRequest, "error.html", v)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), actionTimeout)
+	defer cancel()
+	var res resultView
+	switch action {
+	case "replay":
+		stats, err := dlq.Replay(ctx, dlq.ReplayConfig{Brokers: c.cfg.Brokers, ClientOptions: c.cfg.ClientOptions, Topic: topic,
+			Filter: f, Group: ReplayGroup(topic, f)})
+		if err != nil {
+			v.Title, v.Error = "The replay stopped", fmt.Sprintf("Replayed %d letter(s), then: %v. Replay again to continue: nothing is republished twice.", stats.Replayed, err)
+			c.render(w, http.StatusBadGateway, "error.html", v)
+			return
+		}
+		c.cfg.Logger.Info("console: dead letters replayed", "dlq_topic", topic, "replayed", stats.Replayed)
+		res = resultView{Title: "Replayed", Text: fmt.Sprintf("Replayed %d letter(s) to their original topics (%s).", stats.Replayed, describe(f))}
+	case "release":
+		if f.Key == "" {
+			v.Title, v.Error = "Refused", "A release needs the key to release."
+			c.render(w, http.StatusBadRequest, "error.html", v)
+			return
+		}
+		n, err := dlq.Release(ctx, dlq.ReleaseConfig{Brokers: c.cfg.Brokers, ClientOptions: c.cfg.ClientOptions, Topic: topic, Key: f.Key, OriginTopic: f.OriginTopic})
+		if err != nil {
+			v.Title, v.Error = "The release failed", err.Error()
+			c.render(w, http.StatusBadGateway, "error.html", v)
+			return
+		}
+		c.cfg.Logger.Info("console: dead-letter key released", "dlq_topic", topic, "partitions", n)
+		res = resultView{Title: "Released", Text: fmt.Sprintf("Released key %q in %d partition(s); its consumers let its next records through.", f.Key, n)}
+		if n == 0 {
+			res = resultView{Title: "Nothing to release", Text: fmt.Sprintf("Key %q is not parked in %s: nothing was released.", f.Key, topic)}
+		}
+	default:
+		c.notFound(w, v, "No such action.")
+		return
+	}
+	res.Back = back
+	v.Title, v.Data = res.Title, res
+	c.render(w, http.StatusOK, "result.html", v)
+}
