@@ -23,8 +23,7 @@ type instruments struct {
 
 func newInstruments(tp trace.TracerProvider, mp metric.MeterProvider, prop propagation.TextMapPropagator) (*instruments, error) {
 	m := telemetry.Meter(mp)
-	records, err1 := m.Int64Counter("sagapipe.dlq.records", metric.WithUnit("{record}"),
-		metric.WithDescription("Records sent to a dead-letter topic, by source topic and error class."))
+	records, err1 := telemetry.DeadLetterRecords(m)
 	retries, err2 := m.Int64Counter("sagapipe.dlq.retries", metric.WithUnit("{retry}"),
 		metric.WithDescription("Retries of failed records waited for, by source topic."))
 	if err := errors.Join(err1, err2); err != nil {

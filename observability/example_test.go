@@ -20,7 +20,7 @@ func Example() {
 		fmt.Println(err)
 		return
 	}
-	defer tel.Shutdown(ctx) //nolint:errcheck // flushes spans; nothing to flush here
+	defer func() { _ = tel.Shutdown(ctx) }() // flushes spans; nothing to flush here
 	tel.SetGlobal()
 	slog.SetDefault(observability.NewJSONLogger(os.Stderr, slog.LevelInfo))
 

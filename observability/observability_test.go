@@ -61,7 +61,7 @@ func TestSetupReadsTheEnvironment(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer tel.Shutdown(ctx) //nolint:errcheck // nothing was exported
+			defer func() { _ = tel.Shutdown(ctx) }() // nothing was exported
 			if got := tel.Tracing(); got != tc.wantTracing {
 				t.Errorf("Tracing() = %q, want %q", got, tc.wantTracing)
 			}
@@ -112,7 +112,7 @@ func TestMetricsHandlerServesPrometheusText(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tel.Shutdown(ctx) //nolint:errcheck // nothing was exported
+	defer func() { _ = tel.Shutdown(ctx) }() // nothing was exported
 	c, err := tel.MeterProvider().Meter("test").Int64Counter("sagapipe.test.things", metric.WithUnit("{thing}"))
 	if err != nil {
 		t.Fatal(err)
@@ -135,7 +135,7 @@ func TestMetricsHandlerServesPrometheusText(t *testing.T) {
 
 func TestLogHandlerAddsTraceIDs(t *testing.T) {
 	tp := sdktrace.NewTracerProvider()
-	defer tp.Shutdown(context.Background()) //nolint:errcheck // in-memory
+	defer func() { _ = tp.Shutdown(context.Background()) }() // in-memory
 	ctx, span := tp.Tracer("test").Start(context.Background(), "process")
 	defer span.End()
 	var buf bytes.Buffer

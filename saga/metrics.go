@@ -49,8 +49,7 @@ func newRuntimeMetrics[D any](r *Runtime[D], mp metric.MeterProvider) (*runtimeM
 		metric.WithDescription("Commands of steps that cannot be given up (no compensation, or after the pivot) resent past their retries, by saga.step: a participant that does not answer."))
 	rm.forwarded, errs[10] = m.Int64Counter("sagapipe.saga.forwarded", metric.WithUnit("{record}"),
 		metric.WithDescription("Inbox records that arrived on a partition other than their saga's and were forwarded to it (a producer with another partitioner than murmur2)."))
-	rm.deadLetters, errs[5] = m.Int64Counter("sagapipe.dlq.records", metric.WithUnit("{record}"),
-		metric.WithDescription("Records sent to a dead-letter topic, by source topic and error class."))
+	rm.deadLetters, errs[5] = telemetry.DeadLetterRecords(m)
 	inFlight, err := m.Int64ObservableGauge("sagapipe.saga.in_flight", metric.WithUnit("{saga}"),
 		metric.WithDescription("Sagas this instance owns that have not reached a terminal state."))
 	errs[6] = err

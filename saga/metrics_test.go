@@ -41,7 +41,7 @@ func TestRuntimeGaugesAndHistory(t *testing.T) {
 	e := newEnv(t, 1)
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	defer mp.Shutdown(context.Background()) //nolint:errcheck // in-memory
+	defer func() { _ = mp.Shutdown(context.Background()) }() // in-memory
 	_, stop := e.startRuntime(saga.Config{MeterProvider: mp})
 	e.start("held-1", "held-2", "held-3") // nobody answers inventory: they wait
 

@@ -160,7 +160,8 @@ func (r *Runtime[D]) restore(ctx context.Context, p int32, pst *partitionStore, 
 	// A batch in flight may hold work of p from before it was lost: let
 	// it end (commit or abort) before reading what it may have written.
 	r.batchMu.Lock()
-	r.batchMu.Unlock() // a barrier: nothing to guard, only a batch to wait for
+	//lint:ignore SA2001 a barrier: nothing to guard, only a batch to wait for
+	r.batchMu.Unlock()
 	pst.mu.Lock()
 	defer pst.mu.Unlock()
 	if pst.st == nil {

@@ -237,7 +237,7 @@ func checkSagaTrace(t *testing.T, id string, tr []sdktrace.ReadOnlySpan, wantSte
 func attr(s sdktrace.ReadOnlySpan, key string) (string, bool) {
 	for _, kv := range s.Attributes() {
 		if kv.Key == attribute.Key(key) {
-			return kv.Value.Emit(), true
+			return kv.Value.String(), true
 		}
 	}
 	return "", false

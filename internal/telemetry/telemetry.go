@@ -73,6 +73,14 @@ func Meter(mp metric.MeterProvider) metric.Meter {
 	return mp.Meter(ScopeName)
 }
 
+// DeadLetterRecords is the counter of records sent to a dead-letter topic,
+// by dlq.source.topic and error.class: one instrument for the dlq
+// consumer's and the saga runtime's dead letters.
+func DeadLetterRecords(m metric.Meter) (metric.Int64Counter, error) {
+	return m.Int64Counter("sagapipe.dlq.records", metric.WithUnit("{record}"),
+		metric.WithDescription("Records sent to a dead-letter topic, by source topic and error class."))
+}
+
 // Headers adapts a record's headers to a TextMapCarrier. Set writes in
 // place: use it only on records whose header slice the caller built.
 type Headers struct{ Record *kgo.Record }

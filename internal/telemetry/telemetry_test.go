@@ -81,18 +81,18 @@ func TestInjectExtractRoundTrip(t *testing.T) {
 		"messaging.system": "kafka", "messaging.destination.name": "payment.commands", "messaging.operation.type": "process",
 		"messaging.consumer.group.name": "payment-service", "messaging.message.id": env.ID, "messaging.kafka.message.key": "order-1",
 	} {
-		if got := attr(proc, key).Emit(); got != want {
+		if got := attr(proc, key).String(); got != want {
 			t.Errorf("process span %s = %q, want %q", key, got, want)
 		}
 	}
-	if got := attr(pub, "messaging.destination.partition.id").Emit(); got != "2" {
+	if got := attr(pub, "messaging.destination.partition.id").String(); got != "2" {
 		t.Errorf("publish span partition %q, want 2", got)
 	}
 	// The publish span says what it sends and for which saga.
 	for key, want := range map[string]string{
 		"cloudevents.event_type": "test.Cmd", "saga.name": "orders", "saga.id": "order-1", "saga.step": "payment",
 	} {
-		if got := attr(pub, key).Emit(); got != want {
+		if got := attr(pub, key).String(); got != want {
 			t.Errorf("publish span %s = %q, want %q", key, got, want)
 		}
 	}
@@ -138,10 +138,10 @@ func TestDeadLetterSpanFails(t *testing.T) {
 	if got.Status().Code != codes.Error || got.Status().Description != "not avro" || len(got.Events()) != 1 || got.Events()[0].Name != "exception" {
 		t.Fatalf("status %v events %v, want error status and an exception event", got.Status(), got.Events())
 	}
-	if attr(got, "error.class").Emit() != "poison" || got.Name() != "orders.inbox.dlq dead-letter" {
+	if attr(got, "error.class").String() != "poison" || got.Name() != "orders.inbox.dlq dead-letter" {
 		t.Fatalf("span %q attrs %v", got.Name(), got.Attributes())
 	}
-	if attr(got, "dlq.source.topic").Emit() != "orders.inbox" || attr(got, "dlq.source.offset").Emit() != "7" || attr(got, "dlq.source.partition").Emit() != "0" {
+	if attr(got, "dlq.source.topic").String() != "orders.inbox" || attr(got, "dlq.source.offset").String() != "7" || attr(got, "dlq.source.partition").String() != "0" {
 		t.Errorf("the dead-letter span does not say where the record came from: %v", got.Attributes())
 	}
 	// One set of names: nothing in messaging.* but OTel's current ones.
