@@ -85,7 +85,7 @@ func (b consoleBackend) Saga(ctx context.Context, name, id string) (console.Saga
 	if err != nil {
 		return console.Saga{}, err
 	}
-	out.Name, out.ID, out.Data = name, id, owned.data
+	out.Name, out.ID, out.Data = name, id, toAvroJSON(owned.data)
 	attempt := 1
 	for _, e := range entries {
 		if e.Outcome == saga.OutcomeApplied {

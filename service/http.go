@@ -175,7 +175,7 @@ func (s *Service) writeSaga(w http.ResponseWriter, rt runtime, name, id string, 
 		st.History = append(st.History, h)
 	}
 	st.Terminal = rt.isTerminal(st.State)
-	st.Data = owned.data
+	st.Data = toAvroJSON(owned.data) // the schema's names, as POST takes them
 	writeJSON(w, http.StatusOK, st)
 }
 

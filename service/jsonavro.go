@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -302,4 +303,72 @@ func defaultValue(f *avro.Field) any {
 		}
 	}
 	return d
+}
+
+// toAvroJSON returns v ready for JSON under the names of its Avro schema,
+// the names POST takes: a struct becomes an object keyed by its fields'
+// avro tags (the field's name when it has none; "-" leaves it out), and
+// slices, arrays, maps and pointers are converted through. Other values
+// (strings, numbers, times, byte slices) are left to encoding/json.
+func toAvroJSON(v any) any {
+	if v == nil {
+		return nil
+	}
+	return avroJSONValue(reflect.ValueOf(v))
+}
+
+func avroJSONValue(v reflect.Value) any {
+	switch v.Kind() {
+	case reflect.Pointer, reflect.Interface:
+		if v.IsNil() {
+			return nil
+		}
+		return avroJSONValue(v.Elem())
+	case reflect.Struct:
+		if v.Type() == reflect.TypeFor[time.Time]() {
+			return v.Interface()
+		}
+		out := make(map[string]any, v.NumField())
+		for i := range v.NumField() {
+			f := v.Type().Field(i)
+			if !f.IsExported() {
+				continue
+			}
+			name := f.Name
+			if tag, ok := f.Tag.Lookup("avro"); ok {
+				if tag == "-" {
+					continue
+				}
+				name = tag
+			}
+			out[name] = avroJSONValue(v.Field(i))
+		}
+		return out
+	case reflect.Slice, reflect.Array:
+		if v.Kind() == reflect.Slice && v.IsNil() {
+			return nil
+		}
+		if v.Type().Elem().Kind() == reflect.Uint8 {
+			return v.Interface() // bytes: base64, as encoding/json writes them
+		}
+		out := make([]any, v.Len())
+		for i := range out {
+			out[i] = avroJSONValue(v.Index(i))
+		}
+		return out
+	case reflect.Map:
+		if v.IsNil() {
+			return nil
+		}
+		out := make(map[string]any, v.Len())
+		for it := v.MapRange(); it.Next(); {
+			out[fmt.Sprint(it.Key().Interface())] = avroJSONValue(it.Value())
+		}
+		return out
+	default:
+		if !v.IsValid() {
+			return nil
+		}
+		return v.Interface()
+	}
 }

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"encoding/json"
 	"errors"
 	"testing"
 	"time"
@@ -101,5 +102,30 @@ func TestFromJSONNamesTheField(t *testing.T) {
 		if !errors.As(err, &fe) || fe.Field != tc.field {
 			t.Errorf("%s: %v, want an error naming %q", tc.body, err, tc.field)
 		}
+	}
+}
+
+func TestToAvroJSONUsesTheSchemasNames(t *testing.T) {
+	type leg struct {
+		From string `avro:"from_city"`
+	}
+	type data struct {
+		TripID  string            `avro:"trip_id"`
+		Legs    []leg             `avro:"legs"`
+		Hotel   *leg              `avro:"hotel"`
+		Tags    map[string]string `avro:"tags"`
+		Raw     []byte            `avro:"raw"`
+		Skipped string            `avro:"-"`
+		Plain   int
+		hidden  int
+	}
+	got, err := json.Marshal(toAvroJSON(data{TripID: "t-1", Legs: []leg{{From: "BER"}}, Tags: map[string]string{"a": "b"},
+		Raw: []byte{1}, Skipped: "x", Plain: 2, hidden: 3}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"Plain":2,"hotel":null,"legs":[{"from_city":"BER"}],"raw":"AQ==","tags":{"a":"b"},"trip_id":"t-1"}`
+	if string(got) != want {
+		t.Errorf("got  %s\nwant %s", got, want)
 	}
 }

@@ -218,6 +218,10 @@ func TestServiceAPIEndToEnd(t *testing.T) {
 	if status["terminal"] != true || len(history) != 4 || data == nil {
 		t.Fatalf("status %v", status)
 	}
+	// The data speaks the schema's names, as POST does.
+	if data["order_id"] != "o-1" || data["OrderID"] != nil {
+		t.Fatalf("data %v, want the Avro field names (order_id), not Go's", data)
+	}
 	if first := history[0].(map[string]any); first["to"] != "inventory.Pending" || first["outcome"] != "applied" {
 		t.Fatalf("first history entry %v", first)
 	}
