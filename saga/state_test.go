@@ -41,16 +41,16 @@ func (r *restores) get() ([]saga.RestoredFrom, int) {
 	return slices.Clone(r.from), r.live
 }
 
-// waitFor polls cond until it holds or 20 seconds have passed.
+// waitFor waits (testkit.WaitUntil) until cond holds, for 20 seconds at
+// most.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	testkit.WaitUntil(t, 20*time.Second, func() error {
+		if cond() {
+			return nil
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return fmt.Errorf("waiting for %s", what)
+	})
 }
 
 // stateRecords reads the state topic: per saga ID, its records in order
@@ -119,7 +119,7 @@ func TestClosedSagasLeaveMemoryAndIgnoreLateEventsAfterRecovery(t *testing.T) {
 		t.Fatal("no snapshot of o-1 in the state topic")
 	}
 	last := recs[len(recs)-1]
-	if kind := header(last, saga.HeaderSnapshotKind); kind != "closed" {
+	if kind := testkit.Header(last, saga.HeaderSnapshotKind); kind != "closed" {
 		t.Fatalf("o-1's last snapshot is %q, want closed", kind)
 	}
 	if err := stop(); err != nil {
@@ -295,15 +295,6 @@ func TestUndecodableSnapshotNamesTheKeyAndTheFix(t *testing.T) {
 	if st, ok, err := rt.Status(context.Background(), "o-1"); err != nil || !ok || st.Instance.Data.OrderID != "o-1" {
 		t.Fatalf("Status(o-1) = %+v, %v, %v; want it rebuilt with its data", st, ok, err)
 	}
-}
-
-func header(r *kgo.Record, key string) string {
-	for _, h := range r.Headers {
-		if h.Key == key {
-			return string(h.Value)
-		}
-	}
-	return ""
 }
 
 // A saga waiting on a timer when its owner stops keeps it: the new owner
