@@ -689,7 +689,8 @@ func (r *Runtime[D]) apply(ctx context.Context, b *batch[D], p int32, s *sagaRec
 	b.journaled[s] = true
 	if entry.Outcome == OutcomeIgnored {
 		if span.IsRecording() {
-			span.SetAttributes(telemetry.SagaState.String(string(s.state)), attribute.Bool("saga.event.ignored", true))
+			span.SetAttributes(telemetry.SagaState.String(string(s.state)), telemetry.SagaCompensation.Bool(isCompensation(s.state)),
+				attribute.Bool("saga.event.ignored", true))
 		}
 		return nil
 	}
