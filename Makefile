@@ -14,7 +14,7 @@ TRACED_DIR := .data/traced
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK_BIN ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/sagapipe/staticcheck-$(STATICCHECK_VERSION)
 
-.PHONY: run run-traced test test-short chaos deploy-check bench lint staticcheck-build dev jaeger jaeger-build jaeger-stop
+.PHONY: run run-traced test test-short chaos deploy-check bench bench-profile bench-temporal lint staticcheck-build dev jaeger jaeger-build jaeger-stop
 
 ## run: the orders saga demo on the embedded Kafka and Schema Registry (no setup)
 run:
@@ -53,6 +53,20 @@ deploy-check:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./schema/ ./pipe/ ./saga/
 	$(GO) run ./cmd/orchestrator bench --out bench-results.json
+
+## bench-profile: allocation and CPU profiles of the harness (plain, traced, the orchestrator alone) into bench-profile/
+bench-profile:
+	$(GO) build -o bench-profile/orchestrator ./cmd/orchestrator
+	bench-profile/orchestrator bench --only profile --sagas 10000 --concurrency 2000 --profile-dir bench-profile
+
+# Temporal's CLI (its dev server), for the side-by-side: built once with go install, cached.
+TEMPORAL_VERSION := v1.5.1
+TEMPORAL_BIN ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/sagapipe/temporal-$(TEMPORAL_VERSION)
+
+## bench-temporal: the orders saga on Temporal's dev server (bench/temporal), side by side (builds the CLI once: long)
+bench-temporal:
+	@if [ ! -x "$(TEMPORAL_BIN)" ]; then d=$$(mktemp -d) && GOBIN=$$d $(GO) install github.com/temporalio/cli/cmd/temporal@$(TEMPORAL_VERSION) && mkdir -p "$(dir $(TEMPORAL_BIN))" && mv $$d/temporal "$(TEMPORAL_BIN)"; fi
+	cd bench/temporal && $(GO) run . --temporal "$(TEMPORAL_BIN)"
 
 ## lint: formatting, go vet and staticcheck (pinned: internal/tools/staticcheck)
 lint: staticcheck-build

@@ -296,7 +296,7 @@ func TestDemoWithSlowParticipants(t *testing.T) {
 func TestBenchWritesResults(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "bench.json")
 	var stdout, stderr syncBuffer
-	code := run(context.Background(), []string{"bench", "--sagas", "300", "--concurrency", "50", "--skip-memory", "--skip-recovery", "--out", out}, &stdout, &stderr)
+	code := run(context.Background(), []string{"bench", "--sagas", "300", "--concurrency", "50", "--skip-memory", "--skip-recovery", "--runs", "1", "--out", out}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d\n%s\n%s", code, stdout.String(), stderr.String())
 	}
@@ -311,6 +311,10 @@ func TestBenchWritesResults(t *testing.T) {
 	if res.Sagas != 300 || res.Throughput.SagasPerSecond <= 0 || res.Throughput.Records < 300*12 ||
 		res.Ceiling.Records != res.Throughput.Records || res.Ratio <= 0 || res.HalfRate.P99Millis <= 0 {
 		t.Fatalf("results %+v", res)
+	}
+	// Counted, not assumed: an orders saga is 16 produces and 7 consumes.
+	if res.OpsPerSaga < 20 || res.OpsPerSaga > 26 || res.NormalizedRatio <= 0 || res.Runs != 1 || res.Machine.Cores <= 0 {
+		t.Fatalf("broker ops per saga %.2f, normalized ratio %v, runs %d, machine %+v", res.OpsPerSaga, res.NormalizedRatio, res.Runs, res.Machine)
 	}
 	if res.Targets.InFlightBytes || res.Targets.AllMet {
 		t.Fatal("a skipped measurement cannot meet its target")
