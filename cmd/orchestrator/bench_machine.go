@@ -145,18 +145,6 @@ func (s Spread) format(verb string) string {
 	return fmt.Sprintf(verb+" / "+verb+" / "+verb, s.Min, s.Median, s.Max)
 }
 
-// ratioOf divides the runs pairwise (a[i] / b[i]), which keeps each
-// ratio's two sides measured beside each other.
-func ratioOf(a, b []float64) []float64 {
-	var r []float64
-	for i := range min(len(a), len(b)) {
-		if b[i] > 0 {
-			r = append(r, a[i]/b[i])
-		}
-	}
-	return r
-}
-
 // processCPU is the CPU time this process has used, user and system: on a
 // machine shared with other work, CPU per saga varies less than sagas/s.
 func processCPU() time.Duration {
