@@ -101,11 +101,9 @@ func (r *Runtime[D]) beginSagaSpan(s *sagaRecord[D], env schema.Envelope, rec *k
 		}
 	}
 	causal := telemetry.ParseTraceParent(telemetry.Headers{Record: rec}.Get(schema.HeaderTraceParent))
-	sc := trace.SpanContextConfig{TraceID: causal.TraceID(), SpanID: telemetry.NewSpanID(), TraceFlags: causal.TraceFlags()}
-	if !causal.IsValid() {
-		sc.TraceID, sc.TraceFlags = telemetry.NewTraceID(), trace.FlagsSampled
+	if sc := telemetry.ChooseSpan(context.Background(), r.tracer, r.saga.name+" "+s.id, causal); sc.IsValid() {
+		s.spans = &sagaSpans{root: sagaSpan{sc: sc, parent: causal.SpanID(), start: start}}
 	}
-	s.spans = &sagaSpans{root: sagaSpan{sc: trace.NewSpanContext(sc), parent: causal.SpanID(), start: start}}
 }
 
 // structuralParent is the span a record's or a timer's processing for s

@@ -33,9 +33,6 @@ type Starter struct {
 	source string
 	tracer trace.Tracer
 	prop   propagation.TextMapPropagator
-	// sagaSpan tells whether the starter chooses the saga's span (when its
-	// tracer records spans; see spans.go).
-	sagaSpan bool
 }
 
 // StarterOpt configures a Starter.
@@ -94,7 +91,7 @@ func (s *Saga[D]) NewStarter(client *kgo.Client, registry *schema.Serde, opts ..
 	tracer := telemetry.Tracer(cfg.tp)
 	return &Starter{client: client, codec: c, goType: s.start.event.goType, ceType: s.start.event.eventType,
 		saga: s.name, inbox: s.InboxTopic(), source: cmp.Or(cfg.source, "sagapipe/"+s.name),
-		tracer: tracer, prop: telemetry.Propagator(), sagaSpan: telemetry.GeneratesIDs(tracer)}, nil
+		tracer: tracer, prop: telemetry.Propagator()}, nil
 }
 
 // withSagaSpan chooses the span of the saga rec starts, when the starter
@@ -102,19 +99,14 @@ func (s *Saga[D]) NewStarter(client *kgo.Client, registry *schema.Serde, opts ..
 // orchestrator emits it when the saga ends; it is written to rec's headers
 // (HeaderSagaSpan) and is the publish span's parent (returned as ctx's).
 func (st *Starter) withSagaSpan(ctx context.Context, rec *kgo.Record) context.Context {
-	if !st.sagaSpan {
-		return ctx
-	}
 	if _, ok := schema.Header(rec.Headers, schema.HeaderSagaSpan); ok {
 		return ctx // published before (a retry): the same span
 	}
 	parent := trace.SpanContextFromContext(ctx)
-	cfg := trace.SpanContextConfig{TraceID: parent.TraceID(), SpanID: telemetry.NewSpanID(),
-		TraceFlags: parent.TraceFlags(), TraceState: parent.TraceState()}
-	if !parent.IsValid() {
-		cfg.TraceID, cfg.TraceFlags = telemetry.NewTraceID(), trace.FlagsSampled
+	sc := telemetry.ChooseSpan(ctx, st.tracer, st.saga+" "+string(rec.Key), parent)
+	if !sc.IsValid() {
+		return ctx
 	}
-	sc := trace.NewSpanContext(cfg)
 	h := telemetry.Headers{Record: rec}
 	h.Set(schema.HeaderSagaSpan, telemetry.TraceParent(trace.ContextWithSpanContext(ctx, sc)))
 	if parent.IsValid() {

@@ -77,28 +77,42 @@ func HonoursPresetIDs(tracer trace.Tracer) bool {
 	return probe(tracer, want) == want
 }
 
-// GeneratesIDs tells whether tracer makes spans of its own (an SDK's), not
-// the no-op API's, which only pass their parent's context on.
-func GeneratesIDs(tracer trace.Tracer) bool {
-	return probe(tracer, trace.SpanID{}) != probeParent.SpanID()
-}
-
 // probeParent is a remote parent that is not sampled: a parent-based
 // sampler (the SDK's default) neither records nor exports its children.
 var probeParent = trace.NewSpanContext(trace.SpanContextConfig{
 	TraceID: trace.TraceID{0x73, 0x61, 0x67, 0x61, 0x70, 0x69, 0x70, 0x65, 1},
 	SpanID:  trace.SpanID{0x73, 0x61, 0x67, 0x61, 1}, Remote: true})
 
-// probe starts and ends a span under probeParent, asking for the ID preset
-// (when valid), and returns the span's ID.
+// probe starts and ends a span under probeParent, asking for the ID preset,
+// and returns the span's ID.
 func probe(tracer trace.Tracer, preset trace.SpanID) trace.SpanID {
-	ctx := trace.ContextWithRemoteSpanContext(context.Background(), probeParent)
-	if preset.IsValid() {
-		ctx = WithPresetIDs(ctx, probeParent.TraceID(), preset)
-	}
+	ctx := WithPresetIDs(trace.ContextWithRemoteSpanContext(context.Background(), probeParent), probeParent.TraceID(), preset)
 	_, span := tracer.Start(ctx, "sagapipe ID probe")
 	span.End()
 	return span.SpanContext().SpanID()
+}
+
+// ChooseSpan chooses the IDs of a span that will be emitted later, maybe by
+// another process, with EmitSpan: a child of parent, or a new trace's root
+// when parent is invalid. It starts the span for its IDs and the sampler's
+// decision and never ends it, so it is never exported: the sampler decides
+// a root by its trace ID (the standard ones do), and EmitSpan's decision on
+// the same IDs is then the same one, with the same sampler. The span
+// context is invalid when tracer records nothing (the no-op API).
+func ChooseSpan(ctx context.Context, tracer trace.Tracer, name string, parent trace.SpanContext) trace.SpanContext {
+	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindInternal)}
+	if parent.IsValid() {
+		ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
+	} else {
+		ctx = trace.ContextWithSpanContext(ctx, trace.SpanContext{})
+		opts = append(opts, trace.WithNewRoot())
+	}
+	_, span := tracer.Start(ctx, name, opts...)
+	sc := span.SpanContext()
+	if !sc.IsValid() || sc.SpanID() == parent.SpanID() {
+		return trace.SpanContext{}
+	}
+	return sc.WithRemote(false)
 }
 
 // EmitSpan records a span that began earlier, perhaps in another process,

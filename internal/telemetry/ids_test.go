@@ -14,9 +14,9 @@ import (
 func TestProbesTellWhatATracerCanDo(t *testing.T) {
 	rec := tracetest.NewSpanRecorder()
 	tests := []struct {
-		name               string
-		tp                 trace.TracerProvider
-		generates, honours bool
+		name             string
+		tp               trace.TracerProvider
+		chooses, honours bool
 	}{
 		{"no-op API", noop.NewTracerProvider(), false, false},
 		{"SDK with its own IDs", sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)), true, false},
@@ -25,8 +25,8 @@ func TestProbesTellWhatATracerCanDo(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tracer := tt.tp.Tracer("test")
-			if got := telemetry.GeneratesIDs(tracer); got != tt.generates {
-				t.Errorf("GeneratesIDs = %v, want %v", got, tt.generates)
+			if got := telemetry.ChooseSpan(t.Context(), tracer, "saga", trace.SpanContext{}).IsValid(); got != tt.chooses {
+				t.Errorf("ChooseSpan gives a span: %v, want %v", got, tt.chooses)
 			}
 			if got := telemetry.HonoursPresetIDs(tracer); got != tt.honours {
 				t.Errorf("HonoursPresetIDs = %v, want %v", got, tt.honours)
@@ -34,7 +34,7 @@ func TestProbesTellWhatATracerCanDo(t *testing.T) {
 		})
 	}
 	if n := len(rec.Ended()); n != 0 {
-		t.Errorf("the probes recorded %d spans, want none (their parent is not sampled)", n)
+		t.Errorf("the probes and ChooseSpan ended %d spans, want none", n)
 	}
 }
 
@@ -55,5 +55,30 @@ func TestEmitSpanUsesTheChosenIDs(t *testing.T) {
 	}
 	if root.SpanContext().TraceID() != sc.TraceID() || root.Parent().IsValid() {
 		t.Errorf("root %v with parent %v, want a root of trace %v", root.SpanContext(), root.Parent(), sc.TraceID())
+	}
+}
+
+// A saga's span is chosen when it starts and emitted when it ends: with a
+// sampler that samples by trace ID, both decisions are the same one, so a
+// saga's children are never kept without their root, nor the other way.
+func TestChooseSpanAndEmitSpanDecideAlike(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec), sdktrace.WithIDGenerator(telemetry.IDGenerator{}),
+		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.5))))
+	tracer := tp.Tracer("test")
+	sampled := 0
+	for range 200 {
+		sc := telemetry.ChooseSpan(t.Context(), tracer, "saga", trace.SpanContext{})
+		if sc.IsSampled() {
+			sampled++
+		}
+		before := len(rec.Ended())
+		telemetry.EmitSpan(t.Context(), tracer, sc, trace.SpanID{}, "saga").End()
+		if emitted := len(rec.Ended()) > before; emitted != sc.IsSampled() {
+			t.Fatalf("chosen sampled %v, emitted %v", sc.IsSampled(), emitted)
+		}
+	}
+	if sampled == 0 || sampled == 200 {
+		t.Fatalf("%d of 200 sampled: the sampler did not decide", sampled)
 	}
 }
