@@ -152,12 +152,12 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, 4096)
 	if !c.auth.checkToken(r.PostFormValue("token")) {
-		c.cfg.Logger.Warn("console: login refused: wrong token", "remote_addr", r.RemoteAddr)
+		c.cfg.Logger.Warn("console: login refused: wrong token")
 		c.render(w, http.StatusUnauthorized, "login.html", view{Title: "Log in", Auth: true, Error: "Wrong token. It is the service's api_token (SAGAPIPE_API_TOKEN)."})
 		return
 	}
 	c.auth.open(w, r)
-	c.cfg.Logger.Info("console: login", "remote_addr", r.RemoteAddr)
+	c.cfg.Logger.Info("console: login")
 	http.Redirect(w, r, Prefix+"/", http.StatusSeeOther)
 }
 

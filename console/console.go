@@ -346,7 +346,7 @@ func (c *Console) page(h func(http.ResponseWriter, *http.Request, view)) http.Ha
 		s, ok := c.auth.session(r)
 		if !ok {
 			if c.auth.required() {
-				if strings.HasSuffix(r.URL.Path, "/charts") {
+				if r.URL.Path == Prefix+"/live/charts" {
 					http.Error(w, "log in again", http.StatusUnauthorized)
 					return
 				}
@@ -359,10 +359,14 @@ func (c *Console) page(h func(http.ResponseWriter, *http.Request, view)) http.Ha
 	})
 }
 
+// maxFormBytes bounds an action's form: a few fields.
+const maxFormBytes = 64 << 10
+
 // action serves h to a POST with a session, its CSRF token and a
 // same-origin request: 401, 403 otherwise.
 func (c *Console) action(h func(http.ResponseWriter, *http.Request, view)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
 		s, ok := c.auth.session(r)
 		if !ok {
 			c.render(w, http.StatusUnauthorized, "error.html", view{Title: "Not logged in", Auth: c.auth.required(),

@@ -25,7 +25,7 @@ type stubBackend struct {
 	cancels int
 }
 
-var stubDefinition = Definition{Name: "orders", Initial: "New",
+var stubDefinition = Definition{Name: "orders", Initial: "New", DeadLetterTopic: "orders.inbox.dlq",
 	States:   []statemachine.State{"New", "inventory.Pending", "payment.Pending", "inventory.Compensating", "Completed", "Compensated"},
 	Terminal: []statemachine.State{"Completed", "Compensated"},
 	Edges: []statemachine.Edge{
@@ -336,7 +336,10 @@ func TestPages(t *testing.T) {
 			t.Errorf("GET %s: %d, want 200 with %q\n%s", tc.path, rec.Code, tc.want, rec.Body)
 		}
 	}
-	for _, path := range []string{"/ui/sagas/refunds", "/ui/sagas/orders/o-404", "/ui/sagas/orders/o-1/delete", "/ui/dlq/orders.inbox.dlq/release"} {
+	// Not a dead-letter topic (a saga's, or named *.dlq): not the console's
+	// to show or replay from.
+	for _, path := range []string{"/ui/sagas/refunds", "/ui/sagas/orders/o-404", "/ui/sagas/orders/o-1/delete", "/ui/dlq/orders.inbox.dlq/release",
+		"/ui/dlq/payments", "/ui/dlq/orders.journal/replay"} {
 		if rec := call(c, "GET", path, nil, nil, nil); rec.Code != http.StatusNotFound {
 			t.Errorf("GET %s: %d, want 404", path, rec.Code)
 		}
@@ -391,5 +394,5 @@ func ExampleReplayGroup() {
 	fmt.Println(ReplayGroup("orders.inbox.dlq", dlq.Filter{Key: "o-1"}))
 	// Output:
 	// sagapipe.dlq-replay.orders.inbox.dlq
-	// sagapipe.dlq-replay.orders.inbox.dlq?key=o-1
+	// sagapipe.dlq-replay.orders.inbox.dlq?key_sha256=5cbdcb742069a582
 }

@@ -3,6 +3,8 @@ package console
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,7 +30,9 @@ import (
 func ReplayGroup(topic string, filter dlq.Filter) string {
 	group := "sagapipe.dlq-replay." + topic
 	q := url.Values{}
-	for k, v := range map[string]string{"origin": filter.OriginTopic, "key": filter.Key, "class": string(filter.Class)} {
+	// The key only as a digest: a group's name is listed to whoever may
+	// list groups and logged by brokers, and keys are often personal data.
+	for k, v := range map[string]string{"origin": filter.OriginTopic, "key_sha256": keyDigest(filter.Key), "class": string(filter.Class)} {
 		if v != "" {
 			q.Set(k, v)
 		}
@@ -39,18 +43,32 @@ func ReplayGroup(topic string, filter dlq.Filter) string {
 	return group
 }
 
-// replayFilter is the filter of a replay group of topic.
-func replayFilter(topic, group string) (dlq.Filter, bool) {
+// keyDigest is the first 16 hex digits of key's SHA-256 ("" for no key).
+func keyDigest(key string) string {
+	if key == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:8])
+}
+
+// replayFilter is the filter of a replay group of topic: its origin and
+// class, and the digest of its key.
+func replayFilter(topic, group string) (f dlq.Filter, key string, ok bool) {
 	base, query, _ := strings.Cut(group, "?")
 	if base != "sagapipe.dlq-replay."+topic {
-		return dlq.Filter{}, false
+		return dlq.Filter{}, "", false
 	}
 	q, err := url.ParseQuery(query)
 	if err != nil {
-		return dlq.Filter{}, false
+		return dlq.Filter{}, "", false
 	}
-	return dlq.Filter{OriginTopic: q.Get("origin"), Key: q.Get("key"), Class: dlq.Class(q.Get("class"))}, true
+	return dlq.Filter{OriginTopic: q.Get("origin"), Class: dlq.Class(q.Get("class"))}, q.Get("key_sha256"), true
 }
+
+// maxLetters bounds the letters a page shows (all are counted): a
+// dead-letter topic can hold more than a page, or a process, should.
+const maxLetters = 500
 
 // letter is a dead letter as the console shows it.
 type letter struct {
@@ -78,6 +96,9 @@ type deadLettersView struct {
 	Pending  int
 	Replayed int
 	All      bool
+	// Shown letters are on the page; Hidden ones are counted, not shown
+	// (past maxLetters).
+	Shown, Hidden int
 }
 
 type topicCount struct {
@@ -117,40 +138,40 @@ func (c *Console) deadLetterTopics(ctx context.Context) ([]string, error) {
 	return topics, nil
 }
 
-// letters reads topic's dead letters, marking those replayed, their values
-// decoded when decode is set.
-func (c *Console) letters(ctx context.Context, topic string, decode bool) ([]letter, error) {
+// letters reads topic's dead letters, marking those replayed, and hands
+// each to visit (its value not decoded: see decode).
+func (c *Console) letters(ctx context.Context, topic string, visit func(letter)) error {
 	cl, err := kgo.NewClient(c.clientOptions()...)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
 	type progress struct {
 		filter dlq.Filter
+		key    string // the digest of the filter's key
 		at     kadm.OffsetResponses
 	}
 	var replays []progress
 	groups, err := adm.ListGroups(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("listing the replay groups: %w", err)
+		return fmt.Errorf("listing the replay groups: %w", err)
 	}
 	var names []string
 	for _, g := range groups.Groups() {
-		if _, ok := replayFilter(topic, g); ok {
+		if _, _, ok := replayFilter(topic, g); ok {
 			names = append(names, g)
 		}
 	}
 	if len(names) > 0 {
 		for g, r := range adm.FetchManyOffsets(ctx, names...) {
 			if r.Err != nil {
-				return nil, fmt.Errorf("progress of replay group %s: %w", g, r.Err)
+				return fmt.Errorf("progress of replay group %s: %w", g, r.Err)
 			}
-			f, _ := replayFilter(topic, g)
-			replays = append(replays, progress{f, r.Fetched})
+			f, key, _ := replayFilter(topic, g)
+			replays = append(replays, progress{f, key, r.Fetched})
 		}
 	}
-	var out []letter
 	err = dlq.List(ctx, dlq.ListConfig{Brokers: c.cfg.Brokers, ClientOptions: c.cfg.ClientOptions, Topic: topic}, func(e dlq.Entry, perr error) error {
 		r := e.Record
 		l := letter{Entry: e, ID: fmt.Sprintf("%d@%d", r.Partition, r.Offset), Key: string(r.Key)}
@@ -161,17 +182,31 @@ func (c *Console) letters(ctx context.Context, topic string, decode bool) ([]let
 			l.Headers = append(l.Headers, header{h.Key, string(h.Value)})
 		}
 		for _, p := range replays {
-			if o, ok := p.at.Lookup(topic, r.Partition); ok && o.Err == nil && o.At > r.Offset && (perr != nil || p.filter.Match(e)) {
+			if o, ok := p.at.Lookup(topic, r.Partition); ok && o.Err == nil && o.At > r.Offset &&
+				(perr != nil || p.filter.Match(e) && (p.key == "" || p.key == keyDigest(string(r.Key)))) {
 				l.Replayed = true
 			}
 		}
-		if decode {
-			l.Value = c.decode(ctx, r.Value)
-		}
-		out = append(out, l)
+		visit(l)
 		return nil
 	})
-	return out, err
+	return err
+}
+
+// knownDeadLetterTopic tells whether topic is one the console shows: a
+// saga's dead-letter topic, or a topic named "*.dlq". Any other topic the
+// service can read is not the console's to show or replay from.
+func (c *Console) knownDeadLetterTopic(ctx context.Context, topic string) bool {
+	for _, d := range c.cfg.Backend.Definitions() {
+		if d.DeadLetterTopic == topic {
+			return true
+		}
+	}
+	if !strings.HasSuffix(topic, dlq.DefaultTopicSuffix) {
+		return false
+	}
+	topics, err := c.deadLetterTopics(ctx)
+	return err == nil && slices.Contains(topics, topic)
 }
 
 // decode shows a Confluent-framed Avro value as indented JSON, else says
@@ -222,14 +257,13 @@ func (c *Console) deadLettersIndex(w http.ResponseWriter, r *http.Request, v vie
 	var counts []topicCount
 	for _, t := range topics {
 		tc := topicCount{Topic: t}
-		letters, err := c.letters(ctx, t, false)
-		if err != nil {
-			tc.Err = err.Error()
-		}
-		for _, l := range letters {
+		err := c.letters(ctx, t, func(l letter) {
 			if !l.Replayed && l.Class != dlq.ClassReleased {
 				tc.Pending++
 			}
+		})
+		if err != nil {
+			tc.Err = err.Error()
 		}
 		counts = append(counts, tc)
 	}
@@ -241,22 +275,29 @@ func (c *Console) deadLettersPage(w http.ResponseWriter, r *http.Request, v view
 	topic := r.PathValue("topic")
 	ctx, cancel := context.WithTimeout(r.Context(), listTimeout)
 	defer cancel()
-	v.Title, v.Nav = "Dead letters: "+topic, "dlq"
-	letters, err := c.letters(ctx, topic, true)
-	data := deadLettersView{Topic: topic, All: r.FormValue("all") == "1"}
-	if err != nil {
-		v.Error = "Reading " + topic + " failed: " + err.Error()
+	if !c.knownDeadLetterTopic(ctx, topic) {
+		c.notFound(w, v, "No dead-letter topic "+topic+": the console shows the sagas' dead-letter topics and topics named *"+dlq.DefaultTopicSuffix+".")
+		return
 	}
+	v.Title, v.Nav = "Dead letters: "+topic, "dlq"
+	data := deadLettersView{Topic: topic, All: r.FormValue("all") == "1"}
 	byGroup := map[[2]string]*letterGroup{}
-	for _, l := range letters {
+	err := c.letters(ctx, topic, func(l letter) {
 		if l.Replayed {
 			data.Replayed++
 			if !data.All {
-				continue
+				return
 			}
 		} else if l.Class != dlq.ClassReleased {
 			data.Pending++
 		}
+		if data.Shown >= maxLetters {
+			data.Hidden++
+			return
+		}
+		data.Shown++
+		l.Value = c.decode(ctx, l.Record.Value)
+		l.Record = &kgo.Record{Key: l.Record.Key, Partition: l.Record.Partition, Offset: l.Record.Offset} // the value is decoded
 		k := [2]string{l.OriginTopic, string(l.Class)}
 		g := byGroup[k]
 		if g == nil {
@@ -264,6 +305,9 @@ func (c *Console) deadLettersPage(w http.ResponseWriter, r *http.Request, v view
 			byGroup[k] = g
 		}
 		g.Letters = append(g.Letters, l)
+	})
+	if err != nil {
+		v.Error = "Reading " + topic + " failed: " + err.Error()
 	}
 	for _, g := range byGroup {
 		data.Groups = append(data.Groups, *g)
@@ -310,7 +354,7 @@ func (c *Console) confirmLetterAction(w http.ResponseWriter, r *http.Request, v 
 	topic, action := r.PathValue("topic"), r.PathValue("action")
 	f, err := letterFilter(r)
 	back := Prefix + "/dlq/" + url.PathEscape(topic)
-	if err != nil || (action != "replay" && action != "release") || (action == "release" && f.Key == "") {
+	if err != nil || (action != "replay" && action != "release") || (action == "release" && f.Key == "") || !c.knownDeadLetterTopic(r.Context(), topic) {
 		c.notFound(w, v, "No such action: replay takes origin, class and key; release takes a key.")
 		return
 	}
@@ -338,6 +382,16 @@ type resultView struct {
 
 func (c *Console) letterAction(w http.ResponseWriter, r *http.Request, v view) {
 	topic, action := r.PathValue("topic"), r.PathValue("action")
+	if r.PostFormValue("ask") == "1" {
+		// A letter's buttons post their key (keys are often personal
+		// data: not in URLs) and ask for the confirmation first.
+		c.confirmLetterAction(w, r, v)
+		return
+	}
+	if !c.knownDeadLetterTopic(r.Context(), topic) {
+		c.notFound(w, v, "No dead-letter topic "+topic+".")
+		return
+	}
 	f, err := letterFilter(r)
 	back := Prefix + "/dlq/" + url.PathEscape(topic)
 	v.Nav = "dlq"
