@@ -301,7 +301,10 @@ func (p *Piper) build(ctx context.Context, topic string, m Message) (*kgo.Record
 	for _, h := range src.Headers {
 		switch h.Key {
 		case HeaderOriginalTopic, HeaderOriginalPartition, HeaderOriginalOffset, HeaderOriginalConsumerGroup,
-			schema.HeaderID, schema.HeaderTime, schema.HeaderCausationID:
+			schema.HeaderID, schema.HeaderTime, schema.HeaderCausationID,
+			// A saga's span belongs to its start event: what is piped from
+			// it (a command, a reply, another saga's start) is not that start.
+			schema.HeaderSagaSpan, schema.HeaderSagaSpanParent:
 			continue
 		case schema.HeaderType:
 			if m.Type != "" {

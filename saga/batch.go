@@ -516,7 +516,10 @@ func (r *Runtime[D]) keep(b *batch[D], p int32, s *sagaRecord[D]) {
 func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Record) error {
 	// The process span starts once its parent is known (the saga's or a
 	// step's span, from the saga's record), timed from now.
-	p := processing[D]{r: r, b: b, rec: rec, ctx: ctx, start: time.Now()}
+	p := processing[D]{r: r, b: b, rec: rec, ctx: ctx}
+	if r.sagaSpans {
+		p.start = time.Now()
+	}
 	env, err := schema.ReadEnvelope(rec.Headers)
 	if err != nil {
 		return r.deadLetter(p.begin(nil, trace.SpanContext{}), b, rec, env, err)
@@ -612,7 +615,15 @@ type processing[D any] struct {
 // begin starts the record's process span under parent (when valid; else
 // under the record's trace context) and returns its context.
 func (p *processing[D]) begin(s *sagaRecord[D], parent trace.SpanContext) context.Context {
-	ctx, span := telemetry.StartProcessAt(p.ctx, p.r.tracer, p.r.cfg.Propagator, p.rec, p.r.cfg.Group, parent, p.start)
+	var (
+		ctx  context.Context
+		span trace.Span
+	)
+	if p.r.sagaSpans { // tracing: the span starts when the record's processing did
+		ctx, span = telemetry.StartProcessAt(p.ctx, p.r.tracer, p.r.cfg.Propagator, p.rec, p.r.cfg.Group, parent, p.start)
+	} else {
+		ctx, span = telemetry.StartProcessUnder(p.ctx, p.r.tracer, p.r.cfg.Propagator, p.rec, p.r.cfg.Group, parent)
+	}
 	p.b.spans = append(p.b.spans, span)
 	if p.id == "" || !span.IsRecording() {
 		return ctx

@@ -2,7 +2,11 @@ package saga
 
 import (
 	"context"
+	"encoding/binary"
+	"fmt"
+	"hash/fnv"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -114,8 +118,10 @@ func (s *sagaRecord[D]) structuralParent(step string, compensation bool) trace.S
 	if sp == nil {
 		return trace.SpanContext{}
 	}
-	if i := sp.openSpan(step, compensation); i >= 0 {
-		return sp.stepSpanContext(sp.open[i])
+	for _, st := range strings.Split(step, "+") { // a parallel group's timer: its first open branch
+		if i := sp.openSpan(st, compensation); i >= 0 {
+			return sp.stepSpanContext(sp.open[i])
+		}
 	}
 	return sp.root.sc
 }
@@ -154,7 +160,11 @@ func (r *Runtime[D]) answers(on statemachine.EventType, env schema.Envelope) ste
 func (r *Runtime[D]) advanceSpans(b *batch[D], s *sagaRecord[D], on statemachine.EventType, related stepRef,
 	effects []Effect) map[int]trace.SpanContext {
 	sp := s.spans
-	if sp == nil || !r.sagaSpans {
+	if sp == nil {
+		return nil
+	}
+	if !r.sagaSpans {
+		s.spans = nil // this instance cannot emit them: they would end stale elsewhere
 		return nil
 	}
 	now := time.Now()
@@ -175,7 +185,6 @@ func (r *Runtime[D]) advanceSpans(b *batch[D], s *sagaRecord[D], on statemachine
 		outcome, failed = stepTimedOut, "no reply before the step's timeout"
 	}
 	var parents map[int]trace.SpanContext
-	sent := false
 	for i, e := range effects {
 		if e.Kind != Send {
 			continue
@@ -188,20 +197,26 @@ func (r *Runtime[D]) advanceSpans(b *batch[D], s *sagaRecord[D], on statemachine
 			continue
 		}
 		if j := sp.openSpan(e.Step, e.Compensation); j >= 0 {
-			if related.ok && related.step == e.Step && related.compensation == e.Compensation {
+			if related.answers(e.Step, e.Compensation) {
 				end(j, outcome, failed)
-				sent = true
 			} else {
 				end(j, stepResent, "")
 			}
 		}
-		o := stepSpan{step: e.Step, compensation: e.Compensation, attempt: e.Attempt, id: telemetry.NewSpanID(), start: now}
+		o := stepSpan{step: e.Step, compensation: e.Compensation, attempt: e.Attempt, start: now,
+			id: stepSpanID(sp.root.sc.SpanID(), e)}
 		sp.open = append(sp.open, o)
 		parents[i] = sp.stepSpanContext(o)
 	}
-	if related.ok && !sent {
-		if j := sp.openSpan(related.step, related.compensation); j >= 0 {
-			end(j, outcome, failed)
+	if related.ok {
+		// What the event answers ends, unless it sent it again; a parallel
+		// group's timer answers each branch still open.
+		for _, st := range strings.Split(related.step, "+") {
+			if j := sp.openSpan(st, related.compensation); j >= 0 && !slices.ContainsFunc(effects, func(e Effect) bool {
+				return e.Kind == Send && e.Step == st && e.Compensation == related.compensation
+			}) {
+				end(j, outcome, failed)
+			}
 		}
 	}
 	for _, e := range effects {
@@ -228,10 +243,31 @@ func (r *Runtime[D]) advanceSpans(b *batch[D], s *sagaRecord[D], on statemachine
 
 // stepRef names the step attempt an event answers.
 type stepRef struct {
-	step         string
+	step         string // a step, or a parallel group's steps joined by "+"
 	compensation bool
 	timer        bool // the event is the attempt's timeout
 	ok           bool
+}
+
+// answers tells whether the event ends step's attempt (compensation's, if
+// set).
+func (ref stepRef) answers(step string, compensation bool) bool {
+	return ref.ok && ref.compensation == compensation && slices.Contains(strings.Split(ref.step, "+"), step)
+}
+
+// stepSpanID is the span ID of the attempt e sends: derived from the saga's
+// span and the attempt, so that a batch that aborts and comes again gives
+// the attempt the ID its first try gave the spans it exported.
+func stepSpanID(root trace.SpanID, e Effect) trace.SpanID {
+	h := fnv.New64a()
+	_, _ = h.Write(root[:])
+	_, _ = fmt.Fprintf(h, "\x00%s\x00%t\x00%d\x00%d", e.Step, e.Compensation, e.Attempt, e.Resume)
+	var id trace.SpanID
+	binary.BigEndian.PutUint64(id[:], h.Sum64())
+	if !id.IsValid() {
+		id[7] = 1
+	}
+	return id
 }
 
 func (r *Runtime[D]) stepSpanName(step string, compensation bool) string {

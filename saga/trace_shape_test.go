@@ -79,19 +79,7 @@ func TestASagasTraceHasTheSagasShape(t *testing.T) {
 	if got := second.wait(t, 2); got["slow"] != saga.StateCompleted {
 		t.Fatalf("outcomes %v, want ok and slow completed", got)
 	}
-	// A participant's spans end when its transaction has ended, which may
-	// be after the orchestrator processed its reply: wait for the count of
-	// ended spans to settle.
-	for last, stable, deadline := -1, 0, time.Now().Add(10*time.Second); stable < 3 && time.Now().Before(deadline); {
-		n := len(spans.Ended())
-		if n == last {
-			stable++
-		} else {
-			stable = 0
-		}
-		last = n
-		time.Sleep(200 * time.Millisecond)
-	}
+	waitSettled(spans)
 
 	traces := map[trace.TraceID][]sdktrace.ReadOnlySpan{}
 	for _, s := range spans.Ended() {
@@ -282,4 +270,87 @@ func tree(tr []sdktrace.ReadOnlySpan) string {
 		walk(r, 0)
 	}
 	return b.String()
+}
+
+// A parallel group's timer (its step is the branches' names joined by "+")
+// ends the attempts of the branches still unanswered as timed out, and its
+// span sits under one of them; a branch resent gets a new attempt's span.
+func TestAParallelGroupsTimeoutInTheTrace(t *testing.T) {
+	e := newEnv(t, 1)
+	e.saga = parallelSaga(t)
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans), sdktrace.WithIDGenerator(observability.IDGenerator()))
+	t.Cleanup(func() { _ = tp.Shutdown(t.Context()) })
+	e.tp = tp
+	var mu sync.Mutex
+	reserves := 0
+	inventory := e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{
+		reserveInventory.Type: func(string) *saga.EventDef[msg] {
+			mu.Lock()
+			defer mu.Unlock()
+			if reserves++; reserves == 1 {
+				return nil // lost: the group times out and sends it again
+			}
+			return &inventoryReserved
+		}})
+	e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{chargePayment.Type: always(paymentCharged)})
+	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
+	clock := &testClock{}
+	done := newFinished()
+	rt, _ := e.startRuntime(saga.Config{Clock: clock, Hooks: []any{done}, TracerProvider: tp})
+	e.start("p-1")
+	waitFor(t, "the first reserve, and payment's reply applied", func() bool {
+		st, ok, _ := rt.Status(t.Context(), "p-1")
+		return inventory.count(reserveInventory.Type+" p-1") == 1 && ok && slices.Contains(st.Instance.Completed, "payment")
+	})
+	clock.Advance(11e9)
+	if got := done.wait(t, 1)["p-1"]; got != saga.StateCompleted {
+		t.Fatalf("p-1 ended %s, want Completed", got)
+	}
+	waitSettled(spans)
+
+	byID := map[trace.SpanID]sdktrace.ReadOnlySpan{}
+	var attempts []string
+	var timer sdktrace.ReadOnlySpan
+	for _, s := range spans.Ended() {
+		byID[s.SpanContext().SpanID()] = s
+		switch s.Name() {
+		case "orders: inventory", "orders: payment":
+			a, _ := attr(s, "saga.step.attempt")
+			o, _ := attr(s, "saga.step.outcome")
+			attempts = append(attempts, s.Name()+" "+a+" "+o)
+		case "orders timeout":
+			timer = s
+		}
+	}
+	slices.Sort(attempts)
+	if want := []string{"orders: inventory 1 timed out", "orders: inventory 2 replied", "orders: payment 1 replied"}; !slices.Equal(attempts, want) {
+		t.Errorf("branch attempts %v, want %v", attempts, want)
+	}
+	if timer == nil {
+		t.Fatal("no timer span")
+	}
+	if parent := byID[timer.Parent().SpanID()]; parent == nil || parent.Name() != "orders: inventory" {
+		name := "nothing recorded"
+		if parent != nil {
+			name = parent.Name()
+		}
+		t.Errorf("the group's timer span is under %q, want the unanswered branch's attempt", name)
+	}
+}
+
+// waitSettled waits until the count of ended spans stops growing: a
+// participant's spans end when its transaction has ended, which may be
+// after the orchestrator processed its reply.
+func waitSettled(spans *tracetest.SpanRecorder) {
+	for last, stable, deadline := -1, 0, time.Now().Add(10*time.Second); stable < 3 && time.Now().Before(deadline); {
+		n := len(spans.Ended())
+		if n == last {
+			stable++
+		} else {
+			stable = 0
+		}
+		last = n
+		time.Sleep(200 * time.Millisecond)
+	}
 }
