@@ -48,6 +48,7 @@ const (
 	stepTimedOut  = "timed out"
 	stepResent    = "resent"
 	stepSagaEnded = "saga ended"
+	stepAbandoned = "abandoned" // the saga moved on without it: cancelled, or a sibling branch failed
 )
 
 // sagaSpan is a saga's span: chosen when the saga starts, emitted when it
@@ -216,6 +217,18 @@ func (r *Runtime[D]) advanceSpans(b *batch[D], s *sagaRecord[D], on statemachine
 				return e.Kind == Send && e.Step == st && e.Compensation == related.compensation
 			}) {
 				end(j, outcome, failed)
+			}
+		}
+	}
+	if !slices.ContainsFunc(effects, func(e Effect) bool { return e.Kind == Finish }) {
+		// What the saga no longer waits for ends now, not when the saga
+		// does: a pending step when the saga is cancelled, a branch's
+		// sibling when the branch fails.
+		awaited := strings.Split(waitingFor(s.state), "+")
+		compensating := strings.HasSuffix(string(s.state), ".Compensating")
+		for i := len(sp.open) - 1; i >= 0; i-- {
+			if o := sp.open[i]; o.compensation != compensating || !slices.Contains(awaited, o.step) {
+				end(i, stepAbandoned, "")
 			}
 		}
 	}

@@ -354,3 +354,45 @@ func waitSettled(spans *tracetest.SpanRecorder) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// A saga cancelled while it waits on a step no longer waits on it: the
+// step's span ends then, as abandoned, not when the saga ends.
+func TestACancelledStepsSpanEndsAtTheCancel(t *testing.T) {
+	e := newEnv(t, 1)
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans), sdktrace.WithIDGenerator(observability.IDGenerator()))
+	t.Cleanup(func() { _ = tp.Shutdown(t.Context()) })
+	e.tp = tp
+	e.participant("inventory.commands", map[string]func(string) *saga.EventDef[msg]{
+		reserveInventory.Type: always(inventoryReserved), releaseInventory.Type: always(inventoryReleased)})
+	payment := e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{
+		chargePayment.Type: func(string) *saga.EventDef[msg] { return nil }, // never answers
+		refundPayment.Type: always(paymentRefunded)})
+	done := newFinished()
+	e.startRuntime(saga.Config{Hooks: []any{done}, TracerProvider: tp})
+	e.start("c-1")
+	waitFor(t, "the charge", func() bool { return payment.count(chargePayment.Type+" c-1") == 1 })
+	cl := e.client()
+	if err := cl.ProduceSync(t.Context(), saga.CancelRecord("orders", "c-1", "test")).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	if got := done.wait(t, 1)["c-1"]; got != saga.StateCompensated {
+		t.Fatalf("c-1 ended %s, want Compensated", got)
+	}
+	waitSettled(spans)
+	var pay, undo sdktrace.ReadOnlySpan
+	for _, s := range spans.Ended() {
+		switch s.Name() {
+		case "orders: payment":
+			pay = s
+		case "orders: compensate inventory":
+			undo = s
+		}
+	}
+	if pay == nil || undo == nil {
+		t.Fatalf("payment's span %v, inventory's compensation span %v: want both", pay != nil, undo != nil)
+	}
+	if o, _ := attr(pay, "saga.step.outcome"); o != "abandoned" || pay.EndTime().After(undo.StartTime().Add(time.Second)) {
+		t.Errorf("payment's span ended %q at %v, want abandoned by the cancel, before inventory's compensation (%v)", o, pay.EndTime(), undo.StartTime())
+	}
+}
