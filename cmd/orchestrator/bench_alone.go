@@ -79,13 +79,8 @@ func benchOrchestratorAlone(ctx context.Context, n, concurrency int, partitions 
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	if err := s.EnsureTopics(ctx, adm, partitions, 1); err != nil {
+	if err := ensureOrdersTopics(ctx, adm, s, partitions); err != nil {
 		return res, err
-	}
-	for _, t := range []string{orders.InventoryTopic, orders.PaymentTopic, orders.ShippingTopic} {
-		if err := saga.EnsureTopic(ctx, adm, t, partitions, 1, nil); err != nil {
-			return res, err
-		}
 	}
 	participants := exec.CommandContext(ctx, self, "participants", "--brokers", brokers, "--registry", registryURL, "--trips=false")
 	participants.Stdout, participants.Stderr = io.Discard, stderr

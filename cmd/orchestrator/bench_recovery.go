@@ -84,13 +84,8 @@ func benchRecovery(ctx context.Context, history, inFlight int, partitions int32,
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	if err := s.EnsureTopics(ctx, adm, partitions, 1); err != nil {
+	if err := ensureOrdersTopics(ctx, adm, s, partitions); err != nil {
 		return res, err
-	}
-	for _, t := range []string{orders.InventoryTopic, orders.PaymentTopic, orders.ShippingTopic} {
-		if err := saga.EnsureTopic(ctx, adm, t, partitions, 1, nil); err != nil {
-			return res, err
-		}
 	}
 	serde, err := schema.NewSerde(registryURL, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
 	if err != nil {

@@ -350,13 +350,8 @@ func benchInFlight(ctx context.Context, n int, partitions int32, stderr io.Write
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	if err := s.EnsureTopics(ctx, adm, partitions, 1); err != nil {
+	if err := ensureOrdersTopics(ctx, adm, s, partitions); err != nil {
 		return 0, err
-	}
-	for _, t := range []string{orders.InventoryTopic, orders.PaymentTopic, orders.ShippingTopic} {
-		if err := saga.EnsureTopic(ctx, adm, t, partitions, 1, nil); err != nil {
-			return 0, err
-		}
 	}
 	participants := exec.CommandContext(ctx, self, "participants", "--brokers", brokers, "--registry", registryURL, "--shipping-silent")
 	participants.Stdout, participants.Stderr = io.Discard, stderr
@@ -471,4 +466,18 @@ func settledHeap() uint64 {
 		heap = next
 	}
 	return heap
+}
+
+// ensureOrdersTopics creates the orders saga's topics and its participants'
+// command topics, partitions each, on the bench's single-broker stack.
+func ensureOrdersTopics(ctx context.Context, adm *kadm.Client, s *saga.Saga[orders.OrderData], partitions int32) error {
+	if err := s.EnsureTopics(ctx, adm, partitions, 1); err != nil {
+		return err
+	}
+	for _, t := range []string{orders.InventoryTopic, orders.PaymentTopic, orders.ShippingTopic} {
+		if err := saga.EnsureTopic(ctx, adm, t, partitions, 1, nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }
