@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -322,10 +323,11 @@ func (r *Runtime[D]) restoreStore(ctx context.Context, st *store, p int32, from 
 	}
 	type chunk struct {
 		changes []change
+		recs    []*kgo.Record // the records changes point into, recycled once written
 		next    int64
 	}
-	chunks := make(chan chunk, 1)
-	free := make(chan []change, 2) // written chunks' slices, for the next ones
+	chunks := make(chan chunk, 4)
+	free := make(chan chunk, 5) // written chunks' slices, for the next ones
 	written := make(chan error, 1)
 	go func() {
 		var err error
@@ -338,34 +340,40 @@ func (r *Runtime[D]) restoreStore(ctx context.Context, st *store, p int32, from 
 				err = write(c.changes, c.next)
 			}
 			clear(c.changes)
+			for i, rec := range c.recs {
+				rec.Recycle()
+				c.recs[i] = nil
+			}
 			select {
-			case free <- c.changes[:0]:
+			case free <- chunk{changes: c.changes[:0], recs: c.recs[:0]}:
 			default:
 			}
 		}
 		written <- err
 	}()
 	var changes []change
+	var recs []*kgo.Record
 	next := from
-	ends, err := kread.From(ctx, r.connOpts, r.saga.StateTopic(), []int32{p}, map[int32]int64{p: from}, func(rec *kgo.Record) error {
+	ends, err := kread.From(ctx, append(r.connOpts[:len(r.connOpts):len(r.connOpts)], kgo.WithPools(restorePools)), r.saga.StateTopic(), []int32{p}, map[int32]int64{p: from}, func(rec *kgo.Record) error {
 		c, err := stateChange(rec)
 		if err != nil {
 			return fmt.Errorf("%s/%d@%d: %w", rec.Topic, rec.Partition, rec.Offset, err)
 		}
-		changes = append(changes, c)
+		changes, recs = append(changes, c), append(recs, rec)
 		next = rec.Offset + 1
 		if len(changes) == size {
-			chunks <- chunk{changes, next}
+			chunks <- chunk{changes, recs, next}
 			select {
-			case changes = <-free:
+			case f := <-free:
+				changes, recs = f.changes, f.recs
 			default:
-				changes = make([]change, 0, size)
+				changes, recs = make([]change, 0, size), make([]*kgo.Record, 0, size)
 			}
 		}
 		return nil
 	})
 	if err == nil {
-		chunks <- chunk{changes, max(next, ends[p])}
+		chunks <- chunk{changes, recs, max(next, ends[p])}
 	}
 	close(chunks)
 	werr := <-written
@@ -379,8 +387,9 @@ func (r *Runtime[D]) restoreStore(ctx context.Context, st *store, p int32, from 
 // stateChange reads what a state record does to the store from its key
 // and headers; the snapshot itself is decoded when it is needed. It
 // allocates nothing: a fresh machine's restore reads millions of records.
-// The change's ID and value share the fetched record's memory, which
-// nothing writes to once it is fetched.
+// The change's ID and value share the fetched record's memory, which the
+// restore recycles once the change is written: whatever keeps either
+// longer copies it.
 func stateChange(rec *kgo.Record) (change, error) {
 	c := change{id: unsafe.String(unsafe.SliceData(rec.Key), len(rec.Key)), value: rec.Value}
 	if c.id == "" {
@@ -562,3 +571,29 @@ func (r *Runtime[D]) pendingWrites() bool {
 	}
 	return false
 }
+
+// restorePools lends the restores' readers the memory they decode fetched
+// records into, recycled once a chunk is written: a fresh machine's
+// restore reads millions of records, and allocating them costs it more
+// than decoding them.
+var restorePools = &recordPool{}
+
+type recordPool struct{ recs, bytes sync.Pool }
+
+func (p *recordPool) GetRecords(n int) []kgo.Record {
+	if v, ok := p.recs.Get().(*[]kgo.Record); ok && cap(*v) >= n {
+		return (*v)[:0]
+	}
+	return make([]kgo.Record, 0, n)
+}
+
+func (p *recordPool) PutRecords(recs []kgo.Record) { p.recs.Put(&recs) }
+
+func (p *recordPool) GetDecompressBytes([]byte, kgo.CompressionCodecType) []byte {
+	if v, ok := p.bytes.Get().(*[]byte); ok {
+		return (*v)[:0]
+	}
+	return nil
+}
+
+func (p *recordPool) PutDecompressBytes(b []byte) { p.bytes.Put(&b) }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -53,7 +54,11 @@ type store struct {
 // op is one key of a table ingest writes.
 type op struct {
 	key, value []byte
-	del        bool
+	// closedAt, for a closed marker, is written before its value.
+	closedAt int64
+	seq      int // the order of ops on one key, for the sort
+	closed   bool
+	del      bool
 }
 
 // endRestore drops what ingest kept between its calls.
@@ -227,30 +232,22 @@ func (s *store) ingest(changes []change, next int64) error {
 	// the table it writes.
 	size := 0
 	for _, c := range changes {
-		size += 2*(len(prefixOpen)+len(c.id)) + 8 + len(c.value)
+		size += 2 * (len(prefixOpen) + len(c.id))
 	}
 	if cap(s.arena) < size {
 		s.arena = make([]byte, 0, size)
 	}
 	arena := s.arena[:0]
-	carve := func(parts ...[]byte) []byte {
-		start := len(arena)
-		for _, b := range parts {
-			arena = append(arena, b...)
-		}
-		return arena[start:len(arena):len(arena)]
-	}
 	keyOf := func(prefix []byte, id string) []byte {
 		start := len(arena)
 		arena = append(append(arena, prefix...), id...)
 		return arena[start:len(arena):len(arena)]
 	}
-	var at [8]byte
 	for _, c := range changes {
 		switch c.kind {
 		case snapshotOpen:
 			ops = append(ops, op{key: keyOf(prefixOpen, c.id), value: c.value}, op{key: keyOf(prefixClosed, c.id), del: true})
-			s.opened[c.id] = true
+			s.opened[strings.Clone(c.id)] = true // c.id is the fetched record's memory, recycled once written
 		case snapshotClosed:
 			// Most markers are of sagas that closed before the log's
 			// start (compaction kept their last record only): there is no
@@ -259,14 +256,21 @@ func (s *store) ingest(changes []change, next int64) error {
 				ops = append(ops, op{key: keyOf(prefixOpen, c.id), del: true})
 				delete(s.opened, c.id)
 			}
-			binary.BigEndian.PutUint64(at[:], uint64(c.closedAt.UnixMilli()))
-			ops = append(ops, op{key: keyOf(prefixClosed, c.id), value: carve(at[:], c.value)})
+			ops = append(ops, op{key: keyOf(prefixClosed, c.id), value: c.value, closedAt: c.closedAt.UnixMilli(), closed: true})
 		default:
 			ops = append(ops, op{key: keyOf(prefixOpen, c.id), del: true}, op{key: keyOf(prefixClosed, c.id), del: true})
 		}
 	}
 	// Sorted by key, the last change of a key winning.
-	slices.SortStableFunc(ops, func(a, b op) int { return bytes.Compare(a.key, b.key) })
+	for i := range ops {
+		ops[i].seq = i
+	}
+	slices.SortFunc(ops, func(a, b op) int {
+		if c := bytes.Compare(a.key, b.key); c != 0 {
+			return c
+		}
+		return a.seq - b.seq
+	})
 	s.ops, s.arena = ops[:0], arena[:0]
 	path := filepath.Join(s.dir, fmt.Sprintf("restore-%06d.sst", s.ingested))
 	s.ingested++
@@ -275,13 +279,18 @@ func (s *store) ingest(changes []change, next int64) error {
 		return fmt.Errorf("state store %s: %w", s.dir, err)
 	}
 	w := sstable.NewWriter(newTableFile(f), s.opts.MakeWriterOptions(0, s.db.TableFormat()))
+	var marker []byte // a closed marker's value, written through: the writer copies it
 	for i, o := range ops {
 		if i+1 < len(ops) && bytes.Equal(o.key, ops[i+1].key) {
 			continue // shadowed
 		}
-		if o.del {
+		switch {
+		case o.del:
 			err = w.Delete(o.key)
-		} else {
+		case o.closed:
+			marker = append(binary.BigEndian.AppendUint64(marker[:0], uint64(o.closedAt)), o.value...)
+			err = w.Set(o.key, marker)
+		default:
 			err = w.Set(o.key, o.value)
 		}
 		if err != nil {
