@@ -198,8 +198,8 @@ type Config struct {
 	Token string
 	// JaegerURL, when set, links each trace ID to <JaegerURL>/trace/<id>.
 	JaegerURL string
-	// Brokers and ClientOptions reach the cluster, for the dead letters.
-	Brokers       []string
+	// ClientOptions reach the cluster, for the dead letters: kgo.SeedBrokers,
+	// TLS, SASL.
 	ClientOptions []kgo.Opt
 	// Registry decodes the dead letters' values.
 	Registry *schema.Serde

@@ -108,7 +108,7 @@ type topicCount struct {
 }
 
 func (c *Console) clientOptions(extra ...kgo.Opt) []kgo.Opt {
-	return append(append([]kgo.Opt{kgo.SeedBrokers(c.cfg.Brokers...)}, c.cfg.ClientOptions...), extra...)
+	return append(slices.Clone(c.cfg.ClientOptions), extra...)
 }
 
 // deadLetterTopics are the sagas' dead-letter topics and every other topic
@@ -172,7 +172,7 @@ func (c *Console) letters(ctx context.Context, topic string, visit func(letter))
 			replays = append(replays, progress{f, key, r.Fetched})
 		}
 	}
-	err = dlq.List(ctx, dlq.ListConfig{Brokers: c.cfg.Brokers, ClientOptions: c.cfg.ClientOptions, Topic: topic}, func(e dlq.Entry, perr error) error {
+	err = dlq.List(ctx, dlq.ListConfig{ClientOptions: c.cfg.ClientOptions, Topic: topic}, func(e dlq.Entry, perr error) error {
 		r := e.Record
 		l := letter{Entry: e, ID: fmt.Sprintf("%d@%d", r.Partition, r.Offset), Key: string(r.Key)}
 		if perr != nil {
@@ -405,7 +405,7 @@ func (c *Console) letterAction(w http.ResponseWriter, r *http.Request, v view) {
 	var res resultView
 	switch action {
 	case "replay":
-		stats, err := dlq.Replay(ctx, dlq.ReplayConfig{Brokers: c.cfg.Brokers, ClientOptions: c.cfg.ClientOptions, Topic: topic,
+		stats, err := dlq.Replay(ctx, dlq.ReplayConfig{ClientOptions: c.cfg.ClientOptions, Topic: topic,
 			Filter: f, Group: ReplayGroup(topic, f)})
 		if err != nil {
 			v.Title, v.Error = "The replay stopped", fmt.Sprintf("Replayed %d letter(s), then: %v. Replay again to continue: nothing is republished twice.", stats.Replayed, err)
@@ -420,7 +420,7 @@ func (c *Console) letterAction(w http.ResponseWriter, r *http.Request, v view) {
 			c.render(w, http.StatusBadRequest, "error.html", v)
 			return
 		}
-		n, err := dlq.Release(ctx, dlq.ReleaseConfig{Brokers: c.cfg.Brokers, ClientOptions: c.cfg.ClientOptions, Topic: topic, Key: f.Key, OriginTopic: f.OriginTopic})
+		n, err := dlq.Release(ctx, dlq.ReleaseConfig{ClientOptions: c.cfg.ClientOptions, Topic: topic, Key: f.Key, OriginTopic: f.OriginTopic})
 		if err != nil {
 			v.Title, v.Error = "The release failed", err.Error()
 			c.render(w, http.StatusBadGateway, "error.html", v)

@@ -6,7 +6,7 @@
 // OTEL_* environment (OTLP over gRPC or HTTP, OTEL_SERVICE_NAME, resource
 // attributes, sampler) with the W3C TraceContext and Baggage propagator,
 // and returns a Telemetry whose Shutdown flushes what is buffered. Hand its
-// providers to the components (saga.Config, pipe.WithTracerProvider,
+// providers to the components (saga.WithTracerProvider, pipe.WithTracerProvider,
 // dlq.WithTracerProvider and the WithMeterProvider options), or install them
 // as otel's globals with SetGlobal, which the components use by default.
 //

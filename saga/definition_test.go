@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/sagapipe/sagapipe/saga"
 	"github.com/sagapipe/sagapipe/schema"
 	"github.com/sagapipe/sagapipe/statemachine"
@@ -689,7 +691,7 @@ func TestVersionsMustAgreeOnEventTypes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = saga.NewRuntime(v2, saga.Config{Brokers: []string{"127.0.0.1:1"}, Registry: serde}, ordersSaga(t))
+	_, err = saga.NewRuntime(v2, saga.WithClientOptions(kgo.SeedBrokers("127.0.0.1:1")), saga.WithRegistry(serde), saga.WithOlderVersions(ordersSaga(t)))
 	if err == nil || !strings.Contains(err.Error(), "test.OrderPlaced is saga_test.msg in version 1 of orders but saga_test.placedV2 in version 2") {
 		t.Fatalf("NewRuntime = %v, want the changed Go type of test.OrderPlaced named", err)
 	}

@@ -39,9 +39,9 @@
 // "<saga>.state" (compacted, keyed by saga ID), pipes the commands and
 // commits the consumed offsets. A new owner of an inbox partition restores
 // it from the snapshots, through a local state store per partition
-// (Config.StateDir), never from the journal: takeover follows the live
+// (WithStateDir), never from the journal: takeover follows the live
 // sagas, not history. A finished saga becomes a closed marker on disk and
-// leaves memory; after Config.ClosedRetention a tombstone removes it.
+// leaves memory; after WithClosedRetention a tombstone removes it.
 // Live processing, the journal rebuild of a deployment without snapshots
 // and Saga.Replay share one transition function.
 package saga

@@ -107,7 +107,7 @@ func Example_runtime() {
 	go func() { served <- worker.Run(ctx) }()
 
 	done := make(sagaEnded, 1)
-	rt, err := saga.NewRuntime(checkout, saga.Config{Brokers: stack.KafkaAddrs(), Registry: serde, Hooks: []any{done}})
+	rt, err := saga.NewRuntime(checkout, saga.WithClientOptions(kgo.SeedBrokers(stack.KafkaAddrs()...)), saga.WithRegistry(serde), saga.WithHooks(done))
 	if err != nil {
 		panic(err)
 	}

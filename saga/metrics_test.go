@@ -42,7 +42,7 @@ func TestRuntimeGaugesAndHistory(t *testing.T) {
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 	defer func() { _ = mp.Shutdown(context.Background()) }() // in-memory
-	_, stop := e.startRuntime(saga.Config{MeterProvider: mp})
+	_, stop := e.startRuntime(saga.WithMeterProvider(mp))
 	e.start("held-1", "held-2", "held-3") // nobody answers inventory: they wait
 
 	deadline := time.Now().Add(20 * time.Second)

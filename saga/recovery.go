@@ -27,7 +27,7 @@ import (
 // checkpoint, or from the start on a fresh machine), and the open sagas'
 // snapshots are loaded into memory. Closed markers stay on disk. The
 // journal is read only when the state topic has nothing for the partition
-// (a deployment that predates it) or RebuildState asks for it.
+// (a deployment that predates it) or WithRebuildState asks for it.
 
 func (r *Runtime[D]) assigned(ctx context.Context, cl *kgo.Client, assigned map[string][]int32) {
 	parts := assigned[r.saga.InboxTopic()]
@@ -258,7 +258,7 @@ func (r *Runtime[D]) def(s *sagaRecord[D]) *Saga[D] {
 // snapshotError is the error of a snapshot that cannot be used: it names
 // the saga and the fix.
 func (r *Runtime[D]) snapshotError(p int32, id string, err error) error {
-	return fmt.Errorf("%w: saga %s %q in %s/%d: %w; the journal is the truth: restart once with RebuildState (service: --rebuild-state or state_rebuild: true), which rebuilds the snapshots of %s from %s (all of it must still be there), then turn it off again",
+	return fmt.Errorf("%w: saga %s %q in %s/%d: %w; the journal is the truth: restart once with saga.WithRebuildState(true) (service: --rebuild-state or state_rebuild: true), which rebuilds the snapshots of %s from %s (all of it must still be there), then turn it off again",
 		ErrSnapshot, r.saga.name, id, r.saga.StateTopic(), p, err, r.saga.StateTopic(), r.saga.JournalTopic())
 }
 
@@ -439,7 +439,7 @@ func unixMillis(b []byte) (int64, bool) {
 }
 
 // rebuildFromJournal folds journal partition p into its sagas, for a
-// partition whose state topic has nothing yet (or RebuildState): the open
+// partition whose state topic has nothing yet (or WithRebuildState): the open
 // ones go live, and every snapshot (closed markers within the retention)
 // is written by the next transaction.
 func (r *Runtime[D]) rebuildFromJournal(ctx context.Context, p int32, got *restored[D]) error {

@@ -150,7 +150,7 @@ func recordJournals(t *testing.T, dir string) {
 	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
 	done := newFinished()
 	clock := &testClock{}
-	rt, stop := e.startRuntime(saga.Config{Hooks: []any{done}, Clock: clock})
+	rt, stop := e.startRuntime(saga.WithHooks(done), saga.WithClock(clock))
 	e.start("completed", "declined")
 	done.wait(t, 2)
 	e.start("payment_timeout", "compensation_failed")

@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
-	"go.opentelemetry.io/otel/metric"
-	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagapipe/sagapipe/dlq"
@@ -35,73 +33,7 @@ var (
 	ErrNoSagaID = errors.New("saga: record has neither a saga_id header nor a key")
 )
 
-// Config configures a Runtime. Registry is required; the rest defaults.
-type Config struct {
-	// Brokers and ClientOptions (TLS, SASL) reach the cluster.
-	Brokers       []string
-	ClientOptions []kgo.Opt
-	// Registry encodes and decodes every event, the journal and the
-	// snapshots.
-	Registry *schema.Serde
-	// Group is the consumer group of the inbox (default "sagapipe.<saga>").
-	Group string
-	// TransactionalID must be unique per running instance (default
-	// "<group>.<hostname>.<pid>.<n>").
-	TransactionalID string
-	// TransactionTimeout is how long the broker lets a transaction stay
-	// open before it aborts it (default DefaultTransactionTimeout). It also
-	// bounds how long a new owner of a partition waits for the previous
-	// owner's last transaction before it restores the partition.
-	TransactionTimeout time.Duration
-	// Source is ce_source of the commands (default "sagapipe/<saga>").
-	Source string
-	// DeadLetterTopic receives unprocessable inbox records (default "<saga>.inbox.dlq").
-	DeadLetterTopic string
-	// StateDir holds the local state stores, one per owned inbox partition
-	// under "<StateDir>/<saga>/<partition>". With it kept across restarts, a
-	// restart reads only the snapshots written since. Each running instance
-	// needs its own. Default: a temporary directory removed by Close, so
-	// every start restores from the state topic.
-	StateDir string
-	// ClosedRetention is how long a finished saga's closed marker is kept:
-	// within it, a late reply or a duplicate start for its ID is journaled
-	// as ignored; after it, a tombstone removes the marker, and the ID may
-	// start a new saga. Default DefaultClosedRetention; negative keeps
-	// markers forever.
-	ClosedRetention time.Duration
-	// RebuildState makes the runtime rebuild the snapshots of the
-	// partitions it is assigned from the journal (the source of truth)
-	// instead of reading the state topic: the fix for snapshots that
-	// cannot be decoded. Partitions whose state topic is empty are rebuilt
-	// from the journal in any case, once (a deployment that predates the
-	// state topic).
-	RebuildState bool
-	// Clock tells time for timers (default the real clock).
-	Clock Clock
-	// Hooks are told what happens: each implements one or more of
-	// HookFinished, HookRestored and dlq.HookDeadLettered (NewRuntime
-	// refuses one that implements none).
-	Hooks []any
-	// Logger receives what an operator must know: sagas that end in
-	// CompensationFailed (error) and dead-lettered records (warning), and
-	// at debug level every event applied. Lines about a saga carry saga_name,
-	// saga_id and correlation_id, and are logged with the context of the
-	// saga's span (observability.NewLogHandler adds trace_id and span_id).
-	// Default slog.Default().
-	Logger *slog.Logger
-	// TracerProvider receives a "<inbox> process" span per inbox record, a
-	// span per timer, and the publish spans of the commands (default otel's
-	// global provider).
-	TracerProvider trace.TracerProvider
-	// MeterProvider receives the sagapipe.saga.* metrics (default otel's
-	// global provider).
-	MeterProvider metric.MeterProvider
-	// Propagator reads and writes the trace context in headers (default W3C
-	// TraceContext and Baggage).
-	Propagator propagation.TextMapPropagator
-}
-
-// Defaults of Config.
+// Defaults of the options.
 const (
 	DefaultClosedRetention    = 7 * 24 * time.Hour
 	DefaultTransactionTimeout = 40 * time.Second
@@ -129,7 +61,7 @@ const (
 	// RestoredFromState: the local store and the state topic.
 	RestoredFromState RestoredFrom = "state"
 	// RestoredFromJournal: the journal (the state topic had nothing of the
-	// partition, or Config.RebuildState).
+	// partition, or WithRebuildState).
 	RestoredFromJournal RestoredFrom = "journal"
 )
 
@@ -156,7 +88,7 @@ type Runtime[D any] struct {
 	// alone).
 	inboxPartitions atomic.Int32
 	homes           kgo.TopicPartitioner
-	cfg             Config
+	cfg             config
 	*codecs
 	snapshots *snapshots[D]
 	// sagaSpans tells whether the tracer emits the saga's and steps'
@@ -245,16 +177,29 @@ type partitionStore struct {
 	st *store
 }
 
-// NewRuntime validates cfg and prepares a runtime for s; Run starts it.
-//
-// older are earlier versions of the same saga (Builder.Version) whose
-// sagas are still in flight: each saga finishes on the version it started
-// on, new ones start on s. Run refuses to start when a partition holds
-// sagas on a version that is not registered, and lists them.
-func NewRuntime[D any](s *Saga[D], cfg Config, older ...*Saga[D]) (*Runtime[D], error) {
+// NewRuntime validates opts and prepares a runtime for s; Run starts it.
+// WithClientOptions and WithRegistry are required; WithOlderVersions
+// registers the earlier versions of s still in flight.
+func NewRuntime[D any](s *Saga[D], opts ...Opt) (*Runtime[D], error) {
 	var errs []error
 	if s == nil {
 		return nil, errors.New("saga: NewRuntime: saga is nil")
+	}
+	var cfg config
+	for _, o := range opts {
+		if o == nil {
+			errs = append(errs, errors.New("saga: NewRuntime: an option is nil"))
+			continue
+		}
+		o.apply(&cfg)
+	}
+	var older []*Saga[D]
+	for _, a := range cfg.older {
+		if o, ok := a.(*Saga[D]); ok {
+			older = append(older, o)
+		} else {
+			errs = append(errs, fmt.Errorf("saga: NewRuntime: WithOlderVersions got a %T, not a *Saga of %s's data type %T", a, s.name, *new(D)))
+		}
 	}
 	versions := map[int]*Saga[D]{s.version: s}
 	for _, o := range older {
@@ -281,13 +226,13 @@ func NewRuntime[D any](s *Saga[D], cfg Config, older ...*Saga[D]) (*Runtime[D], 
 		}
 	}
 	if cfg.Registry == nil {
-		errs = append(errs, errors.New("saga: Config.Registry is required"))
+		errs = append(errs, errors.New("saga: NewRuntime: no schema registry: pass saga.WithRegistry(serde)"))
 	}
-	if len(cfg.Brokers) == 0 {
-		errs = append(errs, errors.New("saga: Config.Brokers is empty"))
+	if !cfg.clientOptionsSet {
+		errs = append(errs, errors.New("saga: NewRuntime: no cluster to reach: pass saga.WithClientOptions(kgo.SeedBrokers(...))"))
 	}
 	if cfg.TransactionTimeout < 0 {
-		errs = append(errs, fmt.Errorf("saga: Config.TransactionTimeout %v is negative", cfg.TransactionTimeout))
+		errs = append(errs, fmt.Errorf("saga: NewRuntime: WithTransactionTimeout(%v) is negative", cfg.TransactionTimeout))
 	}
 	for i, h := range cfg.Hooks {
 		// A hook that implements none of them would never be called: say so
@@ -296,7 +241,7 @@ func NewRuntime[D any](s *Saga[D], cfg Config, older ...*Saga[D]) (*Runtime[D], 
 		_, restored := h.(HookRestored)
 		_, dead := h.(dlq.HookDeadLettered)
 		if !finished && !restored && !dead {
-			errs = append(errs, fmt.Errorf("saga: Config.Hooks[%d] (%T) implements none of HookFinished, HookRestored, dlq.HookDeadLettered", i, h))
+			errs = append(errs, fmt.Errorf("saga: NewRuntime: hook %d (%T) implements none of HookFinished, HookRestored, dlq.HookDeadLettered", i, h))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -330,7 +275,7 @@ func NewRuntime[D any](s *Saga[D], cfg Config, older ...*Saga[D]) (*Runtime[D], 
 	for _, def := range versions {
 		def.classifyReplies(r.failureReplies, r.compensationAcks)
 	}
-	r.connOpts = append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOptions...)
+	r.connOpts = cfg.ClientOptions
 	var err error
 	if r.codecs, err = s.newCodecs(cfg.Registry); err != nil {
 		return nil, err
@@ -350,7 +295,7 @@ func NewRuntime[D any](s *Saga[D], cfg Config, older ...*Saga[D]) (*Runtime[D], 
 	}
 	if r.cfg.StateDir == "" {
 		if r.cfg.StateDir, err = os.MkdirTemp("", "sagapipe-state-"); err != nil {
-			return nil, fmt.Errorf("saga %s: a temporary state directory: %w (set Config.StateDir)", s.name, err)
+			return nil, fmt.Errorf("saga %s: a temporary state directory: %w (pass saga.WithStateDir)", s.name, err)
 		}
 		r.tempStateDir = true
 	}
@@ -363,8 +308,8 @@ func NewRuntime[D any](s *Saga[D], cfg Config, older ...*Saga[D]) (*Runtime[D], 
 	r.backgroundCtx, r.stopBackground = context.WithCancel(context.Background())
 	// No linger: a batch's records are all produced before the transaction
 	// ends, and End flushes; lingering would only add its 10ms to every
-	// hop of every saga. ClientOptions may still set one.
-	opts := append(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...), kgo.ProducerLinger(0),
+	// hop of every saga. WithClientOptions may still set one.
+	clientOpts := append(append([]kgo.Opt{kgo.ProducerLinger(0),
 		kgo.TransactionTimeout(cfg.TransactionTimeout)}, cfg.ClientOptions...),
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(s.InboxTopic()),
@@ -385,7 +330,7 @@ func NewRuntime[D any](s *Saga[D], cfg Config, older ...*Saga[D]) (*Runtime[D], 
 			r.cfg.Logger.Warn("saga: the cluster is out of reach; the client retries, and the runtime is not ready meanwhile", "saga_name", s.name, "error", err)
 		}
 	}
-	sess, err := kgo.NewGroupTransactSession(opts...)
+	sess, err := kgo.NewGroupTransactSession(clientOpts...)
 	if err != nil {
 		_ = metrics.registration.Unregister()
 		r.removeTempStateDir()

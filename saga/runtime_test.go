@@ -208,21 +208,20 @@ func (f *finished) wait(t *testing.T, n int) map[string]statemachine.State {
 	}
 }
 
-// startRuntime starts a runtime with cfg (brokers and registry filled in);
-// stop ends it and returns Run's error.
-func (e *env) startRuntime(cfg saga.Config) (*saga.Runtime[orderData], func() error) {
+// startRuntime starts a runtime with opts (the stack's brokers and
+// registry first, so opts may replace the registry); stop ends it and
+// returns Run's error.
+func (e *env) startRuntime(opts ...saga.Opt) (*saga.Runtime[orderData], func() error) {
 	e.t.Helper()
-	return e.startVersions(cfg, e.saga)
+	return e.startVersions(e.saga, nil, opts...)
 }
 
 // startVersions is startRuntime running definition s and older versions.
-func (e *env) startVersions(cfg saga.Config, s *saga.Saga[orderData], older ...*saga.Saga[orderData]) (*saga.Runtime[orderData], func() error) {
+func (e *env) startVersions(s *saga.Saga[orderData], older []*saga.Saga[orderData], opts ...saga.Opt) (*saga.Runtime[orderData], func() error) {
 	e.t.Helper()
-	cfg.Brokers = e.stack.KafkaAddrs()
-	if cfg.Registry == nil {
-		cfg.Registry = e.serde
-	}
-	r, err := saga.NewRuntime(s, cfg, older...)
+	opts = append([]saga.Opt{saga.WithClientOptions(kgo.SeedBrokers(e.stack.KafkaAddrs()...)), saga.WithRegistry(e.serde),
+		saga.WithOlderVersions(older...)}, opts...)
+	r, err := saga.NewRuntime(s, opts...)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -240,8 +239,8 @@ func (e *env) startVersions(cfg saga.Config, s *saga.Saga[orderData], older ...*
 }
 
 // runtime starts a runtime reporting to hooks.
-func (e *env) runtime(hooks ...any) (stop func() error) {
-	_, stop = e.startRuntime(saga.Config{Hooks: hooks})
+func (e *env) runtime(hooks ...saga.Hook) (stop func() error) {
+	_, stop = e.startRuntime(saga.WithHooks(hooks...))
 	return stop
 }
 
@@ -483,7 +482,7 @@ func TestNewRuntimeRefusesTopicNaming(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = saga.NewRuntime(e.saga, saga.Config{Brokers: e.stack.KafkaAddrs(), Registry: serde})
+	_, err = saga.NewRuntime(e.saga, saga.WithClientOptions(kgo.SeedBrokers(e.stack.KafkaAddrs()...)), saga.WithRegistry(serde))
 	if err == nil || !strings.Contains(err.Error(), "RecordNameStrategy") {
 		t.Fatalf("got %v, want an error naming RecordNameStrategy", err)
 	}
@@ -499,9 +498,8 @@ func TestNewRuntimeRefusesAHookThatImplementsNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = saga.NewRuntime(ordersSaga(t), saga.Config{Brokers: []string{"127.0.0.1:1"}, Registry: serde,
-		Hooks: []any{newFinished(), typoHook{}}})
-	if err == nil || !strings.Contains(err.Error(), "Config.Hooks[1] (saga_test.typoHook) implements none of HookFinished") {
+	_, err = saga.NewRuntime(ordersSaga(t), saga.WithClientOptions(kgo.SeedBrokers("127.0.0.1:1")), saga.WithRegistry(serde), saga.WithHooks(newFinished(), typoHook{}))
+	if err == nil || !strings.Contains(err.Error(), "hook 1 (saga_test.typoHook) implements none of HookFinished") {
 		t.Fatalf("NewRuntime: %v, want an error naming the second hook", err)
 	}
 }
@@ -516,7 +514,7 @@ func TestRunRefusesMissingTopics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := saga.NewRuntime(ordersSaga(t), saga.Config{Brokers: stack.KafkaAddrs(), Registry: serde})
+	r, err := saga.NewRuntime(ordersSaga(t), saga.WithClientOptions(kgo.SeedBrokers(stack.KafkaAddrs()...)), saga.WithRegistry(serde))
 	if err != nil {
 		t.Fatal(err)
 	}

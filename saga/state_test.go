@@ -103,7 +103,7 @@ func TestClosedSagasLeaveMemoryAndIgnoreLateEventsAfterRecovery(t *testing.T) {
 	e.participant("payment.commands", map[string]func(string) *saga.EventDef[msg]{chargePayment.Type: always(paymentCharged)})
 	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
 	done := newFinished()
-	rt, stop := e.startRuntime(saga.Config{Hooks: []any{done}})
+	rt, stop := e.startRuntime(saga.WithHooks(done))
 	e.start("o-1")
 	done.wait(t, 1)
 
@@ -128,7 +128,7 @@ func TestClosedSagasLeaveMemoryAndIgnoreLateEventsAfterRecovery(t *testing.T) {
 
 	dead := make(chan struct{}, 10)
 	from := &restores{}
-	e.startRuntime(saga.Config{Hooks: []any{from, deadHook(func() { dead <- struct{}{} })}})
+	e.startRuntime(saga.WithHooks(from, deadHook(func() { dead <- struct{}{} })))
 	before := len(e.journalOf("o-1"))
 	e.sendLate("o-1", "late-1")
 	e.start("o-1") // a second start event, with a new ce_id
@@ -162,7 +162,7 @@ func TestClosedMarkersAreTombstonedAfterTheRetention(t *testing.T) {
 	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
 	done := newFinished()
 	clock := &testClock{}
-	rt, _ := e.startRuntime(saga.Config{Hooks: []any{done}, Clock: clock, ClosedRetention: time.Hour})
+	rt, _ := e.startRuntime(saga.WithHooks(done), saga.WithClock(clock), saga.WithClosedRetention(time.Hour))
 	e.start("o-1", "o-2")
 	done.wait(t, 2)
 	clock.Advance(30 * time.Minute)
@@ -269,7 +269,7 @@ func TestUndecodableSnapshotNamesTheKeyAndTheFix(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r, err := saga.NewRuntime(e.saga, saga.Config{Brokers: e.stack.KafkaAddrs(), Registry: e.serde})
+	r, err := saga.NewRuntime(e.saga, saga.WithClientOptions(kgo.SeedBrokers(e.stack.KafkaAddrs()...)), saga.WithRegistry(e.serde))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,7 +287,7 @@ func TestUndecodableSnapshotNamesTheKeyAndTheFix(t *testing.T) {
 	}
 
 	rebuilt := &restores{}
-	rt, _ := e.startRuntime(saga.Config{RebuildState: true, Hooks: []any{rebuilt}})
+	rt, _ := e.startRuntime(saga.WithRebuildState(true), saga.WithHooks(rebuilt))
 	waitFor(t, "the rebuilt partition ready", rt.Ready)
 	if got, live := rebuilt.get(); len(got) != 1 || got[0] != saga.RestoredFromJournal || live != 1 {
 		t.Fatalf("restored from %v with %d live, want the journal and o-1 live", got, live)
@@ -317,7 +317,7 @@ func TestPendingTimersSurviveARestoreFromSnapshots(t *testing.T) {
 	})
 	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
 	clock := &testClock{}
-	_, stop := e.startRuntime(saga.Config{Clock: clock})
+	_, stop := e.startRuntime(saga.WithClock(clock))
 	e.start("o-1")
 	waitFor(t, "the first charge", func() bool { return payment.count(chargePayment.Type+" o-1") == 1 })
 	if err := stop(); err != nil {
@@ -326,7 +326,7 @@ func TestPendingTimersSurviveARestoreFromSnapshots(t *testing.T) {
 
 	done := newFinished()
 	from := &restores{}
-	rt, _ := e.startRuntime(saga.Config{Clock: clock, Hooks: []any{done, from}})
+	rt, _ := e.startRuntime(saga.WithClock(clock), saga.WithHooks(done, from))
 	waitFor(t, "the restore", rt.Ready)
 	st, ok, err := rt.Status(context.Background(), "o-1")
 	if err != nil || !ok || st.State != "payment.Pending" {
@@ -378,7 +378,7 @@ func TestARestoreDoesNotHoldUpTheOtherPartitions(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	rt, _ := e.startRuntime(saga.Config{})
+	rt, _ := e.startRuntime()
 	e.start(on[0])
 	waitFor(t, "partition 0's saga at inventory", func() bool { return inventory.count(reserveInventory.Type+" "+on[0]) == 1 })
 	if rt.Ready() {
@@ -472,7 +472,7 @@ func TestVersionsInFlightFinishOnTheirOwn(t *testing.T) {
 	if v1.Version() != 1 {
 		t.Fatalf("default version %d, want 1", v1.Version())
 	}
-	_, stop := e.startVersions(saga.Config{}, v1)
+	_, stop := e.startVersions(v1, nil)
 	e.start("old")
 	waitFor(t, "the old saga to wait at shipping", func() bool { return shipping.count("test.ScheduleShipment old") > 0 })
 	if err := stop(); err != nil {
@@ -480,7 +480,7 @@ func TestVersionsInFlightFinishOnTheirOwn(t *testing.T) {
 	}
 
 	v2 := twoStepOrders(t)
-	alone, err := saga.NewRuntime(v2, saga.Config{Brokers: e.stack.KafkaAddrs(), Registry: e.serde})
+	alone, err := saga.NewRuntime(v2, saga.WithClientOptions(kgo.SeedBrokers(e.stack.KafkaAddrs()...)), saga.WithRegistry(e.serde))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -495,7 +495,7 @@ func TestVersionsInFlightFinishOnTheirOwn(t *testing.T) {
 	shipAnswers.Store(true)
 	done := newFinished()
 	clock := &testClock{}
-	e.startVersions(saga.Config{Hooks: []any{done}, Clock: clock}, v2, v1)
+	e.startVersions(v2, []*saga.Saga[orderData]{v1}, saga.WithHooks(done), saga.WithClock(clock))
 	e.start("new")
 	if got := done.wait(t, 1); got["new"] != saga.StateCompleted {
 		t.Fatalf("outcomes %v, want new Completed first", got)
@@ -513,7 +513,7 @@ func TestVersionsInFlightFinishOnTheirOwn(t *testing.T) {
 			t.Fatalf("%s's %s journaled on version %d, want %d", je.SagaID, je.EventType, je.Version, want)
 		}
 	}
-	if _, err := saga.NewRuntime(v1, saga.Config{Brokers: e.stack.KafkaAddrs(), Registry: e.serde}, v2); err == nil ||
+	if _, err := saga.NewRuntime(v1, saga.WithClientOptions(kgo.SeedBrokers(e.stack.KafkaAddrs()...)), saga.WithRegistry(e.serde), saga.WithOlderVersions(v2)); err == nil ||
 		!strings.Contains(err.Error(), "not older than 1") {
 		t.Fatalf("NewRuntime(v1, v2): %v, want the order refused", err)
 	}
@@ -535,7 +535,7 @@ func TestParallelStepsEndToEnd(t *testing.T) {
 		refundPayment.Type: always(paymentRefunded)})
 	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
 	done := newFinished()
-	e.startVersions(saga.Config{Hooks: []any{done}}, parallelSaga(t))
+	e.startVersions(parallelSaga(t), nil, saga.WithHooks(done))
 	e.start("ok", "declined")
 	got := done.wait(t, 2)
 	if got["ok"] != saga.StateCompleted || got["declined"] != saga.StateCompensated {
@@ -657,7 +657,7 @@ func TestRuntimeStartsOnceTheRegistryAnswers(t *testing.T) {
 	serde, down, refused := flakyRegistry(t, e.stack.RegistryURL())
 	down.Store(true)
 	done := newFinished()
-	r, stop := e.startVersions(saga.Config{Registry: serde, Hooks: []any{done}}, e.saga)
+	r, stop := e.startVersions(e.saga, nil, saga.WithRegistry(serde), saga.WithHooks(done))
 	waitFor(t, "the runtime to ask the registry twice", func() bool { return refused.Load() >= 2 })
 	if r.Ready() {
 		t.Fatal("ready while the registry is down")
@@ -680,7 +680,7 @@ func TestRegistryOutageIsNotPoison(t *testing.T) {
 	serde, down, refused := flakyRegistry(t, e.stack.RegistryURL())
 	done := newFinished()
 	var dead atomic.Int64
-	r, _ := e.startVersions(saga.Config{Registry: serde, Hooks: []any{done, deadHook(func() { dead.Add(1) })}}, e.saga)
+	r, _ := e.startVersions(e.saga, nil, saga.WithRegistry(serde), saga.WithHooks(done, deadHook(func() { dead.Add(1) })))
 	waitFor(t, "the runtime to be ready", r.Ready)
 	// The start comes with a newer writer schema: the runtime must fetch it.
 	type placedV2 struct {

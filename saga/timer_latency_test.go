@@ -90,8 +90,7 @@ func TestAReplyToAResendIsAppliedPromptly(t *testing.T) {
 	sleeps := &kgoSleeps{}
 	clock := &testClock{}
 	done := &finishedAt{at: map[string]time.Time{}}
-	e.startRuntime(saga.Config{Clock: clock, Hooks: []any{done}, TracerProvider: tp,
-		ClientOptions: []kgo.Opt{kgo.WithLogger(sleeps)}})
+	e.startRuntime(saga.WithClock(clock), saga.WithHooks(done), saga.WithTracerProvider(tp), saga.WithClientOptions([]kgo.Opt{kgo.WithLogger(sleeps)}...))
 	e.start("slow")
 	waitFor(t, "the first shipping command", func() bool { return shipping.count(scheduleShipment.Type+" slow") == 1 })
 	sleepsBefore := len(sleeps.list())

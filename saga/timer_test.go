@@ -82,8 +82,8 @@ func (c *testClock) pending() int {
 	return n
 }
 
-func (e *env) runtimeWithClock(clock *testClock, hooks ...any) (stop func() error) {
-	_, stop = e.startRuntime(saga.Config{Hooks: hooks, Clock: clock})
+func (e *env) runtimeWithClock(clock *testClock, hooks ...saga.Hook) (stop func() error) {
+	_, stop = e.startRuntime(saga.WithHooks(hooks...), saga.WithClock(clock))
 	return stop
 }
 
@@ -109,7 +109,7 @@ func TestAStepWithoutCompensationIsResentUntilItAnswers(t *testing.T) {
 	var logs syncBuffer
 	clock := &testClock{}
 	done := newFinished()
-	e.startRuntime(saga.Config{Clock: clock, Hooks: []any{done}, Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+	e.startRuntime(saga.WithClock(clock), saga.WithHooks(done), saga.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
 	e.start("lost")
 	// Time moves only once the saga waits at shipping, so that the earlier
 	// steps, whose participants are still joining their groups, do not time out.
@@ -217,7 +217,7 @@ func TestCompensationFailedIsLoggedAndListed(t *testing.T) {
 	var logs syncBuffer
 	clock := &testClock{}
 	done := newFinished()
-	r, _ := e.startRuntime(saga.Config{Clock: clock, Hooks: []any{done}, Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+	r, _ := e.startRuntime(saga.WithClock(clock), saga.WithHooks(done), saga.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
 	e.start("stuck")
 	// The refund (Retries(1)) is resent once, then given up on.
 	for sends := 1; sends <= 2; sends++ {
@@ -255,7 +255,7 @@ func TestAnUncertainStepIsCompensatedEndToEnd(t *testing.T) {
 		chargePayment.Type: silent, refundPayment.Type: always(paymentRefunded)})
 	clock := &testClock{}
 	done := newFinished()
-	rt, _ := e.startRuntime(saga.Config{Hooks: []any{done}, Clock: clock})
+	rt, _ := e.startRuntime(saga.WithHooks(done), saga.WithClock(clock))
 	e.start("slow")
 	waitFor(t, "the first charge", func() bool { return payment.count(chargePayment.Type+" slow") == 1 })
 	// Time moves in two steps, each once the saga waits on the timer it
@@ -329,7 +329,7 @@ func TestResumeEndToEnd(t *testing.T) {
 	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentFailed)})
 	clock := &testClock{}
 	hooks := &every{}
-	e.startRuntime(saga.Config{Clock: clock, Hooks: []any{hooks}})
+	e.startRuntime(saga.WithClock(clock), saga.WithHooks(hooks))
 	e.start("stuck")
 	for sends := 1; sends <= 2; sends++ {
 		for deadline := time.Now().Add(30 * time.Second); payment.count("test.RefundPayment stuck") < sends; {

@@ -44,7 +44,7 @@ func TestASagasTraceHasTheSagasShape(t *testing.T) {
 		refundPayment.Type: always(paymentRefunded)})
 	clock := &testClock{}
 	first := newFinished()
-	_, stop := e.startRuntime(saga.Config{Clock: clock, Hooks: []any{first}, TracerProvider: tp})
+	_, stop := e.startRuntime(saga.WithClock(clock), saga.WithHooks(first), saga.WithTracerProvider(tp))
 	e.start("ok", "declined", "slow")
 	if got := first.wait(t, 1); got["declined"] != saga.StateCompensated {
 		t.Fatalf("outcomes %v, want declined compensated", got)
@@ -57,7 +57,7 @@ func TestASagasTraceHasTheSagasShape(t *testing.T) {
 	}
 
 	second := newFinished()
-	e.startRuntime(saga.Config{Clock: clock, Hooks: []any{second}, TracerProvider: tp})
+	e.startRuntime(saga.WithClock(clock), saga.WithHooks(second), saga.WithTracerProvider(tp))
 	var mu sync.Mutex
 	slowSends := 0
 	shipping := e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{
@@ -297,7 +297,7 @@ func TestAParallelGroupsTimeoutInTheTrace(t *testing.T) {
 	e.participant("shipping.commands", map[string]func(string) *saga.EventDef[msg]{scheduleShipment.Type: always(shipmentScheduled)})
 	clock := &testClock{}
 	done := newFinished()
-	rt, _ := e.startRuntime(saga.Config{Clock: clock, Hooks: []any{done}, TracerProvider: tp})
+	rt, _ := e.startRuntime(saga.WithClock(clock), saga.WithHooks(done), saga.WithTracerProvider(tp))
 	e.start("p-1")
 	waitFor(t, "the first reserve, and payment's reply applied", func() bool {
 		st, ok, _ := rt.Status(t.Context(), "p-1")
@@ -369,7 +369,7 @@ func TestACancelledStepsSpanEndsAtTheCancel(t *testing.T) {
 		chargePayment.Type: func(string) *saga.EventDef[msg] { return nil }, // never answers
 		refundPayment.Type: always(paymentRefunded)})
 	done := newFinished()
-	e.startRuntime(saga.Config{Hooks: []any{done}, TracerProvider: tp})
+	e.startRuntime(saga.WithHooks(done), saga.WithTracerProvider(tp))
 	e.start("c-1")
 	waitFor(t, "the charge", func() bool { return payment.count(chargePayment.Type+" c-1") == 1 })
 	cl := e.client()

@@ -73,10 +73,10 @@ type Config struct {
 	// StateDir keeps the local state stores (one per owned partition) across
 	// restarts, so that a restart reads only the snapshots written since
 	// (default: a temporary directory, restored from the state topic at
-	// every start). One per running instance. See saga.Config.StateDir.
+	// every start). One per running instance. See saga.WithStateDir.
 	StateDir string `yaml:"state_dir"`
 	// ClosedRetention is how long a finished saga's closed marker is kept
-	// (default 7 days; negative: forever). See saga.Config.ClosedRetention.
+	// (default 7 days; negative: forever). See saga.WithClosedRetention.
 	ClosedRetention time.Duration `yaml:"closed_retention"`
 	// StateRebuild rebuilds the snapshots of the assigned partitions from
 	// the journal: the fix for a snapshot that cannot be decoded.

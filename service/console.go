@@ -16,9 +16,9 @@ import (
 )
 
 // newConsole builds the web console served at /ui, on this service.
-func (s *Service) newConsole(connOpts []kgo.Opt) (*console.Console, error) {
+func (s *Service) newConsole(clientOpts []kgo.Opt) (*console.Console, error) {
 	return console.New(console.Config{Backend: consoleBackend{s}, Token: s.cfg.APIToken, JaegerURL: s.cfg.JaegerUIURL,
-		Brokers: s.cfg.Brokers, ClientOptions: connOpts, Registry: s.serde, Metrics: s.tel.MetricsHandler(), Logger: s.log})
+		ClientOptions: clientOpts, Registry: s.serde, Metrics: s.tel.MetricsHandler(), Logger: s.log})
 }
 
 // consoleBackend is the service as the console sees it.

@@ -36,7 +36,7 @@ import (
 type Saga interface {
 	// Name is the saga's name.
 	Name() string
-	newRuntime(cfg saga.Config) (runtime, error)
+	newRuntime(cfg runtimeConfig) (runtime, error)
 	startEvent() (ceType, avroSchema, inbox string)
 	newStarter(client *kgo.Client, registry *schema.Serde, opts ...saga.StarterOpt) (*saga.Starter, error)
 	// ensureTopics creates the saga's topics that are missing and returns
@@ -82,12 +82,20 @@ func (r registered[D]) ensureTopics(ctx context.Context, adm *kadm.Client, parti
 	return r.s.Topics(), r.s.EnsureTopics(ctx, adm, partitions, replication)
 }
 
-func (r registered[D]) newRuntime(cfg saga.Config) (runtime, error) {
-	rt, err := saga.NewRuntime(r.s, cfg, r.older...)
+// runtimeConfig is what a saga's runtime is started with, kept to start
+// it anew.
+type runtimeConfig struct {
+	opts            []saga.Opt
+	registry        *schema.Serde
+	transactionalID string
+}
+
+func (r registered[D]) newRuntime(cfg runtimeConfig) (runtime, error) {
+	rt, err := saga.NewRuntime(r.s, append(cfg.opts, saga.WithOlderVersions(r.older...))...)
 	if err != nil {
 		return nil, err
 	}
-	return runtimeOf[D]{rt, r.s, cfg.Registry}, nil
+	return runtimeOf[D]{rt, r.s, cfg.registry}, nil
 }
 
 type runtimeOf[D any] struct {
@@ -131,7 +139,7 @@ type Service struct {
 	sagas      map[string]Saga
 	runtimes   map[string]runtime // replaced by supervise; read with runtime()
 	rtMu       sync.RWMutex
-	rtConfigs  map[string]saga.Config // each saga's, to start it anew
+	rtConfigs  map[string]runtimeConfig // each saga's, to start it anew
 	restarts   metric.Int64Counter
 	tel        *observability.Telemetry
 	log        *slog.Logger
@@ -154,12 +162,11 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 	if len(sagas) == 0 {
 		return nil, errors.New("service: no sagas registered (pass them to service.Main or service.New)")
 	}
-	connOpts, err := cfg.connOptions()
+	clientOpts, err := cfg.ClientOptions()
 	if err != nil {
 		return nil, err
 	}
-	clientOpts := append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, connOpts...)
-	runtimeOpts := slices.Clone(connOpts)
+	runtimeOpts := slices.Clone(clientOpts)
 	if cfg.SessionTimeout > 0 {
 		runtimeOpts = append(runtimeOpts, kgo.SessionTimeout(cfg.SessionTimeout))
 	}
@@ -176,7 +183,7 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, sagas: map[string]Saga{}, runtimes: map[string]runtime{}, rtConfigs: map[string]saga.Config{}, restarts: restarts, tel: tel, log: log,
+	s := &Service{cfg: cfg, sagas: map[string]Saga{}, runtimes: map[string]runtime{}, rtConfigs: map[string]runtimeConfig{}, restarts: restarts, tel: tel, log: log,
 		clientOpts: clientOpts, serde: serde, starts: map[string]*schema.Codec[map[string]any]{}, starters: map[string]*saga.Starter{}}
 	host, _ := os.Hostname()
 	for _, sg := range sagas {
@@ -185,13 +192,13 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 			return nil, fmt.Errorf("service: saga %q registered twice", sg.Name())
 		}
 		group := cfg.GroupPrefix + "." + sg.Name()
-		rtCfg := saga.Config{
-			Brokers: cfg.Brokers, ClientOptions: runtimeOpts, Registry: serde, Group: group,
-			TransactionalID: fmt.Sprintf("%s.%s.%s.%d", cfg.TransactionalIDPrefix, sg.Name(), cmp.Or(host, "host"), os.Getpid()),
-			TracerProvider:  tel.TracerProvider(), MeterProvider: tel.MeterProvider(), Propagator: tel.Propagator(),
-			Logger: log, TransactionTimeout: cfg.TransactionTimeout, StateDir: cfg.StateDir,
-			ClosedRetention: cfg.ClosedRetention, RebuildState: cfg.StateRebuild,
-		}
+		txnID := fmt.Sprintf("%s.%s.%s.%d", cfg.TransactionalIDPrefix, sg.Name(), cmp.Or(host, "host"), os.Getpid())
+		rtCfg := runtimeConfig{registry: serde, transactionalID: txnID, opts: []saga.Opt{
+			saga.WithClientOptions(runtimeOpts...), saga.WithRegistry(serde), saga.WithGroup(group), saga.WithTransactionalID(txnID),
+			saga.WithTracerProvider(tel.TracerProvider()), saga.WithMeterProvider(tel.MeterProvider()), saga.WithPropagator(tel.Propagator()),
+			saga.WithLogger(log), saga.WithTransactionTimeout(cfg.TransactionTimeout), saga.WithStateDir(cfg.StateDir),
+			saga.WithClosedRetention(cfg.ClosedRetention), saga.WithRebuildState(cfg.StateRebuild),
+		}}
 		rt, err := sg.newRuntime(rtCfg)
 		if err != nil {
 			s.closeRuntimes()
@@ -221,7 +228,7 @@ func New(cfg Config, tel *observability.Telemetry, log *slog.Logger, sagas ...Sa
 			return nil, err
 		}
 	}
-	if s.console, err = s.newConsole(connOpts); err != nil {
+	if s.console, err = s.newConsole(clientOpts); err != nil {
 		s.producer.Close()
 		s.closeRuntimes()
 		return nil, err
@@ -287,7 +294,7 @@ func (s *Service) supervise(ctx context.Context, name string) error {
 		if fenced(err) && time.Since(began) < time.Minute {
 			if fencedInARow++; fencedInARow >= maxFencedInARow {
 				return fmt.Errorf("%w (fenced %d times in a row within a minute of starting: another process uses the transactional ID %q; give each instance its own host name or transactional_id_prefix)",
-					err, fencedInARow, s.rtConfigs[name].TransactionalID)
+					err, fencedInARow, s.rtConfigs[name].transactionalID)
 			}
 		} else {
 			fencedInARow = 0

@@ -95,7 +95,7 @@ func benchOrchestratorAlone(ctx context.Context, n, concurrency int, partitions 
 	}
 	const warm = 500 // clients, codecs, caches and maps warmed up before measuring
 	log := &finishLog{finished: map[string]bool{}, slots: make(chan struct{}, concurrency), all: make(chan struct{}), want: warm + n}
-	rt, err := saga.NewRuntime(s, saga.Config{Brokers: []string{brokers}, Registry: serde, Hooks: []any{log}})
+	rt, err := saga.NewRuntime(s, saga.WithClientOptions(kgo.SeedBrokers(brokers)), saga.WithRegistry(serde), saga.WithHooks(log))
 	if err != nil {
 		return res, err
 	}

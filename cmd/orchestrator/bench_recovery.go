@@ -102,8 +102,8 @@ func benchRecovery(ctx context.Context, history, inFlight int, partitions int32,
 	}
 	defer func() { _ = participants.Process.Signal(os.Interrupt); _ = participants.Wait() }()
 
-	start := func(stateDir string, hooks ...any) (*saga.Runtime[orders.OrderData], func(), error) {
-		rt, err := saga.NewRuntime(s, saga.Config{Brokers: []string{brokers}, Registry: serde, StateDir: stateDir, Hooks: hooks})
+	start := func(stateDir string, hooks ...saga.Hook) (*saga.Runtime[orders.OrderData], func(), error) {
+		rt, err := saga.NewRuntime(s, saga.WithClientOptions(kgo.SeedBrokers(brokers)), saga.WithRegistry(serde), saga.WithStateDir(stateDir), saga.WithHooks(hooks...))
 		if err != nil {
 			return nil, nil, err
 		}

@@ -364,7 +364,7 @@ func benchInFlight(ctx context.Context, n int, partitions int32, stderr io.Write
 	if err != nil {
 		return 0, err
 	}
-	rt, err := saga.NewRuntime(s, saga.Config{Brokers: []string{brokers}, Registry: serde})
+	rt, err := saga.NewRuntime(s, saga.WithClientOptions(kgo.SeedBrokers(brokers)), saga.WithRegistry(serde))
 	if err != nil {
 		return 0, err
 	}

@@ -155,8 +155,7 @@ func start(ctx context.Context, cfg DemoConfig) (*services, error) {
 	hooks := &demoHooks{started: map[string]time.Time{}, outcomes: map[string]statemachine.State{},
 		slots: make(chan struct{}, max(cfg.Concurrency, 1)), progress: cfg.Progress, total: cfg.Orders}
 	orch := cfg.telemetry(ServiceOrchestrator)
-	runtime, err := saga.NewRuntime(s, saga.Config{Brokers: cfg.Brokers, Registry: serde, Hooks: []any{hooks},
-		TracerProvider: orch.TracerProvider, MeterProvider: orch.MeterProvider, Logger: orch.Logger})
+	runtime, err := saga.NewRuntime(s, saga.WithClientOptions(kgo.SeedBrokers(cfg.Brokers...)), saga.WithRegistry(serde), saga.WithHooks(hooks), saga.WithTracerProvider(orch.TracerProvider), saga.WithMeterProvider(orch.MeterProvider), saga.WithLogger(orch.Logger))
 	if err != nil {
 		return nil, err
 	}

@@ -120,7 +120,7 @@ func TestOrdersSagaWithPaymentOnPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	ended := &outcomes{by: map[string]statemachine.State{}}
-	runtime, err := saga.NewRuntime(s, saga.Config{Brokers: e.stack.KafkaAddrs(), Registry: e.serde, Hooks: []any{ended}})
+	runtime, err := saga.NewRuntime(s, saga.WithClientOptions(kgo.SeedBrokers(e.stack.KafkaAddrs()...)), saga.WithRegistry(e.serde), saga.WithHooks(ended))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,7 +57,7 @@ func ExampleSaga() {
 			Logger: slog.New(slog.DiscardHandler)}, desks.Services()...)
 	}()
 	done := make(ended, 2)
-	rt, err := saga.NewRuntime(s, saga.Config{Brokers: stack.KafkaAddrs(), Registry: serde, Hooks: []any{done}})
+	rt, err := saga.NewRuntime(s, saga.WithClientOptions(kgo.SeedBrokers(stack.KafkaAddrs()...)), saga.WithRegistry(serde), saga.WithHooks(done))
 	if err != nil {
 		panic(err)
 	}

@@ -333,7 +333,7 @@ func startParticipant(t *testing.T, brokers []string, registryURL string) *testk
 func runRuntime(t *testing.T, s *saga.Saga[orders.OrderData], brokers []string, serde *schema.Serde) *endings {
 	t.Helper()
 	ended := &endings{outcomes: map[string]statemachine.State{}, changed: make(chan struct{}, 1)}
-	rt, err := saga.NewRuntime(s, saga.Config{Brokers: brokers, Registry: serde, Hooks: []any{ended}})
+	rt, err := saga.NewRuntime(s, saga.WithClientOptions(kgo.SeedBrokers(brokers...)), saga.WithRegistry(serde), saga.WithHooks(ended))
 	if err != nil {
 		t.Fatal(err)
 	}
