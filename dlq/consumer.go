@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -16,7 +15,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/sagapipe/sagapipe/internal/kafkaerr"
+	"github.com/sagapipe/sagapipe/internal/consume"
 	"github.com/sagapipe/sagapipe/internal/telemetry"
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/schema"
@@ -153,9 +152,8 @@ type Consumer struct {
 	mu    sync.Mutex // guards parts against the rebalance callbacks
 	parts map[topicPartition]*partition
 
-	budgetStart time.Time
-	budgetUsed  int
-	in          *instruments
+	budget retryBudget
+	in     *instruments
 }
 
 type topicPartition struct {
@@ -267,45 +265,23 @@ func (c *Consumer) forget(_ context.Context, cl *kgo.Client, gone map[string][]i
 // neither be handled nor dead-lettered (then it returns why; the record was
 // not committed and comes again).
 func (c *Consumer) Run(ctx context.Context) error {
+	cfg := consume.Config{Name: "dlq: consumer", Poll: c.client.PollFetches, AllowRebalance: c.client.AllowRebalance,
+		AfterFunc: c.cfg.clock.AfterFunc}
+	if c.sess != nil {
+		cfg.Poll, cfg.AllowRebalance = c.sess.PollFetches, c.sess.AllowRebalance
+	}
+	poller := consume.NewPoller(cfg)
 	for {
-		if c.sess != nil {
-			c.sess.AllowRebalance()
-		} else {
-			c.client.AllowRebalance()
-		}
-		pollCtx, cancel := context.WithCancel(ctx)
-		stop := func() bool { return false }
+		wake := consume.NoWake
 		if wait, ok := c.nextRetry(); ok {
-			stop = c.cfg.clock.AfterFunc(wait, cancel)
+			wake = wait
 		}
-		var fetches kgo.Fetches
-		if c.sess != nil {
-			fetches = c.sess.PollFetches(pollCtx)
-		} else {
-			fetches = c.client.PollFetches(pollCtx)
-		}
-		stop()
-		cancel()
-		if ctx.Err() != nil {
+		fetches, stopped, err := poller.Poll(ctx, wake)
+		if stopped {
 			return nil
 		}
-		if fetches.IsClientClosed() {
-			return errors.New("dlq: consumer: the client was closed while Run was running")
-		}
-		var fetchErr error
-		fetches.EachError(func(topic string, p int32, err error) {
-			switch {
-			case errors.Is(err, context.Canceled): // our own wake-up for a retry
-			case kafkaerr.Transient(err):
-				// A broker restarting, a lost group session: the client
-				// retries by itself, and the consumer goes on with it.
-				slog.Warn("dlq: consumer: fetch error; the client retries", "topic", topic, "partition", p, "error", err)
-			default:
-				fetchErr = errors.Join(fetchErr, fmt.Errorf("dlq: consumer: fetching %s/%d: %w", topic, p, err))
-			}
-		})
-		if fetchErr != nil {
-			return fetchErr
+		if err != nil {
+			return err
 		}
 		c.mu.Lock()
 		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
@@ -370,23 +346,16 @@ func (c *Consumer) process(ctx context.Context) error {
 // handled nor dead-lettered: then it aborts, and kgo rewinds every partition
 // to its committed offset.
 func (c *Consumer) processTransaction(ctx context.Context) error {
-	if err := c.sess.Begin(); err != nil {
-		return fmt.Errorf("dlq: consumer: begin transaction: %w", err)
-	}
-	_, stopErr := c.processAll(ctx)
-	held := false
-	c.mu.Lock()
-	for _, st := range c.parts {
-		held = held || len(st.queue) > 0
-	}
-	c.mu.Unlock()
-	try := kgo.TryCommit
-	if held || stopErr != nil || ctx.Err() != nil {
-		try = kgo.TryAbort
-	}
-	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	committed, err := c.sess.End(ectx, try)
+	committed, stopErr, err := consume.Transact(ctx, c.sess, consume.DefaultGrace, func(ctx context.Context) (bool, error) {
+		_, stopErr := c.processAll(ctx)
+		held := false
+		c.mu.Lock()
+		for _, st := range c.parts {
+			held = held || len(st.queue) > 0
+		}
+		c.mu.Unlock()
+		return !held && ctx.Err() == nil, stopErr
+	})
 	if !committed {
 		// Rewound: what is held comes again from the committed offsets.
 		c.mu.Lock()
@@ -398,7 +367,7 @@ func (c *Consumer) processTransaction(ctx context.Context) error {
 		c.mu.Unlock()
 	}
 	if err != nil {
-		return errors.Join(stopErr, fmt.Errorf("dlq: consumer: end transaction: %w", err))
+		return errors.Join(stopErr, fmt.Errorf("dlq: consumer: %w", err))
 	}
 	if ctx.Err() != nil {
 		return nil
@@ -490,7 +459,7 @@ func (c *Consumer) processPartition(ctx context.Context, tp topicPartition, st *
 			// record's: it is retried until the registry is back, never
 			// exhausted, whatever the classifier, retries or budget say.
 			outage := errors.Is(err, schema.ErrRegistryUnavailable)
-			if outage || decision == Retry && retry <= c.policy.MaxRetries && c.takeBudget(now) {
+			if outage || decision == Retry && retry <= c.policy.MaxRetries && c.budget.take(c.policy.RetryBudgetPerMinute, now) {
 				backoff := c.policy.Backoff(retry, c.cfg.randN)
 				st.retryAt = now.Add(backoff)
 				c.pause(tp, st)
@@ -607,21 +576,6 @@ func (c *Consumer) pause(tp topicPartition, st *partition) {
 		c.client.PauseFetchPartitions(map[string][]int32{tp.topic: {tp.partition}})
 		st.paused = true
 	}
-}
-
-// takeBudget spends one retry of the per-minute budget, if there is one.
-func (c *Consumer) takeBudget(now time.Time) bool {
-	if c.policy.RetryBudgetPerMinute <= 0 {
-		return true
-	}
-	if now.Sub(c.budgetStart) >= time.Minute {
-		c.budgetStart, c.budgetUsed = now, 0
-	}
-	if c.budgetUsed >= c.policy.RetryBudgetPerMinute {
-		return false
-	}
-	c.budgetUsed++
-	return true
 }
 
 // deadLetter dispatches rec (unless the policy skips dispatch) and tells the

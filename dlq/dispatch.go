@@ -116,13 +116,15 @@ func errorMessage(err error) string {
 }
 
 // errorType names the most specific error in err's chain: the first that is
-// not merely a wrapper added on the way up (Poison, fmt.Errorf's %w).
+// not merely a wrapper added on the way up (Poison, RetryMiddleware's
+// GaveUpError, fmt.Errorf's %w).
 func errorType(err error) string {
 	for err != nil {
 		name := fmt.Sprintf("%T", err)
 		next := errors.Unwrap(err)
 		_, poison := err.(*poisonError)
-		if next == nil || (!poison && name != "*fmt.wrapError") {
+		_, gaveUp := err.(*GaveUpError)
+		if next == nil || (!poison && !gaveUp && name != "*fmt.wrapError") {
 			return name
 		}
 		err = next

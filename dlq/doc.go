@@ -23,6 +23,14 @@
 // last_failed_at, and the trace context. Hooks (HookDeadLettered, HookRetry)
 // feed metrics and logs.
 //
+// A pipe.StageWorker applies a Policy through two pieces: RetryMiddleware
+// wraps its handler (a pipe.Middleware) and retries a failing command in
+// place with the policy's backoff, and FailurePolicy dead-letters what the
+// middleware gives up on (a *GaveUpError) with its class and real attempt
+// count, in origin partition order. The worker keeps its typed decoding,
+// idempotency and reply piping; unlike a Consumer it holds its whole batch,
+// not one partition, while a command backs off.
+//
 // Sequenced mode (Policy.Sequenced), after Axon's sequenced dead-letter
 // queue: once a record with key K is dead-lettered, later records of K in
 // the same partition follow it into the DLQ (predecessor_dead_lettered)

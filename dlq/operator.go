@@ -11,6 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/sagapipe/sagapipe/internal/consume"
 	"github.com/sagapipe/sagapipe/kread"
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/schema"
@@ -180,13 +181,14 @@ func Replay(ctx context.Context, cfg ReplayConfig) (ReplayStats, error) {
 	})
 
 	var done int64
+	poller := consume.NewPoller(consume.Config{Name: "dlq: replay", Poll: sess.PollFetches})
 	for len(remaining) > 0 {
-		fetches := sess.PollFetches(ctx)
-		if err := ctx.Err(); err != nil {
-			return stats, err
+		fetches, stopped, err := poller.Poll(ctx, consume.NoWake)
+		if stopped {
+			return stats, ctx.Err()
 		}
-		if err := fetches.Err0(); err != nil {
-			return stats, fmt.Errorf("dlq: replay: reading %s: %w", cfg.Topic, err)
+		if err != nil {
+			return stats, err
 		}
 		var batch []*kgo.Record
 		var parseErr error
@@ -216,15 +218,9 @@ func Replay(ctx context.Context, cfg ReplayConfig) (ReplayStats, error) {
 			}
 			continue
 		}
-		if err := sess.Begin(); err != nil {
-			return stats, fmt.Errorf("dlq: replay: %w", err)
-		}
-		produceErr := sess.ProduceSync(ctx, batch...).FirstErr()
-		try := kgo.TryCommit
-		if produceErr != nil {
-			try = kgo.TryAbort
-		}
-		ok, err := sess.End(ctx, try)
+		ok, produceErr, err := consume.Transact(ctx, sess, consume.DefaultGrace, func(ctx context.Context) (bool, error) {
+			return true, sess.ProduceSync(ctx, batch...).FirstErr()
+		})
 		if produceErr != nil || err != nil || !ok {
 			return stats, fmt.Errorf("dlq: replay: batch aborted, re-run to continue (no duplicates): %w",
 				errors.Join(produceErr, err, errIf(!ok && err == nil && produceErr == nil, "the group rebalanced")))

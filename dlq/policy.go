@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 )
 
@@ -187,6 +188,32 @@ func (p Policy) Backoff(retry int, randN func(n int64) int64) time.Duration {
 		return 0
 	}
 	return time.Duration(randN(int64(c)))
+}
+
+// retryBudget counts the retries spent of Policy.RetryBudgetPerMinute, in
+// windows of a minute; a Consumer and a Retry middleware have one each.
+type retryBudget struct {
+	mu    sync.Mutex // a Retry middleware's handlers may run concurrently
+	start time.Time
+	used  int
+}
+
+// take spends one retry of perMinute (none: no budget) at now, if one is
+// left.
+func (b *retryBudget) take(perMinute int, now time.Time) bool {
+	if perMinute <= 0 {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if now.Sub(b.start) >= time.Minute {
+		b.start, b.used = now, 0
+	}
+	if b.used >= perMinute {
+		return false
+	}
+	b.used++
+	return true
 }
 
 // Poison marks err as poison: the record will never succeed, and is

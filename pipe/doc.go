@@ -35,6 +35,7 @@
 // Participants: a StageWorker consumes a command topic in a group, decodes
 // each command with schema/, calls a typed Handler and pipes its Reply to
 // the command's reply_to topic, skipping commands whose ce_id it has
-// handled. Failures go to a FailurePolicy; the default stops the worker
-// without losing the command.
+// handled. A Middleware wraps the Handler (Chain composes several; the
+// dlq package's RetryMiddleware retries with backoff). Failures go to a
+// FailurePolicy; the default stops the worker without losing the command.
 package pipe

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/sagapipe/sagapipe/internal/consume"
 	"github.com/sagapipe/sagapipe/internal/kafkaerr"
 	"github.com/sagapipe/sagapipe/internal/telemetry"
 	"github.com/sagapipe/sagapipe/schema"
@@ -65,16 +66,11 @@ func StopOnFailure(_ context.Context, rec *kgo.Record, err error) error {
 		rec.Topic, rec.Partition, rec.Offset, err)
 }
 
-// readCommitted is how a client built with kgo.ReadCommitted() reports its
-// isolation level through OptValue (kgo does not export the value itself).
-var readCommitted = sync.OnceValue(func() any {
-	c, err := kgo.NewClient(kgo.FetchIsolationLevel(kgo.ReadCommitted()))
-	if err != nil {
-		return nil
-	}
-	defer c.Close()
-	return c.OptValue(kgo.FetchIsolationLevel)
-})
+// readCommitted is what client.OptValue(kgo.FetchIsolationLevel) reports
+// for a client built with kgo.ReadCommitted(): the isolation level as the
+// Fetch request carries it (KIP-98: 0 read_uncommitted, 1 read_committed);
+// kgo does not export the value of its IsolationLevel.
+const readCommitted int8 = 1
 
 // StageOpt configures a StageWorker.
 type StageOpt interface{ applyStage(*stageConfig) }
@@ -180,7 +176,7 @@ func newStageWorker[C any](client *kgo.Client, decode func(context.Context, []by
 		if off, _ := client.OptValue(kgo.DisableAutoCommit).(bool); !off {
 			errs = append(errs, errors.New("pipe: NewStageWorker: the client auto-commits, which could commit commands before they are answered; add kgo.DisableAutoCommit()"))
 		}
-		if client.OptValue(kgo.FetchIsolationLevel) != readCommitted() {
+		if level, _ := client.OptValue(kgo.FetchIsolationLevel).(int8); level != readCommitted {
 			errs = append(errs, errors.New("pipe: NewStageWorker: the client reads uncommitted records, so it could act on a command whose transaction is aborted; add kgo.FetchIsolationLevel(kgo.ReadCommitted())"))
 		}
 	}
@@ -211,37 +207,14 @@ func newStageWorker[C any](client *kgo.Client, decode func(context.Context, []by
 // error (Run returns it). The client stays open; its owner closes it.
 func (w *StageWorker[C]) Run(ctx context.Context) error {
 	defer w.piper.Close(context.Background()) // Run waited for every reply already
-	// A fetch error is logged once per outage, not once per poll.
-	failing := false
+	poller := consume.NewPoller(consume.Config{Name: "pipe: stage worker", Poll: w.client.PollFetches, Logger: w.cfg.logger})
 	for {
-		fetches := w.client.PollFetches(ctx)
-		if ctx.Err() != nil {
+		fetches, stopped, err := poller.Poll(ctx, consume.NoWake)
+		if stopped {
 			return nil
 		}
-		if fetches.IsClientClosed() {
-			return errors.New("pipe: stage worker: the client was closed while the worker ran")
-		}
-		var fetchErr error
-		transient := false
-		fetches.EachError(func(topic string, partition int32, err error) {
-			if kafkaerr.Transient(err) {
-				// A broker restarting, a lost group session: the client
-				// retries by itself, and the worker goes on with it.
-				if !failing && !transient {
-					w.cfg.logger.Warn("pipe: stage worker: fetch error; the client retries (logged once until fetching works again)",
-						"topic", topic, "partition", partition, "error", err)
-				}
-				transient = true
-				return
-			}
-			fetchErr = errors.Join(fetchErr, fmt.Errorf("pipe: stage worker: fetching %s/%d: %w", topic, partition, err))
-		})
-		if failing && !transient {
-			w.cfg.logger.Info("pipe: stage worker: fetching works again")
-		}
-		failing = transient
-		if fetchErr != nil {
-			return fetchErr
+		if err != nil {
+			return err
 		}
 		answered, stopErr := w.handleBatch(ctx, fetches.Records())
 		if err := w.commit(ctx, answered); err != nil {

@@ -7,10 +7,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/sagapipe/sagapipe/internal/consume"
 )
 
 // ErrAborted: the transaction was aborted because the batch function or a
@@ -93,42 +94,32 @@ func (tx *Tx) PipeManyAsync(ctx context.Context, topic string, ms []Message, don
 // group rebalanced meanwhile. Callers that must not write for partitions
 // they lost check ownership in fn.
 //
-// After an abort the consumed records are still unconsumed: to process them
-// again, rewind the group to its committed offsets (or let a rebalance do
-// it); a GroupTransactSession does not re-deliver them on its own.
+// After an abort that consumed records, the session rewinds the group's
+// partitions to their committed offsets: those records are polled again.
 func (p *Piper) Transact(ctx context.Context, sess *kgo.GroupTransactSession, fn func(ctx context.Context, tx *Tx) error) (committed bool, err error) {
 	if sess.Client() != p.client {
 		return false, errors.New("pipe: Transact: the session's client is not the piper's; build the piper with pipe.New(sess.Client())")
 	}
-	if err := sess.Begin(); err != nil {
-		return false, fmt.Errorf("pipe: begin transaction: %w", err)
+	var began time.Time // when the transaction's end began
+	committed, failure, endErr := consume.Transact(ctx, sess, 0, func(ctx context.Context) (bool, error) {
+		tx := &Tx{p: p}
+		fnErr := fn(ctx, tx)
+		tx.pending.Wait()
+		tx.mu.Lock()
+		defer tx.mu.Unlock()
+		began = time.Now()
+		return true, errors.Join(fnErr, tx.firstErr)
+	})
+	if !began.IsZero() {
+		outcome := "commit"
+		if !committed {
+			outcome = "abort"
+		}
+		p.txDuration.Record(ctx, time.Since(began).Seconds(), metric.WithAttributes(attribute.String("outcome", outcome)))
 	}
-	tx := &Tx{p: p}
-	fnErr := fn(ctx, tx)
-	tx.pending.Wait()
-	tx.mu.Lock()
-	failure := errors.Join(fnErr, tx.firstErr)
-	tx.mu.Unlock()
-
-	try := kgo.TryCommit
-	if failure != nil {
-		try = kgo.TryAbort
-	}
-	began := time.Now()
-	var endErr error
-	if try == kgo.TryCommit && len(p.client.UncommittedOffsets()) == 0 {
-		committed, endErr = endWithoutOffsets(ctx, p.client)
-	} else {
-		committed, endErr = sess.End(ctx, try)
-	}
-	outcome := "commit"
-	if try == kgo.TryAbort || !committed {
-		outcome = "abort"
-	}
-	p.txDuration.Record(ctx, time.Since(began).Seconds(), metric.WithAttributes(attribute.String("outcome", outcome)))
 	switch {
 	case endErr != nil:
-		return false, errors.Join(fmt.Errorf("pipe: end transaction: %w", endErr), failure)
+		return false, errors.Join(fmt.Errorf("pipe: %w", endErr), failure)
 	case failure != nil:
 		return false, fmt.Errorf("%w: %w", ErrAborted, failure)
 	case !committed:
@@ -136,26 +127,4 @@ func (p *Piper) Transact(ctx context.Context, sess *kgo.GroupTransactSession, fn
 		return false, fmt.Errorf("%w: the group rebalanced during the transaction", ErrAborted)
 	}
 	return true, nil
-}
-
-// endWithoutOffsets commits a transaction that consumed nothing (a batch of
-// timers or snapshots alone): there are no offsets to commit, so no group
-// membership to secure either (GroupTransactSession.End skips its heartbeat
-// for the same reason). End itself is no good here: it learns that the broker
-// supports KIP-447 only from the response to its TxnOffsetCommit, which it
-// does not send without offsets, so it assumes a pre-2.5 broker and holds the
-// caller 500ms after every such commit. A commit the broker did not attempt,
-// or that it calls abortable or could not confirm, is aborted, as End does.
-func endWithoutOffsets(ctx context.Context, cl *kgo.Client) (committed bool, err error) {
-	if err := cl.Flush(ctx); err != nil {
-		return false, err
-	}
-	err = cl.EndTransaction(ctx, kgo.TryCommit)
-	switch {
-	case err == nil:
-		return true, nil
-	case errors.Is(err, kerr.OperationNotAttempted), errors.Is(err, kerr.TransactionAbortable), errors.Is(err, kerr.UnknownServerError):
-		return false, cl.EndTransaction(ctx, kgo.TryAbort)
-	}
-	return false, err
 }

@@ -1,0 +1,139 @@
+package consume_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sagapipe/sagapipe/internal/consume"
+	"github.com/sagapipe/sagapipe/internal/testkit"
+)
+
+// wakeNow is an AfterFunc whose wait has always passed already.
+func wakeNow(_ time.Duration, f func()) func() bool {
+	f()
+	return func() bool { return false }
+}
+
+func TestPoll(t *testing.T) {
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "src")
+	tests := []struct {
+		name        string
+		ctx         func() context.Context
+		wake        time.Duration
+		closed      bool
+		wantStopped bool
+		wantErr     error
+	}{
+		{name: "woken for the caller's deadline", ctx: context.Background, wake: time.Hour},
+		{name: "ctx ended", ctx: func() context.Context {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			return ctx
+		}, wake: consume.NoWake, wantStopped: true},
+		{name: "client closed", ctx: context.Background, wake: consume.NoWake, closed: true, wantErr: consume.ErrClientClosed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cl := testkit.Client(t, s.KafkaAddrs(), kgo.ConsumeTopics("src"))
+			if tt.closed {
+				cl.Close()
+			}
+			allowed := 0
+			p := consume.NewPoller(consume.Config{Name: "test loop", Poll: cl.PollFetches, AllowRebalance: func() { allowed++ },
+				AfterFunc: wakeNow, Logger: slog.New(slog.DiscardHandler)})
+			fetches, stopped, err := p.Poll(tt.ctx(), tt.wake)
+			if stopped != tt.wantStopped || !errors.Is(err, tt.wantErr) || fetches.NumRecords() != 0 {
+				t.Fatalf("Poll: %d records, stopped %v, error %v; want none, %v, %v", fetches.NumRecords(), stopped, err, tt.wantStopped, tt.wantErr)
+			}
+			if allowed != 1 {
+				t.Fatalf("AllowRebalance called %d times, want once before the poll", allowed)
+			}
+		})
+	}
+}
+
+func newSession(t *testing.T, s interface{ KafkaAddrs() []string }, id string) *kgo.GroupTransactSession {
+	t.Helper()
+	sess, err := kgo.NewGroupTransactSession(kgo.SeedBrokers(s.KafkaAddrs()...), kgo.TransactionalID(id), kgo.ConsumerGroup("group-"+id),
+		kgo.ConsumeTopics("src"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sess.Close)
+	return sess
+}
+
+// A transaction ends with the verdict of its work, and a caller stopped
+// meanwhile still ends the transaction it opened (within the grace):
+// read_committed readers see the outcome at once, not after the broker's
+// transaction timeout.
+func TestTransact(t *testing.T) {
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "src", "out")
+	if err := testkit.Client(t, s.KafkaAddrs()).ProduceSync(context.Background(), &kgo.Record{Topic: "src", Value: []byte("in")}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	failed := errors.New("work failed")
+	tests := []struct {
+		name          string
+		consume       bool // poll the source record first: its offset commits with the transaction
+		stopMidway    bool // ctx is cancelled once the record is produced
+		commit        bool
+		workErr       error
+		wantCommitted bool
+	}{
+		{name: "commits with offsets", consume: true, commit: true, wantCommitted: true},
+		{name: "commits without offsets", commit: true, wantCommitted: true},
+		{name: "aborts when the work fails", consume: true, commit: true, workErr: failed},
+		{name: "aborts when the work says so", consume: true},
+		{name: "stopped midway, aborts within the grace", consume: true, stopMidway: true},
+	}
+	const grace = 10 * time.Second
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sess := newSession(t, s, "txn-"+string(rune('a'+i)))
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if tt.consume {
+				pctx, pcancel := context.WithTimeout(ctx, testkit.Wait)
+				n := sess.PollFetches(pctx).NumRecords()
+				pcancel()
+				if n != 1 {
+					t.Fatalf("polled %d records of src, want its one", n)
+				}
+			}
+			value := []byte(tt.name)
+			committed, workErr, endErr := consume.Transact(ctx, sess, grace, func(ctx context.Context) (bool, error) {
+				if err := sess.ProduceSync(ctx, &kgo.Record{Topic: "out", Value: value}).FirstErr(); err != nil {
+					return false, err
+				}
+				if tt.stopMidway {
+					cancel()
+				}
+				return tt.commit && ctx.Err() == nil, tt.workErr
+			})
+			if committed != tt.wantCommitted || !errors.Is(workErr, tt.workErr) || endErr != nil {
+				t.Fatalf("Transact: committed %v, work error %v, end error %v; want %v, %v, nil", committed, workErr, endErr, tt.wantCommitted, tt.workErr)
+			}
+			// A marker after the transaction: once a read_committed reader
+			// has it, the transaction has ended one way or the other.
+			if err := testkit.Client(t, s.KafkaAddrs()).ProduceSync(context.Background(), &kgo.Record{Topic: "out", Value: []byte("marker " + tt.name)}).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+			var seen bool
+			testkit.Consume(t, s.KafkaAddrs(), "out", 1, func(r *kgo.Record) bool {
+				seen = seen || string(r.Value) == tt.name
+				return string(r.Value) == "marker "+tt.name
+			}, kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+			if seen != tt.wantCommitted {
+				t.Fatalf("the transaction's record visible to read_committed readers: %v, want %v", seen, tt.wantCommitted)
+			}
+		})
+	}
+}
