@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/sagapipe/sagapipe/internal/consume"
 	"github.com/sagapipe/sagapipe/internal/kafkaerr"
 	"log/slog"
 	"os"
@@ -474,7 +475,8 @@ func (r *Runtime[D]) run(ctx context.Context) error {
 	if err := r.start(ctx); err != nil {
 		return err
 	}
-	fetchFailing := false // logged once per outage, not once per poll
+	poller := consume.NewPoller(consume.Config{Name: "saga " + r.saga.name, Poll: r.sess.PollFetches,
+		AllowRebalance: r.sess.AllowRebalance, AfterFunc: r.cfg.Clock.AfterFunc, Logger: r.cfg.Logger.With("saga_name", r.saga.name)})
 	for {
 		if err := r.restoreFailure(); err != nil {
 			return err
@@ -482,67 +484,51 @@ func (r *Runtime[D]) run(ctx context.Context) error {
 		if err := r.sweepExpired(); err != nil {
 			return err
 		}
-		r.sess.AllowRebalance()
-		pollCtx, cancel := context.WithCancel(ctx)
-		stop := func() bool { return false }
-		now := r.cfg.Clock.Now()
-		wait, timer := r.nextTimer()
-		if sweep := r.nextSweep(); sweep >= 0 && (!timer || sweep < wait) {
-			wait, timer = sweep, true
+		fetches, stopped, err := poller.PollWith(ctx, r.armWakeUps)
+		if stopped {
+			return nil
 		}
-		if timer {
-			at := now.Add(wait)
-			stop = r.cfg.Clock.AfterFunc(wait, cancel)
-			if !r.cfg.Clock.Now().Before(at) {
-				// The clock passed the deadline while the wait was worked
-				// out (a test clock advanced, a clock jump): the waiter
-				// counts from the later time, so do not wait at all.
-				cancel()
-			}
+		if err != nil {
+			return err
 		}
-		r.mu.Lock()
-		r.wake = cancel
-		pending := r.pendingWrites()
-		r.mu.Unlock()
-		if pending {
-			cancel() // snapshots or tombstones to write: no need to wait for records
+		if err := r.processBatch(ctx, work, fetches); err != nil {
+			return err
 		}
-		fetches := r.sess.PollFetches(pollCtx)
+	}
+}
+
+// armWakeUps makes the next poll end early: at the next timer or sweep, at
+// once when snapshots or tombstones wait to be written, or when wakePoll
+// is called (a partition restored).
+func (r *Runtime[D]) armWakeUps(wake context.CancelFunc) (disarm func()) {
+	stop := func() bool { return false }
+	now := r.cfg.Clock.Now()
+	wait, timer := r.nextTimer()
+	if sweep := r.nextSweep(); sweep >= 0 && (!timer || sweep < wait) {
+		wait, timer = sweep, true
+	}
+	if timer {
+		at := now.Add(wait)
+		stop = r.cfg.Clock.AfterFunc(wait, wake)
+		if !r.cfg.Clock.Now().Before(at) {
+			// The clock passed the deadline while the wait was worked
+			// out (a test clock advanced, a clock jump): the waiter
+			// counts from the later time, so do not wait at all.
+			wake()
+		}
+	}
+	r.mu.Lock()
+	r.wake = wake
+	pending := r.pendingWrites()
+	r.mu.Unlock()
+	if pending {
+		wake() // snapshots or tombstones to write: no need to wait for records
+	}
+	return func() {
 		r.mu.Lock()
 		r.wake = nil
 		r.mu.Unlock()
 		stop()
-		cancel()
-		if ctx.Err() != nil {
-			return nil
-		}
-		if fetches.IsClientClosed() {
-			return fmt.Errorf("saga %s: the client was closed while Run was running", r.saga.name)
-		}
-		var fetchErr error
-		transient := false
-		fetches.EachError(func(t string, p int32, err error) {
-			switch {
-			case errors.Is(err, context.Canceled):
-			case kafkaerr.Transient(err):
-				// The client retries these by itself (a lost group session
-				// rejoins, a broker comes back): say so, once, and go on.
-				if !fetchFailing && !transient {
-					r.cfg.Logger.Warn("saga: fetch error; the client retries (logged once until fetching works again)", "saga_name", r.saga.name,
-						"topic", t, "partition", p, "error", err)
-				}
-				transient = true
-			default:
-				fetchErr = errors.Join(fetchErr, fmt.Errorf("saga %s: fetching %s/%d: %w", r.saga.name, t, p, err))
-			}
-		})
-		if fetchErr != nil {
-			return fetchErr
-		}
-		fetchFailing = transient
-		if err := r.processBatch(ctx, work, fetches); err != nil {
-			return err
-		}
 	}
 }
 

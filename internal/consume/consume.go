@@ -60,13 +60,28 @@ func NewPoller(cfg Config) *Poller {
 // any other one is returned, as is ErrClientClosed. stopped reports that
 // ctx ended: the loop returns.
 func (p *Poller) Poll(ctx context.Context, wake time.Duration) (fetches kgo.Fetches, stopped bool, err error) {
+	if wake < 0 {
+		return p.PollWith(ctx, nil)
+	}
+	return p.PollWith(ctx, func(w context.CancelFunc) func() {
+		stop := p.cfg.AfterFunc(wake, w)
+		return func() { stop() }
+	})
+}
+
+// PollWith is Poll for a loop that wakes its poll itself, from several
+// sources (timers, other goroutines, work already waiting): arm, when not
+// nil, is given the poll's wake-up before the poll begins (calling it ends
+// the poll; calling it at once skips the wait) and returns what undoes
+// whatever it armed, called once the poll has ended.
+func (p *Poller) PollWith(ctx context.Context, arm func(wake context.CancelFunc) (disarm func())) (fetches kgo.Fetches, stopped bool, err error) {
 	if p.cfg.AllowRebalance != nil {
 		p.cfg.AllowRebalance()
 	}
 	pollCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if wake >= 0 {
-		defer p.cfg.AfterFunc(wake, cancel)()
+	if arm != nil {
+		defer arm(cancel)()
 	}
 	fetches = p.cfg.Poll(pollCtx)
 	if ctx.Err() != nil {

@@ -58,6 +58,36 @@ func TestPoll(t *testing.T) {
 	}
 }
 
+// A loop that wakes its poll itself gets the poll's wake-up before the
+// poll, and undoes what it armed once the poll has ended.
+func TestPollWith(t *testing.T) {
+	s := testkit.StartStack(t)
+	testkit.CreateTopics(t, s.KafkaAddrs(), 1, "src")
+	cl := testkit.Client(t, s.KafkaAddrs(), kgo.ConsumeTopics("src"))
+	p := consume.NewPoller(consume.Config{Name: "test loop", Poll: cl.PollFetches, Logger: slog.New(slog.DiscardHandler)})
+	armed, disarmed := 0, 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fetches, stopped, err := p.PollWith(context.Background(), func(wake context.CancelFunc) func() {
+			armed++
+			go wake() // another goroutine ends the poll, as a restore does
+			return func() { disarmed++ }
+		})
+		if stopped || err != nil || fetches.NumRecords() != 0 {
+			t.Errorf("PollWith: %d records, stopped %v, error %v; want none, false, nil", fetches.NumRecords(), stopped, err)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the poll was not woken") // a poll of an empty topic waits until woken
+	}
+	if armed != 1 || disarmed != 1 {
+		t.Fatalf("armed %d times, disarmed %d times; want once each", armed, disarmed)
+	}
+}
+
 func newSession(t *testing.T, s interface{ KafkaAddrs() []string }, id string) *kgo.GroupTransactSession {
 	t.Helper()
 	sess, err := kgo.NewGroupTransactSession(kgo.SeedBrokers(s.KafkaAddrs()...), kgo.TransactionalID(id), kgo.ConsumerGroup("group-"+id),
