@@ -52,7 +52,7 @@ func produce(t *testing.T, s *devstack.Stack, topic string, partitions int32, pe
 func count(t *testing.T, s *devstack.Stack, topic string) int64 {
 	t.Helper()
 	var n int64
-	err := dlq.List(context.Background(), dlq.ListConfig{Brokers: s.KafkaAddrs(), Topic: topic},
+	err := dlq.List(context.Background(), dlq.ListConfig{ClientOptions: []kgo.Opt{kgo.SeedBrokers(s.KafkaAddrs()...)}, Topic: topic},
 		func(dlq.Entry, error) error { n++; return nil })
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -73,8 +74,7 @@ func (f Filter) Match(e Entry) bool {
 
 // ListConfig says which dead-letter records to list.
 type ListConfig struct {
-	// Brokers and ClientOptions (TLS, SASL) reach the cluster.
-	Brokers       []string
+	// ClientOptions reach the cluster: kgo.SeedBrokers, TLS, SASL.
 	ClientOptions []kgo.Opt
 	Topic         string
 	Filter        Filter
@@ -85,8 +85,7 @@ type ListConfig struct {
 // List began (records of transactions still open are not waited for).
 // Records that are not dead-letter records are passed with their parse error.
 func List(ctx context.Context, cfg ListConfig, fn func(Entry, error) error) error {
-	opts := append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOptions...)
-	err := kread.ToEnd(ctx, opts, cfg.Topic, nil, func(r *kgo.Record) error {
+	err := kread.ToEnd(ctx, cfg.ClientOptions, cfg.Topic, nil, func(r *kgo.Record) error {
 		e, perr := ParseEntry(r)
 		if perr == nil && !cfg.Filter.Match(e) {
 			return nil
@@ -101,8 +100,7 @@ func List(ctx context.Context, cfg ListConfig, fn func(Entry, error) error) erro
 
 // ReplayConfig says what to replay and how.
 type ReplayConfig struct {
-	// Brokers and ClientOptions (TLS, SASL) reach the cluster.
-	Brokers       []string
+	// ClientOptions reach the cluster: kgo.SeedBrokers, TLS, SASL.
 	ClientOptions []kgo.Opt
 	// Topic is the dead-letter topic to replay from.
 	Topic  string
@@ -137,7 +135,7 @@ func Replay(ctx context.Context, cfg ReplayConfig) (ReplayStats, error) {
 	if cfg.Group == "" {
 		cfg.Group = "sagapipe.dlq-replay." + cfg.Topic
 	}
-	opts := append(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOptions...),
+	opts := append(slices.Clone(cfg.ClientOptions),
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(cfg.Topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
@@ -273,7 +271,7 @@ func IsReleaseMarker(rec *kgo.Record) bool {
 
 // ReleaseConfig says which parked key to release.
 type ReleaseConfig struct {
-	Brokers       []string
+	// ClientOptions reach the cluster: kgo.SeedBrokers, TLS, SASL.
 	ClientOptions []kgo.Opt
 	// Topic is the dead-letter topic the key's records are in.
 	Topic string
@@ -297,7 +295,7 @@ func Release(ctx context.Context, cfg ReleaseConfig) (int, error) {
 		partition int32
 	}
 	parked := map[origin]bool{}
-	err := List(ctx, ListConfig{Brokers: cfg.Brokers, ClientOptions: cfg.ClientOptions, Topic: cfg.Topic,
+	err := List(ctx, ListConfig{ClientOptions: cfg.ClientOptions, Topic: cfg.Topic,
 		Filter: Filter{Key: cfg.Key, OriginTopic: cfg.OriginTopic}}, func(e Entry, err error) error {
 		if err != nil {
 			return nil
@@ -313,8 +311,7 @@ func Release(ctx context.Context, cfg ReleaseConfig) (int, error) {
 	if err != nil || len(parked) == 0 {
 		return 0, err
 	}
-	cl, err := kgo.NewClient(append(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOptions...),
-		kgo.RecordPartitioner(pipe.NewPartitioner(nil)))...)
+	cl, err := kgo.NewClient(append(slices.Clone(cfg.ClientOptions), kgo.RecordPartitioner(pipe.NewPartitioner(nil)))...)
 	if err != nil {
 		return 0, fmt.Errorf("dlq: release: %w", err)
 	}

@@ -44,7 +44,7 @@ func TestReplayRoundTrip(t *testing.T) {
 	}
 
 	// A dry run replays nothing and keeps no progress.
-	dry, err := dlq.Replay(ctx, dlq.ReplayConfig{Brokers: s.KafkaAddrs(), Topic: "orders.dlq", DryRun: true})
+	dry, err := dlq.Replay(ctx, dlq.ReplayConfig{ClientOptions: []kgo.Opt{kgo.SeedBrokers(s.KafkaAddrs()...)}, Topic: "orders.dlq", DryRun: true})
 	if err != nil || dry.Replayed != failed {
 		t.Fatalf("dry run: %+v, %v; want %d to replay", dry, err, failed)
 	}
@@ -53,7 +53,7 @@ func TestReplayRoundTrip(t *testing.T) {
 	}
 
 	var progress [][2]int64
-	stats, err := dlq.Replay(ctx, dlq.ReplayConfig{Brokers: s.KafkaAddrs(), Topic: "orders.dlq",
+	stats, err := dlq.Replay(ctx, dlq.ReplayConfig{ClientOptions: []kgo.Opt{kgo.SeedBrokers(s.KafkaAddrs()...)}, Topic: "orders.dlq",
 		Progress: func(done, total int64) { progress = append(progress, [2]int64{done, total}) }})
 	if err != nil || stats.Replayed != failed {
 		t.Fatalf("replay: %+v, %v; want %d replayed", stats, err, failed)
@@ -92,7 +92,7 @@ func TestReplayRoundTrip(t *testing.T) {
 		}
 	}
 
-	again, err := dlq.Replay(ctx, dlq.ReplayConfig{Brokers: s.KafkaAddrs(), Topic: "orders.dlq"})
+	again, err := dlq.Replay(ctx, dlq.ReplayConfig{ClientOptions: []kgo.Opt{kgo.SeedBrokers(s.KafkaAddrs()...)}, Topic: "orders.dlq"})
 	if err != nil || again.Replayed != 0 {
 		t.Fatalf("second replay: %+v, %v; want nothing republished", again, err)
 	}
@@ -132,7 +132,7 @@ func TestListFilters(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			n := 0
-			err := dlq.List(ctx, dlq.ListConfig{Brokers: s.KafkaAddrs(), Topic: "a.dlq", Filter: tt.filter}, func(e dlq.Entry, err error) error {
+			err := dlq.List(ctx, dlq.ListConfig{ClientOptions: []kgo.Opt{kgo.SeedBrokers(s.KafkaAddrs()...)}, Topic: "a.dlq", Filter: tt.filter}, func(e dlq.Entry, err error) error {
 				if err != nil {
 					return err
 				}

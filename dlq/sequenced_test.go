@@ -66,7 +66,7 @@ func TestSequencedModeParksKeysAcrossRestarts(t *testing.T) {
 		t.Fatalf("after a restart handled %v, want [K2:g]: K1 must still be parked", got)
 	}
 
-	n, err := dlq.Release(ctx, dlq.ReleaseConfig{Brokers: s.KafkaAddrs(), Topic: "accounts.dlq", Key: "K1"})
+	n, err := dlq.Release(ctx, dlq.ReleaseConfig{ClientOptions: []kgo.Opt{kgo.SeedBrokers(s.KafkaAddrs()...)}, Topic: "accounts.dlq", Key: "K1"})
 	if err != nil || n != 1 {
 		t.Fatalf("release: %d, %v; want 1 partition released", n, err)
 	}
@@ -79,7 +79,7 @@ func TestSequencedModeParksKeysAcrossRestarts(t *testing.T) {
 	if got := consumeRun(1, 0); fmt.Sprint(got) != "[K1:i]" {
 		t.Fatalf("after a restart following the release handled %v, want [K1:i]", got)
 	}
-	if n, err := dlq.Release(ctx, dlq.ReleaseConfig{Brokers: s.KafkaAddrs(), Topic: "accounts.dlq", Key: "K1"}); err != nil || n != 0 {
+	if n, err := dlq.Release(ctx, dlq.ReleaseConfig{ClientOptions: []kgo.Opt{kgo.SeedBrokers(s.KafkaAddrs()...)}, Topic: "accounts.dlq", Key: "K1"}); err != nil || n != 0 {
 		t.Fatalf("second release: %d, %v; want nothing left to release", n, err)
 	}
 }

@@ -51,7 +51,7 @@ func txnConsumer(t *testing.T, s *devstack.Stack, fail func(*kgo.Record) error, 
 func committed(t *testing.T, s *devstack.Stack, topic string) []string {
 	t.Helper()
 	var out []string
-	err := dlq.List(context.Background(), dlq.ListConfig{Brokers: s.KafkaAddrs(), Topic: topic},
+	err := dlq.List(context.Background(), dlq.ListConfig{ClientOptions: []kgo.Opt{kgo.SeedBrokers(s.KafkaAddrs()...)}, Topic: topic},
 		func(e dlq.Entry, _ error) error { out = append(out, string(e.Record.Value)); return nil })
 	if err != nil {
 		t.Fatal(err)

@@ -166,7 +166,7 @@ func dlqList(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintln(tw, "DLQ\tORIGIN\tKEY\tCLASS\tATTEMPTS\tAGE\tERROR")
 	now := time.Now()
 	n := 0
-	err = dlq.List(ctx, dlq.ListConfig{Brokers: cf.brokerList(), ClientOptions: cf.opts, Topic: pos[0], Filter: filter}, func(e dlq.Entry, err error) error {
+	err = dlq.List(ctx, dlq.ListConfig{ClientOptions: cf.opts, Topic: pos[0], Filter: filter}, func(e dlq.Entry, err error) error {
 		r := e.Record
 		if err != nil {
 			fmt.Fprintf(tw, "%d@%d\t?\t%q\t?\t?\t?\t%v\n", r.Partition, r.Offset, r.Key, err)
@@ -315,7 +315,7 @@ func dlqReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			fmt.Fprintln(stderr)
 		}
 	}
-	stats, err := dlq.Replay(ctx, dlq.ReplayConfig{Brokers: cf.brokerList(), ClientOptions: cf.opts, Topic: pos[0], Filter: filter,
+	stats, err := dlq.Replay(ctx, dlq.ReplayConfig{ClientOptions: cf.opts, Topic: pos[0], Filter: filter,
 		Group: *group, DryRun: *dryRun, Progress: progress})
 	if err != nil {
 		fmt.Fprintf(stderr, "\norchestrator dlq replay: %v\n", err)
@@ -346,7 +346,7 @@ func dlqRelease(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if code >= 0 {
 		return code
 	}
-	n, err := dlq.Release(ctx, dlq.ReleaseConfig{Brokers: cf.brokerList(), ClientOptions: cf.opts, Topic: pos[0], Key: pos[1], OriginTopic: *originTopic})
+	n, err := dlq.Release(ctx, dlq.ReleaseConfig{ClientOptions: cf.opts, Topic: pos[0], Key: pos[1], OriginTopic: *originTopic})
 	if err != nil {
 		fmt.Fprintf(stderr, "orchestrator dlq release: %v\n", err)
 		return 1
