@@ -3,15 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -22,51 +19,6 @@ import (
 	"github.com/sagapipe/sagapipe/schema"
 	"github.com/sagapipe/sagapipe/service"
 )
-
-// clusterFlags reach a running cluster and registry with the service's
-// connection settings (--config, SAGAPIPE_*, --brokers, --registry-url,
-// registry auth, TLS, SASL), defaulting to the dev stack's addresses. They
-// are resolved when the flags are parsed (parseFlags, parseInterspersed).
-type clusterFlags struct {
-	resolve  func() (service.Config, error)
-	registry string // --registry, the older name of --registry-url
-	cfg      service.Config
-	opts     []kgo.Opt // seed brokers, TLS, SASL
-}
-
-// clusterOf holds each flag set's clusterFlags, to be resolved once parsed.
-var clusterOf sync.Map // *flag.FlagSet → *clusterFlags
-
-func (f *clusterFlags) register(fs *flag.FlagSet) {
-	f.resolve = service.ClusterFlags(fs, os.LookupEnv, service.Config{
-		Brokers: []string{"127.0.0.1:9092"}, Registry: service.RegistryConfig{URL: "http://127.0.0.1:8081"}})
-	fs.StringVar(&f.registry, "registry", "", "Schema Registry URL (the same as --registry-url)")
-	clusterOf.Store(fs, f)
-}
-
-// resolveCluster resolves fs's clusterFlags, if it has any: -1 means go on.
-func resolveCluster(fs *flag.FlagSet, stderr io.Writer) int {
-	v, ok := clusterOf.LoadAndDelete(fs)
-	if !ok {
-		return -1
-	}
-	f := v.(*clusterFlags)
-	cfg, err := f.resolve()
-	if err == nil && f.registry != "" {
-		cfg.Registry.URL = f.registry
-	}
-	if err == nil {
-		f.opts, err = cfg.ClientOptions()
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "orchestrator %s: invalid configuration:\n  %s\n", fs.Name(), strings.ReplaceAll(err.Error(), "\n", "\n  "))
-		return 2
-	}
-	f.cfg = cfg
-	return -1
-}
-
-func (f *clusterFlags) brokerList() []string { return f.cfg.Brokers }
 
 // filterFlags select dead-letter records.
 type filterFlags struct {
@@ -116,35 +68,6 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "orchestrator dlq: unknown command %q\n\n%s", args[0], dlqUsage)
 	return 2
-}
-
-// parseInterspersed parses flags that may come before, between or after the
-// positional arguments, and returns the positional ones; -1 means go on.
-func parseInterspersed(fs *flag.FlagSet, args []string, wantPositional int, stderr io.Writer) ([]string, int) {
-	fs.SetOutput(stderr)
-	var positional []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, 0
-			}
-			return nil, 2
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		positional = append(positional, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
-	if code := resolveCluster(fs, stderr); code >= 0 {
-		return nil, code
-	}
-	if len(positional) != wantPositional {
-		fmt.Fprintf(stderr, "orchestrator %s: want %d argument(s), got %d: %q\n", fs.Name(), wantPositional, len(positional), positional)
-		fs.Usage()
-		return nil, 2
-	}
-	return positional, -1
 }
 
 func dlqList(ctx context.Context, args []string, stdout, stderr io.Writer) int {

@@ -14,8 +14,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -74,23 +72,6 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w, "\nRun 'orchestrator <command> -h' for a command's flags.")
-}
-
-// parseFlags parses args into fs, printing fs's errors to stderr. It returns
-// the exit code to end with, or -1 to go on.
-func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) int {
-	fs.SetOutput(stderr)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "orchestrator %s: unexpected arguments %q\n", fs.Name(), fs.Args())
-		return 2
-	}
-	return resolveCluster(fs, stderr)
 }
 
 // atLeastOne appends a problem for every named flag whose value is below 1.

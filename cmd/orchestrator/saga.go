@@ -17,8 +17,6 @@ import (
 	"github.com/sagapipe/sagapipe/internal/jaeger"
 	"github.com/sagapipe/sagapipe/internal/telemetry"
 	"github.com/sagapipe/sagapipe/saga"
-	"github.com/sagapipe/sagapipe/schema"
-	"github.com/sagapipe/sagapipe/service"
 )
 
 func runSaga(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -46,38 +44,6 @@ func runSaga(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	return 2
-}
-
-// journalFlags reach a saga's journal: a cluster, or a demo's data dir.
-type journalFlags struct {
-	clusterFlags
-	dataDir string
-}
-
-func (f *journalFlags) register(fs *flag.FlagSet) {
-	f.clusterFlags.register(fs)
-	fs.StringVar(&f.dataDir, "data-dir", "", "read the journal from an embedded stack over this data directory (as left by 'orchestrator demo --data-dir') instead of --brokers")
-}
-
-// open returns the client options and the serde to read journals with,
-// and what to close afterwards.
-func (f *journalFlags) open() ([]kgo.Opt, *schema.Serde, func(), error) {
-	cfg, opts, closeFn := f.cfg, f.opts, func() {}
-	if f.dataDir != "" {
-		sf := stackFlags{dataDir: f.dataDir}
-		stack, err := sf.start()
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		cfg = service.Config{Registry: service.RegistryConfig{URL: stack.RegistryURL()}}
-		opts, closeFn = []kgo.Opt{kgo.SeedBrokers(stack.KafkaAddrs()...)}, func() { stack.Close() }
-	}
-	serde, err := cfg.Serde()
-	if err != nil {
-		closeFn()
-		return nil, nil, nil, err
-	}
-	return opts, serde, closeFn, nil
 }
 
 // sagaShow prints a saga's state and journal.
