@@ -109,7 +109,8 @@ func WithRand(randN func(n int64) int64) Opt {
 	return optFunc(func(c *consumerConfig) { c.randN = randN })
 }
 
-// WithHooks adds hooks (HookDeadLettered, HookRetry) for metrics and logs.
+// WithHooks adds hooks (HookDeadLettered, HookRetry) for metrics and logs;
+// one that implements neither is refused when the consumer is built.
 func WithHooks(hooks ...Hook) Opt {
 	return optFunc(func(c *consumerConfig) { c.hooks = append(c.hooks, hooks...) })
 }
@@ -198,6 +199,7 @@ func NewConsumer(group string, topics []string, handler Handler, policy Policy, 
 	if cfg.clock == nil || cfg.randN == nil || cfg.propagator == nil {
 		errs = append(errs, errors.New("dlq: WithClock, WithRand and WithPropagator take non-nil values"))
 	}
+	errs = append(errs, checkHooks("NewConsumer", cfg.hooks))
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -592,4 +594,18 @@ func (c *Consumer) deadLetter(ctx context.Context, rec *kgo.Record, f Failure) e
 		}
 	}
 	return nil
+}
+
+// checkHooks refuses a hook that implements no hook interface: it would
+// never be called (a typo in a method name), as franz-go refuses one.
+func checkHooks(by string, hooks []Hook) error {
+	var errs []error
+	for i, h := range hooks {
+		_, dead := h.(HookDeadLettered)
+		_, retry := h.(HookRetry)
+		if !dead && !retry {
+			errs = append(errs, fmt.Errorf("dlq: %s: hook %d (%T) implements neither HookDeadLettered nor HookRetry", by, i, h))
+		}
+	}
+	return errors.Join(errs...)
 }

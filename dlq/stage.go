@@ -138,6 +138,7 @@ func newRetrier(policy Policy, opts []Opt) (*retrier, error) {
 	if cfg.clock == nil || cfg.randN == nil || cfg.propagator == nil {
 		errs = append(errs, errors.New("dlq: WithClock, WithRand and WithPropagator take non-nil values"))
 	}
+	errs = append(errs, checkHooks("RetryMiddleware", cfg.hooks))
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}

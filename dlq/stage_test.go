@@ -358,3 +358,22 @@ func TestRetryMiddlewareRejectsABadPolicy(t *testing.T) {
 		}
 	}
 }
+
+// typoHook means to be a HookDeadLettered, but its method's name is wrong:
+// it would never be called.
+type typoHook struct{}
+
+func (typoHook) OnDeadLetter(string, dlq.Class) {}
+
+// A hook that implements no hook interface is refused when the consumer or
+// the middleware is built, naming it, rather than never called.
+func TestAHookThatImplementsNothingIsRefused(t *testing.T) {
+	handler := func(context.Context, *kgo.Record) error { return nil }
+	_, consumerErr := dlq.NewConsumer("group", []string{"orders"}, handler, dlq.Policy{}, dlq.WithHooks(typoHook{}))
+	_, middlewareErr := dlq.RetryMiddleware[command](dlq.Policy{}, dlq.WithHooks(typoHook{}))
+	for name, err := range map[string]error{"NewConsumer": consumerErr, "RetryMiddleware": middlewareErr} {
+		if err == nil || !strings.Contains(err.Error(), "hook 0 (dlq_test.typoHook) implements neither HookDeadLettered nor HookRetry") {
+			t.Errorf("%s: %v, want the hook named", name, err)
+		}
+	}
+}
