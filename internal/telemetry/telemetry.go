@@ -8,7 +8,9 @@ package telemetry
 
 import (
 	"context"
+	"reflect"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -19,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/sagapipe/sagapipe/schema"
 )
@@ -117,7 +120,10 @@ func (h Headers) Keys() []string {
 // Only the record decides the parent; ctx gives cancellation and values.
 //
 // Attributes are set once the span is known to record, so a process that
-// exports nothing does not pay for them (samplers do not see them).
+// exports nothing does not pay for them (samplers do not see them). When
+// tracer cannot record (the no-op API, or otel's global tracer while no
+// provider is installed) and there is no trace context to carry on, no
+// span is started: ctx comes back as it is, with a no-op span.
 func StartProcess(ctx context.Context, tracer trace.Tracer, prop propagation.TextMapPropagator, rec *kgo.Record, group string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
 	return StartProcessUnder(ctx, tracer, prop, rec, group, trace.SpanContext{}, attrs...)
 }
@@ -138,6 +144,11 @@ func StartProcessAt(ctx context.Context, tracer trace.Tracer, prop propagation.T
 
 func startProcess(ctx context.Context, tracer trace.Tracer, prop propagation.TextMapPropagator, rec *kgo.Record, group string,
 	parent trace.SpanContext, opts []trace.SpanStartOption, attrs []attribute.KeyValue) (context.Context, trace.Span) {
+	if !parent.IsValid() && recordsNothing(tracer) && !trace.SpanContextFromContext(ctx).IsValid() &&
+		prop.Extract(context.Background(), Headers{rec}) == context.Background() {
+		// The span would carry no trace context on and record nothing.
+		return ctx, noopSpan
+	}
 	ctx = prop.Extract(trace.ContextWithSpanContext(ctx, trace.SpanContext{}), Headers{rec})
 	if parent.IsValid() {
 		if causal := trace.SpanContextFromContext(ctx); causal.IsValid() && causal.SpanID() != parent.SpanID() {
@@ -145,80 +156,199 @@ func startProcess(ctx context.Context, tracer trace.Tracer, prop propagation.Tex
 		}
 		ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
 	}
-	ctx, span := tracer.Start(ctx, rec.Topic+" process", append(opts, trace.WithSpanKind(trace.SpanKindConsumer))...)
+	if opts == nil {
+		opts = consumerKind
+	} else {
+		opts = append(opts, consumerKind...)
+	}
+	ctx, span := tracer.Start(ctx, rec.Topic+" process", opts...)
 	if !span.IsRecording() {
 		return ctx, span
 	}
-	base := []attribute.KeyValue{
+	h := readSpanHeaders(rec)
+	base := make([]attribute.KeyValue, 0, 9+len(sagaHeaders)+1+len(attrs))
+	base = append(base,
 		semconv.MessagingSystemKafka,
 		semconv.MessagingOperationTypeProcess,
 		semconv.MessagingOperationName("process"),
 		semconv.MessagingDestinationName(rec.Topic),
 		semconv.MessagingDestinationPartitionID(strconv.Itoa(int(rec.Partition))),
 		semconv.MessagingKafkaOffset(int(rec.Offset)),
-	}
+	)
 	if group != "" {
 		base = append(base, semconv.MessagingConsumerGroupName(group))
 	}
-	if id, ok := schema.Header(rec.Headers, schema.HeaderID); ok {
-		base = append(base, semconv.MessagingMessageID(id))
+	if h.ok[headerID] {
+		base = append(base, semconv.MessagingMessageID(h.v[headerID]))
 	}
 	if len(rec.Key) > 0 {
-		base = append(base, semconv.MessagingKafkaMessageKey(string(rec.Key)))
+		base = append(base, semconv.MessagingKafkaMessageKey(h.key))
 	}
-	span.SetAttributes(append(SagaHeaders(base, rec.Headers), attrs...)...)
+	span.SetAttributes(append(h.sagaAttrs(base), attrs...)...)
 	return ctx, span
 }
+
+// The span kinds of a hop's spans, made once: an option is an allocation.
+var (
+	consumerKind = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer)}
+	producerKind = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer)}
+)
 
 // StartPublish starts the "<topic> publish" span of a record about to be
 // produced, as a child of ctx's span, and writes its trace context into the
 // record's headers. End it with EndPublish once the broker has answered.
+// As StartProcess, it starts no span when tracer cannot record and ctx
+// holds no span context: only ctx's baggage is written.
 func StartPublish(ctx context.Context, tracer trace.Tracer, prop propagation.TextMapPropagator, rec *kgo.Record) (context.Context, trace.Span) {
-	ctx, span := tracer.Start(ctx, rec.Topic+" publish", trace.WithSpanKind(trace.SpanKindProducer))
+	if recordsNothing(tracer) && !trace.SpanContextFromContext(ctx).IsValid() {
+		prop.Inject(ctx, Headers{rec}) // no traceparent to write, but ctx's baggage
+		return ctx, noopSpan
+	}
+	ctx, span := tracer.Start(ctx, rec.Topic+" publish", producerKind...)
 	prop.Inject(ctx, Headers{rec})
 	if !span.IsRecording() {
 		return ctx, span
 	}
-	attrs := []attribute.KeyValue{
+	h := readSpanHeaders(rec)
+	attrs := make([]attribute.KeyValue, 0, 7+len(sagaHeaders)+1)
+	attrs = append(attrs,
 		semconv.MessagingSystemKafka,
 		semconv.MessagingOperationTypeSend,
 		semconv.MessagingOperationName("publish"),
 		semconv.MessagingDestinationName(rec.Topic),
-	}
-	if id, ok := schema.Header(rec.Headers, schema.HeaderID); ok {
-		attrs = append(attrs, semconv.MessagingMessageID(id))
+	)
+	if h.ok[headerID] {
+		attrs = append(attrs, semconv.MessagingMessageID(h.v[headerID]))
 	}
 	if len(rec.Key) > 0 {
-		attrs = append(attrs, semconv.MessagingKafkaMessageKey(string(rec.Key)))
+		attrs = append(attrs, semconv.MessagingKafkaMessageKey(h.key))
 	}
 	// What is sent, for whom: a command and its compensation go to the
 	// same topic, and only the type tells them apart.
-	if typ, ok := schema.Header(rec.Headers, schema.HeaderType); ok {
-		attrs = append(attrs, semconv.CloudEventsEventType(typ))
+	if h.ok[headerType] {
+		attrs = append(attrs, semconv.CloudEventsEventType(h.v[headerType]))
 	}
-	span.SetAttributes(SagaHeaders(attrs, rec.Headers)...)
+	span.SetAttributes(h.sagaAttrs(attrs)...)
 	return ctx, span
 }
 
-// sagaHeaders are the saga headers a span's saga.* attributes come from.
+// noopSpan is the span of a hop that records nothing and carries no trace
+// context on: starting one from a tracer that records nothing would only
+// allocate it and a context holding it.
+var noopSpan = trace.SpanFromContext(context.Background())
+
+// globalProvider and globalTracer are the types of otel's delegating global
+// provider and its tracers: until an application installs a provider
+// (otel.SetTracerProvider), those tracers record nothing, and their spans
+// only carry their parent's context on. Nil when a provider was installed
+// before this package's initialisation.
+var globalProvider, globalTracer = func() (reflect.Type, reflect.Type) {
+	tp := otel.GetTracerProvider()
+	t := reflect.TypeOf(tp)
+	if t.Kind() != reflect.Pointer || t.Elem().PkgPath() != "go.opentelemetry.io/otel/internal/global" {
+		return nil, nil
+	}
+	return t, reflect.TypeOf(tp.Tracer(ScopeName))
+}()
+
+// recordsNothing tells whether every span tracer starts is a non-recording
+// one that carries its parent's context: the no-op API's tracers, and the
+// global ones while no provider is installed (otel's eBPF
+// auto-instrumentation, which can make those record, is not detected).
+func recordsNothing(tracer trace.Tracer) bool {
+	if _, ok := tracer.(noop.Tracer); ok {
+		return true
+	}
+	return globalTracer != nil && reflect.TypeOf(tracer) == globalTracer && reflect.TypeOf(otel.GetTracerProvider()) == globalProvider
+}
+
+// sagaHeaders are the saga headers a span's saga.* attributes come from,
+// at their index in spanHeaders.
 var sagaHeaders = []struct {
-	header string
-	key    attribute.Key
-}{{schema.HeaderSagaName, SagaName}, {schema.HeaderSagaID, SagaID}, {schema.HeaderSagaStep, SagaStep}, {schema.HeaderSagaState, SagaState}}
+	index int
+	key   attribute.Key
+}{{headerSagaName, SagaName}, {headerSagaID, SagaID}, {headerSagaStep, SagaStep}, {headerSagaState, SagaState}}
+
+// spanHeaders are the headers a hop's span attributes are read from.
+var spanHeaders = [...]string{schema.HeaderID, schema.HeaderType, schema.HeaderSagaName, schema.HeaderSagaID,
+	schema.HeaderSagaStep, schema.HeaderSagaState, schema.HeaderSagaCompensation}
+
+const (
+	headerID = iota
+	headerType
+	headerSagaName
+	headerSagaID
+	headerSagaStep
+	headerSagaState
+	headerSagaCompensation
+)
+
+// spanHeaderValues are a record's spanHeaders (the last of each name) and
+// key, as strings.
+type spanHeaderValues struct {
+	v   [len(spanHeaders)]string
+	ok  [len(spanHeaders)]bool
+	key string
+}
+
+// readSpanHeaders reads rec's spanHeaders and key into one string, cut into
+// the values: the span keeps them all until it is exported, and one
+// allocation costs less than one per value.
+func readSpanHeaders(rec *kgo.Record) spanHeaderValues {
+	var (
+		h  spanHeaderValues
+		at [len(spanHeaders)]int
+	)
+	n := len(rec.Key)
+	for i, name := range spanHeaders {
+		at[i] = -1
+		for j := len(rec.Headers) - 1; j >= 0; j-- {
+			if rec.Headers[j].Key == name {
+				at[i] = j
+				n += len(rec.Headers[j].Value)
+				break
+			}
+		}
+	}
+	var b strings.Builder
+	b.Grow(n)
+	b.Write(rec.Key)
+	for _, j := range at {
+		if j >= 0 {
+			b.Write(rec.Headers[j].Value)
+		}
+	}
+	s := b.String()
+	h.key, s = s[:len(rec.Key)], s[len(rec.Key):]
+	for i, j := range at {
+		if j >= 0 {
+			l := len(rec.Headers[j].Value)
+			h.v[i], h.ok[i], s = s[:l], true, s[l:]
+		}
+	}
+	return h
+}
+
+// sagaAttrs appends to attrs the saga.* attributes of the saga headers
+// (those present and not empty).
+func (h *spanHeaderValues) sagaAttrs(attrs []attribute.KeyValue) []attribute.KeyValue {
+	for _, sh := range sagaHeaders {
+		if v := h.v[sh.index]; v != "" {
+			attrs = append(attrs, sh.key.String(v))
+		}
+	}
+	if v := h.v[headerSagaCompensation]; v != "" {
+		attrs = append(attrs, SagaCompensation.Bool(v == "true"))
+	}
+	return attrs
+}
 
 // SagaHeaders appends to attrs the saga.* attributes of a record's saga
 // headers (those it has, not empty): whoever produces or processes a saga's
 // record, its span says which saga, step and state.
 func SagaHeaders(attrs []attribute.KeyValue, headers []kgo.RecordHeader) []attribute.KeyValue {
-	for _, h := range sagaHeaders {
-		if v, ok := schema.Header(headers, h.header); ok && v != "" {
-			attrs = append(attrs, h.key.String(v))
-		}
-	}
-	if v, ok := schema.Header(headers, schema.HeaderSagaCompensation); ok && v != "" {
-		attrs = append(attrs, SagaCompensation.Bool(v == "true"))
-	}
-	return attrs
+	h := readSpanHeaders(&kgo.Record{Headers: headers})
+	return h.sagaAttrs(attrs)
 }
 
 // EndPublish ends a publish span with where the record landed, or its error.
