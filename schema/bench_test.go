@@ -3,6 +3,9 @@ package schema_test
 import (
 	"context"
 	"testing"
+	"time"
+
+	"github.com/sagapipe/sagapipe/schema"
 )
 
 // BenchmarkRoundTrip encodes and decodes a ten-field order event on the
@@ -34,4 +37,30 @@ func BenchmarkRoundTrip(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(s.RegistryCalls()-calls)/float64(b.N), "registry-calls/op")
+}
+
+// BenchmarkReadEnvelope reads the envelope of a saga's reply, as the
+// orchestrator does for every record of its inbox.
+func BenchmarkReadEnvelope(b *testing.B) {
+	env := schema.NewEnvelope("payment.PaymentCharged", "payment-service", time.Now())
+	env.CorrelationID, env.CausationID = "order-0000042", "order-0000042/payment/do/1"
+	env.SagaName, env.SagaID, env.SagaStep = "orders", "order-0000042", "payment"
+	headers := env.Apply(nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := schema.ReadEnvelope(headers); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkApply writes a start event's envelope, as a saga's starter does
+// for every saga.
+func BenchmarkApply(b *testing.B) {
+	env := schema.NewEnvelope("orders.OrderPlaced", "storefront", time.Now())
+	env.CorrelationID, env.SagaName, env.SagaID = "order-0000042", "orders", "order-0000042"
+	b.ReportAllocs()
+	for b.Loop() {
+		env.Apply(nil)
+	}
 }

@@ -1,6 +1,7 @@
 package schema
 
 import (
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -130,10 +131,17 @@ func ReadEnvelope(headers []kgo.RecordHeader) (Envelope, error) {
 			if string(h.Value) != SpecVersion {
 				return Envelope{}, &HeaderError{Header: HeaderSpecVersion, Value: string(h.Value), Reason: "only CloudEvents " + SpecVersion + " is supported"}
 			}
+		case HeaderType, HeaderSource, HeaderContentType, HeaderSagaName, HeaderSagaStep, HeaderReplyTo:
+			for _, f := range fields {
+				if f.name == h.Key {
+					*f.val = intern(h.Value)
+					break
+				}
+			}
 		default:
 			for _, f := range fields {
 				if f.name == h.Key && f.val != nil {
-					*f.val = string(h.Value)
+					*f.val = sameOrCopy(&e, h.Value)
 					break
 				}
 			}
@@ -146,6 +154,50 @@ func ReadEnvelope(headers []kgo.RecordHeader) (Envelope, error) {
 		return Envelope{}, &HeaderError{Header: HeaderType, Reason: "missing: every event needs a type"}
 	}
 	return e, nil
+}
+
+// interned holds the values of the envelope's fields that take few values
+// (types, sources, saga and step names, topics), so that reading them from
+// every record allocates nothing. It is bounded: values from outside
+// (anyone can produce to a topic) past its size, or long ones, are copied.
+var interned = struct {
+	sync.RWMutex
+	values map[string]string
+}{values: map[string]string{}}
+
+const (
+	maxInterned      = 4096
+	maxInternedBytes = 128
+)
+
+func intern(b []byte) string {
+	if len(b) > maxInternedBytes {
+		return string(b)
+	}
+	interned.RLock()
+	s, ok := interned.values[string(b)]
+	interned.RUnlock()
+	if ok {
+		return s
+	}
+	s = string(b)
+	interned.Lock()
+	if len(interned.values) < maxInterned {
+		interned.values[s] = s
+	}
+	interned.Unlock()
+	return s
+}
+
+// sameOrCopy returns a field of e equal to v, or else a copy of v: a saga's
+// ID is often its correlation ID too, and one string then serves both.
+func sameOrCopy(e *Envelope, v []byte) string {
+	for _, f := range [...]string{e.SagaID, e.CorrelationID, e.ID, e.CausationID} {
+		if f != "" && f == string(v) {
+			return f
+		}
+	}
+	return string(v)
 }
 
 func isEnvelopeHeader(key string) bool {
@@ -169,16 +221,31 @@ func (e Envelope) Apply(headers []kgo.RecordHeader) []kgo.RecordHeader {
 			kept = append(kept, h)
 		}
 	}
-	for _, f := range e.fields() {
+	// The values in one allocation, each cut with a full slice expression
+	// so that appending to one cannot write into the next.
+	fields := e.fields()
+	n := len(SpecVersion) + len(time.RFC3339Nano)
+	for _, f := range fields {
+		if f.val != nil {
+			n += len(*f.val)
+		}
+	}
+	values := make([]byte, 0, n)
+	value := func(appended []byte) []byte {
+		start := len(values)
+		values = appended
+		return values[start:len(values):len(values)]
+	}
+	for _, f := range fields {
 		switch {
 		case f.name == HeaderSpecVersion:
-			kept = append(kept, kgo.RecordHeader{Key: HeaderSpecVersion, Value: []byte(SpecVersion)})
+			kept = append(kept, kgo.RecordHeader{Key: HeaderSpecVersion, Value: value(append(values, SpecVersion...))})
 		case *f.val != "":
-			kept = append(kept, kgo.RecordHeader{Key: f.name, Value: []byte(*f.val)})
+			kept = append(kept, kgo.RecordHeader{Key: f.name, Value: value(append(values, *f.val...))})
 		}
 	}
 	if !e.Time.IsZero() {
-		kept = append(kept, kgo.RecordHeader{Key: HeaderTime, Value: e.Time.UTC().AppendFormat(nil, time.RFC3339Nano)})
+		kept = append(kept, kgo.RecordHeader{Key: HeaderTime, Value: value(e.Time.UTC().AppendFormat(values, time.RFC3339Nano))})
 	}
 	return kept
 }

@@ -142,3 +142,28 @@ func FuzzReadEnvelope(f *testing.F) {
 		}
 	})
 }
+
+// What ReadEnvelope returns is its own: values shared between fields (a
+// saga ID that is also the correlation ID) or with other records (interned
+// types and names) do not change when a record's header bytes are reused.
+func TestReadEnvelopeCopiesValues(t *testing.T) {
+	e := schema.NewEnvelope("payment.PaymentCharged", "payment", time.Time{})
+	e.CorrelationID, e.SagaID, e.SagaName, e.SagaStep = "order-1", "order-1", "orders", "payment"
+	headers := e.Apply(nil)
+	got, err := schema.ReadEnvelope(headers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range headers {
+		for i := range h.Value {
+			h.Value[i] = 'x'
+		}
+	}
+	if got != e {
+		t.Fatalf("after the header bytes were overwritten, read %+v, want %+v", got, e)
+	}
+	again, err := schema.ReadEnvelope(e.Apply(nil))
+	if err != nil || again != e {
+		t.Fatalf("read again %+v, %v; want %+v", again, err, e)
+	}
+}
