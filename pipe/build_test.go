@@ -3,6 +3,7 @@ package pipe_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -34,5 +35,28 @@ func TestBuildDropsTheSagaSpanOfItsSource(t *testing.T) {
 	}
 	if v, _ := schema.Header(rec.Headers, schema.HeaderSagaID); v != "o-1" {
 		t.Errorf("saga_id %q, want the source's o-1", v)
+	}
+}
+
+// The record a saga's command is piped as: a source with its envelope, the
+// command's own ID, type and headers, under the context of its span.
+func BenchmarkBuild(b *testing.B) {
+	bld, err := pipe.NewBuilder(pipe.WithSource("orders"), pipe.WithConsumerGroup("orders-orchestrator"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	env := schema.NewEnvelope("orders.OrderPlaced", "storefront", time.Now())
+	env.CorrelationID = "order-0000042"
+	src := &kgo.Record{Topic: "orders.inbox", Partition: 1, Offset: 4242, Key: []byte("order-0000042"), Headers: env.Apply(nil)}
+	m := pipe.Message{Source: src, Value: []byte("v"), Type: "payment.ChargePayment", Context: context.Background(),
+		ID: "order-0000042/payment/do/1", Headers: []kgo.RecordHeader{
+			{Key: schema.HeaderSagaName, Value: []byte("orders")}, {Key: schema.HeaderSagaID, Value: []byte("order-0000042")},
+			{Key: schema.HeaderSagaStep, Value: []byte("payment")},
+		}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := bld.Build(context.Background(), "payment.commands", m); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

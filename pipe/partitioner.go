@@ -39,10 +39,25 @@ type partitionKey struct{}
 func ToPartition(rec *kgo.Record, p int32) {
 	parent := rec.Context
 	if parent == nil {
+		if p >= 0 && int(p) < len(partitionContexts) {
+			rec.Context = partitionContexts[p]
+			return
+		}
 		parent = context.Background()
 	}
 	rec.Context = context.WithValue(parent, partitionKey{}, p)
 }
+
+// partitionContexts are the marks of the first partitions on records
+// without a context of their own, made once: a mark per record produced is
+// an allocation per record.
+var partitionContexts = func() []context.Context {
+	ctxs := make([]context.Context, 1024)
+	for p := range ctxs {
+		ctxs[p] = context.WithValue(context.Background(), partitionKey{}, int32(p))
+	}
+	return ctxs
+}()
 
 func explicitPartition(r *kgo.Record) (int32, bool) {
 	if r.Context == nil {

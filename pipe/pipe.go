@@ -1,7 +1,6 @@
 package pipe
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -249,12 +248,22 @@ func (p *Piper) pipe(ctx context.Context, topic string, ms []Message, done func(
 func (p *Piper) parent(ctx context.Context, m Message) context.Context {
 	switch {
 	case m.Context != nil:
+		if bare(m.Context) && bare(ctx) {
+			return ctx // neither has a span or baggage: nothing to take from m.Context
+		}
 		return trace.ContextWithSpan(baggage.ContextWithBaggage(ctx, baggage.FromContext(m.Context)), trace.SpanFromContext(m.Context))
 	case trace.SpanContextFromContext(ctx).IsValid():
 		return ctx
 	default:
 		return p.cfg.propagator.Extract(ctx, telemetry.Headers{Record: m.Source})
 	}
+}
+
+// bare tells whether ctx holds no trace context: no valid or recording
+// span, no baggage.
+func bare(ctx context.Context) bool {
+	span := trace.SpanFromContext(ctx)
+	return !span.SpanContext().IsValid() && !span.IsRecording() && baggage.FromContext(ctx).Len() == 0
 }
 
 // partitionKeys are the derived keys of the first source partitions,
@@ -295,7 +304,13 @@ func (p *Piper) build(ctx context.Context, topic string, m Message) (*kgo.Record
 		rec.Key = derivedKey(src.Partition)
 	}
 
-	causation, _ := schema.Header(src.Headers, schema.HeaderID)
+	var causation []byte // the source's ce_id, the last one
+	for i := len(src.Headers) - 1; i >= 0; i-- {
+		if src.Headers[i].Key == schema.HeaderID {
+			causation = src.Headers[i].Value
+			break
+		}
+	}
 
 	headers := make([]kgo.RecordHeader, 0, len(src.Headers)+10)
 	for _, h := range src.Headers {
@@ -320,22 +335,57 @@ func (p *Piper) build(ctx context.Context, topic string, m Message) (*kgo.Record
 		}
 		headers = append(headers, h)
 	}
+	id := m.ID
+	if id == "" {
+		id = p.cfg.newID()
+	}
+	// The values this record adds, in one allocation; each is cut with a
+	// full slice expression, so that appending to one cannot write into
+	// the next.
+	values := make([]byte, 0, len(src.Topic)+2*20+len(p.cfg.group)+len(id)+len(time.RFC3339Nano)+
+		len(causation)+len(m.Type)+len(p.cfg.source))
+	var ends [9]int
+	values = append(values, src.Topic...)
+	ends[0] = len(values)
+	values = strconv.AppendInt(values, int64(src.Partition), 10)
+	ends[1] = len(values)
+	values = strconv.AppendInt(values, src.Offset, 10)
+	ends[2] = len(values)
+	values = append(values, p.cfg.group...)
+	ends[3] = len(values)
+	values = append(values, id...)
+	ends[4] = len(values)
+	values = p.cfg.now().UTC().AppendFormat(values, time.RFC3339Nano)
+	ends[5] = len(values)
+	values = append(values, causation...)
+	ends[6] = len(values)
+	values = append(values, m.Type...)
+	ends[7] = len(values)
+	values = append(values, p.cfg.source...)
+	ends[8] = len(values)
+	value := func(i int) []byte {
+		start := 0
+		if i > 0 {
+			start = ends[i-1]
+		}
+		return values[start:ends[i]:ends[i]]
+	}
 	headers = append(headers,
-		kgo.RecordHeader{Key: HeaderOriginalTopic, Value: []byte(src.Topic)},
-		kgo.RecordHeader{Key: HeaderOriginalPartition, Value: strconv.AppendInt(nil, int64(src.Partition), 10)},
-		kgo.RecordHeader{Key: HeaderOriginalOffset, Value: strconv.AppendInt(nil, src.Offset, 10)},
-		kgo.RecordHeader{Key: HeaderOriginalConsumerGroup, Value: []byte(p.cfg.group)},
-		kgo.RecordHeader{Key: schema.HeaderID, Value: []byte(cmp.Or(m.ID, p.cfg.newID()))},
-		kgo.RecordHeader{Key: schema.HeaderTime, Value: p.cfg.now().UTC().AppendFormat(nil, time.RFC3339Nano)},
+		kgo.RecordHeader{Key: HeaderOriginalTopic, Value: value(0)},
+		kgo.RecordHeader{Key: HeaderOriginalPartition, Value: value(1)},
+		kgo.RecordHeader{Key: HeaderOriginalOffset, Value: value(2)},
+		kgo.RecordHeader{Key: HeaderOriginalConsumerGroup, Value: value(3)},
+		kgo.RecordHeader{Key: schema.HeaderID, Value: value(4)},
+		kgo.RecordHeader{Key: schema.HeaderTime, Value: value(5)},
 	)
-	if causation != "" {
-		headers = append(headers, kgo.RecordHeader{Key: schema.HeaderCausationID, Value: []byte(causation)})
+	if len(causation) > 0 {
+		headers = append(headers, kgo.RecordHeader{Key: schema.HeaderCausationID, Value: value(6)})
 	}
 	if m.Type != "" {
-		headers = append(headers, kgo.RecordHeader{Key: schema.HeaderType, Value: []byte(m.Type)})
+		headers = append(headers, kgo.RecordHeader{Key: schema.HeaderType, Value: value(7)})
 	}
 	if p.cfg.source != "" {
-		headers = append(headers, kgo.RecordHeader{Key: schema.HeaderSource, Value: []byte(p.cfg.source)})
+		headers = append(headers, kgo.RecordHeader{Key: schema.HeaderSource, Value: value(8)})
 	}
 	if len(m.Headers) > 0 {
 		overridden := func(key string) bool {
