@@ -128,7 +128,7 @@ func (r *Runtime[D]) processBatch(ctx, work context.Context, fetches kgo.Fetches
 	if !committed {
 		r.mu.Lock()
 		for _, d := range due {
-			r.timers.add(d.deadline, d.partition, d.id) // they come again
+			r.timers.add(d.at(), d.partition, d.id) // they come again
 		}
 		r.mu.Unlock()
 	}
@@ -288,7 +288,7 @@ func (r *Runtime[D]) takePending() map[int32]pendingWrites[D] {
 		if out == nil {
 			out = map[int32]pendingWrites[D]{}
 		}
-		ids := slices.Sorted(maps.Keys(ps.unsaved))
+		ids := sortedKeys(ps.unsaved)
 		w := pendingWrites[D]{expired: ps.expired}
 		for _, id := range ids[:min(len(ids), maxUnsavedPerBatch)] {
 			w.unsaved = append(w.unsaved, ps.unsaved[id])
@@ -373,15 +373,16 @@ func (r *Runtime[D]) flush(ctx context.Context, tx *pipe.Tx, b *batch[D]) error 
 	}
 	records := slices.Concat(b.journal, b.state, b.outbox)
 	wg.Add(len(records))
-	for _, rec := range records {
-		r.sess.Produce(ctx, rec, func(rec *kgo.Record, err error) {
-			if err != nil {
-				fail(fmt.Errorf("saga %s: append to %s: %w", r.saga.name, rec.Topic, err))
-			}
-			wg.Done()
-		})
+	produced := func(rec *kgo.Record, err error) {
+		if err != nil {
+			fail(fmt.Errorf("saga %s: append to %s: %w", r.saga.name, rec.Topic, err))
+		}
+		wg.Done()
 	}
-	for _, topic := range slices.Sorted(maps.Keys(b.commands)) {
+	for _, rec := range records {
+		r.sess.Produce(ctx, rec, produced)
+	}
+	for _, topic := range sortedKeys(b.commands) {
 		ms := b.commands[topic]
 		wg.Add(len(ms))
 		tx.PipeManyAsync(ctx, topic, ms, func(res pipe.Result) {
@@ -395,12 +396,23 @@ func (r *Runtime[D]) flush(ctx context.Context, tx *pipe.Tx, b *batch[D]) error 
 	return firstErr
 }
 
+// sortedKeys returns m's keys in order, in one allocation (slices.Sorted
+// grows its slice as it goes: an allocation per doubling, per batch).
+func sortedKeys[K cmp.Ordered, V any](m map[K]V) []K {
+	keys := make([]K, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
 // snapshot adds to the batch the snapshots of the sagas it changed, those
 // rebuilt from the journal, and the tombstones of expired markers: one
 // record per saga, in the transaction that changed it.
 func (r *Runtime[D]) snapshot(ctx context.Context, b *batch[D]) error {
-	for _, p := range slices.Sorted(maps.Keys(b.changed)) {
-		for _, id := range slices.Sorted(maps.Keys(b.changed[p])) {
+	for _, p := range sortedKeys(b.changed) {
+		for _, id := range sortedKeys(b.changed[p]) {
 			if s := b.changed[p][id]; b.journaled[s] {
 				if err := r.addSnapshot(ctx, b, p, s); err != nil {
 					return err
@@ -408,7 +420,7 @@ func (r *Runtime[D]) snapshot(ctx context.Context, b *batch[D]) error {
 			}
 		}
 	}
-	for _, p := range slices.Sorted(maps.Keys(b.pending)) {
+	for _, p := range sortedKeys(b.pending) {
 		w := b.pending[p]
 		for _, s := range w.unsaved {
 			if c := b.changed[p][s.id]; c != nil && b.journaled[c] {
@@ -431,6 +443,10 @@ func (r *Runtime[D]) snapshot(ctx context.Context, b *batch[D]) error {
 	return nil
 }
 
+// openSnapshotHeaders are the headers of every open saga's snapshot, made
+// once; nothing writes into a state record's headers.
+var openSnapshotHeaders = []kgo.RecordHeader{{Key: HeaderSnapshotKind, Value: []byte(snapshotOpen)}}
+
 func (r *Runtime[D]) addSnapshot(ctx context.Context, b *batch[D], p int32, s *sagaRecord[D]) error {
 	closed := s.closed()
 	value, err := r.snapshots.encode(ctx, s, closed)
@@ -438,13 +454,13 @@ func (r *Runtime[D]) addSnapshot(ctx context.Context, b *batch[D], p int32, s *s
 		return fmt.Errorf("saga %s: snapshot: %w", r.saga.name, err)
 	}
 	c := change{id: s.id, kind: snapshotOpen, value: value}
-	headers := []kgo.RecordHeader{{Key: HeaderSnapshotKind, Value: []byte(snapshotOpen)}}
+	headers := openSnapshotHeaders
 	if closed {
 		c.kind, c.closedAt = snapshotClosed, s.since
 		headers = []kgo.RecordHeader{{Key: HeaderSnapshotKind, Value: []byte(snapshotClosed)},
 			{Key: HeaderClosedAt, Value: strconv.AppendInt(nil, s.since.UnixMilli(), 10)}}
 	}
-	rec := &kgo.Record{Topic: r.saga.StateTopic(), Key: []byte(s.id), Value: value, Headers: headers}
+	rec := &kgo.Record{Topic: r.snapshots.topic, Key: []byte(s.id), Value: value, Headers: headers}
 	pipe.ToPartition(rec, p)
 	b.state = append(b.state, rec)
 	b.changes[p] = append(b.changes[p], c)
@@ -524,7 +540,10 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 	if err != nil {
 		return r.deadLetter(p.begin(nil, trace.SpanContext{}), b, rec, env, err)
 	}
-	id := cmp.Or(env.SagaID, string(rec.Key))
+	id := env.SagaID
+	if id == "" {
+		id = string(rec.Key) // not before: cmp.Or would copy the key for every record
+	}
 	if id == "" {
 		return r.deadLetter(p.begin(nil, trace.SpanContext{}), b, rec, env, ErrNoSagaID)
 	}
@@ -580,7 +599,7 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 			at.offset = ps.journalNext
 		}
 		r.mu.Unlock()
-		s = newSagaRecord[D](id, env.CorrelationID, t, at, r.saga.version)
+		s = newLiveSagaRecord[D](id, env.CorrelationID, t, at, r.saga.version)
 		r.beginSagaSpan(s, env, rec)
 		parent = s.rootSpan()
 		r.keep(b, rec.Partition, s)
@@ -615,32 +634,37 @@ type processing[D any] struct {
 // begin starts the record's process span under parent (when valid; else
 // under the record's trace context) and returns its context.
 func (p *processing[D]) begin(s *sagaRecord[D], parent trace.SpanContext) context.Context {
+	// The saga's attributes go with the record's, in one call: the span
+	// grows its attributes once, and they are only set if it records.
+	var (
+		saga  [5]attribute.KeyValue
+		attrs []attribute.KeyValue
+	)
+	if p.id != "" {
+		attrs = append(saga[:0], telemetry.SagaName.String(p.r.saga.name), telemetry.SagaID.String(p.id))
+		if p.env.SagaStep != "" { // a start event belongs to no step
+			attrs = append(attrs, telemetry.SagaStep.String(p.env.SagaStep))
+		}
+		if s != nil {
+			attrs = append(attrs, telemetry.SagaState.String(string(s.state)), telemetry.SagaCompensation.Bool(isCompensation(s.state)))
+		}
+	}
 	var (
 		ctx  context.Context
 		span trace.Span
 	)
 	if p.r.sagaSpans { // tracing: the span starts when the record's processing did
-		ctx, span = telemetry.StartProcessAt(p.ctx, p.r.tracer, p.r.cfg.Propagator, p.rec, p.r.cfg.Group, parent, p.start)
+		ctx, span = telemetry.StartProcessAt(p.ctx, p.r.tracer, p.r.cfg.Propagator, p.rec, p.r.cfg.Group, parent, p.start, attrs...)
 	} else {
-		ctx, span = telemetry.StartProcessUnder(p.ctx, p.r.tracer, p.r.cfg.Propagator, p.rec, p.r.cfg.Group, parent)
+		ctx, span = telemetry.StartProcessUnder(p.ctx, p.r.tracer, p.r.cfg.Propagator, p.rec, p.r.cfg.Group, parent, attrs...)
 	}
 	p.b.spans = append(p.b.spans, span)
-	if p.id == "" || !span.IsRecording() {
-		return ctx
-	}
-	span.SetAttributes(telemetry.SagaName.String(p.r.saga.name), telemetry.SagaID.String(p.id))
-	if p.env.SagaStep != "" { // a start event belongs to no step
-		span.SetAttributes(telemetry.SagaStep.String(p.env.SagaStep))
-	}
-	if s != nil {
-		span.SetAttributes(telemetry.SagaState.String(string(s.state)), telemetry.SagaCompensation.Bool(isCompensation(s.state)))
-	}
 	return ctx
 }
 
 func (r *Runtime[D]) handleTimer(ctx context.Context, b *batch[D], d dueTimer) error {
 	s, err := r.lookup(ctx, b, d.partition, d.id)
-	if err != nil || s == nil || s.timer == nil || !s.timer.deadline.Equal(d.deadline) {
+	if err != nil || s == nil || s.timer == nil || s.timer.deadline.UnixNano() != d.deadline {
 		// Gone, or replaced by a record of this batch (a reply that came
 		// with its timer due): the timer that fires must be the one that
 		// came due, not the one the reply set.
@@ -659,7 +683,7 @@ func (r *Runtime[D]) handleTimer(ctx context.Context, b *batch[D], d dueTimer) e
 	}
 	entry := JournalEntry{SagaID: s.id, EventType: string(TimeoutEventType(tm.step, tm.compensation)),
 		CEID: fmt.Sprintf("%s/%s/%s/%d", s.id, tm.step, kind, tm.attempt), CEType: "sagapipe.Timeout", Time: now,
-		TimerStep: tm.step, TimerAttempt: int32(tm.attempt)}
+		TimerStep: tm.step, TimerAttempt: tm.attempt}
 	// A timer is no Kafka message: its span belongs under the attempt it
 	// times out or, without saga spans, continues the span that last
 	// changed the saga; its commands continue it.
@@ -668,17 +692,17 @@ func (r *Runtime[D]) handleTimer(ctx context.Context, b *batch[D], d dueTimer) e
 		parent = s.structuralParent(tm.step, tm.compensation)
 	}
 	if !parent.IsValid() {
-		parent = s.span
+		parent = s.lastSpan()
 	}
 	ctx, span := r.tracer.Start(trace.ContextWithRemoteSpanContext(ctx, parent), r.saga.name+" "+kind,
 		trace.WithSpanKind(trace.SpanKindInternal),
 		trace.WithAttributes(telemetry.SagaName.String(r.saga.name), telemetry.SagaID.String(s.id),
-			telemetry.SagaStep.String(tm.step), attribute.Int("saga.timer.attempt", tm.attempt)))
+			telemetry.SagaStep.String(tm.step), attribute.Int("saga.timer.attempt", int(tm.attempt))))
 	b.spans = append(b.spans, span)
 	env := schema.Envelope{ID: entry.CEID, Type: entry.CEType, Source: r.cfg.Source, Time: now,
 		CorrelationID: s.correlation, SagaName: r.saga.name, SagaID: s.id, SagaStep: tm.step}
 	src := &kgo.Record{Topic: r.saga.InboxTopic(), Partition: d.partition, Offset: -1, Key: []byte(s.id), Headers: env.Apply(nil)}
-	return r.apply(ctx, b, d.partition, s, entry, TimerFired{Step: tm.step, Attempt: tm.attempt}, src,
+	return r.apply(ctx, b, d.partition, s, entry, TimerFired{Step: tm.step, Attempt: int(tm.attempt)}, src,
 		TimeoutEventType(tm.step, tm.compensation), stepRef{step: tm.step, compensation: tm.compensation, timer: true, ok: true})
 }
 
@@ -736,7 +760,7 @@ func (r *Runtime[D]) apply(ctx context.Context, b *batch[D], p int32, s *sagaRec
 			}
 		case Finish:
 			b.finished = append(b.finished, finishedSaga{id: s.id, correlation: s.correlation, outcome: e.Outcome,
-				took: entry.Time.Sub(s.started), ctx: trace.ContextWithSpanContext(context.Background(), s.span)})
+				took: entry.Time.Sub(s.startedAt()), ctx: trace.ContextWithSpanContext(context.Background(), s.lastSpan())})
 		}
 	}
 	if span.IsRecording() {
@@ -782,16 +806,12 @@ func (r *Runtime[D]) command(ctx context.Context, s *sagaRecord[D], e Effect, sr
 	if err != nil {
 		return pipe.Message{}, fmt.Errorf("saga %s: encode %s for %s: %w", r.saga.name, e.EventType, s.id, err)
 	}
-	kind := "do"
-	if e.Compensation {
-		kind = "undo"
-	}
+	kind := effectKind(e)
 	if e.Resume > 0 {
 		// A resumed compensation starts again at attempt 1: its IDs must
 		// not be the ones its participant saw (and may drop) before.
 		kind += fmt.Sprintf("-resume%d", e.Resume)
 	}
-	h := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
 	if slices.ContainsFunc(src.Headers, func(h kgo.RecordHeader) bool { return h.Key == HeaderForwardedFrom }) {
 		// Where the event was forwarded from is the inbox's business: a
 		// command (and the reply, or another saga's start, piped from it)
@@ -800,13 +820,34 @@ func (r *Runtime[D]) command(ctx context.Context, s *sagaRecord[D], e Effect, sr
 		copied.Headers = slices.DeleteFunc(slices.Clone(src.Headers), func(h kgo.RecordHeader) bool { return h.Key == HeaderForwardedFrom })
 		src = &copied
 	}
-	return pipe.Message{Source: src, Value: value, Type: e.EventType, Context: ctx,
-		ID: fmt.Sprintf("%s/%s/%s/%d", s.id, e.Step, kind, e.Attempt),
+	var id strings.Builder
+	id.Grow(len(s.id) + len(e.Step) + len(kind) + 3 + 20)
+	id.WriteString(s.id)
+	id.WriteByte('/')
+	id.WriteString(e.Step)
+	id.WriteByte('/')
+	id.WriteString(kind)
+	id.WriteByte('/')
+	id.WriteString(strconv.Itoa(e.Attempt))
+	// The header values in one allocation, each cut with a full slice
+	// expression so that appending to one cannot write into the next.
+	compensation := strconv.FormatBool(e.Compensation)
+	values := make([]byte, 0, 2*len(r.saga.name)+len(".inbox")+2*len(s.id)+2*len(e.Step)+len(s.correlation)+
+		len("/undo")+2+len(s.state)+len(compensation)+len(schema.ContentTypeAvro))
+	cut := func(start int) []byte { return values[start:len(values):len(values)] }
+	h := func(k string, appendValue ...string) kgo.RecordHeader {
+		start := len(values)
+		for _, v := range appendValue {
+			values = append(values, v...)
+		}
+		return kgo.RecordHeader{Key: k, Value: cut(start)}
+	}
+	return pipe.Message{Source: src, Value: value, Type: e.EventType, Context: ctx, ID: id.String(),
 		Headers: []kgo.RecordHeader{
 			h(schema.HeaderSagaName, r.saga.name), h(schema.HeaderSagaID, s.id), h(schema.HeaderSagaStep, e.Step),
-			h(schema.HeaderReplyTo, r.saga.InboxTopic()), h(schema.HeaderCorrelationID, s.correlation),
-			h(schema.HeaderIdempotencyKey, fmt.Sprintf("%s/%s/%s", s.id, e.Step, effectKind(e))),
-			h(schema.HeaderSagaState, string(s.state)), h(schema.HeaderSagaCompensation, strconv.FormatBool(e.Compensation)),
+			h(schema.HeaderReplyTo, r.saga.name, ".inbox"), h(schema.HeaderCorrelationID, s.correlation),
+			h(schema.HeaderIdempotencyKey, s.id, "/", e.Step, "/", effectKind(e)),
+			h(schema.HeaderSagaState, string(s.state)), h(schema.HeaderSagaCompensation, compensation),
 			h(schema.HeaderContentType, schema.ContentTypeAvro),
 		}}, nil
 }
@@ -814,11 +855,12 @@ func (r *Runtime[D]) command(ctx context.Context, s *sagaRecord[D], e Effect, sr
 // appendJournal adds entry, for the journal partition of the inbox
 // partition p, to what the batch's transaction produces.
 func (r *Runtime[D]) appendJournal(ctx context.Context, b *batch[D], p int32, entry JournalEntry, src *kgo.Record) error {
-	value, err := r.journal.Encode(ctx, r.saga.JournalTopic(), &entry)
+	topic := r.saga.JournalTopic()
+	value, err := r.journal.Encode(ctx, topic, &entry)
 	if err != nil {
 		return fmt.Errorf("saga %s: encode journal entry: %w", r.saga.name, err)
 	}
-	rec := &kgo.Record{Topic: r.saga.JournalTopic(), Key: []byte(entry.SagaID), Value: value, Headers: src.Headers}
+	rec := &kgo.Record{Topic: topic, Key: []byte(entry.SagaID), Value: value, Headers: src.Headers}
 	pipe.ToPartition(rec, p)
 	b.journal = append(b.journal, rec)
 	return nil

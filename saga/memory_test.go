@@ -55,7 +55,7 @@ func BenchmarkInFlightSagaState(b *testing.B) {
 	sagas := make(map[string]*sagaRecord[benchData])
 	for i := range n {
 		id := fmt.Sprintf("order-%07d", i)
-		rec := &sagaRecord[benchData]{id: id, correlation: id, state: StateNew, seen: map[string]bool{}}
+		rec := newLiveSagaRecord[benchData](id, id, now, journalPosition{}, 1)
 		for _, ev := range []statemachine.Event{
 			{Type: s.StartEventType(), ID: fmt.Sprintf("0192f0c4-7a1b-7c3d-8e4f-%012d", i), Time: now, Payload: benchMsg{OrderID: id}},
 			{Type: ReplyEventType("first", "bench.Done1"), ID: fmt.Sprintf("0192f0c4-7a1b-7c3d-9e4f-%012d", i), Time: now, Payload: benchMsg{OrderID: id}},
@@ -65,10 +65,10 @@ func BenchmarkInFlightSagaState(b *testing.B) {
 				b.Fatal(err)
 			}
 			rec.state, rec.inst = res.To, res.Data
-			rec.seen[ev.ID] = true
+			rec.see(ev.ID)
 			for _, e := range res.Effects {
 				if e.Kind == SetTimer {
-					rec.timer = &pendingTimer{step: e.Step, attempt: e.Attempt, deadline: ev.Time.Add(e.After)}
+					rec.timer = &pendingTimer{step: e.Step, attempt: int32(e.Attempt), deadline: ev.Time.Add(e.After)}
 				}
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -27,11 +28,46 @@ type runtimeMetrics struct {
 	forwarded    metric.Int64Counter
 	deadLetters  metric.Int64Counter
 	registration metric.Registration
+	// byName and the sets in byOutcome and byStep are the attribute sets
+	// of the series, made once: a set and the options holding it are
+	// allocations per measurement otherwise.
+	byName    seriesOptions
+	mu        sync.Mutex
+	byOutcome map[string]seriesOptions
+	byStep    map[string]seriesOptions
+}
+
+// seriesOptions carry one attribute set, as what Add and Record take.
+type seriesOptions struct {
+	add    []metric.AddOption
+	record []metric.RecordOption
+}
+
+func newSeriesOptions(attrs ...attribute.KeyValue) seriesOptions {
+	o := metric.WithAttributeSet(attribute.NewSet(attrs...))
+	return seriesOptions{add: []metric.AddOption{o}, record: []metric.RecordOption{o}}
+}
+
+// series returns the options of the set {saga.name, key=value}, made on
+// first use.
+func (rm *runtimeMetrics) series(cache *map[string]seriesOptions, key attribute.Key, value string) seriesOptions {
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	o, ok := (*cache)[value]
+	if !ok {
+		if *cache == nil {
+			*cache = map[string]seriesOptions{}
+		}
+		o = newSeriesOptions(rm.name, key.String(value))
+		(*cache)[value] = o
+	}
+	return o
 }
 
 func newRuntimeMetrics[D any](r *Runtime[D], mp metric.MeterProvider) (*runtimeMetrics, error) {
 	m := telemetry.Meter(mp)
 	rm := &runtimeMetrics{name: telemetry.SagaName.String(r.saga.name)}
+	rm.byName = newSeriesOptions(rm.name)
 	var errs [11]error
 	rm.started, errs[0] = m.Int64Counter("sagapipe.saga.started", metric.WithUnit("{saga}"),
 		metric.WithDescription("Sagas started (their start event committed)."))
@@ -98,26 +134,25 @@ func (r *Runtime[D]) observeLag(fetches kgo.Fetches) {
 
 // record reports what a committed batch did.
 func (rm *runtimeMetrics) record(ctx context.Context, b *batchStats) {
-	name := metric.WithAttributes(rm.name)
 	if b.started > 0 {
-		rm.started.Add(ctx, int64(b.started), name)
+		rm.started.Add(ctx, int64(b.started), rm.byName.add...)
 	}
 	for _, f := range b.finished {
-		attrs := metric.WithAttributes(rm.name, telemetry.SagaOutcome.String(string(f.outcome)))
-		rm.finished.Add(ctx, 1, attrs)
-		rm.duration.Record(ctx, f.took.Seconds(), attrs)
+		o := rm.series(&rm.byOutcome, telemetry.SagaOutcome, string(f.outcome))
+		rm.finished.Add(ctx, 1, o.add...)
+		rm.duration.Record(ctx, f.took.Seconds(), o.record...)
 	}
 	for _, s := range b.steps {
-		rm.stepDuration.Record(ctx, s.took.Seconds(), metric.WithAttributes(rm.name, telemetry.SagaStep.String(s.step)))
+		rm.stepDuration.Record(ctx, s.took.Seconds(), rm.series(&rm.byStep, telemetry.SagaStep, s.step).record...)
 	}
 	for _, step := range b.resent {
-		rm.resends.Add(ctx, 1, metric.WithAttributes(rm.name, telemetry.SagaStep.String(step)))
+		rm.resends.Add(ctx, 1, rm.series(&rm.byStep, telemetry.SagaStep, step).add...)
 	}
 	if b.forwarded > 0 {
-		rm.forwarded.Add(ctx, int64(b.forwarded), name)
+		rm.forwarded.Add(ctx, int64(b.forwarded), rm.byName.add...)
 	}
 	for _, step := range b.longRetries {
-		rm.longRetries.Add(ctx, 1, metric.WithAttributes(rm.name, telemetry.SagaStep.String(step)))
+		rm.longRetries.Add(ctx, 1, rm.series(&rm.byStep, telemetry.SagaStep, step).add...)
 	}
 	for _, d := range b.dead {
 		rm.deadLetters.Add(ctx, 1, metric.WithAttributes(telemetry.SourceTopic.String(d.rec.Topic),

@@ -8,7 +8,7 @@ func (r *Runtime[D]) PendingTimer(id string) (SnapshotTimer, bool) {
 	defer r.mu.Unlock()
 	for _, ps := range r.parts {
 		if s, ok := ps.sagas[id]; ok && s.timer != nil {
-			return SnapshotTimer{Step: s.timer.step, Attempt: int32(s.timer.attempt), Compensation: s.timer.compensation, Deadline: s.timer.deadline}, true
+			return SnapshotTimer{Step: s.timer.step, Attempt: s.timer.attempt, Compensation: s.timer.compensation, Deadline: s.timer.deadline}, true
 		}
 	}
 	return SnapshotTimer{}, false

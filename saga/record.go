@@ -1,14 +1,17 @@
 package saga
 
 import (
-	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"iter"
 	"maps"
 	"reflect"
 	"slices"
+	"sort"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -25,31 +28,44 @@ type sagaRecord[D any] struct {
 	correlation string
 	state       statemachine.State
 	inst        Instance[D]
-	seen        map[string]bool // ce_ids already journaled
+	// seenIDs are the ce_ids the saga journaled, each after its length (a
+	// uvarint), in one string: a live saga's few IDs then take one small
+	// allocation, where a map took its groups and a string per ID.
+	seenIDs string
+	// seen holds more journaled ce_ids: those the journal rebuild of a
+	// saga on an unregistered version records (recovery.go writes it).
+	seen map[string]bool
 	// seenDigests are the digests of the ce_ids a closed marker's saga
 	// journaled (its snapshot keeps no ce_ids, to stay small): a copy of
 	// one is dropped. A false match could only drop an event the closed
-	// saga would ignore anyway.
-	seenDigests []uint64
+	// saga would ignore anyway. Sorted, 8 bytes each (big-endian) in one
+	// string: 16 bytes of every saga in memory, where a slice took 24.
+	seenDigests string
 	timer       *pendingTimer
 	// span is the span that last changed the saga: the parent of its
 	// timers' spans, so that a timeout stays in the saga's trace, when
-	// there are no saga spans.
-	span trace.SpanContext
+	// there are no saga spans. Nil without one: a pointer takes 8 bytes of
+	// every saga in memory, a span context 64.
+	span *trace.SpanContext
 	// spans are the saga's span and its open step spans (spans.go); nil
 	// without saga spans.
 	spans *sagaSpans
-	// started is when the saga began, since when it entered its state.
-	started, since time.Time
+	// started is when the saga began, in Unix nanoseconds (8 bytes of
+	// every saga in memory, where a time.Time takes 24).
+	started int64
+	// since is when the saga entered its state.
+	since time.Time
 	// journal is where its journal entries are.
 	journal journalPosition
 	// version is the version of the definition it runs on.
 	version int
 }
 
+// pendingTimer is a saga's timer. Its attempt is an int32 beside
+// compensation: 48 bytes, where an int took a 64-byte allocation.
 type pendingTimer struct {
 	step         string
-	attempt      int
+	attempt      int32
 	compensation bool
 	deadline     time.Time
 }
@@ -71,8 +87,9 @@ func (r *sagaRecord[D]) closed() bool {
 
 func (r *sagaRecord[D]) clone() *sagaRecord[D] {
 	c := *r
-	c.seen = maps.Clone(r.seen)
-	c.seenDigests = slices.Clone(r.seenDigests)
+	if r.seen != nil {
+		c.seen = maps.Clone(r.seen)
+	}
 	if r.spans != nil {
 		c.spans = &sagaSpans{root: r.spans.root, open: slices.Clone(r.spans.open)}
 	}
@@ -81,25 +98,128 @@ func (r *sagaRecord[D]) clone() *sagaRecord[D] {
 
 // saw tells whether the saga journaled the event with ce_id id.
 func (r *sagaRecord[D]) saw(id string) bool {
-	if r.seen[id] {
+	if r.seen[id] || seenIn(r.seenIDs, id) {
 		return true
 	}
 	if len(r.seenDigests) == 0 {
 		return false
 	}
-	_, found := slices.BinarySearch(r.seenDigests, seenDigest(id))
-	return found
+	var digest [8]byte
+	binary.BigEndian.PutUint64(digest[:], seenDigest(id))
+	n := len(r.seenDigests) / 8
+	i := sort.Search(n, func(i int) bool { return r.seenDigests[i*8:i*8+8] >= string(digest[:]) })
+	return i < n && r.seenDigests[i*8:i*8+8] == string(digest[:])
+}
+
+// packDigests returns digests sorted, in seenDigests' form.
+func packDigests(digests []uint64) string {
+	slices.Sort(digests)
+	b := make([]byte, 0, 8*len(digests))
+	for _, d := range digests {
+		b = binary.BigEndian.AppendUint64(b, d)
+	}
+	return string(b)
+}
+
+// see records that the saga journaled the event with ce_id id.
+func (r *sagaRecord[D]) see(id string) {
+	if !seenIn(r.seenIDs, id) {
+		r.seenIDs = appendSeen(r.seenIDs, id)
+	}
+}
+
+// appendSeen returns the IDs of seen, then ids, in seenIDs' form.
+func appendSeen(seen string, ids ...string) string {
+	n := len(seen)
+	for _, id := range ids {
+		n += binary.MaxVarintLen64 + len(id)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	b.WriteString(seen)
+	var size [binary.MaxVarintLen64]byte
+	for _, id := range ids {
+		b.Write(binary.AppendUvarint(size[:0], uint64(len(id))))
+		b.WriteString(id)
+	}
+	return b.String()
+}
+
+// seenIn tells whether ids, in seenIDs' form, holds id.
+func seenIn(ids, id string) bool {
+	for next := range seenIDs(ids) {
+		if next == id {
+			return true
+		}
+	}
+	return false
+}
+
+// seenIDs yields the IDs of ids, in seenIDs' form.
+func seenIDs(ids string) iter.Seq[string] {
+	return func(yield func(string) bool) {
+		for len(ids) > 0 {
+			var n uint64
+			size := 0
+			for shift := 0; ; shift += 7 {
+				if size == len(ids) || shift > 63 {
+					return // only appendSeen writes it: cannot happen
+				}
+				c := ids[size]
+				size++
+				n |= uint64(c&0x7f) << shift
+				if c < 0x80 {
+					break
+				}
+			}
+			if uint64(len(ids)-size) < n {
+				return
+			}
+			if !yield(ids[size : size+int(n)]) {
+				return
+			}
+			ids = ids[size+int(n):]
+		}
+	}
+}
+
+// allSeen returns the sorted ce_ids the saga journaled (not those of a
+// closed marker, which kept only their digests).
+func (r *sagaRecord[D]) allSeen() []string {
+	n := len(r.seen)
+	for range seenIDs(r.seenIDs) {
+		n++
+	}
+	ids := make([]string, 0, n)
+	ids = slices.AppendSeq(ids, seenIDs(r.seenIDs))
+	ids = slices.AppendSeq(ids, maps.Keys(r.seen))
+	slices.Sort(ids)
+	return slices.Compact(ids)
 }
 
 // allSeenDigests returns the sorted digests of every ce_id the saga
 // journaled: a closed marker's Seen.
 func (r *sagaRecord[D]) allSeenDigests() []uint64 {
-	d := slices.Clone(r.seenDigests)
-	for id := range r.seen {
+	d := make([]uint64, 0, len(r.seenDigests)/8+len(r.seen)+4)
+	for i := 0; i+8 <= len(r.seenDigests); i += 8 {
+		d = append(d, binary.BigEndian.Uint64([]byte(r.seenDigests[i:i+8])))
+	}
+	for _, id := range r.allSeen() {
 		d = append(d, seenDigest(id))
 	}
 	slices.Sort(d)
 	return slices.Compact(d)
+}
+
+// startedAt is when the saga began.
+func (r *sagaRecord[D]) startedAt() time.Time { return time.Unix(0, r.started).UTC() }
+
+// lastSpan is the span that last changed the saga (invalid without one).
+func (r *sagaRecord[D]) lastSpan() trace.SpanContext {
+	if r.span == nil {
+		return trace.SpanContext{}
+	}
+	return *r.span
 }
 
 // seenDigest is the 64-bit FNV-1a hash of a ce_id.
@@ -109,9 +229,20 @@ func seenDigest(id string) uint64 {
 	return h.Sum64()
 }
 
+// newSagaRecord starts the record of a saga rebuilt from its journal, which
+// writes its seen map.
 func newSagaRecord[D any](id, correlation string, t time.Time, at journalPosition, version int) *sagaRecord[D] {
-	return &sagaRecord[D]{id: id, correlation: cmp.Or(correlation, id), state: StateNew, seen: map[string]bool{},
-		started: t, since: t, journal: at, version: max(version, 1)}
+	s := newLiveSagaRecord[D](id, correlation, t, at, version)
+	s.seen = map[string]bool{}
+	return s
+}
+
+// newLiveSagaRecord starts the record of a saga whose start event arrived.
+func newLiveSagaRecord[D any](id, correlation string, t time.Time, at journalPosition, version int) *sagaRecord[D] {
+	if correlation == "" || correlation == id {
+		correlation = id // one string in memory, not two
+	}
+	return &sagaRecord[D]{id: id, correlation: correlation, state: StateNew, started: t.UnixNano(), since: t, journal: at, version: max(version, 1)}
 }
 
 // apply folds a journal entry into s: the saga's one transition function,
@@ -125,7 +256,7 @@ func (sg *Saga[D]) apply(s *sagaRecord[D], entry *JournalEntry, payload any) ([]
 	if _, ok := payload.(TimerFired); ok {
 		s.timer = nil // fired, whatever it leads to
 	}
-	s.seen[entry.CEID] = true
+	s.see(entry.CEID)
 	entry.FromState = string(s.state)
 	res, err := sg.machine.Apply(s.state, s.inst, ev)
 	if errors.Is(err, statemachine.ErrNoTransition) {
@@ -138,12 +269,12 @@ func (sg *Saga[D]) apply(s *sagaRecord[D], entry *JournalEntry, payload any) ([]
 	entry.ToState, entry.Outcome = string(res.To), OutcomeApplied
 	s.state, s.inst, s.since = res.To, res.Data, entry.Time
 	if sc := telemetry.ParseTraceParent(entry.TraceParent); sc.IsValid() {
-		s.span = sc
+		s.span = &sc // a new one: the batch's copy of the saga shares the old
 	}
 	for _, e := range res.Effects {
 		switch e.Kind {
 		case SetTimer:
-			s.timer = &pendingTimer{step: e.Step, attempt: e.Attempt, compensation: e.Compensation, deadline: entry.Time.Add(e.After)}
+			s.timer = &pendingTimer{step: e.Step, attempt: int32(e.Attempt), compensation: e.Compensation, deadline: entry.Time.Add(e.After)}
 		case Finish:
 			s.timer = nil
 		}

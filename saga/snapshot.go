@@ -4,8 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -191,8 +190,14 @@ func (c *snapshots[D]) register(ctx context.Context) error {
 
 // encode returns s's snapshot: a closed marker once it is terminal.
 func (c *snapshots[D]) encode(ctx context.Context, s *sagaRecord[D], closed bool) ([]byte, error) {
-	snap := Snapshot{Version: SnapshotVersion, SagaID: s.id, CorrelationID: s.correlation, State: string(s.state),
-		Closed: closed, Started: s.started, Since: s.since, JournalPartition: s.journal.partition, DefinitionVersion: int32(s.version),
+	buf := snapshotPool.Get().(*snapshotBuffer)
+	defer func() {
+		*buf = snapshotBuffer{}
+		snapshotPool.Put(buf)
+	}()
+	snap := &buf.snap
+	*snap = Snapshot{Version: SnapshotVersion, SagaID: s.id, CorrelationID: s.correlation, State: string(s.state),
+		Closed: closed, Started: s.startedAt(), Since: s.since, JournalPartition: s.journal.partition, DefinitionVersion: int32(s.version),
 		JournalOffset: s.journal.offset, Completed: []string{}, Seen: []string{}, SeenDigests: []int64{}, StepSpans: []SnapshotStepSpan{}}
 	if sp := s.spans; sp != nil {
 		snap.SagaSpan = telemetry.TraceParent(trace.ContextWithSpanContext(ctx, sp.root.sc))
@@ -210,7 +215,7 @@ func (c *snapshots[D]) encode(ctx context.Context, s *sagaRecord[D], closed bool
 			snap.SeenDigests = append(snap.SeenDigests, int64(d))
 		}
 	} else {
-		snap.Seen = slices.Sorted(maps.Keys(s.seen))
+		snap.Seen = s.allSeen()
 		data, err := c.data.Encode(ctx, c.topic, &s.inst.Data)
 		if err != nil {
 			return nil, fmt.Errorf("encode the data of saga %s: %w", s.id, err)
@@ -222,13 +227,24 @@ func (c *snapshots[D]) encode(ctx context.Context, s *sagaRecord[D], closed bool
 		}
 		snap.Completed = append(snap.Completed, s.inst.Completed...)
 		if t := s.timer; t != nil {
-			snap.Timer = &SnapshotTimer{Step: t.step, Attempt: int32(t.attempt), Compensation: t.compensation, Deadline: t.deadline}
+			buf.timer = SnapshotTimer{Step: t.step, Attempt: t.attempt, Compensation: t.compensation, Deadline: t.deadline}
+			snap.Timer = &buf.timer
 		}
-		if s.span.IsValid() {
-			snap.TraceParent = telemetry.TraceParent(trace.ContextWithSpanContext(ctx, s.span))
+		if sc := s.lastSpan(); sc.IsValid() {
+			snap.TraceParent = telemetry.TraceParent(trace.ContextWithSpanContext(ctx, sc))
 		}
 	}
-	return c.env.Encode(ctx, c.topic, &snap)
+	return c.env.Encode(ctx, c.topic, snap)
+}
+
+// snapshotPool holds what encode fills: a Snapshot (and its timer) escapes
+// to the heap per snapshot written otherwise (hundreds of bytes, four
+// times a saga), and the encoded bytes are all that is kept.
+var snapshotPool = sync.Pool{New: func() any { return new(snapshotBuffer) }}
+
+type snapshotBuffer struct {
+	snap  Snapshot
+	timer SnapshotTimer
 }
 
 // decodeEnvelope decodes a snapshot without its data.
@@ -251,9 +267,11 @@ func (c *snapshots[D]) decode(ctx context.Context, value []byte) (*sagaRecord[D]
 		return nil, err
 	}
 	s := &sagaRecord[D]{id: snap.SagaID, correlation: snap.CorrelationID, state: statemachine.State(snap.State),
-		started: snap.Started, since: snap.Since, seen: make(map[string]bool, len(snap.Seen)),
-		journal: journalPosition{partition: snap.JournalPartition, offset: snap.JournalOffset}, version: max(int(snap.DefinitionVersion), 1),
-		span: telemetry.ParseTraceParent(snap.TraceParent)}
+		started: snap.Started.UnixNano(), since: snap.Since, seenIDs: appendSeen("", snap.Seen...),
+		journal: journalPosition{partition: snap.JournalPartition, offset: snap.JournalOffset}, version: max(int(snap.DefinitionVersion), 1)}
+	if sc := telemetry.ParseTraceParent(snap.TraceParent); sc.IsValid() {
+		s.span = &sc
+	}
 	if sc := telemetry.ParseTraceParent(snap.SagaSpan); sc.IsValid() {
 		s.spans = &sagaSpans{root: sagaSpan{sc: sc.WithRemote(false), start: time.UnixMicro(snap.SagaSpanStartMicros), ended: snap.SagaSpanEnded}}
 		s.spans.root.parent, _ = trace.SpanIDFromHex(snap.SagaSpanParent)
@@ -266,13 +284,13 @@ func (c *snapshots[D]) decode(ctx context.Context, value []byte) (*sagaRecord[D]
 				id: id, start: time.UnixMicro(o.StartMicros)})
 		}
 	}
-	for _, id := range snap.Seen {
-		s.seen[id] = true
+	if len(snap.SeenDigests) > 0 {
+		digests := make([]uint64, len(snap.SeenDigests))
+		for i, d := range snap.SeenDigests {
+			digests[i] = uint64(d)
+		}
+		s.seenDigests = packDigests(digests) // sorted when written; a reader relies on nothing
 	}
-	for _, d := range snap.SeenDigests {
-		s.seenDigests = append(s.seenDigests, uint64(d))
-	}
-	slices.Sort(s.seenDigests) // sorted when written; a reader relies on nothing
 	if snap.Closed {
 		return s, nil
 	}
@@ -288,7 +306,7 @@ func (c *snapshots[D]) decode(ctx context.Context, value []byte) (*sagaRecord[D]
 		s.inst.Completed = snap.Completed
 	}
 	if t := snap.Timer; t != nil {
-		s.timer = &pendingTimer{step: t.Step, attempt: int(t.Attempt), compensation: t.Compensation, deadline: t.Deadline}
+		s.timer = &pendingTimer{step: t.Step, attempt: t.Attempt, compensation: t.Compensation, deadline: t.Deadline}
 	}
 	return s, nil
 }

@@ -11,10 +11,15 @@ import (
 // saga may since have another timer or none: entries are checked against
 // the saga when they come up, and stale ones dropped (lazy deletion).
 type timerEntry struct {
-	deadline  time.Time
+	// deadline is in Unix nanoseconds: 32 bytes an entry instead of 48,
+	// with an entry or two per saga in flight.
+	deadline  int64
 	partition int32
 	id        string
 }
+
+// at is the entry's deadline.
+func (e timerEntry) at() time.Time { return time.Unix(0, e.deadline) }
 
 // timerKey is the saga a timer entry belongs to.
 type timerKey struct {
@@ -30,7 +35,7 @@ type dueTimer = timerEntry
 type timerHeap []timerEntry
 
 func (h timerHeap) Len() int           { return len(h) }
-func (h timerHeap) Less(i, j int) bool { return h[i].deadline.Before(h[j].deadline) }
+func (h timerHeap) Less(i, j int) bool { return h[i].deadline < h[j].deadline }
 func (h timerHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
 func (h *timerHeap) Push(x any)        { *h = append(*h, x.(timerEntry)) }
 func (h *timerHeap) Pop() any {
@@ -41,7 +46,7 @@ func (h *timerHeap) Pop() any {
 }
 
 func (h *timerHeap) add(deadline time.Time, partition int32, id string) {
-	heap.Push(h, timerEntry{deadline: deadline, partition: partition, id: id})
+	heap.Push(h, timerEntry{deadline: deadline.UnixNano(), partition: partition, id: id})
 }
 
 // live tells whether e is still the timer of an owned saga. Callers hold mu.
@@ -51,7 +56,7 @@ func (r *Runtime[D]) live(e timerEntry) bool {
 		return false // revoked
 	}
 	s := ps.sagas[e.id]
-	return s != nil && s.timer != nil && s.timer.deadline.Equal(e.deadline)
+	return s != nil && s.timer != nil && s.timer.deadline.UnixNano() == e.deadline
 }
 
 // nextTimer returns how long until the earliest timer of an owned saga.
@@ -65,7 +70,7 @@ func (r *Runtime[D]) nextTimer() (time.Duration, bool) {
 	if r.timers.Len() == 0 {
 		return 0, false
 	}
-	return max(r.timers[0].deadline.Sub(r.cfg.Clock.Now()), 0), true
+	return max(r.timers[0].at().Sub(r.cfg.Clock.Now()), 0), true
 }
 
 // dueTimers takes the owned sagas' timers that have passed off the heap, in
@@ -77,7 +82,7 @@ func (r *Runtime[D]) dueTimers() []dueTimer {
 	defer r.mu.Unlock()
 	var due []dueTimer
 	taken := map[timerKey]bool{} // a saga may have been added twice
-	for r.timers.Len() > 0 && !now.Before(r.timers[0].deadline) {
+	for r.timers.Len() > 0 && now.UnixNano() >= r.timers[0].deadline {
 		e := heap.Pop(&r.timers).(timerEntry)
 		if k := (timerKey{e.partition, e.id}); r.live(e) && !taken[k] {
 			taken[k] = true
