@@ -153,8 +153,9 @@ type Consumer struct {
 	mu    sync.Mutex // guards parts against the rebalance callbacks
 	parts map[topicPartition]*partition
 
-	budget retryBudget
-	in     *instruments
+	budget    retryBudget
+	in        *instruments
+	closeOnce sync.Once
 }
 
 type topicPartition struct {
@@ -238,16 +239,19 @@ func NewConsumer(group string, topics []string, handler Handler, policy Policy, 
 // Client returns the consumer's kgo client (for admin calls in tests and tools).
 func (c *Consumer) Client() *kgo.Client { return c.client }
 
-// Close leaves the group and closes the client. Call it after Run returned.
+// Close leaves the group and closes the client. Call it after Run returned;
+// a second call does nothing.
 func (c *Consumer) Close() {
-	// Leaving the group is a rebalance, which BlockRebalanceOnPoll holds
-	// back since the last poll.
-	if c.sess != nil {
-		c.sess.CloseAllowingRebalance()
-		return
-	}
-	c.client.AllowRebalance()
-	c.client.Close()
+	c.closeOnce.Do(func() {
+		// Leaving the group is a rebalance, which BlockRebalanceOnPoll
+		// holds back since the last poll.
+		if c.sess != nil {
+			c.sess.CloseAllowingRebalance()
+			return
+		}
+		c.client.AllowRebalance()
+		c.client.Close()
+	})
 }
 
 // forget drops what the consumer held of partitions it no longer owns: their

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -528,5 +529,31 @@ func TestRegistryOutageIsRetriedPastMaxRetries(t *testing.T) {
 	defer mu.Unlock()
 	if attempts != 7 {
 		t.Fatalf("%d attempts, want 7 (6 during the outage, then the one that succeeded)", attempts)
+	}
+}
+
+// closedCounter counts its client's closes.
+type closedCounter struct{ n atomic.Int32 }
+
+func (c *closedCounter) OnClientClosed(*kgo.Client) { c.n.Add(1) }
+
+// Close is idempotent: a second call closes nothing again.
+func TestCloseTwiceClosesOnce(t *testing.T) {
+	s := testkit.StartStack(t)
+	for _, transactional := range []bool{false, true} {
+		closed := &closedCounter{}
+		opts := []dlq.Opt{dlq.WithClientOptions(kgo.SeedBrokers(s.KafkaAddrs()...), kgo.WithHooks(closed))}
+		if transactional {
+			opts = append(opts, dlq.WithTransactionalID("close-twice"))
+		}
+		c, err := dlq.NewConsumer("workers", []string{"orders"}, func(context.Context, *kgo.Record) error { return nil }, dlq.Policy{}, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		c.Close()
+		if n := closed.n.Load(); n != 1 {
+			t.Errorf("transactional %v: the client was closed %d times, want once", transactional, n)
+		}
 	}
 }
