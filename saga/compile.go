@@ -94,6 +94,9 @@ type Saga[D any] struct {
 	deadline   time.Duration
 	version    int
 	machine    *statemachine.Machine[Instance[D], Effect]
+
+	// The topics' names, made once: the runtime names them per record.
+	inboxTopic, journalTopic, stateTopic string
 }
 
 // Version returns the definition's version (see Builder.Version).
@@ -138,10 +141,10 @@ func (s *Saga[D]) StartEvent() (ceType, avroSchema string) {
 }
 
 // InboxTopic is where start events and replies arrive: "<name>.inbox".
-func (s *Saga[D]) InboxTopic() string { return s.name + ".inbox" }
+func (s *Saga[D]) InboxTopic() string { return s.inboxTopic }
 
 // JournalTopic is the saga's source of truth: "<name>.journal".
-func (s *Saga[D]) JournalTopic() string { return s.name + ".journal" }
+func (s *Saga[D]) JournalTopic() string { return s.journalTopic }
 
 // Machine returns the state machine the definition compiled to.
 func (s *Saga[D]) Machine() *statemachine.Machine[Instance[D], Effect] { return s.machine }
@@ -183,7 +186,8 @@ func TimeoutEventType(step string, compensation bool) statemachine.EventType {
 }
 
 func compile[D any](b *Builder[D]) (*Saga[D], error) {
-	s := &Saga[D]{name: b.name, dataSchema: b.dataSchema, start: *b.start, outcome: b.outcome}
+	s := &Saga[D]{name: b.name, dataSchema: b.dataSchema, start: *b.start, outcome: b.outcome,
+		inboxTopic: b.name + ".inbox", journalTopic: b.name + ".journal", stateTopic: b.name + ".state"}
 	for _, st := range b.steps {
 		c := *st
 		if c.timeout == 0 {

@@ -14,7 +14,7 @@ import (
 
 // StateTopic holds the latest snapshot of each saga: "<name>.state", a
 // compacted topic co-partitioned with the inbox.
-func (s *Saga[D]) StateTopic() string { return s.name + ".state" }
+func (s *Saga[D]) StateTopic() string { return s.stateTopic }
 
 // CommandTopics returns the topics the saga's steps send their commands
 // to, each once, in step order: the participants' topics.
