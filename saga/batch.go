@@ -599,7 +599,7 @@ func (r *Runtime[D]) handleRecord(ctx context.Context, b *batch[D], rec *kgo.Rec
 			at.offset = ps.journalNext
 		}
 		r.mu.Unlock()
-		s = newLiveSagaRecord[D](id, env.CorrelationID, t, at, r.saga.version)
+		s = newSagaRecord[D](id, env.CorrelationID, t, at, r.saga.version)
 		r.beginSagaSpan(s, env, rec)
 		parent = s.rootSpan()
 		r.keep(b, rec.Partition, s)

@@ -55,7 +55,7 @@ func BenchmarkInFlightSagaState(b *testing.B) {
 	sagas := make(map[string]*sagaRecord[benchData])
 	for i := range n {
 		id := fmt.Sprintf("order-%07d", i)
-		rec := newLiveSagaRecord[benchData](id, id, now, journalPosition{}, 1)
+		rec := newSagaRecord[benchData](id, id, now, journalPosition{}, 1)
 		for _, ev := range []statemachine.Event{
 			{Type: s.StartEventType(), ID: fmt.Sprintf("0192f0c4-7a1b-7c3d-8e4f-%012d", i), Time: now, Payload: benchMsg{OrderID: id}},
 			{Type: ReplyEventType("first", "bench.Done1"), ID: fmt.Sprintf("0192f0c4-7a1b-7c3d-9e4f-%012d", i), Time: now, Payload: benchMsg{OrderID: id}},

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"iter"
-	"maps"
 	"reflect"
 	"slices"
 	"sort"
@@ -32,9 +31,6 @@ type sagaRecord[D any] struct {
 	// uvarint), in one string: a live saga's few IDs then take one small
 	// allocation, where a map took its groups and a string per ID.
 	seenIDs string
-	// seen holds more journaled ce_ids: those the journal rebuild of a
-	// saga on an unregistered version records (recovery.go writes it).
-	seen map[string]bool
 	// seenDigests are the digests of the ce_ids a closed marker's saga
 	// journaled (its snapshot keeps no ce_ids, to stay small): a copy of
 	// one is dropped. A false match could only drop an event the closed
@@ -87,9 +83,6 @@ func (r *sagaRecord[D]) closed() bool {
 
 func (r *sagaRecord[D]) clone() *sagaRecord[D] {
 	c := *r
-	if r.seen != nil {
-		c.seen = maps.Clone(r.seen)
-	}
 	if r.spans != nil {
 		c.spans = &sagaSpans{root: r.spans.root, open: slices.Clone(r.spans.open)}
 	}
@@ -98,7 +91,7 @@ func (r *sagaRecord[D]) clone() *sagaRecord[D] {
 
 // saw tells whether the saga journaled the event with ce_id id.
 func (r *sagaRecord[D]) saw(id string) bool {
-	if r.seen[id] || seenIn(r.seenIDs, id) {
+	if seenIn(r.seenIDs, id) {
 		return true
 	}
 	if len(r.seenDigests) == 0 {
@@ -186,13 +179,12 @@ func seenIDs(ids string) iter.Seq[string] {
 // allSeen returns the sorted ce_ids the saga journaled (not those of a
 // closed marker, which kept only their digests).
 func (r *sagaRecord[D]) allSeen() []string {
-	n := len(r.seen)
+	n := 0
 	for range seenIDs(r.seenIDs) {
 		n++
 	}
 	ids := make([]string, 0, n)
 	ids = slices.AppendSeq(ids, seenIDs(r.seenIDs))
-	ids = slices.AppendSeq(ids, maps.Keys(r.seen))
 	slices.Sort(ids)
 	return slices.Compact(ids)
 }
@@ -200,7 +192,7 @@ func (r *sagaRecord[D]) allSeen() []string {
 // allSeenDigests returns the sorted digests of every ce_id the saga
 // journaled: a closed marker's Seen.
 func (r *sagaRecord[D]) allSeenDigests() []uint64 {
-	d := make([]uint64, 0, len(r.seenDigests)/8+len(r.seen)+4)
+	d := make([]uint64, 0, len(r.seenDigests)/8+4)
 	for i := 0; i+8 <= len(r.seenDigests); i += 8 {
 		d = append(d, binary.BigEndian.Uint64([]byte(r.seenDigests[i:i+8])))
 	}
@@ -229,16 +221,9 @@ func seenDigest(id string) uint64 {
 	return h.Sum64()
 }
 
-// newSagaRecord starts the record of a saga rebuilt from its journal, which
-// writes its seen map.
+// newSagaRecord starts the record of a saga: its start event arrived, or
+// its journal is being read.
 func newSagaRecord[D any](id, correlation string, t time.Time, at journalPosition, version int) *sagaRecord[D] {
-	s := newLiveSagaRecord[D](id, correlation, t, at, version)
-	s.seen = map[string]bool{}
-	return s
-}
-
-// newLiveSagaRecord starts the record of a saga whose start event arrived.
-func newLiveSagaRecord[D any](id, correlation string, t time.Time, at journalPosition, version int) *sagaRecord[D] {
 	if correlation == "" || correlation == id {
 		correlation = id // one string in memory, not two
 	}

@@ -14,7 +14,7 @@ import (
 func TestSeenIDs(t *testing.T) {
 	long := strings.Repeat("x", 300) // a length of two varint bytes
 	ids := []string{"0192f0c4-7a1b-7c3d-8e4f-000000000001", "order-1/payment/do/1", long, "a"}
-	s := newLiveSagaRecord[struct{}]("order-1", "", time.Unix(1700000000, 0), journalPosition{}, 1)
+	s := newSagaRecord[struct{}]("order-1", "", time.Unix(1700000000, 0), journalPosition{}, 1)
 	for _, id := range ids {
 		s.see(id)
 	}

@@ -461,7 +461,8 @@ func (r *Runtime[D]) rebuildFromJournal(ctx context.Context, p int32, got *resto
 			// A definition no longer registered: what its journal says is
 			// enough for a saga it closed (a marker); one it left open
 			// refuses the rebuild below.
-			s.state, s.since, s.seen[entry.CEID] = statemachine.State(entry.ToState), entry.Time, true
+			s.state, s.since = statemachine.State(entry.ToState), entry.Time
+			s.see(entry.CEID)
 			unregistered[s.id] = s
 			return nil
 		}
