@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/sagapipe/sagapipe/internal/consume"
-	"github.com/sagapipe/sagapipe/internal/kafkaerr"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -18,6 +16,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagapipe/sagapipe/dlq"
+	"github.com/sagapipe/sagapipe/internal/consume"
+	"github.com/sagapipe/sagapipe/internal/kafkaerr"
 	"github.com/sagapipe/sagapipe/internal/telemetry"
 	"github.com/sagapipe/sagapipe/pipe"
 	"github.com/sagapipe/sagapipe/schema"
@@ -276,7 +276,7 @@ func NewRuntime[D any](s *Saga[D], opts ...Opt) (*Runtime[D], error) {
 	for _, def := range versions {
 		def.classifyReplies(r.failureReplies, r.compensationAcks)
 	}
-	r.connOpts = cfg.ClientOptions
+	r.connOpts = append([]kgo.Opt{kgo.SeedBrokers()}, cfg.ClientOptions...)
 	var err error
 	if r.codecs, err = s.newCodecs(cfg.Registry); err != nil {
 		return nil, err
@@ -310,7 +310,9 @@ func NewRuntime[D any](s *Saga[D], opts ...Opt) (*Runtime[D], error) {
 	// No linger: a batch's records are all produced before the transaction
 	// ends, and End flushes; lingering would only add its 10ms to every
 	// hop of every saga. WithClientOptions may still set one.
-	clientOpts := append(append([]kgo.Opt{kgo.ProducerLinger(0),
+	// No seed brokers unless WithClientOptions names them: franz-go would
+	// otherwise dial 127.0.0.1:9092.
+	clientOpts := append(append([]kgo.Opt{kgo.SeedBrokers(), kgo.ProducerLinger(0),
 		kgo.TransactionTimeout(cfg.TransactionTimeout)}, cfg.ClientOptions...),
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(s.InboxTopic()),
@@ -335,6 +337,11 @@ func NewRuntime[D any](s *Saga[D], opts ...Opt) (*Runtime[D], error) {
 	if err != nil {
 		_ = metrics.registration.Unregister()
 		r.removeTempStateDir()
+		if probe, perr := kgo.NewClient(cfg.ClientOptions...); perr == nil {
+			// Valid but for the seed brokers left out.
+			probe.Close()
+			return nil, fmt.Errorf("saga %s: NewRuntime: no seed brokers: pass saga.WithClientOptions(kgo.SeedBrokers(...))", s.name)
+		}
 		return nil, fmt.Errorf("saga %s: %w", s.name, err)
 	}
 	piper, err := pipe.New(sess.Client(), pipe.WithConsumerGroup(cfg.Group), pipe.WithSource(cfg.Source),

@@ -493,6 +493,40 @@ type typoHook struct{}
 
 func (typoHook) OnFinish(string, statemachine.State) {}
 
+// Every option NewRuntime needs and does not get, or gets wrong, is named
+// with the fix.
+func TestNewRuntimeNamesTheOptionToPass(t *testing.T) {
+	serde, err := schema.NewSerde("http://127.0.0.1:1", schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seeds := saga.WithClientOptions(kgo.SeedBrokers("127.0.0.1:1"))
+	tests := []struct {
+		name    string
+		opts    []saga.Opt
+		wantErr string
+	}{
+		{"no cluster", []saga.Opt{saga.WithRegistry(serde)}, "no cluster to reach: pass saga.WithClientOptions(kgo.SeedBrokers(...))"},
+		{"client options without seed brokers", []saga.Opt{saga.WithClientOptions(kgo.ClientID("orders")), saga.WithRegistry(serde)},
+			"no seed brokers: pass saga.WithClientOptions(kgo.SeedBrokers(...))"},
+		{"no registry", []saga.Opt{seeds}, "no schema registry: pass saga.WithRegistry(serde)"},
+		{"a nil option", []saga.Opt{seeds, saga.WithRegistry(serde), nil}, "an option is nil"},
+		{"a negative transaction timeout", []saga.Opt{seeds, saga.WithRegistry(serde), saga.WithTransactionTimeout(-time.Second)},
+			"WithTransactionTimeout(-1s) is negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := saga.NewRuntime(ordersSaga(t), tt.opts...)
+			if err == nil {
+				r.Close()
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("NewRuntime: %v, want an error saying %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
 func TestNewRuntimeRefusesAHookThatImplementsNothing(t *testing.T) {
 	serde, err := schema.NewSerde("http://127.0.0.1:1", schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
 	if err != nil {
