@@ -179,7 +179,12 @@ func Replay(ctx context.Context, cfg ReplayConfig) (ReplayStats, error) {
 	})
 
 	var done int64
-	poller := consume.NewPoller(consume.Config{Name: "dlq: replay", Poll: sess.PollFetches})
+	// Records lost to retention while the replay runs must not be skipped
+	// as if replayed: the replay fails and says so.
+	poller := consume.NewPoller(consume.Config{Name: "dlq: replay", Poll: sess.PollFetches, Fatal: func(err error) bool {
+		var loss *kgo.ErrDataLoss
+		return errors.As(err, &loss)
+	}})
 	for len(remaining) > 0 {
 		fetches, stopped, err := poller.Poll(ctx, consume.NoWake)
 		if stopped {

@@ -26,6 +26,10 @@ type Config struct {
 	Name string
 	// Poll is the client's or the session's PollFetches.
 	Poll func(context.Context) kgo.Fetches
+	// Fatal, when set, tells which fetch errors the client would ride
+	// through must end the loop all the same (a replay that must not skip
+	// records lost to retention: *kgo.ErrDataLoss).
+	Fatal func(error) bool
 	// AllowRebalance, when not nil, is called before each poll: the
 	// client's or session's, for a client built with
 	// kgo.BlockRebalanceOnPoll.
@@ -94,7 +98,7 @@ func (p *Poller) PollWith(ctx context.Context, arm func(wake context.CancelFunc)
 	fetches.EachError(func(topic string, partition int32, fetchErr error) {
 		switch {
 		case errors.Is(fetchErr, context.Canceled): // the caller's own wake-up
-		case kafkaerr.Transient(fetchErr):
+		case kafkaerr.Transient(fetchErr) && (p.cfg.Fatal == nil || !p.cfg.Fatal(fetchErr)):
 			// A broker restarting, a lost group session: the client
 			// retries by itself, and the loop goes on with it.
 			if !p.failing && !transient {
@@ -108,6 +112,11 @@ func (p *Poller) PollWith(ctx context.Context, arm func(wake context.CancelFunc)
 	})
 	if err != nil {
 		return nil, false, err
+	}
+	if !transient && pollCtx.Err() != nil && fetches.NumRecords() == 0 {
+		// Woken by the loop itself with nothing fetched: that says
+		// nothing about whether fetching works again.
+		return fetches, false, nil
 	}
 	if p.failing && !transient {
 		p.cfg.Logger.Info(p.cfg.Name + ": fetching works again")

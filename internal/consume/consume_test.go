@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sagapipe/sagapipe/internal/consume"
@@ -85,6 +87,40 @@ func TestPollWith(t *testing.T) {
 	}
 	if armed != 1 || disarmed != 1 {
 		t.Fatalf("armed %d times, disarmed %d times; want once each", armed, disarmed)
+	}
+}
+
+// A transient fetch error is logged once until fetching works again; a
+// poll the loop woke itself, with nothing fetched, is not fetching working
+// again. Errors Fatal names end the loop although the client would retry.
+func TestPollLogsAnOutageOnce(t *testing.T) {
+	transient := kgo.Fetches{{Topics: []kgo.FetchTopic{{Topic: "src", Partitions: []kgo.FetchPartition{{Partition: 0, Err: kerr.LeaderNotAvailable}}}}}}
+	record := kgo.Fetches{{Topics: []kgo.FetchTopic{{Topic: "src", Partitions: []kgo.FetchPartition{{Partition: 0,
+		Records: []*kgo.Record{{Topic: "src", Value: []byte("v")}}}}}}}}
+	woken := kgo.Fetches{{Topics: []kgo.FetchTopic{{Partitions: []kgo.FetchPartition{{Partition: -1, Err: context.Canceled}}}}}}
+	polls := []kgo.Fetches{transient, woken, transient, woken, record}
+	var logs strings.Builder
+	p := consume.NewPoller(consume.Config{Name: "test loop", AfterFunc: wakeNow, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		Poll: func(context.Context) kgo.Fetches { f := polls[0]; polls = polls[1:]; return f }})
+	for range 4 {
+		if _, stopped, err := p.Poll(context.Background(), time.Hour); stopped || err != nil {
+			t.Fatalf("Poll: stopped %v, error %v", stopped, err)
+		}
+	}
+	if warns, works := strings.Count(logs.String(), "fetch error; the client retries"), strings.Count(logs.String(), "loop: fetching works again"); warns != 1 || works != 0 {
+		t.Fatalf("during the outage: %d warnings, %d recoveries logged; want 1 and 0:\n%s", warns, works, logs.String())
+	}
+	if _, _, err := p.Poll(context.Background(), consume.NoWake); err != nil {
+		t.Fatal(err)
+	}
+	if works := strings.Count(logs.String(), "loop: fetching works again"); works != 1 {
+		t.Fatalf("after a fetch: %d recoveries logged, want 1:\n%s", works, logs.String())
+	}
+
+	fatal := consume.NewPoller(consume.Config{Name: "replay", Logger: slog.New(slog.DiscardHandler),
+		Poll: func(context.Context) kgo.Fetches { return transient }, Fatal: func(err error) bool { return errors.Is(err, kerr.LeaderNotAvailable) }})
+	if _, _, err := fatal.Poll(context.Background(), consume.NoWake); !errors.Is(err, kerr.LeaderNotAvailable) {
+		t.Fatalf("Poll with Fatal: %v, want the error", err)
 	}
 }
 
