@@ -200,7 +200,7 @@ func NewConsumer(group string, topics []string, handler Handler, policy Policy, 
 	if cfg.clock == nil || cfg.randN == nil || cfg.propagator == nil {
 		errs = append(errs, errors.New("dlq: WithClock, WithRand and WithPropagator take non-nil values"))
 	}
-	errs = append(errs, checkHooks("NewConsumer", cfg.hooks))
+	errs = append(errs, checkHooks("NewConsumer", cfg.hooks, true, true))
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -600,15 +600,22 @@ func (c *Consumer) deadLetter(ctx context.Context, rec *kgo.Record, f Failure) e
 	return nil
 }
 
-// checkHooks refuses a hook that implements no hook interface: it would
-// never be called (a typo in a method name), as franz-go refuses one.
-func checkHooks(by string, hooks []Hook) error {
+// checkHooks refuses a hook that implements no hook interface by can call:
+// it would never be called (a typo in a method name), as franz-go refuses
+// one. by is what calls them; dead and retry tell which it calls.
+func checkHooks(by string, hooks []Hook, dead, retry bool) error {
 	var errs []error
 	for i, h := range hooks {
-		_, dead := h.(HookDeadLettered)
-		_, retry := h.(HookRetry)
-		if !dead && !retry {
+		_, isDead := h.(HookDeadLettered)
+		_, isRetry := h.(HookRetry)
+		switch {
+		case (dead && isDead) || (retry && isRetry):
+		case dead && retry:
 			errs = append(errs, fmt.Errorf("dlq: %s: hook %d (%T) implements neither HookDeadLettered nor HookRetry", by, i, h))
+		case retry:
+			errs = append(errs, fmt.Errorf("dlq: %s: hook %d (%T) does not implement HookRetry, the only hook %s calls", by, i, h, by))
+		default:
+			errs = append(errs, fmt.Errorf("dlq: %s: hook %d (%T) does not implement HookDeadLettered, the only hook %s calls", by, i, h, by))
 		}
 	}
 	return errors.Join(errs...)

@@ -25,7 +25,8 @@ import (
 // failure times it reports.
 //
 // Of opts, only WithTracerProvider, WithMeterProvider and WithPropagator
-// apply; the others concern a Consumer or RetryMiddleware.
+// apply; the others concern a Consumer or RetryMiddleware, and WithHooks
+// is refused (it would call none).
 func FailurePolicy(client *kgo.Client, policy Policy, opts ...Opt) (pipe.FailurePolicy, error) {
 	if err := policy.Validate(); err != nil {
 		return nil, err
@@ -36,6 +37,11 @@ func FailurePolicy(client *kgo.Client, policy Policy, opts ...Opt) (pipe.Failure
 	cfg := defaultConsumerConfig()
 	for _, o := range opts {
 		o.apply(&cfg)
+	}
+	if len(cfg.hooks) > 0 {
+		// It would call none: a stage worker's dead letters are counted by
+		// the meter provider's sagapipe.dlq.* instruments.
+		return nil, errors.New("dlq: FailurePolicy: WithHooks does not apply (count dead letters with WithMeterProvider; HookRetry belongs to RetryMiddleware)")
 	}
 	in, err := newInstruments(cfg.tracer, cfg.meter, cfg.propagator)
 	if err != nil {
@@ -138,7 +144,7 @@ func newRetrier(policy Policy, opts []Opt) (*retrier, error) {
 	if cfg.clock == nil || cfg.randN == nil || cfg.propagator == nil {
 		errs = append(errs, errors.New("dlq: WithClock, WithRand and WithPropagator take non-nil values"))
 	}
-	errs = append(errs, checkHooks("RetryMiddleware", cfg.hooks))
+	errs = append(errs, checkHooks("RetryMiddleware", cfg.hooks, false, true))
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}

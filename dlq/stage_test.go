@@ -359,6 +359,11 @@ func TestRetryMiddlewareRejectsABadPolicy(t *testing.T) {
 	}
 }
 
+// deadHook hears of dead letters only.
+type deadHook struct{}
+
+func (deadHook) OnDeadLettered(*kgo.Record, dlq.Failure) {}
+
 // typoHook means to be a HookDeadLettered, but its method's name is wrong:
 // it would never be called.
 type typoHook struct{}
@@ -371,9 +376,21 @@ func TestAHookThatImplementsNothingIsRefused(t *testing.T) {
 	handler := func(context.Context, *kgo.Record) error { return nil }
 	_, consumerErr := dlq.NewConsumer("group", []string{"orders"}, handler, dlq.Policy{}, dlq.WithHooks(typoHook{}))
 	_, middlewareErr := dlq.RetryMiddleware[command](dlq.Policy{}, dlq.WithHooks(typoHook{}))
-	for name, err := range map[string]error{"NewConsumer": consumerErr, "RetryMiddleware": middlewareErr} {
-		if err == nil || !strings.Contains(err.Error(), "hook 0 (dlq_test.typoHook) implements neither HookDeadLettered nor HookRetry") {
-			t.Errorf("%s: %v, want the hook named", name, err)
+	_, deadOnlyErr := dlq.RetryMiddleware[command](dlq.Policy{}, dlq.WithHooks(deadHook{}))
+	s := testkit.StartStack(t)
+	cl := testkit.Client(t, s.KafkaAddrs(), kgo.RecordPartitioner(pipe.NewPartitioner(nil)))
+	_, policyErr := dlq.FailurePolicy(cl, dlq.Policy{}, dlq.WithHooks(deadHook{}))
+	for name, tt := range map[string]struct {
+		err  error
+		want string
+	}{
+		"NewConsumer":                         {consumerErr, "hook 0 (dlq_test.typoHook) implements neither HookDeadLettered nor HookRetry"},
+		"RetryMiddleware":                     {middlewareErr, "hook 0 (dlq_test.typoHook) does not implement HookRetry"},
+		"RetryMiddleware, a dead-letter hook": {deadOnlyErr, "hook 0 (dlq_test.deadHook) does not implement HookRetry"},
+		"FailurePolicy":                       {policyErr, "WithHooks does not apply"},
+	} {
+		if tt.err == nil || !strings.Contains(tt.err.Error(), tt.want) {
+			t.Errorf("%s: %v, want an error saying %q", name, tt.err, tt.want)
 		}
 	}
 }
