@@ -832,7 +832,7 @@ func (r *Runtime[D]) command(ctx context.Context, s *sagaRecord[D], e Effect, sr
 	// The header values in one allocation, each cut with a full slice
 	// expression so that appending to one cannot write into the next.
 	compensation := strconv.FormatBool(e.Compensation)
-	values := make([]byte, 0, 2*len(r.saga.name)+len(".inbox")+2*len(s.id)+2*len(e.Step)+len(s.correlation)+
+	values := make([]byte, 0, len(r.saga.name)+len(r.saga.InboxTopic())+2*len(s.id)+2*len(e.Step)+len(s.correlation)+
 		len("/undo")+2+len(s.state)+len(compensation)+len(schema.ContentTypeAvro))
 	cut := func(start int) []byte { return values[start:len(values):len(values)] }
 	h := func(k string, appendValue ...string) kgo.RecordHeader {
@@ -845,7 +845,7 @@ func (r *Runtime[D]) command(ctx context.Context, s *sagaRecord[D], e Effect, sr
 	return pipe.Message{Source: src, Value: value, Type: e.EventType, Context: ctx, ID: id.String(),
 		Headers: []kgo.RecordHeader{
 			h(schema.HeaderSagaName, r.saga.name), h(schema.HeaderSagaID, s.id), h(schema.HeaderSagaStep, e.Step),
-			h(schema.HeaderReplyTo, r.saga.name, ".inbox"), h(schema.HeaderCorrelationID, s.correlation),
+			h(schema.HeaderReplyTo, r.saga.InboxTopic()), h(schema.HeaderCorrelationID, s.correlation),
 			h(schema.HeaderIdempotencyKey, s.id, "/", e.Step, "/", effectKind(e)),
 			h(schema.HeaderSagaState, string(s.state)), h(schema.HeaderSagaCompensation, compensation),
 			h(schema.HeaderContentType, schema.ContentTypeAvro),

@@ -124,13 +124,14 @@ func (r *sagaRecord[D]) see(id string) {
 // appendSeen returns the IDs of seen, then ids, in seenIDs' form.
 func appendSeen(seen string, ids ...string) string {
 	n := len(seen)
+	var size [binary.MaxVarintLen64]byte
 	for _, id := range ids {
-		n += binary.MaxVarintLen64 + len(id)
+		// Exactly: the string keeps the builder's whole capacity.
+		n += len(binary.AppendUvarint(size[:0], uint64(len(id)))) + len(id)
 	}
 	var b strings.Builder
 	b.Grow(n)
 	b.WriteString(seen)
-	var size [binary.MaxVarintLen64]byte
 	for _, id := range ids {
 		b.Write(binary.AppendUvarint(size[:0], uint64(len(id))))
 		b.WriteString(id)
