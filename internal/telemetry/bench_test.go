@@ -2,10 +2,13 @@ package telemetry_test
 
 import (
 	"context"
+	"os"
+	"os/exec"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
@@ -75,5 +78,46 @@ func TestHopSpansWithoutProvider(t *testing.T) {
 	})
 	if allocs != 0 || len(out.Headers) != 0 {
 		t.Fatalf("a hop without trace context: %v allocations, headers %v; want none", allocs, out.Headers)
+	}
+}
+
+// Without a provider, a record's baggage still reaches the records its
+// processing publishes, as its trace context does.
+func TestBaggagePassesThroughWithoutProvider(t *testing.T) {
+	tracer, prop := telemetry.Tracer(nil), telemetry.Propagator()
+	in := benchRecord()
+	in.Headers = schema.SetHeader(in.Headers, "baggage", "tenant=acme")
+	ctx, _ := telemetry.StartProcess(context.Background(), tracer, prop, in, "orders")
+	out := &kgo.Record{Topic: "payment.commands"}
+	telemetry.StartPublish(ctx, tracer, prop, out)
+	if got, _ := schema.Header(out.Headers, "baggage"); got != "tenant=acme" {
+		t.Fatalf("published baggage %q, want tenant=acme carried on", got)
+	}
+}
+
+// A tracer taken from otel's global provider before the application
+// installs its SDK records once it is installed: the fast path for "no
+// provider" must not outlive the provider's arrival. It installs a global
+// provider, so it runs in a process of its own.
+func TestGlobalTracerRecordsOnceAProviderIsInstalled(t *testing.T) {
+	if os.Getenv("SAGAPIPE_LATE_SDK") != "1" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestGlobalTracerRecordsOnceAProviderIsInstalled$", "-test.count=1")
+		cmd.Env = append(os.Environ(), "SAGAPIPE_LATE_SDK=1")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		return
+	}
+	tracer, prop := telemetry.Tracer(nil), telemetry.Propagator() // taken before the SDK exists
+	sdk := sdktrace.NewTracerProvider()
+	defer func() { _ = sdk.Shutdown(context.Background()) }()
+	otel.SetTracerProvider(sdk)
+	_, span := telemetry.StartProcess(context.Background(), tracer, prop, benchRecord(), "orders")
+	defer span.End()
+	out := &kgo.Record{Topic: "payment.commands"}
+	_, publish := telemetry.StartPublish(context.Background(), tracer, prop, out)
+	defer publish.End()
+	if !span.IsRecording() || !publish.IsRecording() {
+		t.Fatalf("process span recording %v, publish span recording %v; want both, the SDK being installed", span.IsRecording(), publish.IsRecording())
 	}
 }
