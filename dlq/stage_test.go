@@ -394,3 +394,28 @@ func TestAHookThatImplementsNothingIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// RetryMiddleware spends one retry budget per minute across the commands it
+// wraps: once spent, a failing command is given up on after its first
+// attempt, as exhausted.
+func TestRetryMiddlewareSpendsOneBudget(t *testing.T) {
+	clock := &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), fire: true}
+	retry, err := dlq.RetryMiddleware[command](dlq.Policy{MaxRetries: 5, RetryBudgetPerMinute: 3, InitialBackoff: time.Millisecond},
+		dlq.WithClock(clock), dlq.WithRand(func(n int64) int64 { return n - 1 }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	handler := retry(func(context.Context, command, schema.Envelope) (pipe.Reply, error) {
+		calls++
+		return pipe.Reply{}, errors.New("the service is down")
+	})
+	for i, want := range []int{4, 1} { // 1 + the budget's 3 retries, then none left
+		calls = 0
+		_, err := handler(context.Background(), command{}, schema.Envelope{})
+		var gaveUp *dlq.GaveUpError
+		if !errors.As(err, &gaveUp) || gaveUp.Attempts != want || gaveUp.Class != dlq.ClassExhausted || calls != want {
+			t.Fatalf("command %d: %v (%d calls), want given up as exhausted after %d attempts", i, err, calls, want)
+		}
+	}
+}
