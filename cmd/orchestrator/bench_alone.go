@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"runtime"
 	"sync"
 	"time"
@@ -82,12 +81,11 @@ func benchOrchestratorAlone(ctx context.Context, n, concurrency int, partitions 
 	if err := ensureOrdersTopics(ctx, adm, s, partitions); err != nil {
 		return res, err
 	}
-	participants := exec.CommandContext(ctx, self, "participants", "--brokers", brokers, "--registry", registryURL, "--trips=false")
-	participants.Stdout, participants.Stderr = io.Discard, stderr
-	if err := participants.Start(); err != nil {
+	stopParticipants, err := startParticipantsProcess(ctx, self, brokers, registryURL, stderr, "--trips=false")
+	if err != nil {
 		return res, err
 	}
-	defer func() { _ = participants.Process.Signal(os.Interrupt); _ = participants.Wait() }()
+	defer stopParticipants()
 
 	serde, err := schema.NewSerde(registryURL, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -95,12 +94,11 @@ func benchRecovery(ctx context.Context, history, inFlight int, partitions int32,
 		return res, err
 	}
 
-	participants := exec.CommandContext(ctx, self, "participants", "--brokers", brokers, "--registry", registryURL, "--shipping-silent")
-	participants.Stdout, participants.Stderr = io.Discard, stderr
-	if err := participants.Start(); err != nil {
+	stopParticipants, err := startParticipantsProcess(ctx, self, brokers, registryURL, stderr, "--shipping-silent")
+	if err != nil {
 		return res, err
 	}
-	defer func() { _ = participants.Process.Signal(os.Interrupt); _ = participants.Wait() }()
+	defer stopParticipants()
 
 	start := func(stateDir string, hooks ...saga.Hook) (*saga.Runtime[orders.OrderData], func(), error) {
 		rt, err := saga.NewRuntime(s, saga.WithClientOptions(kgo.SeedBrokers(brokers)), saga.WithRegistry(serde), saga.WithStateDir(stateDir), saga.WithHooks(hooks...))

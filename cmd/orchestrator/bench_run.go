@@ -353,12 +353,11 @@ func benchInFlight(ctx context.Context, n int, partitions int32, stderr io.Write
 	if err := ensureOrdersTopics(ctx, adm, s, partitions); err != nil {
 		return 0, err
 	}
-	participants := exec.CommandContext(ctx, self, "participants", "--brokers", brokers, "--registry", registryURL, "--shipping-silent")
-	participants.Stdout, participants.Stderr = io.Discard, stderr
-	if err := participants.Start(); err != nil {
+	stopParticipants, err := startParticipantsProcess(ctx, self, brokers, registryURL, stderr, "--shipping-silent")
+	if err != nil {
 		return 0, err
 	}
-	defer func() { _ = participants.Process.Signal(os.Interrupt); _ = participants.Wait() }()
+	defer stopParticipants()
 
 	serde, err := schema.NewSerde(registryURL, schema.WithSubjectNameStrategy(schema.RecordNameStrategy))
 	if err != nil {
@@ -449,6 +448,18 @@ func startDevProcess(ctx context.Context, self string, stderr io.Writer, extra .
 	}
 	go func() { _, _ = io.Copy(io.Discard, devOut) }()
 	return brokers, registryURL, stop, nil
+}
+
+// startParticipantsProcess runs the orders participants in a process of
+// their own (this binary's participants command with extra flags), as the
+// out-of-process scenarios need; stop interrupts it and waits.
+func startParticipantsProcess(ctx context.Context, self, brokers, registryURL string, stderr io.Writer, extra ...string) (stop func(), err error) {
+	p := exec.CommandContext(ctx, self, append([]string{"participants", "--brokers", brokers, "--registry", registryURL}, extra...)...)
+	p.Stdout, p.Stderr = io.Discard, stderr
+	if err := p.Start(); err != nil {
+		return nil, err
+	}
+	return func() { _ = p.Process.Signal(os.Interrupt); _ = p.Wait() }, nil
 }
 
 // settledHeap is the live heap once it has stopped shrinking (by 1 MiB or
