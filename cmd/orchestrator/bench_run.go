@@ -38,6 +38,7 @@ type runSpec struct {
 	sagas, concurrency int
 	partitions         int32
 	rate               float64       // sagas placed per second, 0: as fast as concurrency allows
+	warmUp             int           // sagas placed and finished before the measured ones
 	latency            time.Duration // per command in every participant
 	telemetry          string
 	otlpProtocol       string
@@ -56,7 +57,7 @@ func benchRun(ctx context.Context, spec runSpec) (Run, error) {
 	counter := countOps(stack.Kafka())
 	cfg := orders.DemoConfig{Brokers: stack.KafkaAddrs(), RegistryURL: stack.RegistryURL(),
 		Orders: spec.sagas, Concurrency: spec.concurrency, Partitions: spec.partitions, StepTimeout: 30 * time.Second, Rate: spec.rate,
-		Faults: orders.Faults{Latency: spec.latency}}
+		Faults: orders.Faults{Latency: spec.latency}, WarmUp: spec.warmUp}
 	var (
 		tel  *demoTelemetry
 		sink *otlpSink
@@ -136,14 +137,17 @@ func benchRun(ctx context.Context, spec runSpec) (Run, error) {
 	if err != nil {
 		return Run{}, err
 	}
-	n, secs := float64(spec.sagas), sum.Elapsed.Seconds()
+	// Per saga: every saga of the run, the warm-up's too (the counts and
+	// the CPU cover them); per second: per saga times the measured rate.
+	n, secs := float64(spec.sagas+spec.warmUp), sum.Elapsed.Seconds()
 	r := Run{
 		SagasPerSecond: sum.SagasPerSecond, P50Millis: ms(sum.P50), P99Millis: ms(sum.P99),
-		Records: records, RecordsPerSecond: float64(records) / secs,
+		Records: records, RecordsPerSecond: float64(records) / n * sum.SagasPerSecond,
 		AllocsPerSaga: float64(after.Mallocs-before.Mallocs) / n,
 		BytesPerSaga:  float64(after.TotalAlloc-before.TotalAlloc) / n,
 		PeakRSSBytes:  rss, PeakHeapBytes: heap, ElapsedSeconds: secs, RateLimit: spec.rate,
-		Ops: &ops, OpsPerSaga: float64(ops.Total()) / n, OpsPerSecond: float64(ops.Total()) / secs,
+		Ops: &ops, OpsPerSaga: float64(ops.Total()) / n, OpsPerSecond: float64(ops.Total()) / n * sum.SagasPerSecond,
+		ReadyMillis: ms(sum.ReadyAfter), WarmUpSagas: spec.warmUp, WarmUpP99Millis: ms(sum.WarmUpP99),
 		CPUMicrosPerSaga: float64(cpu.Microseconds()) / n, CPUMicrosPerOp: float64(cpu.Microseconds()) / float64(max(ops.Total(), 1)),
 		Telemetry: spec.telemetry,
 	}

@@ -316,7 +316,25 @@ func TestBenchWritesResults(t *testing.T) {
 	if res.OpsPerSaga < 20 || res.OpsPerSaga > 26 || res.NormalizedRatio <= 0 || res.Runs != 1 || res.Machine.Cores <= 0 {
 		t.Fatalf("broker ops per saga %.2f, normalized ratio %v, runs %d, machine %+v", res.OpsPerSaga, res.NormalizedRatio, res.Runs, res.Machine)
 	}
+	// The half-rate runs measure a running service: ready, then warmed up.
+	if res.HalfRate.ReadyMillis <= 0 || res.HalfRate.WarmUpSagas < 200 || res.HalfRate.WarmUpP99Millis <= 0 {
+		t.Fatalf("half rate: ready after %v ms, %d warm-up sagas (p99 %v ms): want a ready wait and a warm-up", res.HalfRate.ReadyMillis, res.HalfRate.WarmUpSagas, res.HalfRate.WarmUpP99Millis)
+	}
 	if res.Targets.InFlightBytes || res.Targets.AllMet {
 		t.Fatal("a skipped measurement cannot meet its target")
+	}
+}
+
+// Every wrong bench flag is named at once, before anything runs.
+func TestBenchNamesWrongFlags(t *testing.T) {
+	var stdout, stderr syncBuffer
+	code := run(context.Background(), []string{"bench", "--only", "half", "--rate", "0"}, &stdout, &stderr)
+	if code != 2 {
+		t.Fatalf("exit %d, want 2\n%s", code, stderr.String())
+	}
+	for _, want := range []string{`--only "half": want "recovery", "slow", "profile", "half-rate" or "in-flight"`, "--rate 0: must be above 0"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr %q does not name %q", stderr.String(), want)
+		}
 	}
 }

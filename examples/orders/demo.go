@@ -59,6 +59,11 @@ type DemoConfig struct {
 	// Rate, when positive, paces the orders at that many per second;
 	// otherwise they are placed as fast as Concurrency allows.
 	Rate float64
+	// WarmUp orders are placed (at Rate) and finished before the Orders:
+	// what a fresh process pays once (first requests, codecs, a small
+	// heap) is not in Elapsed, SagasPerSecond, P50 and P99. The invariants
+	// cover them too.
+	WarmUp int
 }
 
 func (c DemoConfig) telemetry(service string) Telemetry {
@@ -73,9 +78,15 @@ type Summary struct {
 	Orders                                            int
 	Completed, Compensated, CompensationFailed, Stuck int
 	DeadLettered                                      int
-	Elapsed                                           time.Duration
-	SagasPerSecond                                    float64
-	P50, P99                                          time.Duration
+	// ReadyAfter is how long the services took to be ready (see
+	// waitReady); the orders are placed after. Elapsed, SagasPerSecond,
+	// P50 and P99 are the Orders' (the warm-up's not counted).
+	ReadyAfter     time.Duration
+	Elapsed        time.Duration
+	SagasPerSecond float64
+	P50, P99       time.Duration
+	// WarmUpP99 is the warm-up orders' p99 (0 without a warm-up).
+	WarmUpP99 time.Duration
 	// Violations lists every invariant that did not hold; empty is a pass.
 	Violations []string
 	// Outcomes is how each saga ended, by order ID.
@@ -89,7 +100,9 @@ type demoHooks struct {
 	mu       sync.Mutex
 	started  map[string]time.Time
 	outcomes map[string]statemachine.State
-	latency  []time.Duration
+	latency  []time.Duration // of the measured sagas
+	warmUp   []time.Duration // of the warm-up's, while warming
+	warming  bool
 	dead     int
 	deadIDs  []string
 	slots    chan struct{}
@@ -101,7 +114,11 @@ func (h *demoHooks) OnFinished(id string, outcome statemachine.State) {
 	h.mu.Lock()
 	if _, again := h.outcomes[id]; !again {
 		h.outcomes[id] = outcome
-		h.latency = append(h.latency, time.Since(h.started[id]))
+		if h.warming {
+			h.warmUp = append(h.warmUp, time.Since(h.started[id]))
+		} else {
+			h.latency = append(h.latency, time.Since(h.started[id]))
+		}
 		<-h.slots
 	}
 	n := len(h.outcomes)
@@ -122,6 +139,7 @@ func (h *demoHooks) OnDeadLettered(rec *kgo.Record, _ dlq.Failure) {
 type services struct {
 	serde        *schema.Serde
 	saga         *saga.Saga[OrderData]
+	runtime      *saga.Runtime[OrderData]
 	participants *Participants
 	hooks        *demoHooks
 	errs         chan error
@@ -153,13 +171,13 @@ func start(ctx context.Context, cfg DemoConfig) (*services, error) {
 		}
 	}
 	hooks := &demoHooks{started: map[string]time.Time{}, outcomes: map[string]statemachine.State{},
-		slots: make(chan struct{}, max(cfg.Concurrency, 1)), progress: cfg.Progress, total: cfg.Orders}
+		slots: make(chan struct{}, max(cfg.Concurrency, 1)), progress: cfg.Progress, total: cfg.WarmUp + cfg.Orders, warming: cfg.WarmUp > 0}
 	orch := cfg.telemetry(ServiceOrchestrator)
 	runtime, err := saga.NewRuntime(s, saga.WithClientOptions(kgo.SeedBrokers(cfg.Brokers...)), saga.WithRegistry(serde), saga.WithHooks(hooks), saga.WithTracerProvider(orch.TracerProvider), saga.WithMeterProvider(orch.MeterProvider), saga.WithLogger(orch.Logger))
 	if err != nil {
 		return nil, err
 	}
-	sv := &services{serde: serde, saga: s, participants: NewParticipants(serde, cfg.Faults), hooks: hooks, errs: make(chan error, 2)}
+	sv := &services{serde: serde, saga: s, runtime: runtime, participants: NewParticipants(serde, cfg.Faults), hooks: hooks, errs: make(chan error, 2)}
 	sv.participants.Tracing = func(service string) trace.TracerProvider { return cfg.telemetry(service).TracerProvider }
 	runCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -181,31 +199,28 @@ func start(ctx context.Context, cfg DemoConfig) (*services, error) {
 // terminal and its outcome announced once, stock reserved = released +
 // shipped, money charged = refunded + captured, nothing applied twice.
 func RunDemo(ctx context.Context, cfg DemoConfig) (Summary, error) {
-	sum := Summary{Orders: cfg.Orders}
+	sum := Summary{Orders: cfg.WarmUp + cfg.Orders}
 	sv, err := start(ctx, cfg)
 	if err != nil {
 		return sum, err
 	}
 	hooks := sv.hooks
-	begin := time.Now()
-	placeErr := placeOrders(ctx, cfg, sv, hooks)
 	deadline := time.After(cfg.StepTimeout*20 + time.Minute)
-wait:
-	for placeErr == nil {
-		hooks.mu.Lock()
-		done := len(hooks.outcomes)
-		hooks.mu.Unlock()
-		if done >= cfg.Orders {
-			break
+	readyFrom := time.Now()
+	placeErr := waitReady(ctx, cfg, sv, deadline)
+	sum.ReadyAfter = time.Since(readyFrom)
+	if placeErr == nil && cfg.WarmUp > 0 {
+		if placeErr = placeOrders(ctx, cfg, sv, hooks, 0, cfg.WarmUp); placeErr == nil {
+			placeErr = waitFinished(ctx, sv, cfg.WarmUp, deadline)
 		}
-		select {
-		case <-deadline:
-			break wait
-		case err := <-sv.errs:
-			placeErr = fmt.Errorf("a service stopped: %w", err)
-		case <-ctx.Done():
-			placeErr = ctx.Err()
-		case <-time.After(20 * time.Millisecond):
+		hooks.mu.Lock()
+		hooks.warming = false
+		hooks.mu.Unlock()
+	}
+	begin := time.Now()
+	if placeErr == nil {
+		if placeErr = placeOrders(ctx, cfg, sv, hooks, cfg.WarmUp, cfg.Orders); placeErr == nil {
+			placeErr = waitFinished(ctx, sv, cfg.WarmUp+cfg.Orders, deadline)
 		}
 	}
 	sum.Elapsed = time.Since(begin)
@@ -227,6 +242,71 @@ wait:
 		return sum, err
 	}
 	return sum, nil
+}
+
+// waitFinished waits until n sagas have finished, or the deadline passes
+// (the sagas left are reported as stuck).
+func waitFinished(ctx context.Context, sv *services, n int, deadline <-chan time.Time) error {
+	for {
+		sv.hooks.mu.Lock()
+		done := len(sv.hooks.outcomes)
+		sv.hooks.mu.Unlock()
+		if done >= n {
+			return nil
+		}
+		select {
+		case <-deadline:
+			return nil
+		case err := <-sv.errs:
+			return fmt.Errorf("a service stopped: %w", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// waitReady waits until the orchestrator is ready (it owns the inbox's
+// partitions and has restored them: what its readiness probe asks) and
+// every participant's group has all of its topic's partitions assigned:
+// the moment a deployment starts taking orders.
+func waitReady(ctx context.Context, cfg DemoConfig, sv *services, deadline <-chan time.Time) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	groups := map[string]string{InventoryTopic + ".service": InventoryTopic, PaymentTopic + ".service": PaymentTopic, ShippingTopic + ".service": ShippingTopic}
+	for {
+		waiting := "the orchestrator"
+		if sv.runtime.Ready() {
+			waiting = ""
+			described, err := adm.DescribeGroups(ctx, slices.Collect(maps.Keys(groups))...)
+			if err != nil {
+				return fmt.Errorf("waiting for the participants: %w", err)
+			}
+			for group, topic := range groups {
+				d, ok := described[group]
+				if !ok || d.Err != nil || d.State != "Stable" || len(d.AssignedPartitions()[topic]) < int(cfg.Partitions) {
+					waiting = group
+					break
+				}
+			}
+		}
+		if waiting == "" {
+			return nil
+		}
+		select {
+		case <-deadline:
+			return fmt.Errorf("not ready at the deadline: waiting for %s", waiting)
+		case err := <-sv.errs:
+			return fmt.Errorf("a service stopped: %w", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // drain waits until nothing is left to handle: no command after what each
@@ -326,9 +406,9 @@ func checkOutcomes(ctx context.Context, cfg DemoConfig, sum *Summary, h *demoHoo
 	return nil
 }
 
-// placeOrders starts a saga per order, at most Concurrency in flight at
-// once.
-func placeOrders(ctx context.Context, cfg DemoConfig, sv *services, hooks *demoHooks) error {
+// placeOrders starts a saga for each of the n orders from the from-th
+// (DemoOrder), at most Concurrency in flight at once.
+func placeOrders(ctx context.Context, cfg DemoConfig, sv *services, hooks *demoHooks, from, n int) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...))
 	if err != nil {
 		return err
@@ -342,7 +422,7 @@ func placeOrders(ctx context.Context, cfg DemoConfig, sv *services, hooks *demoH
 	var failed error
 	var mu sync.Mutex
 	paceFrom := time.Now()
-	for i := range cfg.Orders {
+	for i := range n {
 		if cfg.Rate > 0 {
 			due := paceFrom.Add(time.Duration(float64(i) / cfg.Rate * float64(time.Second)))
 			if wait := time.Until(due); wait > 0 {
@@ -358,7 +438,7 @@ func placeOrders(ctx context.Context, cfg DemoConfig, sv *services, hooks *demoH
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		o := DemoOrder(i)
+		o := DemoOrder(from + i)
 		rec, err := starter.Record(ctx, o.OrderID, o)
 		if err != nil {
 			return err
@@ -393,6 +473,16 @@ func DemoOrder(i int) OrderPlaced {
 	return o
 }
 
+// percentile is the p-th percentile of durations, 0 for none.
+func percentile(durations []time.Duration, p int) time.Duration {
+	if len(durations) == 0 {
+		return 0
+	}
+	sorted := slices.Clone(durations)
+	slices.Sort(sorted)
+	return sorted[min(len(sorted)-1, len(sorted)*p/100)]
+}
+
 // summarize counts outcomes and checks the invariants against the ledger.
 func summarize(sum *Summary, h *demoHooks, l *Ledger) {
 	h.mu.Lock()
@@ -412,13 +502,10 @@ func summarize(sum *Summary, h *demoHooks, l *Ledger) {
 	sum.Outcomes = maps.Clone(h.outcomes)
 	sum.Stuck = sum.Orders - len(h.outcomes)
 	if sum.Elapsed > 0 {
-		sum.SagasPerSecond = float64(len(h.outcomes)) / sum.Elapsed.Seconds()
+		sum.SagasPerSecond = float64(len(h.latency)) / sum.Elapsed.Seconds()
 	}
-	if len(h.latency) > 0 {
-		lat := slices.Clone(h.latency)
-		slices.Sort(lat)
-		sum.P50, sum.P99 = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
-	}
+	sum.P50, sum.P99 = percentile(h.latency, 50), percentile(h.latency, 99)
+	sum.WarmUpP99 = percentile(h.warmUp, 99)
 	if sum.Stuck > 0 {
 		sum.Violations = append(sum.Violations, fmt.Sprintf("%d sagas did not reach a terminal state", sum.Stuck))
 	}
