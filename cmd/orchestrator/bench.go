@@ -97,6 +97,10 @@ type BenchResult struct {
 	// RecoveryHeapRatio is the long history's heap after takeover over the
 	// short one's (medians).
 	RecoveryHeapRatio float64 `json:"recovery_heap_ratio,omitempty"`
+	// FloorRatio is the throughput runs' sagas/s over the floor's (the
+	// same message flow with no saga logic, see Floor), run by run,
+	// median: the share of the transport's best that sagapipe keeps.
+	FloorRatio float64 `json:"floor_ratio,omitempty"`
 
 	ThroughputRuns           []Run               `json:"throughput_runs,omitempty"`
 	TracedRuns               []Run               `json:"traced_runs,omitempty"`
@@ -108,6 +112,7 @@ type BenchResult struct {
 	OrchestratorAloneRuns    []OrchestratorAlone `json:"orchestrator_alone_runs,omitempty"`
 	RecoveryRuns             []Recovery          `json:"recovery_runs,omitempty"`
 	RecoveryBaselineRuns     []Recovery          `json:"recovery_baseline_runs,omitempty"`
+	FloorRuns                []Floor             `json:"floor_runs,omitempty"`
 	Spreads                  map[string]Spread   `json:"spreads,omitempty"`
 	Targets                  Targets             `json:"targets"`
 	Goals                    Goals               `json:"goals_issue_18"`
@@ -247,12 +252,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	skipTraced := fs.Bool("skip-traced", false, "skip the traced and metrics-only throughput runs")
 	tracedQueue := fs.Int("traced-queue", 1<<20, "the batch span processor's queue in the traced runs (OTEL_BSP_MAX_QUEUE_SIZE): large, so that every span is exported; 0 keeps the SDK's default (2048), which drops spans when the exporter falls behind")
 	otlpProtocol := fs.String("otlp-protocol", "http/protobuf", "how the traced run exports spans to the in-process receiver: http/protobuf or grpc")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of one extra throughput run (not in the figures) to this file (go tool pprof); with --only recovery, of the fresh takeover; with --only half-rate, of its runs")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of one extra throughput run (not in the figures) to this file (go tool pprof); with --only recovery, of the fresh takeover; with --only half-rate or floor, of its runs")
 	profileDir := fs.String("profile-dir", "bench-profile", `with --only profile: where the CPU and allocation profiles and their summaries go`)
 	recoveryHistory := fs.Int("recovery-history", 1_000_000, "closed sagas in the recovery scenario's history")
 	recoveryBaseline := fs.Int("recovery-baseline", 10_000, "closed sagas in the recovery scenario's short-history baseline")
 	recoveryInFlight := fs.Int("recovery-in-flight", 10_000, "sagas in flight in the recovery scenario")
-	only := fs.String("only", "", `run one scenario only: "recovery", "slow" (participants taking 5 ms per command), "profile" (the orchestrator alone and the throughput scenario with every allocation recorded, then under the CPU profiler, into --profile-dir), "half-rate" (sagas placed at --rate, --sagas/2 of them) or "in-flight" (the in-flight memory measurement once, in this process: what the harness runs in a fresh process per run)`)
+	only := fs.String("only", "", `run one scenario only: "recovery", "slow" (participants taking 5 ms per command), "profile" (the orchestrator alone and the throughput scenario with every allocation recorded, then under the CPU profiler, into --profile-dir), "half-rate" (sagas placed at --rate, --sagas/2 of them), "floor" (the orders saga's message flow with no saga logic) or "in-flight" (the in-flight memory measurement once, in this process: what the harness runs in a fresh process per run)`)
 	slowSagas := fs.Int("slow-sagas", 5000, "sagas in the slow-participants scenario (500 in flight, 5 ms per command)")
 	rate := fs.Float64("rate", 4000, `with --only half-rate: sagas placed per second (the full harness places them at half its measured throughput)`)
 	skipRecovery := fs.Bool("skip-recovery", false, "skip the recovery scenario (it starts the broker and participants as processes)")
@@ -261,8 +266,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	problems := atLeastOne(nil, map[string]int{"--sagas": *n, "--concurrency": *concurrency, "--partitions": *partitions, "--in-flight": *inFlight, "--runs": *runs,
 		"--recovery-history": *recoveryHistory, "--recovery-baseline": *recoveryBaseline, "--recovery-in-flight": *recoveryInFlight, "--slow-sagas": *slowSagas})
-	if !slices.Contains([]string{"", "recovery", "slow", "profile", "half-rate", "in-flight"}, *only) {
-		problems = append(problems, fmt.Errorf("--only %q: want \"recovery\", \"slow\", \"profile\", \"half-rate\" or \"in-flight\"", *only))
+	if !slices.Contains([]string{"", "recovery", "slow", "profile", "half-rate", "floor", "in-flight"}, *only) {
+		problems = append(problems, fmt.Errorf("--only %q: want \"recovery\", \"slow\", \"profile\", \"half-rate\", \"floor\" or \"in-flight\"", *only))
 	}
 	if *rate <= 0 {
 		problems = append(problems, fmt.Errorf("--rate %v: must be above 0", *rate))
@@ -307,12 +312,16 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return fail(err)
 		}
 	}
-	if cfg.only == "half-rate" {
+	if cfg.only == "floor" || cfg.only == "half-rate" {
 		stop, err := startCPUProfile(cfg.cpuProfile)
 		if err != nil {
 			return fail(err)
 		}
-		err = benchHalfRate(ctx, &res, cfg, cfg.rate, "", stdout)
+		if cfg.only == "floor" {
+			err = benchFloors(ctx, &res, cfg, stdout)
+		} else {
+			err = benchHalfRate(ctx, &res, cfg, cfg.rate, "", stdout)
+		}
 		if err := errors.Join(err, stop()); err != nil {
 			return fail(err)
 		}
@@ -446,7 +455,7 @@ func benchSagas(ctx context.Context, res *BenchResult, cfg benchConfig, stdout, 
 	if !cfg.skipTraced {
 		beside = fmt.Sprintf("a traced one (every span over OTLP %s to a receiver in this process), a metrics-only one and the ceiling", cfg.otlpProtocol)
 	}
-	fmt.Fprintf(stdout, "throughput: %d sagas, %d in flight, participants in process, embedded stack; each run beside %s (after a warm-up run not in the figures)\n",
+	fmt.Fprintf(stdout, "throughput: %d sagas, %d in flight, participants in process, embedded stack; each run beside %s and the floor (after a warm-up run not in the figures)\n",
 		cfg.sagas, cfg.concurrency, beside)
 	// The first run in a process pays for growing the heap and faulting
 	// in pages; a short one first keeps that out of the figures.
@@ -515,6 +524,9 @@ func benchSagas(ctx context.Context, res *BenchResult, cfg benchConfig, stdout, 
 		ratiosTransform = append(ratiosTransform, r.OpsPerSecond/c.OpsPerSecond)
 		legacy = append(legacy, r.RecordsPerSecond/c.RecordsPerSecond)
 		ratiosCPU = append(ratiosCPU, c.InputInWindow.CPUMicrosPerOp/r.CPUMicrosPerOp)
+		if err := floorRun(ctx, res, cfg, i, stdout); err != nil {
+			return err
+		}
 	}
 	sagasPerSecond := func(r Run) float64 { return r.SagasPerSecond }
 	mid := medianIndex(res.ThroughputRuns, sagasPerSecond)
@@ -542,6 +554,7 @@ func benchSagas(ctx context.Context, res *BenchResult, cfg benchConfig, stdout, 
 	fmt.Fprintf(stdout, "    CPU per broker operation: saga run %s µs, ceiling (input in the window) %s µs: normalized ratio by CPU %s\n",
 		res.Spreads["throughput.cpu_us_per_broker_op"].format("%.2f"), res.Spreads["ceiling.input_in_window.cpu_us_per_broker_op"].format("%.2f"),
 		res.Spreads["normalized_ratio_cpu"].format("%.3f"))
+	summarizeFloors(res, stdout)
 	if !cfg.skipTraced {
 		res.Traced = ptr(res.TracedRuns[medianIndex(res.TracedRuns, sagasPerSecond)])
 		res.MetricsOnly = ptr(res.MetricsOnlyRuns[medianIndex(res.MetricsOnlyRuns, sagasPerSecond)])
@@ -605,6 +618,52 @@ func benchSagas(ctx context.Context, res *BenchResult, cfg benchConfig, stdout, 
 			res.Spreads["orchestrator_alone.alloc_bytes_per_saga"].format("%.0f"))
 	}
 	return nil
+}
+
+// benchFloors runs the floor (benchFloor) run after run into res, and
+// compares the throughput runs with it when there are any.
+func benchFloors(ctx context.Context, res *BenchResult, cfg benchConfig, stdout io.Writer) error {
+	fmt.Fprintf(stdout, "floor: the orders saga's message flow with no saga logic (the same transactions and broker operations, plain kgo loops), %d sagas, %d in flight (after a warm-up run not in the figures)\n", cfg.sagas, cfg.concurrency)
+	if _, err := benchFloor(ctx, min(cfg.sagas, 2000), cfg.concurrency, cfg.partitions); err != nil {
+		return fmt.Errorf("floor warm-up run: %w", err)
+	}
+	for i := range cfg.runs {
+		if err := floorRun(ctx, res, cfg, i, stdout); err != nil {
+			return err
+		}
+	}
+	summarizeFloors(res, stdout)
+	return nil
+}
+
+// floorRun runs the floor once into res.
+func floorRun(ctx context.Context, res *BenchResult, cfg benchConfig, i int, stdout io.Writer) error {
+	f, err := benchFloor(ctx, cfg.sagas, cfg.concurrency, cfg.partitions)
+	if err != nil {
+		return fmt.Errorf("floor: %w", err)
+	}
+	fmt.Fprintf(stdout, "  floor        run %d: %.0f sagas/s, p50 %.0f ms, p99 %.0f ms, %.1f broker ops per saga, %.0f µs CPU per saga (the same flow with no saga logic)\n", i+1, f.SagasPerSecond, f.P50Millis, f.P99Millis, f.OpsPerSaga, f.CPUMicrosPerSaga)
+	res.FloorRuns = append(res.FloorRuns, f)
+	return nil
+}
+
+// summarizeFloors prints the floor runs' spread and, beside throughput
+// runs, the saga runs' share of the floor, run by run.
+func summarizeFloors(res *BenchResult, stdout io.Writer) {
+	res.Spreads["floor.sagas_per_second"] = spreadOf(mapRuns(res.FloorRuns, func(f Floor) float64 { return f.SagasPerSecond }))
+	res.Spreads["floor.cpu_us_per_saga"] = spreadOf(mapRuns(res.FloorRuns, func(f Floor) float64 { return f.CPUMicrosPerSaga }))
+	fmt.Fprintf(stdout, "    floor (the same flow with no saga logic): %s sagas/s, %s µs CPU per saga", res.Spreads["floor.sagas_per_second"].format("%.0f"), res.Spreads["floor.cpu_us_per_saga"].format("%.0f"))
+	if len(res.ThroughputRuns) == len(res.FloorRuns) {
+		var ratios, cpu []float64
+		for i, f := range res.FloorRuns {
+			ratios = append(ratios, res.ThroughputRuns[i].SagasPerSecond/f.SagasPerSecond)
+			cpu = append(cpu, f.CPUMicrosPerSaga/res.ThroughputRuns[i].CPUMicrosPerSaga)
+		}
+		res.Spreads["floor_ratio"], res.Spreads["floor_cpu_ratio"] = spreadOf(ratios), spreadOf(cpu)
+		res.FloorRatio = res.Spreads["floor_ratio"].Median
+		fmt.Fprintf(stdout, "; the saga runs over it: %s of its sagas/s, %s of its CPU per saga over theirs (run by run)", res.Spreads["floor_ratio"].format("%.3f"), res.Spreads["floor_cpu_ratio"].format("%.3f"))
+	}
+	fmt.Fprintln(stdout)
 }
 
 // benchHalfRate places cfg.sagas/2 sagas at rate, run after run, into

@@ -316,6 +316,11 @@ func TestBenchWritesResults(t *testing.T) {
 	if res.OpsPerSaga < 20 || res.OpsPerSaga > 26 || res.NormalizedRatio <= 0 || res.Runs != 1 || res.Machine.Cores <= 0 {
 		t.Fatalf("broker ops per saga %.2f, normalized ratio %v, runs %d, machine %+v", res.OpsPerSaga, res.NormalizedRatio, res.Runs, res.Machine)
 	}
+	// The floor moves the same broker operations per saga as the saga run:
+	// counted, 16 produces and 7 consumes.
+	if len(res.FloorRuns) != 1 || res.FloorRuns[0].OpsPerSaga != res.OpsPerSaga || res.FloorRuns[0].SagasPerSecond <= 0 || res.FloorRatio <= 0 {
+		t.Fatalf("floor runs %+v, floor ratio %v: want one run of %.2f broker ops per saga", res.FloorRuns, res.FloorRatio, res.OpsPerSaga)
+	}
 	// The half-rate runs measure a running service: ready, then warmed up.
 	if res.HalfRate.ReadyMillis <= 0 || res.HalfRate.WarmUpSagas < 200 || res.HalfRate.WarmUpP99Millis <= 0 {
 		t.Fatalf("half rate: ready after %v ms, %d warm-up sagas (p99 %v ms): want a ready wait and a warm-up", res.HalfRate.ReadyMillis, res.HalfRate.WarmUpSagas, res.HalfRate.WarmUpP99Millis)
@@ -332,7 +337,7 @@ func TestBenchNamesWrongFlags(t *testing.T) {
 	if code != 2 {
 		t.Fatalf("exit %d, want 2\n%s", code, stderr.String())
 	}
-	for _, want := range []string{`--only "half": want "recovery", "slow", "profile", "half-rate" or "in-flight"`, "--rate 0: must be above 0"} {
+	for _, want := range []string{`--only "half": want "recovery", "slow", "profile", "half-rate", "floor" or "in-flight"`, "--rate 0: must be above 0"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("stderr %q does not name %q", stderr.String(), want)
 		}

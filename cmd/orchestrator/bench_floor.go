@@ -1,0 +1,360 @@
+package main
+
+import (
+	"context"
+	byteorder "encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"maps"
+	mrand "math/rand/v2"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sagapipe/sagapipe/devstack"
+	"github.com/sagapipe/sagapipe/schema"
+)
+
+// Floor is the orders saga's message flow with no saga logic: the same
+// topology, transactions and broker operations per saga as a saga run,
+// each hop a plain kgo loop that forwards a fixed record. No orchestrator
+// built on these clients and this broker can go faster; a saga run's
+// sagas/s over the floor's is what sagapipe's own work costs.
+type Floor struct {
+	SagasPerSecond   float64    `json:"sagas_per_second"`
+	P50Millis        float64    `json:"p50_ms"`
+	P99Millis        float64    `json:"p99_ms"`
+	OpsPerSaga       float64    `json:"broker_ops_per_saga"`
+	CPUMicrosPerSaga float64    `json:"cpu_us_per_saga"`
+	Ops              *BrokerOps `json:"broker_ops,omitempty"`
+}
+
+// The floor's topics, named after the orders saga's.
+const (
+	floorInbox    = "floor.inbox"
+	floorJournal  = "floor.journal"
+	floorState    = "floor.state"
+	floorOutcomes = "floor.outcomes"
+	floorStepKey  = "floor_step"
+)
+
+var floorCommands = []string{"floor.inventory", "floor.payment", "floor.shipping"}
+
+// benchFloor runs sagas through the floor's flow on a fresh embedded
+// stack, at most concurrency at once:
+//   - a storefront produces each saga's start record to the inbox (kgo's
+//     default linger, as the demo's storefront);
+//   - the orchestrator, a GroupTransactSession reading the inbox committed,
+//     writes for each record a journal record, a state record and the
+//     next command (or, after the third reply, the outcome) in one
+//     transaction per poll, as the saga runtime does;
+//   - three participants, one consumer group each, answer every command
+//     with a reply to the inbox and commit after the replies are acked,
+//     as a stage worker does.
+//
+// That is 16 produces and 7 consumes per saga, as an orders saga (counted,
+// not assumed). The records are an orders saga's sizes (floorRecord):
+// fresh IDs in their headers and values cut from order-like text, so
+// compression wins about what it does on real records.
+func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (Floor, error) {
+	stack, err := devstack.Start(devstack.Config{})
+	if err != nil {
+		return Floor{}, err
+	}
+	defer stack.Close()
+	seed := []kgo.Opt{kgo.SeedBrokers(stack.KafkaAddrs()...)}
+	admin, err := kgo.NewClient(seed...)
+	if err != nil {
+		return Floor{}, err
+	}
+	defer admin.Close()
+	adm := kadm.NewClient(admin)
+	topics := append([]string{floorInbox, floorJournal, floorState, floorOutcomes}, floorCommands...)
+	created, err := adm.CreateTopics(ctx, partitions, 1, nil, topics...)
+	if err == nil {
+		err = created.Error()
+	}
+	if err != nil {
+		return Floor{}, err
+	}
+
+	// Values are cut from text like an order's fields, so that they
+	// compress about as well as Avro payloads do.
+	var random []byte
+	for len(random) < 1<<16 {
+		random = fmt.Appendf(random, "order-%06d customer-%04d sku-%03d %d EUR %d;", mrand.IntN(1e6), mrand.IntN(1e4), mrand.IntN(1e3), mrand.IntN(5), mrand.IntN(1e5))
+	}
+
+	var (
+		mu       sync.Mutex
+		started  = make(map[string]time.Time, sagas)
+		latency  = make([]time.Duration, 0, sagas)
+		slots    = make(chan struct{}, concurrency)
+		allDone  = make(chan struct{})
+		firstErr error
+	)
+	fail := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		firstErr = errors.Join(firstErr, err)
+	}
+	finished := func(ids []string) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, id := range ids {
+			latency = append(latency, time.Since(started[id]))
+			<-slots
+		}
+		if len(latency) == sagas {
+			close(allDone)
+		}
+	}
+
+	loopCtx, stop := context.WithCancel(ctx)
+	// A loop stopped in the middle of a request fails that request: not a
+	// failure of the run.
+	loopFail := func(err error) {
+		if loopCtx.Err() == nil {
+			fail(err)
+		}
+	}
+	var loops sync.WaitGroup
+	// The clients close first (deferred later), which ends any loop still
+	// polling; then the loops are waited for.
+	defer loops.Wait()
+	defer stop()
+
+	orchestrator, err := kgo.NewGroupTransactSession(append(slices.Clone(seed), kgo.ConsumerGroup("floor.orchestrator"), kgo.ConsumeTopics(floorInbox),
+		kgo.TransactionalID("floor.orchestrator"), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ProducerLinger(0),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))...)
+	if err != nil {
+		return Floor{}, err
+	}
+	defer orchestrator.Close()
+	loops.Go(func() {
+		for loopCtx.Err() == nil {
+			fetches := orchestrator.PollFetches(loopCtx)
+			if loopCtx.Err() != nil {
+				return
+			}
+			if err := fetches.Err0(); err != nil {
+				loopFail(fmt.Errorf("floor orchestrator: %w", err))
+				return
+			}
+			if fetches.NumRecords() == 0 {
+				continue
+			}
+			if err := orchestrator.Begin(); err != nil {
+				loopFail(fmt.Errorf("floor orchestrator: %w", err))
+				return
+			}
+			var done []string
+			fetches.EachRecord(func(r *kgo.Record) {
+				step, cause := 0, []byte(nil)
+				for _, h := range r.Headers {
+					switch h.Key {
+					case floorStepKey:
+						step, _ = strconv.Atoi(string(h.Value))
+					case schema.HeaderID:
+						cause = h.Value
+					}
+				}
+				orchestrator.Produce(loopCtx, floorRecord(random, floorJournal, r.Key, cause, -1), nil)
+				orchestrator.Produce(loopCtx, floorRecord(random, floorState, r.Key, cause, -1), nil)
+				if step < len(floorCommands) {
+					orchestrator.Produce(loopCtx, floorRecord(random, floorCommands[step], r.Key, cause, step), nil)
+				} else {
+					orchestrator.Produce(loopCtx, floorRecord(random, floorOutcomes, r.Key, cause, -1), nil)
+					done = append(done, string(r.Key))
+				}
+			})
+			committed, err := orchestrator.End(loopCtx, kgo.TryCommit)
+			if err != nil || !committed {
+				loopFail(fmt.Errorf("floor orchestrator: transaction not committed: %v", err))
+				return
+			}
+			finished(done)
+		}
+	})
+
+	for step, topic := range floorCommands {
+		cl, err := kgo.NewClient(append(slices.Clone(seed), kgo.ConsumerGroup(topic+".service"), kgo.ConsumeTopics(topic), kgo.DisableAutoCommit(),
+			kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ProducerLinger(0), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))...)
+		if err != nil {
+			return Floor{}, err
+		}
+		defer cl.Close()
+		loops.Go(func() {
+			for loopCtx.Err() == nil {
+				fetches := cl.PollFetches(loopCtx)
+				if loopCtx.Err() != nil {
+					return
+				}
+				if err := fetches.Err0(); err != nil {
+					loopFail(fmt.Errorf("floor participant %s: %w", topic, err))
+					return
+				}
+				recs := fetches.Records()
+				if len(recs) == 0 {
+					continue
+				}
+				replies := make([]*kgo.Record, len(recs))
+				for i, r := range recs {
+					var cause []byte
+					for _, h := range r.Headers {
+						if h.Key == schema.HeaderID {
+							cause = h.Value
+						}
+					}
+					replies[i] = floorRecord(random, floorInbox, r.Key, cause, step+1)
+				}
+				if err := cl.ProduceSync(loopCtx, replies...).FirstErr(); err != nil {
+					loopFail(fmt.Errorf("floor participant %s: %w", topic, err))
+					return
+				}
+				if err := cl.CommitRecords(loopCtx, recs...); err != nil {
+					loopFail(fmt.Errorf("floor participant %s: %w", topic, err))
+					return
+				}
+			}
+		})
+	}
+
+	groups := map[string]string{"floor.orchestrator": floorInbox}
+	for _, topic := range floorCommands {
+		groups[topic+".service"] = topic
+	}
+	if err := waitGroupsAssigned(ctx, adm, groups, partitions); err != nil {
+		return Floor{}, err
+	}
+
+	storefront, err := kgo.NewClient(seed...)
+	if err != nil {
+		return Floor{}, err
+	}
+	defer storefront.Close()
+	counter := countOps(stack.Kafka())
+	cpuBefore := processCPU()
+	began := time.Now()
+	for i := range sagas {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return Floor{}, ctx.Err()
+		}
+		key := fmt.Sprintf("order-%06d", i)
+		mu.Lock()
+		started[key] = time.Now()
+		mu.Unlock()
+		storefront.Produce(ctx, floorRecord(random, floorInbox, []byte(key), nil, 0), func(_ *kgo.Record, err error) {
+			if err != nil {
+				fail(fmt.Errorf("floor storefront: %w", err))
+			}
+		})
+	}
+	select {
+	case <-allDone:
+	case <-time.After(5 * time.Minute):
+		mu.Lock()
+		defer mu.Unlock()
+		return Floor{}, errors.Join(fmt.Errorf("floor: %d of %d sagas finished in 5 minutes", len(latency), sagas), firstErr)
+	case <-ctx.Done():
+		return Floor{}, ctx.Err()
+	}
+	elapsed := time.Since(began)
+	cpu := processCPU() - cpuBefore
+	stop()
+	loops.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if firstErr != nil {
+		return Floor{}, firstErr
+	}
+	ops, err := counter.result(ctx, stack.KafkaAddrs())
+	if err != nil {
+		return Floor{}, err
+	}
+	slices.Sort(latency)
+	n := float64(sagas)
+	return Floor{SagasPerSecond: n / elapsed.Seconds(), P50Millis: ms(latency[len(latency)/2]), P99Millis: ms(latency[min(len(latency)-1, len(latency)*99/100)]),
+		OpsPerSaga: float64(ops.Total()) / n, CPUMicrosPerSaga: float64(cpu.Microseconds()) / n, Ops: &ops}, nil
+}
+
+// floorValueSizes are an orders saga's mean value sizes by topic, measured
+// on a demo run (Avro payloads; a state record is a snapshot).
+var floorValueSizes = map[string]int{floorInbox: 40, floorJournal: 235, floorState: 212, floorOutcomes: 54,
+	"floor.inventory": 27, "floor.payment": 34, "floor.shipping": 28}
+
+// floorRecord is a record of topic for the saga key, caused by the record
+// whose ce_id is cause, with an orders saga's sizes: 15 headers of about
+// 420 bytes (the envelope, a trace parent, the step, fresh IDs) on every
+// topic but the state topic (a snapshot has one small header), and a value
+// cut from random. step >= 0 is carried to the next hop.
+func floorRecord(random []byte, topic string, key, cause []byte, step int) *kgo.Record {
+	size := floorValueSizes[topic]
+	at := int(mrand.Uint32()) % (len(random) - size)
+	r := &kgo.Record{Topic: topic, Key: key, Value: random[at : at+size]}
+	if topic == floorState {
+		r.Headers = []kgo.RecordHeader{{Key: "saga_state", Value: []byte("awaiting")}}
+		return r
+	}
+	id := func() []byte {
+		return hex.AppendEncode(nil, byteorder.LittleEndian.AppendUint64(byteorder.LittleEndian.AppendUint64(nil, mrand.Uint64()), mrand.Uint64()))
+	}
+	r.Headers = []kgo.RecordHeader{
+		{Key: schema.HeaderSpecVersion, Value: []byte("1.0")},
+		{Key: schema.HeaderID, Value: id()},
+		{Key: schema.HeaderType, Value: []byte("sagapipe.examples.orders.InventoryReserved")},
+		{Key: schema.HeaderSource, Value: []byte("sagapipe/orders")},
+		{Key: schema.HeaderTime, Value: []byte("2026-12-02T06:00:00.123456789Z")},
+		{Key: schema.HeaderContentType, Value: []byte("application/avro")},
+		{Key: schema.HeaderCorrelationID, Value: key},
+		{Key: schema.HeaderCausationID, Value: cause},
+		{Key: schema.HeaderSagaName, Value: []byte("orders")},
+		{Key: schema.HeaderSagaID, Value: key},
+		{Key: schema.HeaderSagaStep, Value: []byte("inventory")},
+		{Key: schema.HeaderReplyTo, Value: []byte("orders.inbox")},
+		{Key: schema.HeaderIdempotencyKey, Value: id()},
+		{Key: schema.HeaderTraceParent, Value: append(append([]byte("00-"), id()...), "-00f067aa0ba902b7-01"...)},
+	}
+	if step >= 0 {
+		r.Headers = append(r.Headers, kgo.RecordHeader{Key: floorStepKey, Value: strconv.AppendInt(nil, int64(step), 10)})
+	}
+	return r
+}
+
+// waitGroupsAssigned waits until every group (to the topic it consumes)
+// is stable with all of the topic's partitions assigned.
+func waitGroupsAssigned(ctx context.Context, adm *kadm.Client, groups map[string]string, partitions int32) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		described, err := adm.DescribeGroups(ctx, slices.Collect(maps.Keys(groups))...)
+		if err != nil {
+			return err
+		}
+		waiting := ""
+		for group, topic := range groups {
+			d, ok := described[group]
+			if !ok || d.Err != nil || d.State != "Stable" || len(d.AssignedPartitions()[topic]) < int(partitions) {
+				waiting = group
+				break
+			}
+		}
+		if waiting == "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("group %s has not got its partitions in a minute", waiting)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
