@@ -22,9 +22,10 @@ import (
 
 // Floor is the orders saga's message flow with no saga logic: the same
 // topology, transactions and broker operations per saga as a saga run,
-// each hop a plain kgo loop that forwards a fixed record. No orchestrator
-// built on these clients and this broker can go faster; a saga run's
-// sagas/s over the floor's is what sagapipe's own work costs.
+// each hop a plain kgo loop that writes records of an orders saga's sizes
+// (floorRecord). An orchestrator of this flow (23 broker operations per
+// saga) on these clients and this broker cannot go faster; a saga run's
+// sagas/s over the floor's is the share sagapipe's own work leaves.
 type Floor struct {
 	SagasPerSecond   float64    `json:"sagas_per_second"`
 	P50Millis        float64    `json:"p50_ms"`
@@ -83,12 +84,7 @@ func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (
 		return Floor{}, err
 	}
 
-	// Values are cut from text like an order's fields, so that they
-	// compress about as well as Avro payloads do.
-	var random []byte
-	for len(random) < 1<<16 {
-		random = fmt.Appendf(random, "order-%06d customer-%04d sku-%03d %d EUR %d;", mrand.IntN(1e6), mrand.IntN(1e4), mrand.IntN(1e3), mrand.IntN(5), mrand.IntN(1e5))
-	}
+	text := floorText()
 
 	var (
 		mu       sync.Mutex
@@ -96,18 +92,27 @@ func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (
 		latency  = make([]time.Duration, 0, sagas)
 		slots    = make(chan struct{}, concurrency)
 		allDone  = make(chan struct{})
+		failed   = make(chan struct{}) // closed on the first failure
 		firstErr error
 	)
 	fail := func(err error) {
 		mu.Lock()
 		defer mu.Unlock()
+		if firstErr == nil {
+			close(failed)
+		}
 		firstErr = errors.Join(firstErr, err)
 	}
 	finished := func(ids []string) {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, id := range ids {
-			latency = append(latency, time.Since(started[id]))
+			at, ok := started[id]
+			if !ok { // again, after a rebalance: counted once
+				continue
+			}
+			delete(started, id)
+			latency = append(latency, time.Since(at))
 			<-slots
 		}
 		if len(latency) == sagas {
@@ -123,11 +128,30 @@ func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (
 			fail(err)
 		}
 	}
-	var loops sync.WaitGroup
-	// The clients close first (deferred later), which ends any loop still
-	// polling; then the loops are waited for.
-	defer loops.Wait()
-	defer stop()
+	// Stopped in order: the loops, then their clients.
+	var (
+		loops   sync.WaitGroup
+		closers []func()
+	)
+	defer func() {
+		stop()
+		loops.Wait()
+		for _, c := range closers {
+			c()
+		}
+	}()
+	// fatal reports whether a poll's errors end a loop: the client
+	// closed or the run stopped. kgo retries the others itself.
+	fatal := func(fetches kgo.Fetches) bool {
+		if loopCtx.Err() != nil {
+			return true
+		}
+		closed := false
+		fetches.EachError(func(_ string, _ int32, err error) {
+			closed = closed || errors.Is(err, kgo.ErrClientClosed)
+		})
+		return closed
+	}
 
 	orchestrator, err := kgo.NewGroupTransactSession(append(slices.Clone(seed), kgo.ConsumerGroup("floor.orchestrator"), kgo.ConsumeTopics(floorInbox),
 		kgo.TransactionalID("floor.orchestrator"), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ProducerLinger(0),
@@ -135,15 +159,11 @@ func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (
 	if err != nil {
 		return Floor{}, err
 	}
-	defer orchestrator.Close()
+	closers = append(closers, orchestrator.Close)
 	loops.Go(func() {
 		for loopCtx.Err() == nil {
 			fetches := orchestrator.PollFetches(loopCtx)
-			if loopCtx.Err() != nil {
-				return
-			}
-			if err := fetches.Err0(); err != nil {
-				loopFail(fmt.Errorf("floor orchestrator: %w", err))
+			if fatal(fetches) {
 				return
 			}
 			if fetches.NumRecords() == 0 {
@@ -164,12 +184,12 @@ func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (
 						cause = h.Value
 					}
 				}
-				orchestrator.Produce(loopCtx, floorRecord(random, floorJournal, r.Key, cause, -1), nil)
-				orchestrator.Produce(loopCtx, floorRecord(random, floorState, r.Key, cause, -1), nil)
+				orchestrator.Produce(loopCtx, floorRecord(text, floorJournal, r.Key, cause, -1), nil)
+				orchestrator.Produce(loopCtx, floorRecord(text, floorState, r.Key, cause, -1), nil)
 				if step < len(floorCommands) {
-					orchestrator.Produce(loopCtx, floorRecord(random, floorCommands[step], r.Key, cause, step), nil)
+					orchestrator.Produce(loopCtx, floorRecord(text, floorCommands[step], r.Key, cause, step), nil)
 				} else {
-					orchestrator.Produce(loopCtx, floorRecord(random, floorOutcomes, r.Key, cause, -1), nil)
+					orchestrator.Produce(loopCtx, floorRecord(text, floorOutcomes, r.Key, cause, -1), nil)
 					done = append(done, string(r.Key))
 				}
 			})
@@ -188,15 +208,11 @@ func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (
 		if err != nil {
 			return Floor{}, err
 		}
-		defer cl.Close()
+		closers = append(closers, cl.Close)
 		loops.Go(func() {
 			for loopCtx.Err() == nil {
 				fetches := cl.PollFetches(loopCtx)
-				if loopCtx.Err() != nil {
-					return
-				}
-				if err := fetches.Err0(); err != nil {
-					loopFail(fmt.Errorf("floor participant %s: %w", topic, err))
+				if fatal(fetches) {
 					return
 				}
 				recs := fetches.Records()
@@ -211,7 +227,7 @@ func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (
 							cause = h.Value
 						}
 					}
-					replies[i] = floorRecord(random, floorInbox, r.Key, cause, step+1)
+					replies[i] = floorRecord(text, floorInbox, r.Key, cause, step+1)
 				}
 				if err := cl.ProduceSync(loopCtx, replies...).FirstErr(); err != nil {
 					loopFail(fmt.Errorf("floor participant %s: %w", topic, err))
@@ -237,13 +253,17 @@ func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (
 	if err != nil {
 		return Floor{}, err
 	}
-	defer storefront.Close()
+	closers = append(closers, storefront.Close)
 	counter := countOps(stack.Kafka())
 	cpuBefore := processCPU()
 	began := time.Now()
 	for i := range sagas {
 		select {
 		case slots <- struct{}{}:
+		case <-failed:
+			mu.Lock()
+			defer mu.Unlock()
+			return Floor{}, firstErr
 		case <-ctx.Done():
 			return Floor{}, ctx.Err()
 		}
@@ -251,7 +271,7 @@ func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (
 		mu.Lock()
 		started[key] = time.Now()
 		mu.Unlock()
-		storefront.Produce(ctx, floorRecord(random, floorInbox, []byte(key), nil, 0), func(_ *kgo.Record, err error) {
+		storefront.Produce(ctx, floorRecord(text, floorInbox, []byte(key), nil, 0), func(_ *kgo.Record, err error) {
 			if err != nil {
 				fail(fmt.Errorf("floor storefront: %w", err))
 			}
@@ -259,6 +279,10 @@ func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (
 	}
 	select {
 	case <-allDone:
+	case <-failed:
+		mu.Lock()
+		defer mu.Unlock()
+		return Floor{}, firstErr
 	case <-time.After(5 * time.Minute):
 		mu.Lock()
 		defer mu.Unlock()
@@ -285,20 +309,31 @@ func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (
 		OpsPerSaga: float64(ops.Total()) / n, CPUMicrosPerSaga: float64(cpu.Microseconds()) / n, Ops: &ops}, nil
 }
 
+// floorText is what floorRecord cuts values from: text like an order's
+// fields, so that they compress about as well as Avro payloads do.
+func floorText() []byte {
+	var text []byte
+	for len(text) < 1<<16 {
+		text = fmt.Appendf(text, "order-%06d customer-%04d sku-%03d %d EUR %d;", mrand.IntN(1e6), mrand.IntN(1e4), mrand.IntN(1e3), mrand.IntN(5), mrand.IntN(1e5))
+	}
+	return text
+}
+
 // floorValueSizes are an orders saga's mean value sizes by topic, measured
 // on a demo run (Avro payloads; a state record is a snapshot).
 var floorValueSizes = map[string]int{floorInbox: 40, floorJournal: 235, floorState: 212, floorOutcomes: 54,
-	"floor.inventory": 27, "floor.payment": 34, "floor.shipping": 28}
+	"floor.inventory": 27, "floor.payment": 34, "floor.shipping": 28,
+	"ceiling.in": 200} // the ceiling's records (benchCeiling)
 
 // floorRecord is a record of topic for the saga key, caused by the record
-// whose ce_id is cause, with an orders saga's sizes: 15 headers of about
-// 420 bytes (the envelope, a trace parent, the step, fresh IDs) on every
-// topic but the state topic (a snapshot has one small header), and a value
-// cut from random. step >= 0 is carried to the next hop.
-func floorRecord(random []byte, topic string, key, cause []byte, step int) *kgo.Record {
+// whose ce_id is cause, with an orders saga's sizes: 14 headers of about
+// 400 bytes (the envelope, a trace parent, fresh IDs; a 15th carries the
+// step to the next hop when step >= 0) on every topic but the state topic
+// (a snapshot has one small header), and a value cut from text.
+func floorRecord(text []byte, topic string, key, cause []byte, step int) *kgo.Record {
 	size := floorValueSizes[topic]
-	at := int(mrand.Uint32()) % (len(random) - size)
-	r := &kgo.Record{Topic: topic, Key: key, Value: random[at : at+size]}
+	at := int(mrand.Uint32()) % (len(text) - size)
+	r := &kgo.Record{Topic: topic, Key: key, Value: text[at : at+size]}
 	if topic == floorState {
 		r.Headers = []kgo.RecordHeader{{Key: "saga_state", Value: []byte("awaiting")}}
 		return r

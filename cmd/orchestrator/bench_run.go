@@ -108,20 +108,32 @@ func benchRun(ctx context.Context, spec runSpec) (Run, error) {
 
 	settledHeap() // what the previous phase left is freed before this one is measured
 	mem := startPhaseMemory()
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	cpuBefore := processCPU()
+	// CPU and allocations are the measured orders' window: from placing
+	// the first to the last one finishing (no startup, warm-up, draining
+	// or checking), as the floor measures its own.
+	var (
+		before, after runtime.MemStats
+		cpu           time.Duration
+	)
+	cfg.Window = func() func() {
+		runtime.ReadMemStats(&before)
+		cpuBefore := processCPU()
+		return func() {
+			cpu = processCPU() - cpuBefore
+			runtime.ReadMemStats(&after)
+		}
+	}
 	sum, err := orders.RunDemo(ctx, cfg)
-	runtime.ReadMemStats(&after)
 	if tel != nil {
 		// Export what the batch processors still hold, inside the CPU
 		// measurement.
+		cpuBefore := processCPU()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
 		err = errors.Join(err, tel.shutdown(sctx))
 		cancel()
+		cpu += processCPU() - cpuBefore
 	}
 	flushed := time.Now()
-	cpu := processCPU() - cpuBefore
 	rss, heap := mem.end()
 	if err != nil {
 		return Run{}, err
@@ -137,18 +149,20 @@ func benchRun(ctx context.Context, spec runSpec) (Run, error) {
 	if err != nil {
 		return Run{}, err
 	}
-	// Per saga: every saga of the run, the warm-up's too (the counts and
-	// the CPU cover them); per second: per saga times the measured rate.
-	n, secs := float64(spec.sagas+spec.warmUp), sum.Elapsed.Seconds()
+	// Records and broker operations are counted over the whole run, the
+	// warm-up's sagas too: per saga they are divided by every saga, per
+	// second they are per saga times the measured rate. CPU and
+	// allocations are the measured window's.
+	n, measured, secs := float64(spec.sagas+spec.warmUp), float64(spec.sagas), sum.Elapsed.Seconds()
 	r := Run{
 		SagasPerSecond: sum.SagasPerSecond, P50Millis: ms(sum.P50), P99Millis: ms(sum.P99),
 		Records: records, RecordsPerSecond: float64(records) / n * sum.SagasPerSecond,
-		AllocsPerSaga: float64(after.Mallocs-before.Mallocs) / n,
-		BytesPerSaga:  float64(after.TotalAlloc-before.TotalAlloc) / n,
+		AllocsPerSaga: float64(after.Mallocs-before.Mallocs) / measured,
+		BytesPerSaga:  float64(after.TotalAlloc-before.TotalAlloc) / measured,
 		PeakRSSBytes:  rss, PeakHeapBytes: heap, ElapsedSeconds: secs, RateLimit: spec.rate,
 		Ops: &ops, OpsPerSaga: float64(ops.Total()) / n, OpsPerSecond: float64(ops.Total()) / n * sum.SagasPerSecond,
 		ReadyMillis: ms(sum.ReadyAfter), WarmUpSagas: spec.warmUp, WarmUpP99Millis: ms(sum.WarmUpP99),
-		CPUMicrosPerSaga: float64(cpu.Microseconds()) / n, CPUMicrosPerOp: float64(cpu.Microseconds()) / float64(max(ops.Total(), 1)),
+		CPUMicrosPerSaga: float64(cpu.Microseconds()) / measured, CPUMicrosPerOp: float64(cpu.Microseconds()) / measured / max(float64(ops.Total())/n, 1),
 		Telemetry: spec.telemetry,
 	}
 	if sink != nil {
@@ -160,7 +174,7 @@ func benchRun(ctx context.Context, spec runSpec) (Run, error) {
 		began := lastFinished.Add(-sum.Elapsed)
 		r.SpansQueuedAtEndPerSaga = float64(sink.spans.Load()-spansAtLast) / n
 		lastMu.Unlock()
-		r.SagasPerSecondAllExported = n / flushed.Sub(began).Seconds()
+		r.SagasPerSecondAllExported = measured / flushed.Sub(began).Seconds()
 		r.ReceiverCPUMicrosPerSaga = float64(time.Duration(sink.cpu.Load()).Microseconds()) / n
 	}
 	return r, nil
@@ -247,21 +261,22 @@ func benchCeiling(ctx context.Context, n int64, partitions int32, inputInWindow 
 		return CeilingWindow{}, err
 	}
 	defer cl.Close()
-	if _, err := kadm.NewClient(cl).CreateTopics(ctx, partitions, 1, nil, "ceiling.in", "ceiling.out"); err != nil {
+	adm := kadm.NewClient(cl)
+	if _, err := adm.CreateTopics(ctx, partitions, 1, nil, "ceiling.in", "ceiling.out"); err != nil {
 		return CeilingWindow{}, err
 	}
-	// Records shaped like the saga's: a key, ~200 bytes, a dozen headers.
-	value := make([]byte, 200)
-	env := schema.NewEnvelope("bench.Event", "bench", time.Now())
-	env.SagaName, env.SagaID, env.CorrelationID = "orders", "order-000000", "order-000000"
-	headers := env.Apply(nil)
+	// Records shaped like the saga's, as the floor's (floorRecord): a
+	// key, 14 headers with fresh IDs, 200 bytes cut from order-like text.
+	// (Before, every record was the same zero-filled one, which snappy
+	// squeezed to almost nothing.)
+	text := floorText()
 	var (
 		produceMu  sync.Mutex
 		produceErr error
 	)
 	produceInput := func() {
 		for i := int64(0); i < n; i++ {
-			cl.Produce(ctx, &kgo.Record{Topic: "ceiling.in", Key: []byte(fmt.Sprintf("order-%06d", i%50000)), Value: value, Headers: headers},
+			cl.Produce(ctx, floorRecord(text, "ceiling.in", []byte(fmt.Sprintf("order-%06d", i%50000)), nil, -1),
 				func(_ *kgo.Record, err error) {
 					if err != nil {
 						produceMu.Lock()
@@ -286,6 +301,10 @@ func benchCeiling(ctx context.Context, n int64, partitions int32, inputInWindow 
 
 	if !inputInWindow {
 		produceInput()
+	}
+	// The clock starts with the group joined, as a saga run's does.
+	if err := waitGroupsAssigned(ctx, adm, map[string]string{"ceiling": "ceiling.in"}, partitions); err != nil {
+		return CeilingWindow{}, err
 	}
 	counter := countOps(stack.Kafka())
 	var produced sync.WaitGroup

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -318,7 +319,7 @@ func TestBenchWritesResults(t *testing.T) {
 	}
 	// The floor moves the same broker operations per saga as the saga run:
 	// counted, 16 produces and 7 consumes.
-	if len(res.FloorRuns) != 1 || res.FloorRuns[0].OpsPerSaga != res.OpsPerSaga || res.FloorRuns[0].SagasPerSecond <= 0 || res.FloorRatio <= 0 {
+	if len(res.FloorRuns) != 1 || math.Abs(res.FloorRuns[0].OpsPerSaga-res.OpsPerSaga) > 0.05 || res.FloorRuns[0].SagasPerSecond <= 0 || res.FloorRatio <= 0 {
 		t.Fatalf("floor runs %+v, floor ratio %v: want one run of %.2f broker ops per saga", res.FloorRuns, res.FloorRatio, res.OpsPerSaga)
 	}
 	// The half-rate runs measure a running service: ready, then warmed up.
@@ -337,7 +338,7 @@ func TestBenchNamesWrongFlags(t *testing.T) {
 	if code != 2 {
 		t.Fatalf("exit %d, want 2\n%s", code, stderr.String())
 	}
-	for _, want := range []string{`--only "half": want "recovery", "slow", "profile", "half-rate", "floor" or "in-flight"`, "--rate 0: must be above 0"} {
+	for _, want := range []string{`--only "half": want "recovery", "slow", "profile", "half-rate", "floor" or "in-flight"`, "--rate 0: must be a number above 0", "--rate: only with --only half-rate"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("stderr %q does not name %q", stderr.String(), want)
 		}

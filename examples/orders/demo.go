@@ -64,6 +64,10 @@ type DemoConfig struct {
 	// heap) is not in Elapsed, SagasPerSecond, P50 and P99. The invariants
 	// cover them too.
 	WarmUp int
+	// Window, when set, is called as the first of the Orders (after the
+	// warm-up) is placed; the function it returns is called once the last
+	// of them finished: a caller measures the same window as Elapsed.
+	Window func() (end func())
 }
 
 func (c DemoConfig) telemetry(service string) Telemetry {
@@ -79,8 +83,8 @@ type Summary struct {
 	Completed, Compensated, CompensationFailed, Stuck int
 	DeadLettered                                      int
 	// ReadyAfter is how long the services took to be ready (see
-	// waitReady); the orders are placed after. Elapsed, SagasPerSecond,
-	// P50 and P99 are the Orders' (the warm-up's not counted).
+	// waitReady); the orders are placed after. Orders counts the warm-up's
+	// too; Elapsed, SagasPerSecond, P50 and P99 are the measured orders'.
 	ReadyAfter     time.Duration
 	Elapsed        time.Duration
 	SagasPerSecond float64
@@ -194,10 +198,12 @@ func start(ctx context.Context, cfg DemoConfig) (*services, error) {
 }
 
 // RunDemo runs the orders saga end to end on the cluster: it creates the
-// topics, runs the orchestrator and the three participants, places the
-// orders, waits for every saga to end, and checks the invariants: every saga
-// terminal and its outcome announced once, stock reserved = released +
-// shipped, money charged = refunded + captured, nothing applied twice.
+// topics, runs the orchestrator and the three participants, waits until
+// they are ready, places the warm-up's orders and waits for them, places
+// the orders, waits for every saga to end, and checks the invariants:
+// every saga terminal and its outcome announced once, stock reserved =
+// released + shipped, money charged = refunded + captured, nothing applied
+// twice.
 func RunDemo(ctx context.Context, cfg DemoConfig) (Summary, error) {
 	sum := Summary{Orders: cfg.WarmUp + cfg.Orders}
 	sv, err := start(ctx, cfg)
@@ -205,25 +211,43 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (Summary, error) {
 		return sum, err
 	}
 	hooks := sv.hooks
-	deadline := time.After(cfg.StepTimeout*20 + time.Minute)
+	// Closed, not sent: every wait below sees it.
+	deadline := make(chan struct{})
+	timer := time.AfterFunc(cfg.StepTimeout*20+time.Minute, func() { close(deadline) })
+	defer timer.Stop()
 	readyFrom := time.Now()
 	placeErr := waitReady(ctx, cfg, sv, deadline)
 	sum.ReadyAfter = time.Since(readyFrom)
+	var shop *storefront
+	if placeErr == nil {
+		shop, placeErr = newStorefront(cfg, sv)
+	}
 	if placeErr == nil && cfg.WarmUp > 0 {
-		if placeErr = placeOrders(ctx, cfg, sv, hooks, 0, cfg.WarmUp); placeErr == nil {
+		if placeErr = shop.place(ctx, sv, deadline, 0, cfg.WarmUp); placeErr == nil {
 			placeErr = waitFinished(ctx, sv, cfg.WarmUp, deadline)
 		}
 		hooks.mu.Lock()
 		hooks.warming = false
+		if done := len(hooks.outcomes); placeErr == nil && done < cfg.WarmUp {
+			placeErr = fmt.Errorf("warm-up: %d of %d sagas finished by the deadline", done, cfg.WarmUp)
+		}
 		hooks.mu.Unlock()
 	}
 	begin := time.Now()
 	if placeErr == nil {
-		if placeErr = placeOrders(ctx, cfg, sv, hooks, cfg.WarmUp, cfg.Orders); placeErr == nil {
+		end := func() {}
+		if cfg.Window != nil {
+			end = cfg.Window()
+		}
+		if placeErr = shop.place(ctx, sv, deadline, cfg.WarmUp, cfg.Orders); placeErr == nil {
 			placeErr = waitFinished(ctx, sv, cfg.WarmUp+cfg.Orders, deadline)
 		}
+		end()
 	}
 	sum.Elapsed = time.Since(begin)
+	if shop != nil {
+		shop.close()
+	}
 	if placeErr == nil {
 		// Participants slower than the step timeout still hold commands
 		// (resends, compensations of given-up steps) when the last saga
@@ -246,7 +270,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (Summary, error) {
 
 // waitFinished waits until n sagas have finished, or the deadline passes
 // (the sagas left are reported as stuck).
-func waitFinished(ctx context.Context, sv *services, n int, deadline <-chan time.Time) error {
+func waitFinished(ctx context.Context, sv *services, n int, deadline <-chan struct{}) error {
 	for {
 		sv.hooks.mu.Lock()
 		done := len(sv.hooks.outcomes)
@@ -266,18 +290,19 @@ func waitFinished(ctx context.Context, sv *services, n int, deadline <-chan time
 	}
 }
 
-// waitReady waits until the orchestrator is ready (it owns the inbox's
-// partitions and has restored them: what its readiness probe asks) and
-// every participant's group has all of its topic's partitions assigned:
-// the moment a deployment starts taking orders.
-func waitReady(ctx context.Context, cfg DemoConfig, sv *services, deadline <-chan time.Time) error {
+// waitReady waits until the orchestrator is ready (it has restored the
+// inbox partitions it owns: what its readiness probe asks) and every group,
+// the orchestrator's and each participant's, has all of its topic's
+// partitions assigned: the moment a deployment starts taking orders.
+func waitReady(ctx context.Context, cfg DemoConfig, sv *services, deadline <-chan struct{}) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...))
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	groups := map[string]string{InventoryTopic + ".service": InventoryTopic, PaymentTopic + ".service": PaymentTopic, ShippingTopic + ".service": ShippingTopic}
+	groups := map[string]string{InventoryTopic + ".service": InventoryTopic, PaymentTopic + ".service": PaymentTopic, ShippingTopic + ".service": ShippingTopic,
+		"sagapipe." + sv.saga.Name(): sv.saga.InboxTopic()} // the runtime's default group
 	for {
 		waiting := "the orchestrator"
 		if sv.runtime.Ready() {
@@ -314,7 +339,7 @@ func waitReady(ctx context.Context, cfg DemoConfig, sv *services, deadline <-cha
 // committed, in two checks in a row (a participant commits a command only
 // once its reply is in the inbox, and the orchestrator its inputs with the
 // commands they led to).
-func drain(ctx context.Context, cfg DemoConfig, sv *services, deadline <-chan time.Time) error {
+func drain(ctx context.Context, cfg DemoConfig, sv *services, deadline <-chan struct{}) error {
 	opts := []kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
@@ -406,19 +431,35 @@ func checkOutcomes(ctx context.Context, cfg DemoConfig, sum *Summary, h *demoHoo
 	return nil
 }
 
-// placeOrders starts a saga for each of the n orders from the from-th
-// (DemoOrder), at most Concurrency in flight at once.
-func placeOrders(ctx context.Context, cfg DemoConfig, sv *services, hooks *demoHooks, from, n int) error {
+// storefront places the orders: one client and one Starter for a run, so
+// that the warm-up pays their first requests.
+type storefront struct {
+	cfg     DemoConfig
+	cl      *kgo.Client
+	starter *saga.Starter
+}
+
+func newStorefront(cfg DemoConfig, sv *services) (*storefront, error) {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer cl.Close()
 	starter, err := sv.saga.NewStarter(cl, sv.serde, saga.StartSource("orders-demo"),
 		saga.StartTracerProvider(cfg.telemetry(ServiceStorefront).TracerProvider))
 	if err != nil {
-		return err
+		cl.Close()
+		return nil, err
 	}
+	return &storefront{cfg: cfg, cl: cl, starter: starter}, nil
+}
+
+func (f *storefront) close() { f.cl.Close() }
+
+// place starts a saga for each of the n orders from the from-th
+// (DemoOrder), at most Concurrency in flight at once, until a service
+// stops or the deadline passes.
+func (f *storefront) place(ctx context.Context, sv *services, deadline <-chan struct{}, from, n int) error {
+	cfg, cl, starter, hooks := f.cfg, f.cl, f.starter, sv.hooks
 	var failed error
 	var mu sync.Mutex
 	paceFrom := time.Now()
@@ -435,6 +476,10 @@ func placeOrders(ctx context.Context, cfg DemoConfig, sv *services, hooks *demoH
 		}
 		select {
 		case hooks.slots <- struct{}{}:
+		case err := <-sv.errs:
+			return fmt.Errorf("a service stopped: %w", err)
+		case <-deadline:
+			return fmt.Errorf("placing orders: %d of %d placed at the deadline", i, n)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
