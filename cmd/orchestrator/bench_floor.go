@@ -67,7 +67,7 @@ func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (
 	if err != nil {
 		return Floor{}, err
 	}
-	defer stack.Close()
+	defer closeStack(stack)
 	seed := []kgo.Opt{kgo.SeedBrokers(stack.KafkaAddrs()...)}
 	admin, err := kgo.NewClient(seed...)
 	if err != nil {

@@ -344,3 +344,32 @@ func TestBenchNamesWrongFlags(t *testing.T) {
 		}
 	}
 }
+
+// A run waits until the broker of the run before it is reclaimed: closed,
+// it stays reachable for a few seconds with every record it held.
+func TestClosedStacksAreReclaimed(t *testing.T) {
+	stack, err := devstack.Start(devstack.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(stack.KafkaAddrs()...), kgo.ConsumeTopics("t"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kadm.NewClient(cl).CreateTopic(context.Background(), 1, 1, nil, "t"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.ProduceSync(context.Background(), &kgo.Record{Topic: "t", Value: make([]byte, 1<<19)}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	cl.PollFetches(context.Background()) // the record
+	polled := make(chan struct{})
+	go func() { defer close(polled); cl.PollFetches(context.Background()) }()
+	time.Sleep(100 * time.Millisecond) // a fetch waits at the broker, as after any run
+	cl.Close()
+	<-polled
+	closeStack(stack)
+	if !awaitClosedStacks(30 * time.Second) {
+		t.Fatal("the closed broker was not reclaimed in 30 s")
+	}
+}
