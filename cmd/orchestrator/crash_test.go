@@ -33,6 +33,7 @@ import (
 
 var (
 	binOnce sync.Once
+	binDir  string // the binary, and the children's TMPDIR; removed after the tests
 	binPath string
 	binErr  error
 )
@@ -44,6 +45,10 @@ func binary(t *testing.T) string {
 		dir, err := os.MkdirTemp("", "sagapipe-crash-")
 		if err != nil {
 			binErr = err
+			return
+		}
+		binDir = dir
+		if binErr = os.Mkdir(filepath.Join(dir, "tmp"), 0o755); binErr != nil {
 			return
 		}
 		binPath = filepath.Join(dir, "orchestrator")
@@ -70,7 +75,10 @@ type proc struct {
 func spawn(t *testing.T, name string, env []string, args ...string) *proc {
 	t.Helper()
 	p := &proc{name: name, cmd: exec.Command(binary(t), args...), out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), env...)
+	// A child's temporary directories (a runtime's default state
+	// directory) go where the tests remove them: a child killed by a test
+	// cannot remove its own.
+	p.cmd.Env = append(append(os.Environ(), "TMPDIR="+filepath.Join(binDir, "tmp")), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	testkit.DieWithParent(p.cmd)
 	if err := p.cmd.Start(); err != nil {

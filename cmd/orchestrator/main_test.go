@@ -39,6 +39,9 @@ type reporting struct{ m *testing.M }
 func (r reporting) Run() int {
 	code := r.m.Run()
 	chaosReport()
+	if binDir != "" { // the children are gone: every test's cleanup killed its own
+		_ = os.RemoveAll(binDir)
+	}
 	return code
 }
 
