@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"maps"
 	mrand "math/rand/v2"
 	"slices"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sagapipe/sagapipe/devstack"
+	"github.com/sagapipe/sagapipe/internal/groups"
 	"github.com/sagapipe/sagapipe/schema"
 )
 
@@ -241,11 +241,11 @@ func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (
 		})
 	}
 
-	groups := map[string]string{"floor.orchestrator": floorInbox}
+	members := map[string]string{"floor.orchestrator": floorInbox}
 	for _, topic := range floorCommands {
-		groups[topic+".service"] = topic
+		members[topic+".service"] = topic
 	}
-	if err := waitGroupsAssigned(ctx, adm, groups, partitions); err != nil {
+	if err := waitGroupsAssigned(ctx, adm, members, partitions); err != nil {
 		return Floor{}, err
 	}
 
@@ -365,20 +365,12 @@ func floorRecord(text []byte, topic string, key, cause []byte, step int) *kgo.Re
 
 // waitGroupsAssigned waits until every group (to the topic it consumes)
 // is stable with all of the topic's partitions assigned.
-func waitGroupsAssigned(ctx context.Context, adm *kadm.Client, groups map[string]string, partitions int32) error {
+func waitGroupsAssigned(ctx context.Context, adm *kadm.Client, members map[string]string, partitions int32) error {
 	deadline := time.Now().Add(time.Minute)
 	for {
-		described, err := adm.DescribeGroups(ctx, slices.Collect(maps.Keys(groups))...)
+		waiting, err := groups.Waiting(ctx, adm, members, partitions)
 		if err != nil {
 			return err
-		}
-		waiting := ""
-		for group, topic := range groups {
-			d, ok := described[group]
-			if !ok || d.Err != nil || d.State != "Stable" || len(d.AssignedPartitions()[topic]) < int(partitions) {
-				waiting = group
-				break
-			}
 		}
 		if waiting == "" {
 			return nil

@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagapipe/sagapipe/dlq"
+	"github.com/sagapipe/sagapipe/internal/groups"
 	"github.com/sagapipe/sagapipe/kread"
 	"github.com/sagapipe/sagapipe/saga"
 	"github.com/sagapipe/sagapipe/schema"
@@ -301,22 +302,13 @@ func waitReady(ctx context.Context, cfg DemoConfig, sv *services, deadline <-cha
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	groups := map[string]string{InventoryTopic + ".service": InventoryTopic, PaymentTopic + ".service": PaymentTopic, ShippingTopic + ".service": ShippingTopic,
+	members := map[string]string{InventoryTopic + ".service": InventoryTopic, PaymentTopic + ".service": PaymentTopic, ShippingTopic + ".service": ShippingTopic,
 		"sagapipe." + sv.saga.Name(): sv.saga.InboxTopic()} // the runtime's default group
 	for {
 		waiting := "the orchestrator"
 		if sv.runtime.Ready() {
-			waiting = ""
-			described, err := adm.DescribeGroups(ctx, slices.Collect(maps.Keys(groups))...)
-			if err != nil {
+			if waiting, err = groups.Waiting(ctx, adm, members, cfg.Partitions); err != nil {
 				return fmt.Errorf("waiting for the participants: %w", err)
-			}
-			for group, topic := range groups {
-				d, ok := described[group]
-				if !ok || d.Err != nil || d.State != "Stable" || len(d.AssignedPartitions()[topic]) < int(cfg.Partitions) {
-					waiting = group
-					break
-				}
 			}
 		}
 		if waiting == "" {
