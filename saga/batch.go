@@ -300,7 +300,7 @@ func (r *Runtime[D]) takePending() map[int32]pendingWrites[D] {
 
 // committed makes what the transaction committed the runtime's state: the
 // changed sagas in memory (the closed ones leave it) and every snapshot
-// and tombstone in the partitions' stores.
+// and tombstone in the partitions' stores (written behind: flushStores).
 func (r *Runtime[D]) committed(b *batch[D]) error {
 	r.mu.Lock()
 	stores := map[int32]*partitionState[D]{}
@@ -347,7 +347,7 @@ func (r *Runtime[D]) committed(b *batch[D]) error {
 			}
 		}
 		ps.store.mu.Lock()
-		err := ps.store.st.write(b.changes[p], next)
+		err := ps.store.st.writeBehind(b.changes[p], next)
 		ps.store.mu.Unlock()
 		if err != nil {
 			return fmt.Errorf("saga %s: partition %d: %w", r.saga.name, p, err)

@@ -122,6 +122,8 @@ type Runtime[D any] struct {
 	// stores stay open once opened, owned or not: a partition assigned
 	// again continues from its checkpoint.
 	stores map[int32]*partitionStore
+	// storeList is openStores' slice, the run loop's alone.
+	storeList []*partitionStore
 	// failed is a restore's error, which ends Run.
 	failed error
 	// wake ends the poll in progress, so that a partition restored is
@@ -491,6 +493,9 @@ func (r *Runtime[D]) run(ctx context.Context) error {
 		if err := r.sweepExpired(); err != nil {
 			return err
 		}
+		if err := r.flushStores(); err != nil {
+			return err
+		}
 		fetches, stopped, err := poller.PollWith(ctx, r.armWakeUps)
 		if stopped {
 			return nil
@@ -531,12 +536,71 @@ func (r *Runtime[D]) armWakeUps(wake context.CancelFunc) (disarm func()) {
 	if pending {
 		wake() // snapshots or tombstones to write: no need to wait for records
 	}
+	// A store's write-behind is due on the wall clock, not the saga's:
+	// it is the process's own business.
+	stopFlush := func() bool { return false }
+	if at, ok := r.storesDue(); ok {
+		stopFlush = time.AfterFunc(time.Until(at), wake).Stop
+	}
 	return func() {
 		r.mu.Lock()
 		r.wake = nil
 		r.mu.Unlock()
 		stop()
+		stopFlush()
 	}
+}
+
+// storesDue returns when the first store's write-behind is due. A store
+// being restored is passed over (its mu is held for the whole restore,
+// which may wait long for a previous owner's transaction); the restore
+// writes what is behind first.
+func (r *Runtime[D]) storesDue() (first time.Time, ok bool) {
+	for _, ps := range r.openStores() {
+		if !ps.mu.TryLock() {
+			continue
+		}
+		if ps.st != nil {
+			if at, due := ps.st.flushDue(); due && (!ok || at.Before(first)) {
+				first, ok = at, true
+			}
+		}
+		ps.mu.Unlock()
+	}
+	return first, ok
+}
+
+// flushStores writes the stores' write-behind that is due, passing over
+// the stores being restored, as storesDue does.
+func (r *Runtime[D]) flushStores() error {
+	now := time.Now()
+	for _, ps := range r.openStores() {
+		if !ps.mu.TryLock() {
+			continue
+		}
+		var err error
+		if ps.st != nil {
+			if at, due := ps.st.flushDue(); due && !now.Before(at) {
+				err = ps.st.flush()
+			}
+		}
+		ps.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("saga %s: %w", r.saga.name, err)
+		}
+	}
+	return nil
+}
+
+// openStores returns the stores, in a slice the run loop reuses.
+func (r *Runtime[D]) openStores() []*partitionStore {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.storeList = r.storeList[:0]
+	for _, ps := range r.stores {
+		r.storeList = append(r.storeList, ps)
+	}
+	return r.storeList
 }
 
 // wakePoll ends the poll in progress. Callers hold mu.

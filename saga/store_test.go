@@ -1,16 +1,20 @@
 package saga
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
 	"maps"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sagapipe/sagapipe/dlq"
 )
 
 // storeContents returns every key and value but the checkpoint.
@@ -34,7 +38,8 @@ func storeContents(t *testing.T, s *store) map[string]string {
 // change of a saga wins across chunks, opens become closed markers, and
 // tombstones remove both. Each change's ID and value are scribbled over
 // once its chunk is written, as a restore recycles fetched records: the
-// stores keep copies of what they need.
+// stores keep copies of what they need. A store written behind, from a
+// batch's changes and flushed now and then, ends the same.
 func TestStoreIngestEqualsWrite(t *testing.T) {
 	for seed := range uint64(20) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
@@ -70,6 +75,11 @@ func TestStoreIngestEqualsWrite(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ingested.close()
+			behind, err := openStore(t.TempDir(), log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer behind.close()
 			for from := 0; from < len(changes); {
 				to := min(from+1+rng.IntN(300), len(changes))
 				if err := written.write(changes[from:to], int64(to)); err != nil {
@@ -77,6 +87,21 @@ func TestStoreIngestEqualsWrite(t *testing.T) {
 				}
 				if err := ingested.ingest(changes[from:to], int64(to)); err != nil {
 					t.Fatal(err)
+				}
+				// A batch's changes, not recycled: written behind,
+				// sometimes flushed.
+				kept := make([]change, 0, to-from)
+				for _, c := range changes[from:to] {
+					c.id, c.value = strings.Clone(c.id), bytes.Clone(c.value)
+					kept = append(kept, c)
+				}
+				if err := behind.writeBehind(kept, int64(to)); err != nil {
+					t.Fatal(err)
+				}
+				if rng.IntN(4) == 0 {
+					if err := behind.flush(); err != nil {
+						t.Fatal(err)
+					}
 				}
 				for _, c := range changes[from:to] {
 					scribble(unsafe.Slice(unsafe.StringData(c.id), len(c.id)))
@@ -90,6 +115,12 @@ func TestStoreIngestEqualsWrite(t *testing.T) {
 			}
 			if !maps.Equal(b, model) {
 				t.Fatalf("ingested store has %d keys, the model %d", len(b), len(model))
+			}
+			if c := storeContents(t, behind); !maps.Equal(c, model) {
+				t.Fatalf("store written behind has %d keys, the model %d", len(c), len(model))
+			}
+			if cp, _, err := behind.checkpoint(); err != nil || cp != int64(len(changes)) {
+				t.Fatalf("written behind: checkpoint %d, %v; want %d", cp, err, len(changes))
 			}
 			if cp, _, err := ingested.checkpoint(); err != nil || cp != int64(len(changes)) {
 				t.Fatalf("checkpoint %d, %v; want %d", cp, err, len(changes))
@@ -131,4 +162,145 @@ func FuzzStateChange(f *testing.F) {
 			t.Fatalf("stateChange(%q, %q, %q) closed at %v, want %q", key, kind, closedAt, c.closedAt, closedAt)
 		}
 	})
+}
+
+// A running partition's changes are written behind: reads see them at
+// once, pebble once they are due (or many), in one batch holding each
+// saga's latest change and the latest checkpoint; closing writes them too.
+func TestStoreWritesBehind(t *testing.T) {
+	dir := t.TempDir()
+	s, err := openStore(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedAt := time.UnixMilli(1_764_547_200_000)
+	before := time.Now()
+	err = s.writeBehind([]change{{id: "a", kind: snapshotOpen, value: []byte("a open")},
+		{id: "b", kind: snapshotOpen, value: []byte("b open")}}, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.writeBehind([]change{{id: "a", kind: snapshotClosed, value: []byte("a closed"), closedAt: closedAt}}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, at, ok, err := s.closedMarker("a"); err != nil || !ok || string(v) != "a closed" || !at.Equal(closedAt) {
+		t.Fatalf("closedMarker(a) = %q, %v, %v, %v; want the marker written behind", v, at, ok, err)
+	}
+	if _, _, ok, err := s.closedMarker("b"); err != nil || ok {
+		t.Fatalf("closedMarker(b) = %v, %v; b is open", ok, err)
+	}
+	for _, k := range []string{"o/a", "c/a", "o/b", string(keyCheckpoint)} {
+		if _, closer, err := s.db.Get([]byte(k)); err == nil {
+			closer.Close()
+			t.Fatalf("%s is in pebble before the write-behind is due", k)
+		}
+	}
+	due, ok := s.flushDue()
+	if !ok || due.Before(before.Add(behindFor)) || due.After(time.Now().Add(behindFor)) {
+		t.Fatalf("due at %v, %v; want %v after the first change", due, ok, behindFor)
+	}
+	if err := s.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.flushDue(); ok {
+		t.Fatal("still due after a flush")
+	}
+	want := map[string]string{"c/a": string(closedValue(change{value: []byte("a closed"), closedAt: closedAt})), "o/b": "b open"}
+	if got := storeContents(t, s); !maps.Equal(got, want) {
+		t.Fatalf("store holds %q, want %q", got, want)
+	}
+	if cp, _, err := s.checkpoint(); err != nil || cp != 3 {
+		t.Fatalf("checkpoint %d, %v; want 3", cp, err)
+	}
+
+	// Closing writes what is behind.
+	if err := s.writeBehind([]change{{id: "b"}}, 4); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = openStore(dir, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	delete(want, "o/b")
+	if got := storeContents(t, s); !maps.Equal(got, want) {
+		t.Fatalf("reopened store holds %q, want %q", got, want)
+	}
+	if cp, _, err := s.checkpoint(); err != nil || cp != 4 {
+		t.Fatalf("reopened checkpoint %d, %v; want 4", cp, err)
+	}
+
+	// behindMax sagas changed are written at once.
+	many := make([]change, behindMax)
+	for i := range many {
+		many[i] = change{id: fmt.Sprintf("s-%05d", i), kind: snapshotOpen, value: []byte("open")}
+	}
+	if err := s.writeBehind(many[:behindMax-1], 5); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.flushDue(); !ok {
+		t.Fatal("nothing behind after writing behindMax-1 sagas")
+	}
+	if err := s.writeBehind(many[behindMax-1:], 6); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.flushDue(); ok {
+		t.Fatalf("%d sagas behind: want them written", behindMax)
+	}
+}
+
+// The run loop writes a store's write-behind once it is due, and not
+// before; a store being restored (its mu held) is passed over.
+func TestRuntimeFlushesStoresWhenDue(t *testing.T) {
+	s, err := openStore(t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	restoring := &partitionStore{}
+	restoring.mu.Lock() // a restore in progress
+	defer restoring.mu.Unlock()
+	r := &Runtime[benchData]{saga: &Saga[benchData]{name: "test"},
+		stores: map[int32]*partitionStore{0: {st: s}, 1: restoring}}
+	if _, ok := r.storesDue(); ok {
+		t.Fatal("due with nothing behind")
+	}
+	if err := s.writeBehind([]change{{id: "a", kind: snapshotOpen, value: []byte("open")}}, 1); err != nil {
+		t.Fatal(err)
+	}
+	at, ok := r.storesDue()
+	if !ok || time.Until(at) <= 0 || time.Until(at) > behindFor {
+		t.Fatalf("due in %v, %v; want within %v", time.Until(at), ok, behindFor)
+	}
+	if err := r.flushStores(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.flushDue(); !ok {
+		t.Fatal("written before it was due")
+	}
+	// An idle poll is woken when it is due.
+	r.cfg.Clock, r.cfg.ClosedRetention = dlq.SystemClock{}, -1
+	woken := make(chan time.Time, 1)
+	disarm := r.armWakeUps(func() { woken <- time.Now() })
+	select {
+	case w := <-woken:
+		if w.Before(at) {
+			t.Fatalf("woken %v before the write-behind was due", at.Sub(w))
+		}
+	case <-time.After(5 * behindFor):
+		t.Fatal("an idle poll was not woken for the write-behind")
+	}
+	disarm()
+	if err := r.flushStores(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.flushDue(); ok {
+		t.Fatal("not written once due")
+	}
+	if got := storeContents(t, s); got["o/a"] != "open" {
+		t.Fatalf("store holds %q, want o/a", got)
+	}
 }
