@@ -53,20 +53,28 @@ type store struct {
 	// written yet: the latest change of each saga, to checkpoint
 	// behindNext, since behindSince. Reads look here first.
 	behind      map[string]change
+	behindBytes int // of the values behind
 	behindNext  int64
 	behindSince time.Time
 }
 
 // Write-behind: a running partition's changes reach pebble together, at
 // most behindFor after the first of them, or once behindMax sagas have
-// changed. A saga that changes several times meanwhile (every hop writes
+// changed or behindMaxBytes of snapshots wait (a burst of new sagas holds
+// no more than that in memory). A saga that changes several times meanwhile (every hop writes
 // its snapshot, and most sagas close within a few hundred milliseconds) is
 // written once, in one batch: about a third of the entries pebble took
 // when each transaction wrote its own (measured in the orders saga), and
 // none of its write stalls in the batch loop in between.
 const (
-	behindFor = 200 * time.Millisecond
-	behindMax = 8192
+	behindFor      = 200 * time.Millisecond
+	behindMax      = 8192
+	behindMaxBytes = 256 << 10
+	// flushBatchBytes bounds one pebble batch of a flush: its write-ahead
+	// log keeps as many 32 KiB blocks as the largest batch queued, for as
+	// long as the log file lives (measured: 1 MiB batches held about 1 MiB
+	// per store).
+	flushBatchBytes = 64 << 10
 )
 
 // op is one key of a table ingest writes.
@@ -134,7 +142,7 @@ func (s *store) checkpoint() (int64, time.Time, error) {
 
 // wipe empties the store, for a restore from the changelog's start.
 func (s *store) wipe() error {
-	clear(s.behind)
+	s.behind, s.behindBytes = nil, 0
 	if err := s.db.DeleteRange([]byte{0}, []byte{0xff}, pebble.NoSync); err != nil {
 		return fmt.Errorf("state store %s: %w", s.dir, err)
 	}
@@ -236,10 +244,14 @@ func (s *store) writeBehind(changes []change, next int64) error {
 		s.behindSince = time.Now()
 	}
 	for _, c := range changes {
+		if old, ok := s.behind[c.id]; ok {
+			s.behindBytes -= len(old.value)
+		}
 		s.behind[c.id] = c
+		s.behindBytes += len(c.value)
 	}
 	s.behindNext = next
-	if len(s.behind) >= behindMax {
+	if len(s.behind) >= behindMax || s.behindBytes >= behindMaxBytes {
 		return s.flush()
 	}
 	return nil
@@ -254,22 +266,41 @@ func (s *store) flushDue() (at time.Time, ok bool) {
 	return s.behindSince.Add(behindFor), true
 }
 
-// flush writes what is behind, in one batch with its checkpoint.
+// flush writes what is behind, in batches of up to flushBatchBytes, the
+// last with the checkpoint. A batch written before it may leave the store
+// ahead of its checkpoint after a crash, which is harmless: a restore
+// applies the state topic from the checkpoint on, in order, and the last
+// change of each saga wins.
 func (s *store) flush() error {
 	if len(s.behind) == 0 {
 		return nil
 	}
 	b := s.db.NewBatch()
-	defer b.Close()
 	for _, c := range s.behind {
 		if err := stage(b, c); err != nil {
+			b.Close()
 			return fmt.Errorf("state store %s: %w", s.dir, err)
 		}
+		if b.Len() >= flushBatchBytes {
+			err := b.Commit(pebble.NoSync)
+			b.Close()
+			if err != nil {
+				return fmt.Errorf("state store %s: %w", s.dir, err)
+			}
+			b = s.db.NewBatch()
+		}
 	}
-	if err := s.commit(b, s.behindNext); err != nil {
+	err := s.commit(b, s.behindNext)
+	b.Close()
+	if err != nil {
 		return err
 	}
-	clear(s.behind)
+	if len(s.behind) > 1024 {
+		s.behind = nil // a map keeps the room it grew to: let a burst's go
+	} else {
+		clear(s.behind)
+	}
+	s.behindBytes = 0
 	return nil
 }
 

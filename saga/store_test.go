@@ -250,6 +250,30 @@ func TestStoreWritesBehind(t *testing.T) {
 	if _, ok := s.flushDue(); ok {
 		t.Fatalf("%d sagas behind: want them written", behindMax)
 	}
+	// Written in several batches (each up to flushBatchBytes), all of them.
+	if got := storeContents(t, s); len(got) != 1+behindMax {
+		t.Fatalf("store holds %d sagas, want %d", len(got), 1+behindMax)
+	}
+	if cp, _, err := s.checkpoint(); err != nil || cp != 6 {
+		t.Fatalf("checkpoint %d, %v; want 6", cp, err)
+	}
+
+	// So are behindMaxBytes of snapshots, however few the sagas.
+	big := make([]byte, behindMaxBytes/4)
+	for i := range 3 {
+		if err := s.writeBehind([]change{{id: fmt.Sprintf("big-%d", i), kind: snapshotOpen, value: big}}, int64(7+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, ok := s.flushDue(); !ok {
+		t.Fatal("nothing behind after three quarters of behindMaxBytes")
+	}
+	if err := s.writeBehind([]change{{id: "big-3", kind: snapshotOpen, value: big}}, 10); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.flushDue(); ok {
+		t.Fatalf("%d bytes of snapshots behind: want them written", behindMaxBytes)
+	}
 }
 
 // The run loop writes a store's write-behind once it is due, and not
