@@ -302,12 +302,37 @@ func (r *Runtime[D]) takePending() map[int32]pendingWrites[D] {
 // changed sagas in memory (the closed ones leave it) and every snapshot
 // and tombstone in the partitions' stores (written behind: flushStores).
 func (r *Runtime[D]) committed(b *batch[D]) error {
+	// The stores first: Status, from another goroutine, looks for a saga
+	// in memory and then in the store, so a closed saga's marker is in the
+	// store before the saga leaves memory.
 	r.mu.Lock()
 	stores := map[int32]*partitionState[D]{}
+	for p := range b.changes {
+		if ps := r.parts[p]; ps != nil {
+			stores[p] = ps // lost meanwhile: the next owner restores what committed
+		}
+	}
+	r.mu.Unlock()
+	for p, ps := range stores {
+		next := int64(-1)
+		for _, rec := range b.state {
+			if rec.Partition == p {
+				next = max(next, rec.Offset+1)
+			}
+		}
+		ps.store.mu.Lock()
+		err := ps.store.st.writeBehind(b.changes[p], next)
+		ps.store.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("saga %s: partition %d: %w", r.saga.name, p, err)
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	for p, sagas := range b.changed {
 		ps := r.parts[p]
 		if ps == nil {
-			continue // lost meanwhile: the next owner restores what committed
+			continue
 		}
 		for id, s := range sagas {
 			if s.closed() {
@@ -328,29 +353,9 @@ func (r *Runtime[D]) committed(b *batch[D]) error {
 			ps.expired = nil
 		}
 	}
-	for p := range b.changes {
-		if ps := r.parts[p]; ps != nil {
-			stores[p] = ps
-		}
-	}
 	for _, rec := range b.journal {
 		if ps := r.parts[rec.Partition]; ps != nil {
 			ps.journalNext = max(ps.journalNext, rec.Offset+1)
-		}
-	}
-	r.mu.Unlock()
-	for p, ps := range stores {
-		next := int64(-1)
-		for _, rec := range b.state {
-			if rec.Partition == p {
-				next = max(next, rec.Offset+1)
-			}
-		}
-		ps.store.mu.Lock()
-		err := ps.store.st.writeBehind(b.changes[p], next)
-		ps.store.mu.Unlock()
-		if err != nil {
-			return fmt.Errorf("saga %s: partition %d: %w", r.saga.name, p, err)
 		}
 	}
 	return nil

@@ -552,12 +552,15 @@ func (r *Runtime[D]) armWakeUps(wake context.CancelFunc) (disarm func()) {
 }
 
 // storesDue returns when the first store's write-behind is due. A store
-// being restored is passed over (its mu is held for the whole restore,
-// which may wait long for a previous owner's transaction); the restore
-// writes what is behind first.
+// busy elsewhere (a restore holds its mu throughout, and may wait long for
+// a previous owner's transaction; Status holds it briefly) is looked at
+// again behindFor from now: the loop does not wait on it.
 func (r *Runtime[D]) storesDue() (first time.Time, ok bool) {
 	for _, ps := range r.openStores() {
 		if !ps.mu.TryLock() {
+			if at := time.Now().Add(behindFor); !ok || at.Before(first) {
+				first, ok = at, true
+			}
 			continue
 		}
 		if ps.st != nil {
@@ -573,14 +576,13 @@ func (r *Runtime[D]) storesDue() (first time.Time, ok bool) {
 // flushStores writes the stores' write-behind that is due, passing over
 // the stores being restored, as storesDue does.
 func (r *Runtime[D]) flushStores() error {
-	now := time.Now()
 	for _, ps := range r.openStores() {
 		if !ps.mu.TryLock() {
 			continue
 		}
 		var err error
 		if ps.st != nil {
-			if at, due := ps.st.flushDue(); due && !now.Before(at) {
+			if at, due := ps.st.flushDue(); due && !ps.st.now().Before(at) {
 				err = ps.st.flush()
 			}
 		}

@@ -56,6 +56,7 @@ type store struct {
 	behindBytes int // of the values behind
 	behindNext  int64
 	behindSince time.Time
+	now         func() time.Time // the wall clock; tests move it
 }
 
 // Write-behind: a running partition's changes reach pebble together, at
@@ -114,7 +115,7 @@ func openStore(dir string, log *slog.Logger) (*store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state store %s: %w (each running instance needs a state directory of its own)", dir, err)
 	}
-	return &store{db: db, opts: opts, dir: dir}, nil
+	return &store{db: db, opts: opts, dir: dir, now: time.Now}, nil
 }
 
 // close writes what is behind, then closes the store.
@@ -122,10 +123,29 @@ func (s *store) close() error { return errors.Join(s.flush(), s.db.Close()) }
 
 // checkpoint returns the state topic offset the store has applied up to
 // (0 for a new store) and when that was written.
+//
+// A store at 0 is empty: a restore from the changelog's start ingests
+// into it, which assumes so. One that holds sagas without a checkpoint
+// past 0 is wiped: a crash after a flush's first batches, before the
+// checkpoint's, leaves it so (or one between an ingest and its
+// checkpoint), and what it holds may be sagas the changelog has since
+// closed or removed.
 func (s *store) checkpoint() (int64, time.Time, error) {
 	if err := s.flush(); err != nil {
 		return 0, time.Time{}, err
 	}
+	from, written, err := s.readCheckpoint()
+	if err != nil || from > 0 {
+		return from, written, err
+	}
+	empty, err := s.empty()
+	if err == nil && !empty {
+		err = s.wipe()
+	}
+	return 0, time.Time{}, err
+}
+
+func (s *store) readCheckpoint() (int64, time.Time, error) {
 	v, closer, err := s.db.Get(keyCheckpoint)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return 0, time.Time{}, nil
@@ -140,6 +160,24 @@ func (s *store) checkpoint() (int64, time.Time, error) {
 	return int64(binary.BigEndian.Uint64(v)), time.UnixMilli(int64(binary.BigEndian.Uint64(v[8:]))), nil
 }
 
+// empty reports whether the store holds no saga, open or closed.
+func (s *store) empty() (bool, error) {
+	for _, prefix := range [][]byte{prefixOpen, prefixClosed} {
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+		if err != nil {
+			return false, fmt.Errorf("state store %s: %w", s.dir, err)
+		}
+		found := it.First()
+		if err := it.Close(); err != nil {
+			return false, fmt.Errorf("state store %s: %w", s.dir, err)
+		}
+		if found {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
 // wipe empties the store, for a restore from the changelog's start.
 func (s *store) wipe() error {
 	s.behind, s.behindBytes = nil, 0
@@ -150,6 +188,8 @@ func (s *store) wipe() error {
 }
 
 // closedMarker returns the closed marker of saga id, if the store has one.
+// A marker still behind comes back as it is, not copied: nothing writes
+// into a snapshot's encoding once made.
 func (s *store) closedMarker(id string) (snapshot []byte, closedAt time.Time, ok bool, err error) {
 	if c, behind := s.behind[id]; behind {
 		if c.kind != snapshotClosed {
@@ -241,7 +281,7 @@ func (s *store) writeBehind(changes []change, next int64) error {
 		s.behind = make(map[string]change, len(changes))
 	}
 	if len(s.behind) == 0 {
-		s.behindSince = time.Now()
+		s.behindSince = s.now()
 	}
 	for _, c := range changes {
 		if old, ok := s.behind[c.id]; ok {

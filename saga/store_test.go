@@ -12,6 +12,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sagapipe/sagapipe/dlq"
@@ -277,47 +278,34 @@ func TestStoreWritesBehind(t *testing.T) {
 }
 
 // The run loop writes a store's write-behind once it is due, and not
-// before; a store being restored (its mu held) is passed over.
+// before; a store busy elsewhere (a restore holds its mu) does not hold the
+// loop up and is looked at again; an idle poll is woken when one is due.
 func TestRuntimeFlushesStoresWhenDue(t *testing.T) {
 	s, err := openStore(t.TempDir(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.close()
-	restoring := &partitionStore{}
-	restoring.mu.Lock() // a restore in progress
-	defer restoring.mu.Unlock()
-	r := &Runtime[benchData]{saga: &Saga[benchData]{name: "test"},
-		stores: map[int32]*partitionStore{0: {st: s}, 1: restoring}}
+	now := time.UnixMilli(1_764_547_200_000)
+	s.now = func() time.Time { return now }
+	r := &Runtime[benchData]{saga: &Saga[benchData]{name: "test"}, stores: map[int32]*partitionStore{0: {st: s}}}
 	if _, ok := r.storesDue(); ok {
 		t.Fatal("due with nothing behind")
 	}
 	if err := s.writeBehind([]change{{id: "a", kind: snapshotOpen, value: []byte("open")}}, 1); err != nil {
 		t.Fatal(err)
 	}
-	at, ok := r.storesDue()
-	if !ok || time.Until(at) <= 0 || time.Until(at) > behindFor {
-		t.Fatalf("due in %v, %v; want within %v", time.Until(at), ok, behindFor)
+	if at, ok := r.storesDue(); !ok || !at.Equal(now.Add(behindFor)) {
+		t.Fatalf("due at %v, %v; want %v", at, ok, now.Add(behindFor))
 	}
+	now = now.Add(behindFor - time.Millisecond)
 	if err := r.flushStores(); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := s.flushDue(); !ok {
 		t.Fatal("written before it was due")
 	}
-	// An idle poll is woken when it is due.
-	r.cfg.Clock, r.cfg.ClosedRetention = dlq.SystemClock{}, -1
-	woken := make(chan time.Time, 1)
-	disarm := r.armWakeUps(func() { woken <- time.Now() })
-	select {
-	case w := <-woken:
-		if w.Before(at) {
-			t.Fatalf("woken %v before the write-behind was due", at.Sub(w))
-		}
-	case <-time.After(5 * behindFor):
-		t.Fatal("an idle poll was not woken for the write-behind")
-	}
-	disarm()
+	now = now.Add(time.Millisecond)
 	if err := r.flushStores(); err != nil {
 		t.Fatal(err)
 	}
@@ -326,5 +314,89 @@ func TestRuntimeFlushesStoresWhenDue(t *testing.T) {
 	}
 	if got := storeContents(t, s); got["o/a"] != "open" {
 		t.Fatalf("store holds %q, want o/a", got)
+	}
+
+	busy := &partitionStore{}
+	busy.mu.Lock() // a restore in progress
+	defer busy.mu.Unlock()
+	r.stores[1] = busy
+	done := make(chan struct{})
+	var (
+		at     time.Time
+		ok     bool
+		before = time.Now()
+	)
+	go func() {
+		defer close(done)
+		at, ok = r.storesDue()
+		err = r.flushStores()
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the loop waits on a store being restored")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok || at.Before(before.Add(behindFor)) || at.After(time.Now().Add(behindFor)) {
+		t.Fatalf("a busy store: due at %v from now, %v; want it looked at again %v from now", time.Until(at), ok, behindFor)
+	}
+	delete(r.stores, 1)
+
+	// An idle poll is woken when a store is due.
+	s.now = time.Now
+	if err := s.writeBehind([]change{{id: "b", kind: snapshotOpen, value: []byte("open")}}, 2); err != nil {
+		t.Fatal(err)
+	}
+	due, _ := s.flushDue()
+	r.cfg.Clock, r.cfg.ClosedRetention = dlq.SystemClock{}, -1
+	woken := make(chan time.Time, 1)
+	disarm := r.armWakeUps(func() { woken <- time.Now() })
+	defer disarm()
+	select {
+	case w := <-woken:
+		if w.Before(due) {
+			t.Fatalf("woken %v before the write-behind was due", due.Sub(w))
+		}
+	case <-time.After(5 * behindFor):
+		t.Fatal("an idle poll was not woken for the write-behind")
+	}
+}
+
+// A store that holds sagas without a checkpoint past 0 (a crash after a
+// flush's first batches, before the checkpoint's) is wiped when its
+// checkpoint is read: a restore from the changelog's start ingests into
+// it, which assumes it empty, and a saga it holds open may have closed
+// since (here the compacted changelog has only x's closed marker).
+func TestStoreWithoutCheckpointStartsEmpty(t *testing.T) {
+	s, err := openStore(t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	if err := s.db.Set(key(prefixOpen, "x"), []byte("x open"), pebble.NoSync); err != nil {
+		t.Fatal(err)
+	}
+	if cp, _, err := s.checkpoint(); err != nil || cp != 0 {
+		t.Fatalf("checkpoint %d, %v; want 0", cp, err)
+	}
+	if got := storeContents(t, s); len(got) != 0 {
+		t.Fatalf("a store without a checkpoint still holds %q", got)
+	}
+	closed := change{id: "x", kind: snapshotClosed, value: []byte("x closed"), closedAt: time.UnixMilli(1_764_547_200_000)}
+	if err := s.ingest([]change{closed}, 1); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"c/x": string(closedValue(closed))}
+	if got := storeContents(t, s); !maps.Equal(got, want) {
+		t.Fatalf("restored store holds %q, want %q", got, want)
+	}
+	// With its checkpoint, the store keeps what it holds.
+	if cp, _, err := s.checkpoint(); err != nil || cp != 1 {
+		t.Fatalf("checkpoint %d, %v; want 1", cp, err)
+	}
+	if got := storeContents(t, s); !maps.Equal(got, want) {
+		t.Fatalf("store holds %q after reading its checkpoint, want %q", got, want)
 	}
 }
