@@ -79,6 +79,11 @@ type BenchResult struct {
 	SpansPerSagaCalibrated float64 `json:"spans_per_saga_calibrated,omitempty"`
 	TracedQueue            int     `json:"traced_queue,omitempty"`
 	MetricsOnlyRatio       float64 `json:"metrics_only_ratio,omitempty"`
+	// SpanFloor is the span floor's median run (by the bound with
+	// sagapipe's attributes), measured beside each traced run: what the
+	// OTel SDK, its OTLP exporter and the receiver cost per span with no
+	// sagapipe code, and the traced ratio that allows (bench_spanfloor.go).
+	SpanFloor *SpanFloors `json:"span_floor,omitempty"`
 	// InFlightBytesPerSaga is the orchestrator's heap growth per saga
 	// held in flight, the broker and participants in other processes.
 	InFlightBytesPerSaga float64 `json:"in_flight_bytes_per_saga"`
@@ -114,9 +119,13 @@ type BenchResult struct {
 	RecoveryRuns             []Recovery          `json:"recovery_runs,omitempty"`
 	RecoveryBaselineRuns     []Recovery          `json:"recovery_baseline_runs,omitempty"`
 	FloorRuns                []Floor             `json:"floor_runs,omitempty"`
-	Spreads                  map[string]Spread   `json:"spreads,omitempty"`
-	Targets                  Targets             `json:"targets"`
-	Goals                    Goals               `json:"goals_issue_18"`
+	SpanFloorRuns            []SpanFloors        `json:"span_floor_runs,omitempty"`
+	// HalfRateFloorRuns are the floor placing the half-rate runs' sagas at
+	// their rate, one beside each: the latency the flow allows there.
+	HalfRateFloorRuns []Floor           `json:"half_rate_floor_runs,omitempty"`
+	Spreads           map[string]Spread `json:"spreads,omitempty"`
+	Targets           Targets           `json:"targets"`
+	Goals             Goals             `json:"goals_issue_18"`
 }
 
 // Run is one pass of the orders saga end to end.
@@ -162,6 +171,8 @@ type Run struct {
 	// SagasPerSecondAllExported counts the run until they all arrived.
 	SpansQueuedAtEndPerSaga   float64 `json:"spans_queued_at_end_per_saga,omitempty"`
 	SagasPerSecondAllExported float64 `json:"sagas_per_second_all_spans_exported,omitempty"`
+	// AttributesPerSpan is what the receiver got per span, on average.
+	AttributesPerSpan float64 `json:"attributes_per_span,omitempty"`
 	// ReceiverCPUMicrosPerSaga is the in-process OTLP receiver's share of
 	// CPUMicrosPerSaga (OTLP/HTTP only): decoding that a collector would
 	// do on another machine.
@@ -242,6 +253,7 @@ type benchConfig struct {
 	recoveryHistory, recoveryBaseline, recoveryLive int
 	slowSagas                                       int
 	rate                                            float64
+	rateSet                                         bool // --rate was given
 }
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -256,29 +268,31 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	skipTraced := fs.Bool("skip-traced", false, "skip the traced and metrics-only throughput runs")
 	tracedQueue := fs.Int("traced-queue", 1<<20, "the batch span processor's queue in the traced runs (OTEL_BSP_MAX_QUEUE_SIZE): large, so that every span is exported; 0 keeps the SDK's default (2048), which drops spans when the exporter falls behind")
 	otlpProtocol := fs.String("otlp-protocol", "http/protobuf", "how the traced run exports spans to the in-process receiver: http/protobuf or grpc")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of one extra throughput run (not in the figures) to this file (go tool pprof); with --only recovery, of the fresh takeover; with --only half-rate or floor, of its runs")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of one extra throughput run (not in the figures) to this file (go tool pprof); with --only recovery, of the fresh takeover; with --only half-rate, floor or span-floor, of its runs")
 	profileDir := fs.String("profile-dir", "bench-profile", `with --only profile: where the CPU and allocation profiles and their summaries go`)
 	recoveryHistory := fs.Int("recovery-history", 1_000_000, "closed sagas in the recovery scenario's history")
 	recoveryBaseline := fs.Int("recovery-baseline", 10_000, "closed sagas in the recovery scenario's short-history baseline")
 	recoveryInFlight := fs.Int("recovery-in-flight", 10_000, "sagas in flight in the recovery scenario")
-	only := fs.String("only", "", `run one scenario only: "recovery", "slow" (participants taking 5 ms per command), "profile" (the orchestrator alone and the throughput scenario with every allocation recorded, then under the CPU profiler, into --profile-dir), "half-rate" (--sagas/2 sagas placed at --rate after a warm-up), "floor" (the orders saga's message flow with no saga logic) or "in-flight" (the in-flight memory measurement once, in this process: what the harness runs in a fresh process per run)`)
+	only := fs.String("only", "", `run one scenario only: "recovery", "slow" (participants taking 5 ms per command), "profile" (the orchestrator alone and the throughput scenario with every allocation recorded, then under the CPU profiler, into --profile-dir), "half-rate" (--sagas/2 sagas placed at --rate after a warm-up), "floor" (the orders saga's message flow with no saga logic), "span-floor" (what the OTel SDK, its OTLP exporter and the receiver cost per span, no sagapipe code) or "in-flight" (the in-flight memory measurement once, in this process: what the harness runs in a fresh process per run)`)
 	slowSagas := fs.Int("slow-sagas", 5000, "sagas in the slow-participants scenario (500 in flight, 5 ms per command)")
-	rate := fs.Float64("rate", 4000, `with --only half-rate: sagas placed per second (the full harness places them at half its measured throughput)`)
+	rate := fs.Float64("rate", 4000, `with --only half-rate or floor: sagas placed per second (the full harness places the half-rate runs' and the floor's beside them at half its measured throughput)`)
 	skipRecovery := fs.Bool("skip-recovery", false, "skip the recovery scenario (it starts the broker and participants as processes)")
 	if code := parseFlags(fs, args, stderr); code >= 0 {
 		return code
 	}
 	problems := atLeastOne(nil, map[string]int{"--sagas": *n, "--concurrency": *concurrency, "--partitions": *partitions, "--in-flight": *inFlight, "--runs": *runs,
 		"--recovery-history": *recoveryHistory, "--recovery-baseline": *recoveryBaseline, "--recovery-in-flight": *recoveryInFlight, "--slow-sagas": *slowSagas})
-	if !slices.Contains([]string{"", "recovery", "slow", "profile", "half-rate", "floor", "in-flight"}, *only) {
-		problems = append(problems, fmt.Errorf("--only %q: want \"recovery\", \"slow\", \"profile\", \"half-rate\", \"floor\" or \"in-flight\"", *only))
+	if !slices.Contains([]string{"", "recovery", "slow", "profile", "half-rate", "floor", "span-floor", "in-flight"}, *only) {
+		problems = append(problems, fmt.Errorf("--only %q: want \"recovery\", \"slow\", \"profile\", \"half-rate\", \"floor\", \"span-floor\" or \"in-flight\"", *only))
 	}
 	if !(*rate > 0) || math.IsInf(*rate, 0) {
 		problems = append(problems, fmt.Errorf("--rate %v: must be a number above 0", *rate))
 	}
+	rateSet := false
 	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "rate" && *only != "half-rate" {
-			problems = append(problems, errors.New("--rate: only with --only half-rate (the full harness places the half-rate orders at half its measured throughput)"))
+		rateSet = rateSet || f.Name == "rate"
+		if f.Name == "rate" && *only != "half-rate" && *only != "floor" {
+			problems = append(problems, errors.New("--rate: only with --only half-rate or --only floor (the full harness places the half-rate orders at half its measured throughput)"))
 		}
 	})
 	if *otlpProtocol != "http/protobuf" && *otlpProtocol != "grpc" {
@@ -294,7 +308,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	cfg := benchConfig{tracedQueue: *tracedQueue, sagas: *n, concurrency: *concurrency, inFlight: *inFlight, runs: *runs, partitions: int32(*partitions),
 		skipMemory: *skipMemory, skipRecovery: *skipRecovery, skipTraced: *skipTraced, cpuProfile: *cpuProfile, only: *only,
 		otlpProtocol: *otlpProtocol, profileDir: *profileDir, recoveryHistory: *recoveryHistory, recoveryBaseline: *recoveryBaseline,
-		recoveryLive: *recoveryInFlight, slowSagas: *slowSagas, rate: *rate}
+		recoveryLive: *recoveryInFlight, slowSagas: *slowSagas, rate: *rate, rateSet: rateSet}
 	if cfg.only == "in-flight" {
 		b, err := benchInFlight(ctx, cfg.inFlight, cfg.partitions, stderr)
 		if err != nil {
@@ -332,6 +346,15 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			err = benchHalfRate(ctx, &res, cfg, cfg.rate, "", stdout)
 		}
 		if err := errors.Join(err, stop()); err != nil {
+			return fail(err)
+		}
+	}
+	if cfg.only == "span-floor" {
+		stop, err := startCPUProfile(cfg.cpuProfile)
+		if err != nil {
+			return fail(err)
+		}
+		if err := errors.Join(benchSpanFloors(ctx, &res, cfg, stdout), stop()); err != nil {
 			return fail(err)
 		}
 	}
@@ -539,6 +562,19 @@ func benchSagas(ctx context.Context, res *BenchResult, cfg benchConfig, stdout, 
 			return err
 		}
 	}
+	if !cfg.skipTraced {
+		// After every throughput run, so that no ceiling or floor runs
+		// beside its garbage; each bound with its run's untraced CPU.
+		for i, r := range res.ThroughputRuns {
+			floors, err := measureSpanFloors(ctx, cfg.otlpProtocol, cfg.tracedQueue, cfg.sagas, res.SpansPerSagaCalibrated)
+			if err != nil {
+				return err
+			}
+			floors.bound(r.CPUMicrosPerSaga)
+			printSpanFloors(stdout, i, floors)
+			res.SpanFloorRuns = append(res.SpanFloorRuns, floors)
+		}
+	}
 	sagasPerSecond := func(r Run) float64 { return r.SagasPerSecond }
 	mid := medianIndex(res.ThroughputRuns, sagasPerSecond)
 	res.Throughput, res.Ceiling = res.ThroughputRuns[mid], res.CeilingRuns[mid]
@@ -590,6 +626,7 @@ func benchSagas(ctx context.Context, res *BenchResult, cfg benchConfig, stdout, 
 			res.Spreads["throughput.cpu_us_per_saga"].format("%.0f"), res.Spreads["traced_cpu_ratio"].format("%.3f"),
 			res.Spreads["traced.otlp_receiver_cpu_us_per_saga"].format("%.0f"), res.Spreads["traced_cpu_ratio_sender_only"].format("%.3f"), res.Spreads["metrics_only_ratio"].format("%.3f"),
 			res.Spreads["metrics_only.cpu_us_per_saga"].format("%.0f"))
+		summarizeSpanFloors(res, stdout)
 	}
 
 	if err := benchHalfRate(ctx, res, cfg, res.Throughput.SagasPerSecond/2, " (half the median throughput)", stdout); err != nil {
@@ -635,7 +672,10 @@ func benchSagas(ctx context.Context, res *BenchResult, cfg benchConfig, stdout, 
 // compares the throughput runs with it when there are any.
 func benchFloors(ctx context.Context, res *BenchResult, cfg benchConfig, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "floor: the orders saga's message flow with no saga logic (the same transactions and broker operations, plain kgo loops), %d sagas, %d in flight (after a warm-up run not in the figures)\n", cfg.sagas, cfg.concurrency)
-	if _, err := benchFloor(ctx, min(cfg.sagas, 2000), cfg.concurrency, cfg.partitions); err != nil {
+	if cfg.rateSet {
+		return benchFloorsAtRate(ctx, res, cfg, cfg.rate, stdout)
+	}
+	if _, err := benchFloor(ctx, min(cfg.sagas, 2000), cfg.concurrency, cfg.partitions, 0, 0); err != nil {
 		return fmt.Errorf("floor warm-up run: %w", err)
 	}
 	for i := range cfg.runs {
@@ -647,9 +687,45 @@ func benchFloors(ctx context.Context, res *BenchResult, cfg benchConfig, stdout 
 	return nil
 }
 
+// benchFloorsAtRate is `bench --only floor --rate N`: the floor placing
+// cfg.sagas/2 sagas at rate after a warm-up, as the half-rate runs do,
+// run after run.
+func benchFloorsAtRate(ctx context.Context, res *BenchResult, cfg benchConfig, rate float64, stdout io.Writer) error {
+	warmUp := halfRateWarmUp(rate)
+	fmt.Fprintf(stdout, "floor at a rate: the orders saga's message flow with no saga logic, %d sagas placed at %.0f sagas/s after %d warm-up sagas placed at it\n", cfg.sagas/2, rate, warmUp)
+	for i := range cfg.runs {
+		f, err := benchFloor(ctx, cfg.sagas/2, cfg.concurrency, cfg.partitions, rate, warmUp)
+		if err != nil {
+			return fmt.Errorf("floor at %.0f sagas/s: %w", rate, err)
+		}
+		printFloorAtRate(stdout, i, f)
+		res.HalfRateFloorRuns = append(res.HalfRateFloorRuns, f)
+	}
+	summarizeFloorsAtRate(res, stdout)
+	return nil
+}
+
+// halfRateWarmUp is the sagas placed and finished at rate before a
+// half-rate run's: half a second's, at least 200.
+func halfRateWarmUp(rate float64) int { return max(200, int(rate/2)) }
+
+func printFloorAtRate(w io.Writer, i int, f Floor) {
+	fmt.Fprintf(w, "  floor at the same rate, run %d: %.0f sagas/s, p50 %.0f ms, p99 %.0f ms, %.0f µs CPU per saga (the same flow with no saga logic)\n",
+		i+1, f.SagasPerSecond, f.P50Millis, f.P99Millis, f.CPUMicrosPerSaga)
+}
+
+// summarizeFloorsAtRate prints the spread of the floor's runs at a rate.
+func summarizeFloorsAtRate(res *BenchResult, stdout io.Writer) {
+	res.Spreads["half_rate_floor.p50_ms"] = spreadOf(mapRuns(res.HalfRateFloorRuns, func(f Floor) float64 { return f.P50Millis }))
+	res.Spreads["half_rate_floor.p99_ms"] = spreadOf(mapRuns(res.HalfRateFloorRuns, func(f Floor) float64 { return f.P99Millis }))
+	res.Spreads["half_rate_floor.cpu_us_per_saga"] = spreadOf(mapRuns(res.HalfRateFloorRuns, func(f Floor) float64 { return f.CPUMicrosPerSaga }))
+	fmt.Fprintf(stdout, "    floor at the same rate (no saga logic): p50 %s ms, p99 %s ms, %s µs CPU per saga\n", res.Spreads["half_rate_floor.p50_ms"].format("%.0f"),
+		res.Spreads["half_rate_floor.p99_ms"].format("%.0f"), res.Spreads["half_rate_floor.cpu_us_per_saga"].format("%.0f"))
+}
+
 // floorRun runs the floor once into res.
 func floorRun(ctx context.Context, res *BenchResult, cfg benchConfig, i int, stdout io.Writer) error {
-	f, err := benchFloor(ctx, cfg.sagas, cfg.concurrency, cfg.partitions)
+	f, err := benchFloor(ctx, cfg.sagas, cfg.concurrency, cfg.partitions, 0, 0)
 	if err != nil {
 		return fmt.Errorf("floor: %w", err)
 	}
@@ -680,7 +756,7 @@ func summarizeFloors(res *BenchResult, stdout io.Writer) {
 // benchHalfRate places cfg.sagas/2 sagas at rate, run after run, into
 // res's half-rate figures.
 func benchHalfRate(ctx context.Context, res *BenchResult, cfg benchConfig, rate float64, why string, stdout io.Writer) error {
-	warmUp := max(200, int(rate/2))
+	warmUp := halfRateWarmUp(rate)
 	fmt.Fprintf(stdout, "half rate: %d sagas placed at %.0f sagas/s%s, once the services are ready and %d more placed at that rate have finished (half a second's, at least 200: a running service's latency, not a fresh process's)\n", cfg.sagas/2, rate, why, warmUp)
 	for i := range cfg.runs {
 		r, err := benchRun(ctx, runSpec{sagas: cfg.sagas / 2, concurrency: cfg.concurrency, partitions: cfg.partitions, rate: rate, warmUp: warmUp})
@@ -689,10 +765,17 @@ func benchHalfRate(ctx context.Context, res *BenchResult, cfg benchConfig, rate 
 		}
 		printRun(stdout, i, r)
 		res.HalfRateRuns = append(res.HalfRateRuns, r)
+		f, err := benchFloor(ctx, cfg.sagas/2, cfg.concurrency, cfg.partitions, rate, warmUp)
+		if err != nil {
+			return fmt.Errorf("floor at the half rate: %w", err)
+		}
+		printFloorAtRate(stdout, i, f)
+		res.HalfRateFloorRuns = append(res.HalfRateFloorRuns, f)
 	}
 	res.HalfRate = medianRun(res.HalfRateRuns, func(r Run) float64 { return r.P99Millis })
 	addRunSpreads(res.Spreads, "half_rate", res.HalfRateRuns)
 	printSpread(stdout, res.Spreads, "half_rate")
+	summarizeFloorsAtRate(res, stdout)
 	return nil
 }
 
@@ -786,6 +869,9 @@ func printRun(w io.Writer, i int, r Run) {
 	}
 	if r.SagasPerSecondAllExported > 0 {
 		fmt.Fprintf(w, ", %.2f per saga still queued when the last saga finished: %.0f sagas/s until the last span arrived", r.SpansQueuedAtEndPerSaga, r.SagasPerSecondAllExported)
+	}
+	if r.AttributesPerSpan > 0 {
+		fmt.Fprintf(w, ", %.1f attributes per span", r.AttributesPerSpan)
 	}
 	if r.ReceiverCPUMicrosPerSaga > 0 {
 		fmt.Fprintf(w, ", %.0f µs CPU per saga in the OTLP receiver", r.ReceiverCPUMicrosPerSaga)

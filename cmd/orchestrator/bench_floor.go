@@ -9,6 +9,7 @@ import (
 	mrand "math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,6 +34,11 @@ type Floor struct {
 	OpsPerSaga       float64    `json:"broker_ops_per_saga"`
 	CPUMicrosPerSaga float64    `json:"cpu_us_per_saga"`
 	Ops              *BrokerOps `json:"broker_ops,omitempty"`
+	// RateLimit is the rate the sagas were placed at (0: as fast as
+	// Concurrency allows); WarmUpSagas were placed at it and finished
+	// before them, not in the figures, as in the half-rate runs.
+	RateLimit   float64 `json:"rate_limit,omitempty"`
+	WarmUpSagas int     `json:"warm_up_sagas,omitempty"`
 }
 
 // The floor's topics, named after the orders saga's.
@@ -42,6 +48,8 @@ const (
 	floorState    = "floor.state"
 	floorOutcomes = "floor.outcomes"
 	floorStepKey  = "floor_step"
+	// floorWarmUpKey begins the keys of a run's warm-up sagas.
+	floorWarmUpKey = "warm-"
 )
 
 var floorCommands = []string{"floor.inventory", "floor.payment", "floor.shipping"}
@@ -62,7 +70,11 @@ var floorCommands = []string{"floor.inventory", "floor.payment", "floor.shipping
 // not assumed). The records are an orders saga's sizes (floorRecord):
 // fresh IDs in their headers and values cut from order-like text, so
 // compression wins about what it does on real records.
-func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (Floor, error) {
+//
+// With rate above 0 the sagas are placed at that many per second, after
+// warmUp placed at it and finished (their latency not in the figures), as
+// the half-rate runs place theirs: the latency the flow allows at a rate.
+func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32, rate float64, warmUp int) (Floor, error) {
 	stack, err := devstack.Start(devstack.Config{})
 	if err != nil {
 		return Floor{}, err
@@ -88,13 +100,18 @@ func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (
 
 	var (
 		mu       sync.Mutex
-		started  = make(map[string]time.Time, sagas)
+		started  = make(map[string]time.Time, sagas+warmUp)
 		latency  = make([]time.Duration, 0, sagas)
+		warmed   int
 		slots    = make(chan struct{}, concurrency)
 		allDone  = make(chan struct{})
+		warmDone = make(chan struct{})
 		failed   = make(chan struct{}) // closed on the first failure
 		firstErr error
 	)
+	if warmUp == 0 {
+		close(warmDone)
+	}
 	fail := func(err error) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -112,8 +129,14 @@ func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (
 				continue
 			}
 			delete(started, id)
-			latency = append(latency, time.Since(at))
 			<-slots
+			if strings.HasPrefix(id, floorWarmUpKey) {
+				if warmed++; warmed == warmUp {
+					close(warmDone)
+				}
+				continue
+			}
+			latency = append(latency, time.Since(at))
 		}
 		if len(latency) == sagas {
 			close(allDone)
@@ -255,27 +278,64 @@ func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (
 	}
 	closers = append(closers, storefront.Close)
 	counter := countOps(stack.Kafka())
-	cpuBefore := processCPU()
-	began := time.Now()
-	for i := range sagas {
-		select {
-		case slots <- struct{}{}:
-		case <-failed:
+	errFailed := errors.New("a floor loop failed")
+	// place places n sagas, keyed prefix and their number, at rate if
+	// it is above 0.
+	place := func(prefix string, n int) error {
+		paceFrom := time.Now()
+		for i := range n {
+			if rate > 0 {
+				if wait := time.Until(paceFrom.Add(time.Duration(float64(i) / rate * float64(time.Second)))); wait > 0 {
+					select {
+					case <-time.After(wait):
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				}
+			}
+			select {
+			case slots <- struct{}{}:
+			case <-failed:
+				return errFailed
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			key := fmt.Sprintf("%s%06d", prefix, i)
+			mu.Lock()
+			started[key] = time.Now()
+			mu.Unlock()
+			storefront.Produce(ctx, floorRecord(text, floorInbox, []byte(key), nil, 0), func(_ *kgo.Record, err error) {
+				if err != nil {
+					fail(fmt.Errorf("floor storefront: %w", err))
+				}
+			})
+		}
+		return nil
+	}
+	placed := func(err error) (Floor, error) {
+		if errors.Is(err, errFailed) {
 			mu.Lock()
 			defer mu.Unlock()
 			return Floor{}, firstErr
-		case <-ctx.Done():
-			return Floor{}, ctx.Err()
 		}
-		key := fmt.Sprintf("order-%06d", i)
-		mu.Lock()
-		started[key] = time.Now()
-		mu.Unlock()
-		storefront.Produce(ctx, floorRecord(text, floorInbox, []byte(key), nil, 0), func(_ *kgo.Record, err error) {
-			if err != nil {
-				fail(fmt.Errorf("floor storefront: %w", err))
-			}
-		})
+		return Floor{}, err
+	}
+	if err := place(floorWarmUpKey, warmUp); err != nil {
+		return placed(err)
+	}
+	select {
+	case <-warmDone:
+	case <-failed:
+		return placed(errFailed)
+	case <-time.After(5 * time.Minute):
+		return Floor{}, fmt.Errorf("floor: the %d warm-up sagas did not finish in 5 minutes", warmUp)
+	case <-ctx.Done():
+		return Floor{}, ctx.Err()
+	}
+	cpuBefore := processCPU()
+	began := time.Now()
+	if err := place("order-", sagas); err != nil {
+		return placed(err)
 	}
 	select {
 	case <-allDone:
@@ -306,7 +366,8 @@ func benchFloor(ctx context.Context, sagas, concurrency int, partitions int32) (
 	slices.Sort(latency)
 	n := float64(sagas)
 	return Floor{SagasPerSecond: n / elapsed.Seconds(), P50Millis: ms(latency[len(latency)/2]), P99Millis: ms(latency[min(len(latency)-1, len(latency)*99/100)]),
-		OpsPerSaga: float64(ops.Total()) / n, CPUMicrosPerSaga: float64(cpu.Microseconds()) / n, Ops: &ops}, nil
+		OpsPerSaga: float64(ops.Total()) / float64(sagas+warmUp), CPUMicrosPerSaga: float64(cpu.Microseconds()) / n, Ops: &ops,
+		RateLimit: rate, WarmUpSagas: warmUp}, nil
 }
 
 // floorText is what floorRecord cuts values from: text like an order's

@@ -21,10 +21,11 @@ import (
 // measures what exporting costs the services, not what a backend costs.
 // It speaks OTLP/HTTP (protobuf, POST /v1/traces) or OTLP/gRPC.
 type otlpSink struct {
-	protocol string // "http/protobuf" or "grpc"
-	endpoint string // what OTEL_EXPORTER_OTLP_ENDPOINT is set to
-	spans    atomic.Int64
-	requests atomic.Int64
+	protocol   string // "http/protobuf" or "grpc"
+	endpoint   string // what OTEL_EXPORTER_OTLP_ENDPOINT is set to
+	spans      atomic.Int64
+	attributes atomic.Int64 // the spans' attributes, summed
+	requests   atomic.Int64
 	// cpu is the receiver's own CPU time (OTLP/HTTP only: reading and
 	// decoding each request on a thread locked for it), which the traced
 	// run's CPU per saga includes and a real collector would spend
@@ -58,13 +59,17 @@ func startOTLPSink(protocol string) (*otlpSink, error) {
 }
 
 func (s *otlpSink) count(req *coltracepb.ExportTraceServiceRequest) {
-	var n int64
+	var n, attrs int64
 	for _, rs := range req.GetResourceSpans() {
 		for _, ss := range rs.GetScopeSpans() {
 			n += int64(len(ss.GetSpans()))
+			for _, span := range ss.GetSpans() {
+				attrs += int64(len(span.GetAttributes()))
+			}
 		}
 	}
 	s.spans.Add(n)
+	s.attributes.Add(attrs)
 	s.requests.Add(1)
 }
 

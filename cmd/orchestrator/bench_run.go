@@ -167,6 +167,7 @@ func benchRun(ctx context.Context, spec runSpec) (Run, error) {
 	}
 	if sink != nil {
 		r.SpansPerSaga = float64(sink.spans.Load()) / n
+		r.AttributesPerSpan = float64(sink.attributes.Load()) / float64(sink.spans.Load())
 		if r.SpansPerSaga == 0 {
 			return r, errNoSpans
 		}

@@ -329,8 +329,58 @@ func TestBenchWritesResults(t *testing.T) {
 	if res.HalfRate.ReadyMillis <= 0 || res.HalfRate.WarmUpSagas < 200 || res.HalfRate.WarmUpP99Millis <= 0 {
 		t.Fatalf("half rate: ready after %v ms, %d warm-up sagas (p99 %v ms): want a ready wait and a warm-up", res.HalfRate.ReadyMillis, res.HalfRate.WarmUpSagas, res.HalfRate.WarmUpP99Millis)
 	}
+	// Beside each half-rate run, the floor placed the same sagas at the
+	// same rate after the same warm-up: 23 broker operations per saga,
+	// the warm-up's counted with their sagas.
+	if len(res.HalfRateFloorRuns) != 1 {
+		t.Fatalf("half-rate floor runs %+v: want one", res.HalfRateFloorRuns)
+	}
+	if hf := res.HalfRateFloorRuns[0]; hf.RateLimit != res.HalfRate.RateLimit || hf.WarmUpSagas != res.HalfRate.WarmUpSagas || hf.P99Millis <= 0 ||
+		math.Abs(hf.OpsPerSaga-res.OpsPerSaga) > 0.05 {
+		t.Fatalf("half-rate floor %+v: want %v sagas/s placed after %d warm-up sagas, %.2f broker ops per saga", hf, res.HalfRate.RateLimit, res.HalfRate.WarmUpSagas, res.OpsPerSaga)
+	}
+	// The traced run counts what the receiver got; beside it, the span
+	// floor exported a saga's spans per trace with each attribute set, every
+	// span and attribute received (measureSpanFloor checks the counts), and
+	// bounds the traced ratio with this run's untraced CPU per saga.
+	if res.Traced == nil || res.Traced.AttributesPerSpan < 5 {
+		t.Fatalf("traced run %+v: want the attributes per span received", res.Traced)
+	}
+	if len(res.SpanFloorRuns) != 1 || res.SpanFloor == nil {
+		t.Fatalf("span floor runs %+v: want one", res.SpanFloorRuns)
+	}
+	f := res.SpanFloorRuns[0]
+	spans := int64(300 * math.Round(res.SpansPerSagaCalibrated))
+	for _, c := range []struct {
+		sf    SpanFloor
+		attrs int
+	}{{f.Bare, 0}, {f.Required, 5}, {f.Sagapipe, 12}} {
+		if c.sf.Attributes != c.attrs || c.sf.Spans != spans || c.sf.CPUMicrosPerSpan <= 0 || c.sf.TracedRatioBound <= 0 || c.sf.TracedRatioBound >= 1 {
+			t.Errorf("span floor with %d attributes: %+v, want %d spans and a bound in (0, 1)", c.attrs, c.sf, spans)
+		}
+	}
+	if f.UntracedCPUMicrosPerSaga != res.ThroughputRuns[0].CPUMicrosPerSaga {
+		t.Errorf("span floor bounded with %v µs per saga, the untraced run took %v", f.UntracedCPUMicrosPerSaga, res.ThroughputRuns[0].CPUMicrosPerSaga)
+	}
 	if res.Targets.InFlightBytes || res.Targets.AllMet {
 		t.Fatal("a skipped measurement cannot meet its target")
+	}
+}
+
+// The bound a span floor puts on the traced ratio: the untraced CPU per
+// saga over itself plus a saga's spans at the floor's CPU per span.
+func TestSpanFloorBound(t *testing.T) {
+	f := SpanFloors{SpansPerSaga: 19, Bare: SpanFloor{CPUMicrosPerSpan: 4}, Required: SpanFloor{CPUMicrosPerSpan: 10}, Sagapipe: SpanFloor{CPUMicrosPerSpan: 20}}
+	f.bound(200)
+	for _, c := range []struct {
+		got, want float64
+	}{{f.Bare.TracedRatioBound, 200.0 / 276}, {f.Required.TracedRatioBound, 200.0 / 390}, {f.Sagapipe.TracedRatioBound, 200.0 / 580}} {
+		if math.Abs(c.got-c.want) > 1e-9 {
+			t.Errorf("bound %v, want %v", c.got, c.want)
+		}
+	}
+	if f.UntracedCPUMicrosPerSaga != 200 {
+		t.Errorf("untraced CPU per saga %v, want 200", f.UntracedCPUMicrosPerSaga)
 	}
 }
 
@@ -341,7 +391,7 @@ func TestBenchNamesWrongFlags(t *testing.T) {
 	if code != 2 {
 		t.Fatalf("exit %d, want 2\n%s", code, stderr.String())
 	}
-	for _, want := range []string{`--only "half": want "recovery", "slow", "profile", "half-rate", "floor" or "in-flight"`, "--rate 0: must be a number above 0", "--rate: only with --only half-rate"} {
+	for _, want := range []string{`--only "half": want "recovery", "slow", "profile", "half-rate", "floor", "span-floor" or "in-flight"`, "--rate 0: must be a number above 0", "--rate: only with --only half-rate"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("stderr %q does not name %q", stderr.String(), want)
 		}
