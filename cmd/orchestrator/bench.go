@@ -79,10 +79,13 @@ type BenchResult struct {
 	SpansPerSagaCalibrated float64 `json:"spans_per_saga_calibrated,omitempty"`
 	TracedQueue            int     `json:"traced_queue,omitempty"`
 	MetricsOnlyRatio       float64 `json:"metrics_only_ratio,omitempty"`
-	// SpanFloor is the span floor's median run (by the bound with
-	// sagapipe's attributes), measured beside each traced run: what the
+	// SpanFloor is the span floor's median run (by CPU per span with
+	// sagapipe's attributes), measured after the throughput runs: what the
 	// OTel SDK, its OTLP exporter and the receiver cost per span with no
-	// sagapipe code, and the traced ratio that allows (bench_spanfloor.go).
+	// sagapipe code, and the traced ratio that allows beside the untraced
+	// run of the same index (bench_spanfloor.go). The bound is on CPU per
+	// saga (TracedCPURatio); sagas/s follow it when both runs are
+	// CPU-bound, within their ±10% noise.
 	SpanFloor *SpanFloors `json:"span_floor,omitempty"`
 	// InFlightBytesPerSaga is the orchestrator's heap growth per saga
 	// held in flight, the broker and participants in other processes.
@@ -350,11 +353,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 	}
 	if cfg.only == "span-floor" {
-		stop, err := startCPUProfile(cfg.cpuProfile)
-		if err != nil {
-			return fail(err)
-		}
-		if err := errors.Join(benchSpanFloors(ctx, &res, cfg, stdout), stop()); err != nil {
+		if err := benchSpanFloors(ctx, &res, cfg, stdout); err != nil {
 			return fail(err)
 		}
 	}

@@ -167,10 +167,10 @@ func benchRun(ctx context.Context, spec runSpec) (Run, error) {
 	}
 	if sink != nil {
 		r.SpansPerSaga = float64(sink.spans.Load()) / n
-		r.AttributesPerSpan = float64(sink.attributes.Load()) / float64(sink.spans.Load())
 		if r.SpansPerSaga == 0 {
 			return r, errNoSpans
 		}
+		r.AttributesPerSpan = float64(sink.attributes.Load()) / float64(sink.spans.Load())
 		lastMu.Lock()
 		began := lastFinished.Add(-sum.Elapsed)
 		r.SpansQueuedAtEndPerSaga = float64(sink.spans.Load()-spansAtLast) / n
@@ -187,6 +187,12 @@ func benchRun(ctx context.Context, spec runSpec) (Run, error) {
 // back after. The other OTEL_BSP_* (batching) variables are left as the
 // caller set them.
 func benchTelemetry(ctx context.Context, env map[string]string) (*demoTelemetry, error) {
+	return withOTelEnv(env, func() (*demoTelemetry, error) { return setupDemoTelemetry(ctx, io.Discard, slog.LevelError) })
+}
+
+// withOTelEnv runs setup with env in place of the process's OTEL_*
+// exporter and sampler variables, and puts them back after.
+func withOTelEnv[T any](env map[string]string, setup func() (T, error)) (T, error) {
 	replaced := []string{"OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_BSP_MAX_QUEUE_SIZE",
 		"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"}
 	saved := map[string]string{}
@@ -207,7 +213,7 @@ func benchTelemetry(ctx context.Context, env map[string]string) (*demoTelemetry,
 	for k, v := range env {
 		os.Setenv(k, v)
 	}
-	return setupDemoTelemetry(ctx, io.Discard, slog.LevelError)
+	return setup()
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

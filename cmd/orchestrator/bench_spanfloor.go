@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -13,7 +14,9 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/sagapipe/sagapipe/examples/orders"
 	"github.com/sagapipe/sagapipe/internal/telemetry"
+	"github.com/sagapipe/sagapipe/observability"
 )
 
 // The span floor is to the traced ratio what the floor is to throughput:
@@ -21,9 +24,9 @@ import (
 // cost per span with nothing of sagapipe in them. Spans are started and
 // ended in a loop, a saga's worth per trace, through the traced run's setup
 // (observability.Setup from the same OTEL_* environment, the same
-// receiver), paced so that the batch span processor never holds more than
-// a few thousand (a large queue's garbage collection is not the SDK's
-// floor). A traced saga costs at least its spans times this, so the traced
+// receiver, one service's SDK where a traced run has one per service),
+// paced so that the batch span processor never holds more than a few
+// thousand (a large queue's garbage collection is not the SDK's floor). A traced saga costs at least its spans times this, so the traced
 // ratio can reach at most
 //
 //	untraced CPU per saga / (untraced CPU per saga + spans per saga × CPU per span)
@@ -143,11 +146,24 @@ func measureSpanFloor(ctx context.Context, protocol string, queue, sagas, spansP
 		env["OTEL_BSP_MAX_QUEUE_SIZE"] = strconv.Itoa(queue)
 		maxQueued = int64(min(queue/2, 10_000))
 	}
-	tel, err := benchTelemetry(ctx, env)
+	tel, err := withOTelEnv(env, func() (*observability.Telemetry, error) {
+		return observability.Setup(ctx, observability.WithServiceName(orders.ServiceOrchestrator))
+	})
 	if err != nil {
 		return SpanFloor{}, err
 	}
-	tracer := tel.orchestrator().TracerProvider().Tracer("github.com/sagapipe/sagapipe/cmd/orchestrator/bench")
+	shutdown := func() error {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+		defer cancel()
+		return tel.Shutdown(sctx) // exports what the batch span processor holds
+	}
+	shut := false
+	defer func() {
+		if !shut {
+			_ = shutdown()
+		}
+	}()
+	tracer := tel.TracerProvider().Tracer("github.com/sagapipe/sagapipe/cmd/orchestrator/bench")
 
 	settledHeap()
 	var before, after runtime.MemStats
@@ -165,13 +181,12 @@ func measureSpanFloor(ctx context.Context, protocol string, queue, sagas, spansP
 			s.End()
 		}
 		root.End()
-		for created := int64((i + 1) * spansPerSaga); created-sink.spans.Load() > maxQueued; {
-			time.Sleep(100 * time.Microsecond)
+		if err := awaitExported(ctx, sink, int64((i+1)*spansPerSaga)-maxQueued); err != nil {
+			return SpanFloor{}, err
 		}
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
-	err = tel.shutdown(sctx) // exports what the batch span processor holds
-	cancel()
+	shut = true
+	err = shutdown()
 	cpu, elapsed := processCPU()-cpuBefore, time.Since(began)
 	runtime.ReadMemStats(&after)
 	if err != nil {
@@ -193,6 +208,27 @@ func measureSpanFloor(ctx context.Context, protocol string, queue, sagas, spansP
 	}, nil
 }
 
+// awaitExported waits until sink has received at least want spans. It
+// gives up when none arrived for 30 s: the exporter dropped a batch it
+// could not send.
+func awaitExported(ctx context.Context, sink *otlpSink, want int64) error {
+	last, since := sink.spans.Load(), time.Now()
+	for got := last; got < want; got = sink.spans.Load() {
+		if got > last {
+			last, since = got, time.Now()
+		}
+		if time.Since(since) > 30*time.Second {
+			return fmt.Errorf("the receiver got no span for 30 s, %d of the %d wanted by now", got, want)
+		}
+		select {
+		case <-time.After(time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
 // printSpanFloors prints one run's span floors.
 func printSpanFloors(w io.Writer, i int, f SpanFloors) {
 	fmt.Fprintf(w, "  span floor   run %d (the OTel SDK, its OTLP exporter and the receiver, no sagapipe code; %.0f spans per trace):", i+1, f.SpansPerSaga)
@@ -212,7 +248,7 @@ func printSpanFloors(w io.Writer, i int, f SpanFloors) {
 
 // benchSpanFloors is `bench --only span-floor`: a small traced run of the
 // orders saga for its spans per saga, then the span floors, run after run.
-func benchSpanFloors(ctx context.Context, res *BenchResult, cfg benchConfig, stdout io.Writer) error {
+func benchSpanFloors(ctx context.Context, res *BenchResult, cfg benchConfig, stdout io.Writer) (err error) {
 	c, err := benchRun(ctx, runSpec{sagas: 200, concurrency: 20, partitions: cfg.partitions, otlpProtocol: cfg.otlpProtocol,
 		tracedQueue: cfg.tracedQueue, telemetry: telemetryTraced})
 	if err != nil {
@@ -221,6 +257,12 @@ func benchSpanFloors(ctx context.Context, res *BenchResult, cfg benchConfig, std
 	res.SpansPerSagaCalibrated, res.TracedQueue = c.SpansPerSaga, cfg.tracedQueue
 	fmt.Fprintf(stdout, "span floor: %d traces of %.2f spans (an orders saga's, counted on a 200-saga traced run, %.1f attributes per span) per run, over OTLP %s to a receiver in this process\n",
 		cfg.sagas, c.SpansPerSaga, c.AttributesPerSpan, cfg.otlpProtocol)
+	// --cpuprofile: the span floors, not the calibration run.
+	stop, err := startCPUProfile(cfg.cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, stop()) }()
 	for i := range cfg.runs {
 		floors, err := measureSpanFloors(ctx, cfg.otlpProtocol, cfg.tracedQueue, cfg.sagas, c.SpansPerSaga)
 		if err != nil {

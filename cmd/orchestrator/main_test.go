@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -424,5 +425,20 @@ func TestClosedStacksAreReclaimed(t *testing.T) {
 	closeStack(stack)
 	if !awaitClosedStacks(30 * time.Second) {
 		t.Fatal("the closed broker was not reclaimed in 30 s")
+	}
+}
+
+// The span floor's pacing waits for the receiver, and stops waiting when
+// the run is cancelled: an exporter that dropped a batch never catches up.
+func TestAwaitExportedStops(t *testing.T) {
+	var sink otlpSink
+	sink.spans.Store(5)
+	if err := awaitExported(context.Background(), &sink, 3); err != nil {
+		t.Fatalf("5 spans received, 3 wanted: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := awaitExported(ctx, &sink, 6); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled with 5 of 6 spans: got %v, want context.Canceled", err)
 	}
 }
