@@ -63,15 +63,16 @@ type SpanFloors struct {
 	UntracedCPUMicrosPerSaga float64 `json:"untraced_cpu_us_per_saga,omitempty"`
 }
 
-// spanFloorSets are the attribute sets measured, i-th span's values.
+// spanFloorSets are the attribute sets measured, i-th span's values; key
+// names a set's spreads (as its JSON field).
 var spanFloorSets = []struct {
-	name  string
-	attrs func(i int) []attribute.KeyValue
-	into  func(*SpanFloors) *SpanFloor
+	name, key string
+	attrs     func(i int) []attribute.KeyValue
+	into      func(*SpanFloors) *SpanFloor
 }{
-	{"no attributes", func(int) []attribute.KeyValue { return nil }, func(f *SpanFloors) *SpanFloor { return &f.Bare }},
-	{"the 5 OTel's messaging conventions require", requiredSpanAttrs, func(f *SpanFloors) *SpanFloor { return &f.Required }},
-	{"sagapipe's 12", sagapipeSpanAttrs, func(f *SpanFloors) *SpanFloor { return &f.Sagapipe }},
+	{"no attributes", "bare", func(int) []attribute.KeyValue { return nil }, func(f *SpanFloors) *SpanFloor { return &f.Bare }},
+	{"the 5 OTel's messaging conventions require", "semconv_required", requiredSpanAttrs, func(f *SpanFloors) *SpanFloor { return &f.Required }},
+	{"sagapipe's 12", "sagapipe_attributes", sagapipeSpanAttrs, func(f *SpanFloors) *SpanFloor { return &f.Sagapipe }},
 }
 
 // requiredSpanAttrs are the attributes OTel's messaging conventions
@@ -105,13 +106,14 @@ func sagapipeSpanAttrs(i int) []attribute.KeyValue {
 // traces of spansPerSaga spans each.
 func measureSpanFloors(ctx context.Context, protocol string, queue, sagas int, spansPerSaga float64) (SpanFloors, error) {
 	floors := SpanFloors{SpansPerSaga: spansPerSaga}
+	perTrace := max(1, int(spansPerSaga+0.5))
 	// A warm-up not in the figures: the first exporter of a process pays
 	// for its first connection and for growing the heap.
-	if _, err := measureSpanFloor(ctx, protocol, queue, min(sagas, 1000), max(1, int(spansPerSaga+0.5)), sagapipeSpanAttrs); err != nil {
+	if _, err := measureSpanFloor(ctx, protocol, queue, min(sagas, 1000), perTrace, sagapipeSpanAttrs); err != nil {
 		return SpanFloors{}, fmt.Errorf("span floor warm-up: %w", err)
 	}
 	for _, set := range spanFloorSets {
-		f, err := measureSpanFloor(ctx, protocol, queue, sagas, max(1, int(spansPerSaga+0.5)), set.attrs)
+		f, err := measureSpanFloor(ctx, protocol, queue, sagas, perTrace, set.attrs)
 		if err != nil {
 			return SpanFloors{}, fmt.Errorf("span floor, %s: %w", set.name, err)
 		}
@@ -281,11 +283,10 @@ func summarizeSpanFloors(res *BenchResult, stdout io.Writer) {
 	if len(res.SpanFloorRuns) == 0 {
 		return
 	}
-	keys := map[string]string{"no attributes": "bare", "the 5 OTel's messaging conventions require": "semconv_required", "sagapipe's 12": "sagapipe_attributes"}
 	bounded := res.SpanFloorRuns[0].UntracedCPUMicrosPerSaga > 0
 	var line []string
 	for _, set := range spanFloorSets {
-		key := "span_floor." + keys[set.name]
+		key := "span_floor." + set.key
 		res.Spreads[key+".cpu_us_per_span"] = spreadOf(mapRuns(res.SpanFloorRuns, func(f SpanFloors) float64 { return set.into(&f).CPUMicrosPerSpan }))
 		s := fmt.Sprintf("%s %s µs CPU per span", set.name, res.Spreads[key+".cpu_us_per_span"].format("%.1f"))
 		if bounded {
