@@ -218,7 +218,9 @@ func (w *StageWorker[C]) Run(ctx context.Context) error {
 		}
 		answered, stopErr := w.handleBatch(ctx, fetches.Records())
 		if err := w.commit(ctx, answered); err != nil {
-			if stopErr != nil || !kafkaerr.Transient(err) {
+			// The batch was fetched, so these settings reach the
+			// brokers: a connection cut at its first read is an outage.
+			if stopErr != nil || !kafkaerr.Reconnectable(err) {
 				return errors.Join(stopErr, err)
 			}
 			// Answered but not committed (the broker is away): they may

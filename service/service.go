@@ -255,12 +255,13 @@ func (s *Service) runtime(name string) (runtime, bool) {
 
 // recoverable tells the failures of a runtime that a new one rides
 // through: the brokers or the registry out of reach for longer than the
-// client's retries, or its producer fenced (a broker that aborted its
+// client's retries (a connection cut at its first read included: the
+// brokers answered these settings at start), or its producer fenced (a broker that aborted its
 // transaction while it was away bumps the epoch; a new runtime takes the
 // transactional ID back). Anything else (missing topics, refused
 // credentials) needs someone to act.
 func recoverable(err error) bool {
-	return kafkaerr.Transient(err) || errors.Is(err, schema.ErrRegistryUnavailable) || fenced(err)
+	return kafkaerr.Reconnectable(err) || errors.Is(err, schema.ErrRegistryUnavailable) || fenced(err)
 }
 
 func fenced(err error) bool {

@@ -29,3 +29,16 @@ func Transient(err error) bool {
 func rebalanced(err error) bool {
 	return errors.Is(err, kerr.IllegalGeneration) || errors.Is(err, kerr.UnknownMemberID) || errors.Is(err, kerr.RebalanceInProgress)
 }
+
+// Reconnectable is Transient for a client whose settings have reached the
+// brokers already, and kgo's ErrFirstReadEOF besides. kgo takes a
+// connection closed at its first read for a TLS or SASL mistake and does
+// not retry it; once the same settings have worked, it is a connection cut
+// (a network fault, a proxy resetting it), and the next request dials
+// again. A loop that runs after its service checked the brokers uses it;
+// a first connection keeps Transient, so that a mistake fails fast with
+// kgo's hint.
+func Reconnectable(err error) bool {
+	var firstRead *kgo.ErrFirstReadEOF
+	return Transient(err) || errors.As(err, &firstRead)
+}

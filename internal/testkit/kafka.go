@@ -2,7 +2,11 @@ package testkit
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -123,4 +127,47 @@ func WaitUntil(t testing.TB, timeout time.Duration, cond func() error) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// FirstReadEOF returns the error kgo gives a request to a broker address
+// that accepts connections and closes them at once, as a network fault or
+// a resetting proxy does: a *kgo.ErrFirstReadEOF, which kgo does not retry.
+func FirstReadEOF(t testing.TB) error {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			// The request is read first: closed with it unread, the
+			// connection would be reset rather than ended.
+			_ = c.SetReadDeadline(time.Now().Add(Wait))
+			var size [4]byte
+			if _, err := io.ReadFull(c, size[:]); err == nil {
+				_, _ = io.CopyN(io.Discard, c, int64(binary.BigEndian.Uint32(size[:])))
+			}
+			c.Close()
+		}
+	}()
+	defer func() { lis.Close(); <-done }()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(lis.Addr().String()), kgo.RequestRetries(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), Wait)
+	defer cancel()
+	pingErr := cl.Ping(ctx)
+	var firstRead *kgo.ErrFirstReadEOF
+	if !errors.As(pingErr, &firstRead) {
+		t.Fatalf("ping of a connection closed at once: %v, want a *kgo.ErrFirstReadEOF", pingErr)
+	}
+	return pingErr
 }
